@@ -1,0 +1,265 @@
+//! `Application::build(settings, mode)` then `run_until_stopped(shutdown)`.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tts_config::Settings;
+use tts_gateway::{AppState, GatewayDeps, GatewayOptions};
+use tts_infra::{
+    AudioStore, Bus, JetStreamQueue, JobSource, JobStore, LocalBus, LocalQueue, MemoryJobStore,
+    NatsBus, QueueSettings, RedisJobStore,
+};
+use tts_worker::{Worker, WorkerDeps, WorkerOptions};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    /// Gateway and one worker per configured engine in one process, with an in-process queue,
+    /// in-memory job state and audio in `storage.url`. Needs neither NATS nor Redis.
+    Standalone { engines: Vec<String> },
+    /// The HTTP gateway alone, on NATS, Redis and object storage.
+    Gateway,
+    /// One worker for `engine`, on NATS, Redis and object storage.
+    Worker { engine: String },
+}
+
+pub struct Application {
+    gateway: Option<(TcpListener, AppState)>,
+    workers: Vec<(Worker, Option<TcpListener>)>,
+    gateway_addr: Option<SocketAddr>,
+    worker_addrs: Vec<SocketAddr>,
+}
+
+impl Application {
+    pub async fn build(settings: Settings, mode: Mode) -> anyhow::Result<Self> {
+        match mode {
+            Mode::Standalone { engines } => Self::standalone(settings, engines).await,
+            Mode::Gateway => Self::gateway(settings).await,
+            Mode::Worker { engine } => Self::worker(settings, engine).await,
+        }
+    }
+
+    /// The gateway's address, when this process runs one.
+    pub fn gateway_addr(&self) -> Option<SocketAddr> {
+        self.gateway_addr
+    }
+
+    /// The addresses of the workers' `/health` servers.
+    pub fn worker_addrs(&self) -> &[SocketAddr] {
+        &self.worker_addrs
+    }
+
+    async fn standalone(settings: Settings, engines: Vec<String>) -> anyhow::Result<Self> {
+        let engines = if engines.is_empty() {
+            settings.workers.keys().cloned().collect()
+        } else {
+            engines
+        };
+        let bus: Arc<dyn Bus> = Arc::new(LocalBus::default());
+        let queue = LocalQueue::new(settings.worker.max_deliver as u32);
+        let store: Arc<dyn JobStore> = Arc::new(MemoryJobStore::new(
+            Duration::from_secs(settings.redis.job_ttl_secs),
+            Duration::from_secs(settings.gateway.idempotency_ttl_secs),
+        ));
+        let audio = AudioStore::from_settings(&settings.storage)?;
+        // The gateway starts first so that its registry hears the workers' first heartbeats.
+        let gateway = GatewayDeps {
+            queue: Arc::new(queue.clone()),
+            store: store.clone(),
+            bus: bus.clone(),
+            audio: audio.clone(),
+        };
+        let (listener, state) = Self::gateway_parts(&settings, gateway).await?;
+        let mut workers = Vec::new();
+        for engine in engines {
+            let deps = WorkerDeps {
+                engine: load_engine(&settings, &engine).await?,
+                source: Arc::new(queue.source(&engine)),
+                store: store.clone(),
+                bus: bus.clone(),
+                audio: audio.clone(),
+                jetstream: None,
+            };
+            workers.push((Worker::new(worker_options(&settings, &engine)?, deps), None));
+        }
+        Ok(Application {
+            gateway_addr: Some(listener.local_addr()?),
+            gateway: Some((listener, state)),
+            workers,
+            worker_addrs: Vec::new(),
+        })
+    }
+
+    async fn gateway(settings: Settings) -> anyhow::Result<Self> {
+        let client =
+            tts_infra::nats::connect(&settings.nats.url, "voice-clone-tts gateway").await?;
+        let queue = JetStreamQueue::connect(client.clone(), queue_settings(&settings)).await?;
+        let deps = GatewayDeps {
+            queue: Arc::new(queue),
+            store: redis_store(&settings).await?,
+            bus: Arc::new(NatsBus::new(client)),
+            audio: AudioStore::from_settings(&settings.storage)?,
+        };
+        let (listener, state) = Self::gateway_parts(&settings, deps).await?;
+        Ok(Application {
+            gateway_addr: Some(listener.local_addr()?),
+            gateway: Some((listener, state)),
+            workers: Vec::new(),
+            worker_addrs: Vec::new(),
+        })
+    }
+
+    async fn worker(settings: Settings, engine: String) -> anyhow::Result<Self> {
+        let engine_settings = settings.engine(&engine)?.clone();
+        let client = tts_infra::nats::connect(
+            &settings.nats.url,
+            &format!("voice-clone-tts worker {engine}"),
+        )
+        .await?;
+        let queue = JetStreamQueue::connect(client.clone(), queue_settings(&settings)).await?;
+        let source: Arc<dyn JobSource> = Arc::new(queue.source(&engine).await?);
+        let deps = WorkerDeps {
+            engine: load_engine(&settings, &engine).await?,
+            source,
+            store: redis_store(&settings).await?,
+            bus: Arc::new(NatsBus::new(client)),
+            audio: AudioStore::from_settings(&settings.storage)?,
+            jetstream: Some(queue),
+        };
+        let listener = TcpListener::bind(("0.0.0.0", engine_settings.port))
+            .await
+            .with_context(|| format!("cannot listen on port {}", engine_settings.port))?;
+        let mut options = worker_options(&settings, &engine)?;
+        let addr = listener.local_addr()?;
+        options.port = addr.port();
+        Ok(Application {
+            gateway: None,
+            gateway_addr: None,
+            workers: vec![(Worker::new(options, deps), Some(listener))],
+            worker_addrs: vec![addr],
+        })
+    }
+
+    async fn gateway_parts(
+        settings: &Settings,
+        deps: GatewayDeps,
+    ) -> anyhow::Result<(TcpListener, AppState)> {
+        let g = &settings.gateway;
+        let options = GatewayOptions {
+            public_url: g.public_url.clone(),
+            sync_timeout: Duration::from_secs(g.sync_timeout_secs),
+            max_text_chars: g.max_text_chars,
+            max_json_bytes: g.max_json_bytes,
+            dead_threshold: Duration::from_secs(g.dead_threshold),
+        };
+        let state = AppState::start(deps, options)
+            .await
+            .map_err(|e| anyhow::anyhow!("gateway: {e}"))?;
+        let listener = TcpListener::bind((g.host.as_str(), g.port))
+            .await
+            .with_context(|| format!("cannot listen on {}:{}", g.host, g.port))?;
+        Ok((listener, state))
+    }
+
+    /// Runs until `shutdown` completes: the gateway stops accepting and finishes in-flight
+    /// requests; workers stop pulling, finish and ack their jobs.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let stopped = move |mut rx: watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let mut tasks = tokio::task::JoinSet::new();
+        if let Some((listener, state)) = self.gateway {
+            tracing::info!(addr = %listener.local_addr()?, "gateway listening");
+            let signal = stopped(stop_rx.clone());
+            tasks.spawn(async move {
+                tts_gateway::serve(listener, state, signal)
+                    .await
+                    .context("gateway")
+            });
+        }
+        for (worker, listener) in self.workers {
+            let signal = stopped(stop_rx.clone());
+            tasks.spawn(async move { worker.run(signal, listener).await });
+        }
+        tokio::spawn(async move {
+            shutdown.await;
+            tracing::info!("shutting down");
+            let _ = stop_tx.send(true);
+        });
+        let mut result = Ok(());
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => result = Err(e),
+                Err(e) => result = Err(anyhow::anyhow!("task failed: {e}")),
+            }
+        }
+        result
+    }
+}
+
+fn queue_settings(settings: &Settings) -> QueueSettings {
+    QueueSettings {
+        ack_wait: Duration::from_secs(settings.worker.ack_wait_secs),
+        max_deliver: settings.worker.max_deliver,
+        replicas: settings.nats.replicas,
+    }
+}
+
+async fn redis_store(settings: &Settings) -> anyhow::Result<Arc<dyn JobStore>> {
+    Ok(Arc::new(
+        RedisJobStore::connect(
+            &settings.redis.url,
+            &settings.redis.key_prefix,
+            Duration::from_secs(settings.redis.job_ttl_secs),
+            Duration::from_secs(settings.gateway.idempotency_ttl_secs),
+        )
+        .await?,
+    ))
+}
+
+/// Loads an engine on a blocking thread: fetching and loading models takes a while.
+async fn load_engine(
+    settings: &Settings,
+    engine: &str,
+) -> anyhow::Result<Arc<dyn tts_worker::Engine>> {
+    let settings = settings.clone();
+    let name = engine.to_string();
+    let sessions = settings.worker.max_concurrent as usize;
+    tokio::task::spawn_blocking(move || tts_worker::engine::build(&name, &settings, sessions))
+        .await?
+        .map_err(|e| anyhow::anyhow!("engine {engine}: {e}"))
+}
+
+fn worker_options(settings: &Settings, engine: &str) -> anyhow::Result<WorkerOptions> {
+    let w = &settings.worker;
+    let node_id = if w.node_id.is_empty() {
+        let host = std::fs::read_to_string("/etc/hostname")
+            .ok()
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "node".into());
+        let suffix = uuid::Uuid::new_v4().simple().to_string();
+        format!("{host}-{engine}-{}", &suffix[..8])
+    } else {
+        w.node_id.clone()
+    };
+    Ok(WorkerOptions {
+        node_id,
+        advertise_host: w.advertise_host.clone(),
+        port: settings.engine(engine)?.port,
+        max_concurrent: w.max_concurrent,
+        heartbeat_interval: Duration::from_secs(w.heartbeat_interval),
+        ack_wait: Duration::from_secs(w.ack_wait_secs),
+        retry_delay: Duration::from_secs(w.retry_delay_secs),
+        shutdown_grace: Duration::from_secs(w.shutdown_grace_secs),
+    })
+}

@@ -1,0 +1,106 @@
+//! The `voice-clone-tts` command.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use tts_config::Settings;
+use voice_clone_tts::{Application, Mode, telemetry};
+
+#[derive(Parser)]
+#[command(version, about = "Self-hosted voice-cloning text-to-speech service")]
+struct Cli {
+    /// A config file layered over the embedded defaults (environment TTS__* wins over both).
+    #[arg(long, global = true, env = "TTS_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Gateway and workers in one process; no NATS or Redis needed.
+    Standalone {
+        /// Engines to run (default: every configured one).
+        #[arg(long = "engine")]
+        engines: Vec<String>,
+        /// Port of the HTTP API (overrides gateway.port).
+        #[arg(long)]
+        port: Option<u16>,
+    },
+    /// The HTTP gateway, on NATS JetStream, Redis and object storage.
+    Gateway {
+        #[arg(long)]
+        port: Option<u16>,
+    },
+    /// A worker for one engine.
+    Worker {
+        #[arg(long)]
+        engine: String,
+        /// Port of the worker's /health (overrides workers.<engine>.port).
+        #[arg(long)]
+        port: Option<u16>,
+    },
+    /// Fetches ONNX Runtime and the stock voice into the model cache, then exits.
+    FetchModels,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let mut settings = Settings::load(cli.config.as_deref())?;
+    telemetry::init(&settings.logging.level, &settings.logging.format);
+    let mode = match cli.command {
+        Command::Standalone { engines, port } => {
+            if let Some(port) = port {
+                settings.gateway.port = port;
+            }
+            Mode::Standalone { engines }
+        }
+        Command::Gateway { port } => {
+            if let Some(port) = port {
+                settings.gateway.port = port;
+            }
+            Mode::Gateway
+        }
+        Command::Worker { engine, port } => {
+            if let Some(port) = port {
+                settings.engine(&engine)?;
+                if let Some(e) = settings.workers.get_mut(&engine) {
+                    e.port = port;
+                }
+            }
+            Mode::Worker { engine }
+        }
+        Command::FetchModels => {
+            let cache = settings.models.cache_dir.clone();
+            let paths =
+                tokio::task::spawn_blocking(move || tts_worker::models::ensure(&cache)).await??;
+            println!("models ready: {}", paths.piper_dir.display());
+            return Ok(());
+        }
+    };
+    let app = Application::build(settings, mode).await?;
+    app.run_until_stopped(shutdown_signal()).await
+}
+
+/// SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = terminate => {}
+    }
+}

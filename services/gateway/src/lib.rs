@@ -1,0 +1,76 @@
+//! The HTTP gateway of voice-clone-tts.
+//!
+//! It validates requests, turns them into jobs on the queue, and serves job status, audio and
+//! progress streams. It never runs a model and never writes audio (it does not link ONNX
+//! Runtime): the workers do, and the gateway reads what they stored.
+
+pub mod error;
+pub mod extract;
+pub mod registry;
+pub mod routes;
+pub mod submit;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use tokio::net::TcpListener;
+use tts_infra::{AudioStore, Bus, JobQueue, JobStore};
+
+pub use error::AppError;
+pub use registry::Registry;
+
+/// The outside world as the gateway sees it.
+#[derive(Clone)]
+pub struct GatewayDeps {
+    pub queue: Arc<dyn JobQueue>,
+    pub store: Arc<dyn JobStore>,
+    pub bus: Arc<dyn Bus>,
+    pub audio: AudioStore,
+}
+
+#[derive(Debug, Clone)]
+pub struct GatewayOptions {
+    pub public_url: String,
+    pub sync_timeout: Duration,
+    pub max_text_chars: usize,
+    pub max_json_bytes: usize,
+    pub dead_threshold: Duration,
+}
+
+/// Shared by every request handler.
+#[derive(Clone)]
+pub struct AppState {
+    pub deps: GatewayDeps,
+    pub options: Arc<GatewayOptions>,
+    pub registry: Registry,
+}
+
+impl AppState {
+    /// Builds the state and starts following worker heartbeats.
+    pub async fn start(deps: GatewayDeps, options: GatewayOptions) -> Result<Self, AppError> {
+        let registry = Registry::start(deps.bus.clone(), options.dead_threshold).await?;
+        Ok(AppState {
+            deps,
+            options: Arc::new(options),
+            registry,
+        })
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    routes::router(state)
+}
+
+/// Serves the API on `listener` until `shutdown` completes, then lets in-flight requests finish.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}

@@ -1,0 +1,125 @@
+//! `POST /api/jobs`, `GET /api/jobs/{id}` and `GET /api/jobs/{id}/audio`.
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Json, Response};
+use tts_contracts::{JobAccepted, JobRecord, JobStatus, SynthesizeRequest};
+
+use super::parse_job_id;
+use crate::AppState;
+use crate::error::AppError;
+use crate::extract::ApiJson;
+use crate::submit;
+
+pub async fn create(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiJson(request): ApiJson<SynthesizeRequest>,
+) -> Result<Response, AppError> {
+    let key = match headers.get("idempotency-key") {
+        Some(v) => {
+            let key = v.to_str().map_err(|_| {
+                AppError::client(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_idempotency_key",
+                    "Idempotency-Key must be visible ASCII",
+                )
+            })?;
+            submit::check_idempotency_key(key)?;
+            Some(key.to_string())
+        }
+        None => None,
+    };
+    let job = submit::validate(&state, request)?;
+    let submitted = submit::submit(&state, job, key.as_deref()).await?;
+    let status = if submitted.replayed {
+        state
+            .deps
+            .store
+            .get(&submitted.job_id)
+            .await?
+            .map(|r| r.status)
+            .unwrap_or(JobStatus::Queued)
+    } else {
+        JobStatus::Queued
+    };
+    let base = state.options.public_url.trim_end_matches('/');
+    let id = submitted.job_id;
+    let ws_base = base
+        .replacen("https://", "wss://", 1)
+        .replacen("http://", "ws://", 1);
+    let body = JobAccepted {
+        job_id: id,
+        status,
+        status_url: format!("{base}/api/jobs/{id}"),
+        audio_url: format!("{base}/api/jobs/{id}/audio"),
+        ws_url: format!("{ws_base}/ws/jobs/{id}"),
+    };
+    let mut response = (StatusCode::ACCEPTED, Json(body)).into_response();
+    if let Ok(location) = format!("/api/jobs/{id}").parse() {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    if submitted.replayed {
+        response
+            .headers_mut()
+            .insert("idempotent-replayed", "true".parse().expect("valid header"));
+    }
+    Ok(response)
+}
+
+pub async fn status(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<JobView>, AppError> {
+    let record = load(&state, &id).await?;
+    Ok(Json(JobView::from(record)))
+}
+
+pub async fn audio(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, AppError> {
+    let record = load(&state, &id).await?;
+    let not_ready = || {
+        AppError::not_found(
+            "audio_not_ready",
+            format!(
+                "job {} has no audio (status: {})",
+                record.job_id,
+                record.status.as_str()
+            ),
+        )
+    };
+    let key = match (&record.status, &record.audio_key) {
+        (JobStatus::Succeeded, Some(key)) => key.clone(),
+        _ => return Err(not_ready()),
+    };
+    let audio = state.deps.audio.get(&key).await?.ok_or_else(not_ready)?;
+    Ok(([(header::CONTENT_TYPE, "audio/wav")], audio).into_response())
+}
+
+async fn load(state: &AppState, id: &str) -> Result<JobRecord, AppError> {
+    let job_id = parse_job_id(id)?;
+    state
+        .deps
+        .store
+        .get(&job_id)
+        .await?
+        .ok_or_else(|| AppError::not_found("job_not_found", format!("no job {job_id}")))
+}
+
+/// A job as `GET /api/jobs/{id}` shows it: the record plus the link to its audio.
+#[derive(Debug, serde::Serialize)]
+pub struct JobView {
+    #[serde(flatten)]
+    record: JobRecord,
+    audio_url: Option<String>,
+}
+
+impl From<JobRecord> for JobView {
+    fn from(record: JobRecord) -> Self {
+        let audio_url = (record.status == JobStatus::Succeeded)
+            .then(|| format!("/api/jobs/{}/audio", record.job_id));
+        JobView { record, audio_url }
+    }
+}

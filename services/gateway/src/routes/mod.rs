@@ -1,0 +1,41 @@
+//! The HTTP API, one module per resource.
+
+mod health;
+mod jobs;
+mod synthesize;
+mod voices;
+mod ws;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use tower_http::trace::TraceLayer;
+
+use crate::AppState;
+use crate::error::AppError;
+
+pub fn router(state: AppState) -> Router {
+    let json_limit = state.options.max_json_bytes;
+    Router::new()
+        .route("/api/synthesize", post(synthesize::synthesize))
+        .route("/api/jobs", post(jobs::create))
+        .route("/api/jobs/{id}", get(jobs::status))
+        .route("/api/jobs/{id}/audio", get(jobs::audio))
+        .route("/ws/jobs/{id}", get(ws::job_events))
+        .route("/api/voices", get(voices::list))
+        .route("/health", get(health::health))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(json_limit))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+async fn not_found() -> AppError {
+    AppError::not_found("not_found", "no such endpoint")
+}
+
+/// Parses a job id from the path, answering 404 for anything that cannot be one.
+fn parse_job_id(raw: &str) -> Result<tts_contracts::JobId, AppError> {
+    raw.parse()
+        .map_err(|_| AppError::not_found("job_not_found", format!("no job {raw:?}")))
+}

@@ -1,0 +1,170 @@
+//! Turning a request into a queued job: validation, the job record, idempotency, the queue.
+
+use chrono::Utc;
+use tts_contracts::{JobId, JobMessage, JobRecord, JobSpec, SPEED_RANGE, SynthesizeRequest};
+use uuid::Uuid;
+
+use crate::AppState;
+use crate::error::AppError;
+
+/// Longest accepted `Idempotency-Key`.
+const MAX_IDEMPOTENCY_KEY: usize = 255;
+
+/// Checks a request against the API's rules and the live fleet, and builds its job.
+pub fn validate(state: &AppState, request: SynthesizeRequest) -> Result<JobMessage, AppError> {
+    let text = request.text.trim();
+    if text.is_empty() {
+        return Err(AppError::unprocessable(
+            "invalid_text",
+            "text must not be empty",
+        ));
+    }
+    let chars = text.chars().count();
+    let max = state.options.max_text_chars;
+    if chars > max {
+        return Err(AppError::unprocessable(
+            "text_too_long",
+            format!("text has {chars} characters; at most {max} are accepted"),
+        ));
+    }
+    let speed = request.speed.unwrap_or(1.0);
+    let (min_speed, max_speed) = SPEED_RANGE;
+    if !speed.is_finite() || !(min_speed..=max_speed).contains(&speed) {
+        return Err(AppError::unprocessable(
+            "invalid_speed",
+            format!("speed must be between {min_speed} and {max_speed}"),
+        ));
+    }
+    if request.voice_id.trim().is_empty() {
+        return Err(AppError::unprocessable(
+            "invalid_voice",
+            "voice_id must not be empty",
+        ));
+    }
+    let voice = state.registry.voice(&request.voice_id).ok_or_else(|| {
+        AppError::unprocessable(
+            "unknown_voice",
+            format!(
+                "voice {:?} is not available; GET /api/voices lists the voices that are",
+                request.voice_id
+            ),
+        )
+    })?;
+    let language = match request.language {
+        Some(l) if l.trim().is_empty() => {
+            return Err(AppError::unprocessable(
+                "invalid_language",
+                "language must not be empty",
+            ));
+        }
+        Some(l) => {
+            if !same_language(&voice.language, &l) {
+                return Err(AppError::unprocessable(
+                    "unsupported_language",
+                    format!(
+                        "voice {} speaks {}, not {l}",
+                        voice.voice_id, voice.language
+                    ),
+                ));
+            }
+            l
+        }
+        None => voice.language.clone(),
+    };
+    Ok(JobMessage {
+        job_id: Uuid::new_v4(),
+        engine: voice.engine,
+        created_at: Utc::now(),
+        spec: JobSpec::Synthesize {
+            text: text.to_string(),
+            voice_id: voice.voice_id,
+            language,
+            speed,
+        },
+    })
+}
+
+fn same_language(a: &str, b: &str) -> bool {
+    let base = |s: &str| {
+        s.split(['-', '_'])
+            .next()
+            .unwrap_or_default()
+            .to_ascii_lowercase()
+    };
+    base(a) == base(b)
+}
+
+pub fn check_idempotency_key(key: &str) -> Result<(), AppError> {
+    if key.is_empty()
+        || key.len() > MAX_IDEMPOTENCY_KEY
+        || !key.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return Err(AppError::client(
+            axum::http::StatusCode::BAD_REQUEST,
+            "invalid_idempotency_key",
+            format!("Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"),
+        ));
+    }
+    Ok(())
+}
+
+/// The result of a submission: a new job, or the one an idempotency key already named.
+pub struct Submitted {
+    pub job_id: JobId,
+    pub replayed: bool,
+}
+
+/// Records the job as queued, then queues it. The record comes first so that a worker that
+/// takes the job at once finds it, and a client that polls at once sees `queued`.
+pub async fn submit(
+    state: &AppState,
+    job: JobMessage,
+    idempotency_key: Option<&str>,
+) -> Result<Submitted, AppError> {
+    if let Some(key) = idempotency_key
+        && let Some(existing) = state
+            .deps
+            .store
+            .claim_idempotency_key(key, &job.job_id)
+            .await?
+    {
+        return Ok(Submitted {
+            job_id: existing,
+            replayed: true,
+        });
+    }
+    let record = JobRecord::queued(&job);
+    let mut queued = state.deps.store.put(&record).await.map(|_| ());
+    if queued.is_ok() {
+        queued = state.deps.queue.enqueue(&job).await;
+        if queued.is_err() {
+            // The job was recorded but never queued: record that it failed, so that nobody
+            // waits for it.
+            let mut failed = record;
+            failed.status = tts_contracts::JobStatus::Failed;
+            failed.finished_at = Some(Utc::now());
+            failed.error = Some(tts_contracts::JobFailure {
+                error: "queue_unavailable".into(),
+                message: "the job could not be queued".into(),
+            });
+            let _ = state.deps.store.put(&failed).await;
+        }
+    }
+    if let Err(e) = queued {
+        if let Some(key) = idempotency_key
+            && let Err(release) = state
+                .deps
+                .store
+                .release_idempotency_key(key, &job.job_id)
+                .await
+        {
+            tracing::warn!(error = %release, "could not release idempotency key");
+        }
+        return Err(e.into());
+    }
+    tracing::info!(job_id = %job.job_id, engine = %job.engine, "job queued");
+    Ok(Submitted {
+        job_id: job.job_id,
+        replayed: false,
+    })
+}

@@ -1,0 +1,109 @@
+//! IPA phonemes from the `espeak-ng` program.
+//!
+//! espeak-ng runs as a separate process rather than being linked: the library is GPL-3.0, and a
+//! separate process also side-steps its lack of thread safety.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use super::EngineError;
+use crate::text::{split_clauses, split_sentences};
+
+/// One sentence as IPA, with Piper-style punctuation: clauses joined by their punctuation and a
+/// space, the sentence's end punctuation last.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PhonemizedSentence {
+    pub text: String,
+    pub ipa: String,
+}
+
+pub fn check_available() -> Result<String, EngineError> {
+    let out = Command::new("espeak-ng")
+        .arg("--version")
+        .output()
+        .map_err(|e| EngineError::internal(format!("espeak-ng is not installed: {e}")))?;
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Phonemizes one piece of text with `voice` (an espeak-ng voice such as `en-us`). espeak-ng
+/// prints one line per clause it finds; they are joined with spaces.
+pub fn phonemize_clause(voice: &str, text: &str) -> Result<String, EngineError> {
+    let mut child = Command::new("espeak-ng")
+        .args(["-q", "--ipa", "-v", voice, "--stdin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| EngineError::internal(format!("cannot run espeak-ng: {e}")))?;
+    {
+        let mut stdin = child.stdin.take().expect("stdin is piped");
+        stdin
+            .write_all(text.as_bytes())
+            .map_err(|e| EngineError::internal(format!("espeak-ng stdin: {e}")))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| EngineError::internal(format!("espeak-ng: {e}")))?;
+    if !out.status.success() {
+        return Err(EngineError::internal(format!(
+            "espeak-ng failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    let ipa = String::from_utf8_lossy(&out.stdout);
+    Ok(ipa.split_whitespace().collect::<Vec<_>>().join(" "))
+}
+
+/// Splits text into sentences and phonemizes each.
+pub fn phonemize(voice: &str, text: &str) -> Result<Vec<PhonemizedSentence>, EngineError> {
+    let mut sentences = Vec::new();
+    for sentence in split_sentences(text) {
+        let clauses = split_clauses(&sentence.text);
+        let mut ipa = String::new();
+        for (i, clause) in clauses.iter().enumerate() {
+            let phonemes = phonemize_clause(voice, &clause.text)?;
+            if phonemes.is_empty() {
+                continue;
+            }
+            ipa.push_str(&phonemes);
+            if i + 1 < clauses.len() {
+                // Clause punctuation is kept as the model was trained with it.
+                let p = clause
+                    .punctuation
+                    .chars()
+                    .next()
+                    .map(ascii_punct)
+                    .unwrap_or(',');
+                ipa.push(p);
+                ipa.push(' ');
+            }
+        }
+        let end = sentence
+            .punctuation
+            .chars()
+            .next()
+            .map(ascii_punct)
+            .unwrap_or('.');
+        if !ipa.is_empty() {
+            ipa.push(end);
+            sentences.push(PhonemizedSentence {
+                text: format!("{}{}", sentence.text, sentence.punctuation),
+                ipa,
+            });
+        }
+    }
+    Ok(sentences)
+}
+
+/// Maps CJK punctuation to the ASCII mark the phoneme vocabularies know.
+fn ascii_punct(c: char) -> char {
+    match c {
+        '。' | '…' => '.',
+        '！' => '!',
+        '？' => '?',
+        '，' | '、' => ',',
+        '；' => ';',
+        '：' => ':',
+        other => other,
+    }
+}

@@ -1,0 +1,223 @@
+//! The engine abstraction: text (and a voice) in, audio out.
+//!
+//! Engines are synchronous and CPU- or GPU-bound; the worker calls them on blocking threads.
+//! Adding an engine is one module here plus a `workers.<name>` entry in config.yaml.
+
+pub mod espeak;
+pub mod piper;
+
+use std::fmt;
+
+use tts_contracts::VoiceInfo;
+
+/// What a synthesis job asks of an engine.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SynthesisInput {
+    pub text: String,
+    pub voice_id: String,
+    pub language: String,
+    pub speed: f32,
+}
+
+/// Mono audio in [-1, 1].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Audio {
+    pub samples: Vec<f32>,
+    pub sample_rate: u32,
+}
+
+impl Audio {
+    pub fn duration_seconds(&self) -> f32 {
+        self.samples.len() as f32 / self.sample_rate.max(1) as f32
+    }
+}
+
+/// Progress of one synthesis, reported after each unit of work (a sentence).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Progress {
+    pub done: usize,
+    pub total: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EngineErrorKind {
+    /// The job cannot succeed as asked (unknown voice, unsupported language, text the engine
+    /// cannot speak). Retrying is pointless.
+    InvalidInput,
+    /// Something that may pass (an upstream server busy or unreachable, resources exhausted).
+    Transient,
+    /// A fault in the model or the runtime. Retried in case it is local to one machine.
+    Internal,
+}
+
+#[derive(Debug, Clone)]
+pub struct EngineError {
+    kind: EngineErrorKind,
+    code: &'static str,
+    message: String,
+}
+
+impl EngineError {
+    pub fn new(kind: EngineErrorKind, code: &'static str, message: impl Into<String>) -> Self {
+        EngineError {
+            kind,
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn invalid(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(EngineErrorKind::InvalidInput, code, message)
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(EngineErrorKind::Internal, "engine_error", message)
+    }
+
+    pub fn kind(&self) -> EngineErrorKind {
+        self.kind
+    }
+
+    /// A stable machine-readable code, reported to clients as the job's `error`.
+    pub fn code(&self) -> &'static str {
+        self.code
+    }
+
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl fmt::Display for EngineError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
+impl std::error::Error for EngineError {}
+
+impl From<ort::Error> for EngineError {
+    fn from(e: ort::Error) -> Self {
+        EngineError::internal(format!("onnx runtime: {e}"))
+    }
+}
+
+/// What an engine reports about itself for `/health`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct EngineHealth {
+    pub ready: bool,
+    pub device: String,
+    pub detail: String,
+}
+
+pub trait Engine: Send + Sync + 'static {
+    /// The engine's name, as in config.yaml and the job subject.
+    fn name(&self) -> &str;
+
+    /// The voices this engine can speak with now.
+    fn voices(&self) -> Vec<VoiceInfo>;
+
+    /// Synthesises `input`, calling `progress` after each sentence. Runs on a blocking thread.
+    fn synthesize(
+        &self,
+        input: &SynthesisInput,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<Audio, EngineError>;
+
+    fn health(&self) -> EngineHealth;
+}
+
+/// Checks the parts of a request every engine checks the same way.
+pub fn check_voice_and_language(
+    engine: &dyn Engine,
+    input: &SynthesisInput,
+) -> Result<VoiceInfo, EngineError> {
+    let voice = engine
+        .voices()
+        .into_iter()
+        .find(|v| v.voice_id == input.voice_id)
+        .ok_or_else(|| {
+            EngineError::invalid(
+                "unknown_voice",
+                format!(
+                    "voice {:?} is not served by engine {}",
+                    input.voice_id,
+                    engine.name()
+                ),
+            )
+        })?;
+    if !language_matches(&voice.language, &input.language) {
+        return Err(EngineError::invalid(
+            "unsupported_language",
+            format!(
+                "voice {} speaks {}, not {}",
+                voice.voice_id, voice.language, input.language
+            ),
+        ));
+    }
+    Ok(voice)
+}
+
+/// `en` matches `en`, `en-US` and `en_US`, case-insensitively.
+pub fn language_matches(voice_language: &str, requested: &str) -> bool {
+    let base = |s: &str| {
+        s.split(['-', '_'])
+            .next()
+            .unwrap_or_default()
+            .to_ascii_lowercase()
+    };
+    base(voice_language) == base(requested)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn languages_match_on_their_base() {
+        assert!(language_matches("en", "en-US"));
+        assert!(language_matches("en_US", "EN"));
+        assert!(!language_matches("en", "zh"));
+    }
+}
+
+/// Builds the engine named `name` from its `workers.<name>` settings. `sessions` is how many
+/// syntheses it must be able to run at once.
+pub fn build(
+    name: &str,
+    settings: &tts_config::Settings,
+    sessions: usize,
+) -> Result<std::sync::Arc<dyn Engine>, EngineError> {
+    let engine_settings = settings
+        .engine(name)
+        .map_err(|e| EngineError::internal(e.to_string()))?;
+    match name {
+        "piper" => {
+            let cache = &settings.models.cache_dir;
+            let paths = crate::models::ensure(cache)
+                .map_err(|e| EngineError::internal(format!("model cache: {e}")))?;
+            let model_dir = if engine_settings.model_path.is_empty() {
+                paths.piper_dir
+            } else {
+                engine_settings.model_path.clone().into()
+            };
+            let onnxruntime = if settings.models.onnxruntime_path.is_empty() {
+                paths.onnxruntime
+            } else {
+                settings.models.onnxruntime_path.clone().into()
+            };
+            let engine = piper::PiperEngine::load(&piper::PiperOptions {
+                model_dir,
+                voice: engine_settings.voice.clone(),
+                device: engine_settings.device.clone(),
+                threads: engine_settings.threads,
+                sessions,
+                onnxruntime,
+            })?;
+            Ok(std::sync::Arc::new(engine))
+        }
+        other => Err(EngineError::internal(format!(
+            "engine {other:?} is configured but not built into this binary (available: piper)"
+        ))),
+    }
+}

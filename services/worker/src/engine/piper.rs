@@ -1,0 +1,318 @@
+//! The `piper` engine: Piper (VITS) voices exported to ONNX, with espeak-ng phonemes.
+//!
+//! A voice is two files in the model directory: `<voice>.onnx` and `<voice>.onnx.json` (sample
+//! rate, espeak voice, inference scales and the phoneme-to-id map). The graph takes `input` i64
+//! [1, P] phoneme ids, `input_lengths` i64 [1] and `scales` f32 [3] (noise, length, noise width)
+//! and gives `output` f32 [1, 1, 1, S].
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Condvar, Mutex};
+
+use chrono::Utc;
+use ndarray::{Array1, Array2};
+use ort::session::Session;
+use ort::value::Tensor;
+use serde::Deserialize;
+use tts_contracts::{VoiceInfo, VoiceStatus};
+
+use super::espeak;
+use super::{
+    Audio, Engine, EngineError, EngineHealth, Progress, SynthesisInput, check_voice_and_language,
+};
+use crate::runtime::{self, Placement};
+
+/// Silence put between sentences, in seconds.
+const SENTENCE_PAUSE_SECS: f32 = 0.2;
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct VoiceConfig {
+    pub audio: AudioConfig,
+    pub espeak: EspeakConfig,
+    pub inference: InferenceConfig,
+    pub phoneme_id_map: HashMap<String, Vec<i64>>,
+    #[serde(default)]
+    pub language: Option<LanguageConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct AudioConfig {
+    pub sample_rate: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct EspeakConfig {
+    pub voice: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct InferenceConfig {
+    pub noise_scale: f32,
+    pub length_scale: f32,
+    pub noise_w: f32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct LanguageConfig {
+    pub family: String,
+}
+
+/// Where a Piper voice lives and how to run it.
+#[derive(Debug, Clone)]
+pub struct PiperOptions {
+    pub model_dir: PathBuf,
+    pub voice: String,
+    pub device: String,
+    pub threads: usize,
+    /// Sessions kept loaded; one job runs on each at a time.
+    pub sessions: usize,
+    pub onnxruntime: PathBuf,
+}
+
+pub struct PiperEngine {
+    voice: VoiceInfo,
+    config: VoiceConfig,
+    pool: SessionPool,
+    placement: Placement,
+}
+
+impl PiperEngine {
+    pub fn load(options: &PiperOptions) -> Result<Self, EngineError> {
+        let model = options.model_dir.join(format!("{}.onnx", options.voice));
+        let config_path = options
+            .model_dir
+            .join(format!("{}.onnx.json", options.voice));
+        let config = read_config(&config_path)?;
+        espeak::check_available()?;
+        let env = runtime::environment(&options.onnxruntime)?;
+        let mut sessions = Vec::new();
+        let mut placement = None;
+        for _ in 0..options.sessions.max(1) {
+            let (session, p) = runtime::session(env, &model, &options.device, options.threads)?;
+            check_signature(&session, &model)?;
+            sessions.push(session);
+            placement = Some(p);
+        }
+        let language = config
+            .language
+            .as_ref()
+            .map(|l| l.family.clone())
+            .unwrap_or_else(|| config.espeak.voice.chars().take(2).collect());
+        let voice = VoiceInfo {
+            voice_id: options.voice.clone(),
+            name: options.voice.clone(),
+            engine: "piper".into(),
+            created_at: Utc::now(),
+            language,
+            status: VoiceStatus::Ready,
+            sample_rate: Some(config.audio.sample_rate),
+        };
+        Ok(PiperEngine {
+            voice,
+            config,
+            pool: SessionPool::new(sessions),
+            placement: placement.expect("at least one session"),
+        })
+    }
+
+    pub fn sample_rate(&self) -> u32 {
+        self.config.audio.sample_rate
+    }
+
+    /// Phoneme ids as Piper's trainer made them: `^`, pad, then each phoneme followed by the pad,
+    /// then `$`. Phonemes the voice does not know are skipped.
+    fn phoneme_ids(&self, ipa: &str) -> Vec<i64> {
+        let map = &self.config.phoneme_id_map;
+        let id = |s: &str| map.get(s).cloned().unwrap_or_default();
+        let pad = id("_");
+        let mut ids = id("^");
+        ids.extend(&pad);
+        for c in ipa.chars() {
+            let mut buf = [0u8; 4];
+            if let Some(phoneme) = map.get(c.encode_utf8(&mut buf) as &str) {
+                ids.extend(phoneme);
+                ids.extend(&pad);
+            }
+        }
+        ids.extend(id("$"));
+        ids
+    }
+
+    fn infer(&self, ids: Vec<i64>, speed: f32) -> Result<Vec<f32>, EngineError> {
+        let inf = &self.config.inference;
+        let len = ids.len();
+        let input = Array2::from_shape_vec((1, len), ids)
+            .map_err(|e| EngineError::internal(e.to_string()))?;
+        let lengths = Array1::from_vec(vec![len as i64]);
+        let scales = Array1::from_vec(vec![inf.noise_scale, inf.length_scale / speed, inf.noise_w]);
+        let mut session = self.pool.take();
+        let outputs = session.run(ort::inputs![
+            "input" => Tensor::from_array(input)?,
+            "input_lengths" => Tensor::from_array(lengths)?,
+            "scales" => Tensor::from_array(scales)?,
+        ])?;
+        let (_, audio) = outputs["output"].try_extract_tensor::<f32>()?;
+        Ok(audio.to_vec())
+    }
+}
+
+impl Engine for PiperEngine {
+    fn name(&self) -> &str {
+        "piper"
+    }
+
+    fn voices(&self) -> Vec<VoiceInfo> {
+        vec![self.voice.clone()]
+    }
+
+    fn synthesize(
+        &self,
+        input: &SynthesisInput,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<Audio, EngineError> {
+        check_voice_and_language(self, input)?;
+        let sentences = espeak::phonemize(&self.config.espeak.voice, &input.text)?;
+        if sentences.is_empty() {
+            return Err(EngineError::invalid(
+                "nothing_to_say",
+                "the text has no words that can be spoken",
+            ));
+        }
+        let rate = self.sample_rate();
+        let pause = vec![0.0; (SENTENCE_PAUSE_SECS * rate as f32) as usize];
+        let mut samples = Vec::new();
+        let total = sentences.len();
+        for (i, sentence) in sentences.iter().enumerate() {
+            let mut audio = self.infer(self.phoneme_ids(&sentence.ipa), input.speed)?;
+            normalise_peak(&mut audio);
+            if i > 0 {
+                samples.extend_from_slice(&pause);
+            }
+            samples.extend(audio);
+            progress(Progress { done: i + 1, total });
+        }
+        Ok(Audio {
+            samples,
+            sample_rate: rate,
+        })
+    }
+
+    fn health(&self) -> EngineHealth {
+        EngineHealth {
+            ready: true,
+            device: self.placement.device.clone(),
+            detail: match &self.placement.fallback_reason {
+                Some(reason) => format!(
+                    "voice {} on cpu (cuda unavailable: {reason})",
+                    self.voice.voice_id
+                ),
+                None => format!("voice {} loaded", self.voice.voice_id),
+            },
+        }
+    }
+}
+
+fn read_config(path: &Path) -> Result<VoiceConfig, EngineError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        EngineError::internal(format!("cannot read voice config {}: {e}", path.display()))
+    })?;
+    let config: VoiceConfig = serde_json::from_str(&text).map_err(|e| {
+        EngineError::internal(format!("voice config {} is invalid: {e}", path.display()))
+    })?;
+    for symbol in ["_", "^", "$"] {
+        if !config.phoneme_id_map.contains_key(symbol) {
+            return Err(EngineError::internal(format!(
+                "voice config {} has no id for {symbol:?}",
+                path.display()
+            )));
+        }
+    }
+    Ok(config)
+}
+
+/// Refuses a model whose inputs and outputs are not Piper's, naming what differs.
+fn check_signature(session: &Session, model: &Path) -> Result<(), EngineError> {
+    let inputs: Vec<&str> = session.inputs().iter().map(|i| i.name()).collect();
+    let outputs: Vec<&str> = session.outputs().iter().map(|o| o.name()).collect();
+    for name in ["input", "input_lengths", "scales"] {
+        if !inputs.contains(&name) {
+            return Err(EngineError::internal(format!(
+                "model {} has no input {name:?} (inputs: {inputs:?})",
+                model.display()
+            )));
+        }
+    }
+    if !outputs.contains(&"output") {
+        return Err(EngineError::internal(format!(
+            "model {} has no output \"output\" (outputs: {outputs:?})",
+            model.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Scales a sentence so that its loudest sample sits just below full scale, as Piper does, so
+/// that sentences come out equally loud.
+fn normalise_peak(samples: &mut [f32]) {
+    let peak = samples.iter().fold(0.0f32, |m, s| m.max(s.abs()));
+    let gain = 0.95 / peak.max(0.01);
+    for s in samples {
+        *s *= gain;
+    }
+}
+
+/// Loaded sessions, each used by one synthesis at a time.
+struct SessionPool {
+    free: Mutex<Vec<Session>>,
+    returned: Condvar,
+}
+
+struct PooledSession<'a> {
+    pool: &'a SessionPool,
+    session: Option<Session>,
+}
+
+impl SessionPool {
+    fn new(sessions: Vec<Session>) -> Self {
+        SessionPool {
+            free: Mutex::new(sessions),
+            returned: Condvar::new(),
+        }
+    }
+
+    fn take(&self) -> PooledSession<'_> {
+        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(session) = free.pop() {
+                return PooledSession {
+                    pool: self,
+                    session: Some(session),
+                };
+            }
+            free = self.returned.wait(free).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+impl std::ops::Deref for PooledSession<'_> {
+    type Target = Session;
+    fn deref(&self) -> &Session {
+        self.session.as_ref().expect("held until drop")
+    }
+}
+
+impl std::ops::DerefMut for PooledSession<'_> {
+    fn deref_mut(&mut self) -> &mut Session {
+        self.session.as_mut().expect("held until drop")
+    }
+}
+
+impl Drop for PooledSession<'_> {
+    fn drop(&mut self) {
+        if let Some(session) = self.session.take() {
+            let mut free = self.pool.free.lock().unwrap_or_else(|p| p.into_inner());
+            free.push(session);
+            self.pool.returned.notify_one();
+        }
+    }
+}

@@ -1,0 +1,50 @@
+//! The worker's own `GET /health`, on its configured port.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Json};
+use axum::routing::get;
+use serde_json::json;
+use tts_infra::{Bus, JobStore};
+
+use crate::heartbeat::NodeState;
+
+#[derive(Clone)]
+pub struct HealthState {
+    pub node: Arc<NodeState>,
+    pub bus: Arc<dyn Bus>,
+    pub store: Arc<dyn JobStore>,
+}
+
+pub fn router(state: HealthState) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .with_state(state)
+}
+
+async fn health(State(state): State<HealthState>) -> impl IntoResponse {
+    let engine = state.node.engine.health();
+    let bus = state.bus.is_connected();
+    let store = state.store.ping().await;
+    let draining = state.node.draining.load(Ordering::Relaxed);
+    let healthy = engine.ready && bus && store.is_ok() && !draining;
+    let body = json!({
+        "status": if healthy { "ok" } else { "unavailable" },
+        "node": state.node.info(None),
+        "engine": engine,
+        "dependencies": {
+            "nats": if bus { "up" } else { "down" },
+            "redis": match &store { Ok(()) => "up".to_string(), Err(e) => format!("down: {e}") },
+        },
+    });
+    let code = if healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(body))
+}

@@ -1,0 +1,92 @@
+//! Heartbeats: the worker's NodeInfo on `tts.heartbeat.<engine>.<node_id>`, every interval, at
+//! once when a gateway asks, and a last one saying `offline` when the worker stops.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use tokio::sync::watch;
+use tts_contracts::{NodeInfo, WorkerStatus, subjects};
+use tts_infra::Bus;
+
+use crate::engine::Engine;
+
+/// What a worker says about itself; shared by the job loop, heartbeats and `/health`.
+pub struct NodeState {
+    pub node_id: String,
+    pub host: String,
+    pub port: u16,
+    pub max_concurrent: u32,
+    pub heartbeat_interval: Duration,
+    pub started_at: DateTime<Utc>,
+    pub engine: Arc<dyn Engine>,
+    pub load: AtomicU32,
+    pub draining: AtomicBool,
+}
+
+impl NodeState {
+    pub fn info(&self, status: Option<WorkerStatus>) -> NodeInfo {
+        let load = self.load.load(Ordering::Relaxed);
+        let status = status.unwrap_or(if self.draining.load(Ordering::Relaxed) {
+            WorkerStatus::Draining
+        } else if load >= self.max_concurrent {
+            WorkerStatus::Busy
+        } else {
+            WorkerStatus::Online
+        });
+        NodeInfo {
+            node_id: self.node_id.clone(),
+            engine: self.engine.name().to_string(),
+            host: self.host.clone(),
+            port: self.port,
+            status,
+            current_load: load,
+            max_concurrent: self.max_concurrent,
+            voices: self.engine.voices(),
+            started_at: self.started_at,
+            sent_at: Utc::now(),
+            heartbeat_interval_secs: self.heartbeat_interval.as_secs(),
+        }
+    }
+}
+
+pub async fn publish(bus: &dyn Bus, node: &NodeState, status: Option<WorkerStatus>) {
+    let info = node.info(status);
+    let subject = subjects::heartbeat(&info.engine, &info.node_id);
+    match serde_json::to_vec(&info) {
+        Ok(payload) => {
+            if let Err(e) = bus.publish(subject, Bytes::from(payload)).await {
+                tracing::warn!(error = %e, "heartbeat not sent");
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "could not encode heartbeat"),
+    }
+}
+
+/// Sends heartbeats until `shutdown` turns true.
+pub async fn run(bus: Arc<dyn Bus>, node: Arc<NodeState>, mut shutdown: watch::Receiver<bool>) {
+    let mut requests = match bus.subscribe(subjects::HEARTBEAT_REQUEST.to_string()).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for heartbeat requests");
+            futures::stream::pending().boxed()
+        }
+    };
+    let mut ticker = tokio::time::interval(node.heartbeat_interval);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => publish(bus.as_ref(), &node, None).await,
+            Some(_) = requests.next() => publish(bus.as_ref(), &node, None).await,
+            _ = stopped(&mut shutdown) => return,
+        }
+    }
+}
+
+/// Completes when the stop signal turns true (or its sender is gone).
+pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
+    // The guard wait_for returns is dropped here, so the future stays Send.
+    let _ = stop.wait_for(|s| *s).await;
+}

@@ -1,0 +1,19 @@
+//! The synthesis worker.
+//!
+//! A worker serves one engine. It pulls that engine's jobs from the queue, runs the engine off the
+//! async runtime's threads, writes the audio to object storage, records the job's final state and
+//! only then acknowledges the job. It heartbeats its NodeInfo so gateways know what it serves.
+
+pub mod engine;
+pub mod health;
+pub mod heartbeat;
+pub mod models;
+pub mod process;
+pub mod reaper;
+pub mod runtime;
+pub mod service;
+pub mod text;
+pub mod wav;
+
+pub use engine::{Engine, EngineError, EngineErrorKind, SynthesisInput};
+pub use service::{Worker, WorkerDeps, WorkerOptions};

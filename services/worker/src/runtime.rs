@@ -1,0 +1,115 @@
+//! ONNX Runtime: loading the shared library once per process and building sessions on the
+//! configured device.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use ort::environment::Environment;
+use ort::session::Session;
+use ort::session::builder::GraphOptimizationLevel;
+
+use crate::engine::EngineError;
+
+static ENVIRONMENT: OnceLock<Result<(Environment, PathBuf), String>> = OnceLock::new();
+
+/// Loads ONNX Runtime from `library` (a `libonnxruntime.so`). The library can be loaded once per
+/// process; later calls return the first result, whatever path they name.
+pub fn environment(library: &Path) -> Result<&'static Environment, EngineError> {
+    // The PyPI build queues usage telemetry unless told not to; a self-hosted service sends none.
+    // SAFETY: set before the runtime is loaded, from the thread that loads it; nothing else in
+    // this process reads the variable concurrently.
+    unsafe { std::env::set_var("ORT_DISABLE_TELEMETRY", "1") };
+    let result = ENVIRONMENT.get_or_init(|| {
+        if !library.exists() {
+            return Err(format!(
+                "ONNX Runtime library {} does not exist",
+                library.display()
+            ));
+        }
+        let builder = ort::init_from(library)
+            .map_err(|e| format!("cannot load ONNX Runtime from {}: {e}", library.display()))?;
+        let env = builder
+            .with_name("voice-clone-tts")
+            .with_telemetry(false)
+            .build()
+            .map_err(|e| format!("cannot start ONNX Runtime: {e}"))?;
+        Ok((env, library.to_path_buf()))
+    });
+    match result {
+        Ok((env, _)) => Ok(env),
+        Err(message) => Err(EngineError::internal(message.clone())),
+    }
+}
+
+/// The execution device a session ended up on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    pub device: String,
+    /// Why the configured device was not used, when it was not.
+    pub fallback_reason: Option<String>,
+}
+
+/// Builds a session for `model` on `device` (`cuda` or `cpu`). When CUDA cannot be used the
+/// session runs on the CPU and the reason is logged and returned.
+pub fn session(
+    env: &Environment,
+    model: &Path,
+    device: &str,
+    threads: usize,
+) -> Result<(Session, Placement), EngineError> {
+    let builder = || -> Result<ort::session::builder::SessionBuilder, EngineError> {
+        let mut b = Session::builder(env)?
+            .with_optimization_level(GraphOptimizationLevel::Level3)
+            .map_err(ort::Error::<()>::from)?;
+        if threads > 0 {
+            b = b
+                .with_intra_threads(threads)
+                .map_err(ort::Error::<()>::from)?;
+        }
+        Ok(b)
+    };
+    let load = |mut b: ort::session::builder::SessionBuilder| {
+        b.commit_from_file(model).map_err(|e| {
+            EngineError::internal(format!("cannot load model {}: {e}", model.display()))
+        })
+    };
+    if device == "cuda" {
+        let attempt = builder()?
+            .with_execution_providers([ort::ep::CUDA::default().build().error_on_failure()])
+            .map_err(|e| e.to_string())
+            .and_then(|b| load(b).map_err(|e| e.to_string()));
+        match attempt {
+            Ok(session) => {
+                return Ok((
+                    session,
+                    Placement {
+                        device: "cuda".into(),
+                        fallback_reason: None,
+                    },
+                ));
+            }
+            Err(reason) => {
+                tracing::warn!(
+                    model = %model.display(),
+                    %reason,
+                    "CUDA execution provider unavailable; running on CPU"
+                );
+                let session = load(builder()?)?;
+                return Ok((
+                    session,
+                    Placement {
+                        device: "cpu".into(),
+                        fallback_reason: Some(reason),
+                    },
+                ));
+            }
+        }
+    }
+    Ok((
+        load(builder()?)?,
+        Placement {
+            device: "cpu".into(),
+            fallback_reason: None,
+        },
+    ))
+}

@@ -1,0 +1,259 @@
+//! Configuration of voice-clone-tts.
+//!
+//! Three layers, later ones winning: the repository's `config.yaml` compiled into the binary (so
+//! the service runs with no file at all), an optional file given with `--config`, and environment
+//! variables named `TTS__<SECTION>__<KEY>`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use config::{Environment, File, FileFormat};
+use serde::Deserialize;
+
+/// The embedded defaults: the same text as the repository's `config.yaml`.
+pub const DEFAULT_CONFIG_YAML: &str = include_str!("../../../config.yaml");
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(String);
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Settings {
+    pub gateway: GatewaySettings,
+    pub worker: WorkerSettings,
+    pub workers: BTreeMap<String, EngineSettings>,
+    pub nats: NatsSettings,
+    pub redis: RedisSettings,
+    pub storage: StorageSettings,
+    pub models: ModelSettings,
+    pub logging: LoggingSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct GatewaySettings {
+    pub host: String,
+    pub port: u16,
+    pub public_url: String,
+    pub sync_timeout_secs: u64,
+    pub max_text_chars: usize,
+    pub max_json_bytes: usize,
+    pub idempotency_ttl_secs: u64,
+    pub global_rpm: u32,
+    pub ip_rpm: u32,
+    pub concurrent_limit: u32,
+    pub dead_threshold: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct WorkerSettings {
+    pub node_id: String,
+    pub advertise_host: String,
+    pub heartbeat_interval: u64,
+    pub max_concurrent: u32,
+    pub ack_wait_secs: u64,
+    pub max_deliver: i64,
+    pub retry_delay_secs: u64,
+    pub shutdown_grace_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct EngineSettings {
+    pub port: u16,
+    #[serde(default)]
+    pub model_path: String,
+    #[serde(default)]
+    pub voice: String,
+    #[serde(default = "default_device")]
+    pub device: String,
+    #[serde(default)]
+    pub threads: usize,
+}
+
+fn default_device() -> String {
+    "cpu".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct NatsSettings {
+    pub url: String,
+    pub replicas: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct RedisSettings {
+    pub url: String,
+    pub key_prefix: String,
+    pub job_ttl_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct StorageSettings {
+    pub url: String,
+    pub s3_endpoint: String,
+    pub s3_region: String,
+    pub s3_access_key_id: String,
+    pub s3_secret_access_key: String,
+    pub s3_allow_http: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ModelSettings {
+    pub cache_dir: PathBuf,
+    pub onnxruntime_path: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct LoggingSettings {
+    pub level: String,
+    pub format: String,
+}
+
+impl Settings {
+    /// Embedded defaults, then `file` when given, then the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
+        Self::load_with_env(file, std::env::vars())
+    }
+
+    /// As [`Settings::load`], with the environment given explicitly (tests use this so that they
+    /// neither read nor change the real one).
+    pub fn load_with_env(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Settings, ConfigError> {
+        let mut builder = config::Config::builder()
+            .add_source(File::from_str(DEFAULT_CONFIG_YAML, FileFormat::Yaml));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError(format!(
+                    "config file {} does not exist",
+                    path.display()
+                )));
+            }
+            builder = builder.add_source(File::from(path).format(FileFormat::Yaml));
+        }
+        let env: config::Map<String, String> = env
+            .into_iter()
+            .filter(|(key, _)| key.starts_with("TTS__"))
+            .collect();
+        builder = builder.add_source(
+            Environment::with_prefix("TTS")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true)
+                .source(Some(env)),
+        );
+        let settings: Settings = builder
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .map_err(|e| ConfigError(e.to_string()))?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks that catch a bad deployment at start-up rather than at the first request.
+    fn validate(&self) -> Result<(), ConfigError> {
+        let fail = |m: String| Err(ConfigError(m));
+        if self.worker.max_concurrent == 0 {
+            return fail("worker.max_concurrent must be at least 1".into());
+        }
+        if self.worker.max_deliver < 1 {
+            return fail("worker.max_deliver must be at least 1".into());
+        }
+        if self.worker.ack_wait_secs < 3 {
+            return fail("worker.ack_wait_secs must be at least 3".into());
+        }
+        if self.worker.heartbeat_interval == 0 {
+            return fail("worker.heartbeat_interval must be at least 1".into());
+        }
+        if self.gateway.max_text_chars == 0 {
+            return fail("gateway.max_text_chars must be at least 1".into());
+        }
+        for (engine, settings) in &self.workers {
+            if !matches!(settings.device.as_str(), "cpu" | "cuda") {
+                return fail(format!(
+                    "workers.{engine}.device must be cpu or cuda, not {:?}",
+                    settings.device
+                ));
+            }
+        }
+        if !matches!(self.logging.format.as_str(), "text" | "json") {
+            return fail("logging.format must be text or json".into());
+        }
+        Ok(())
+    }
+
+    pub fn engine(&self, name: &str) -> Result<&EngineSettings, ConfigError> {
+        self.workers.get(name).ok_or_else(|| {
+            let known: Vec<&str> = self.workers.keys().map(String::as_str).collect();
+            ConfigError(format!(
+                "no engine named {name:?} in workers (configured: {})",
+                known.join(", ")
+            ))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn embedded_defaults_follow_the_origin_document() {
+        let s = Settings::load_with_env(None, env(&[])).unwrap();
+        assert_eq!(s.gateway.port, 8080);
+        assert_eq!(s.gateway.global_rpm, 1000);
+        assert_eq!(s.gateway.ip_rpm, 100);
+        assert_eq!(s.gateway.concurrent_limit, 50);
+        assert_eq!(s.worker.heartbeat_interval, 10);
+        assert_eq!(s.gateway.dead_threshold, 30);
+        assert_eq!(s.gateway.max_text_chars, 5000);
+        assert!(s.workers.contains_key("piper"));
+    }
+
+    #[test]
+    fn environment_overrides_nested_keys() {
+        let s = Settings::load_with_env(
+            None,
+            env(&[
+                ("TTS__GATEWAY__PORT", "9090"),
+                ("TTS__WORKERS__PIPER__DEVICE", "cuda"),
+                ("TTS__REDIS__URL", "redis://10.0.0.1:6380"),
+                ("UNRELATED", "x"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.gateway.port, 9090);
+        assert_eq!(s.workers["piper"].device, "cuda");
+        assert_eq!(s.redis.url, "redis://10.0.0.1:6380");
+    }
+
+    #[test]
+    fn file_layer_overrides_defaults_and_env_overrides_file() {
+        let dir = std::env::temp_dir().join(format!("tts-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.yaml");
+        std::fs::write(&path, "gateway:\n  port: 7000\n  sync_timeout_secs: 5\n").unwrap();
+        let s =
+            Settings::load_with_env(Some(&path), env(&[("TTS__GATEWAY__PORT", "7001")])).unwrap();
+        assert_eq!(s.gateway.port, 7001);
+        assert_eq!(s.gateway.sync_timeout_secs, 5);
+        assert_eq!(s.gateway.ip_rpm, 100);
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn bad_values_are_reported_by_name() {
+        let err = Settings::load_with_env(None, env(&[("TTS__WORKERS__PIPER__DEVICE", "tpu")]))
+            .unwrap_err();
+        assert!(err.to_string().contains("workers.piper.device"), "{err}");
+        let err = Settings::load(Some(Path::new("/nonexistent/c.yaml"))).unwrap_err();
+        assert!(err.to_string().contains("does not exist"));
+    }
+}

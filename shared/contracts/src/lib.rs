@@ -1,0 +1,284 @@
+//! Wire contracts of voice-clone-tts.
+//!
+//! Everything that crosses a process boundary is defined here: the HTTP request and response
+//! bodies, the job message on the queue, the job record kept in the state store, progress events
+//! and worker heartbeats, and the names of subjects and streams. Gateway and workers agree on
+//! these types and nothing else, which is why this crate depends on serde and plain data crates
+//! only (no tokio, no async-nats): a client library can reuse it without pulling in a runtime.
+
+pub mod subjects;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Identifier of a job. Also the JetStream message id, so that a publish retried by the gateway
+/// is de-duplicated by the server.
+pub type JobId = Uuid;
+
+/// Body of `POST /api/synthesize` and `POST /api/jobs`, as the origin document defines it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SynthesizeRequest {
+    pub text: String,
+    pub voice_id: String,
+    /// Defaults to the voice's own language.
+    #[serde(default)]
+    pub language: Option<String>,
+    /// Speaking rate, 0.25 to 4.0; 1.0 when absent.
+    #[serde(default)]
+    pub speed: Option<f32>,
+}
+
+/// The smallest and largest accepted `speed`.
+pub const SPEED_RANGE: (f32, f32) = (0.25, 4.0);
+
+/// What a job asks a worker to do. Tagged so that other kinds of work (voice enrollment) can join
+/// the same queue without breaking workers that read this one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum JobSpec {
+    Synthesize {
+        text: String,
+        voice_id: String,
+        language: String,
+        speed: f32,
+    },
+}
+
+/// The message published on `tts.jobs.<engine>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobMessage {
+    pub job_id: JobId,
+    pub engine: String,
+    pub created_at: DateTime<Utc>,
+    #[serde(flatten)]
+    pub spec: JobSpec,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+}
+
+impl JobStatus {
+    /// A terminal status never changes again; clients stop polling and WebSockets close.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, JobStatus::Succeeded | JobStatus::Failed)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Queued => "queued",
+            JobStatus::Running => "running",
+            JobStatus::Succeeded => "succeeded",
+            JobStatus::Failed => "failed",
+        }
+    }
+}
+
+/// Why a job failed, in the same `{error, message}` shape as HTTP errors.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobFailure {
+    pub error: String,
+    pub message: String,
+}
+
+/// The state of a job as the state store keeps it and `GET /api/jobs/{id}` returns it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub job_id: JobId,
+    pub engine: String,
+    pub voice_id: String,
+    pub status: JobStatus,
+    /// 0.0 to 1.0.
+    pub progress: f32,
+    /// How many times a worker has started this job (redeliveries count).
+    pub attempts: u32,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    #[serde(default)]
+    pub started_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub finished_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub error: Option<JobFailure>,
+    /// Object key of the finished WAV; set only once the audio is durable.
+    #[serde(default)]
+    pub audio_key: Option<String>,
+    #[serde(default)]
+    pub duration_seconds: Option<f32>,
+    #[serde(default)]
+    pub sample_rate: Option<u32>,
+}
+
+impl JobRecord {
+    pub fn queued(message: &JobMessage) -> Self {
+        let JobSpec::Synthesize { voice_id, .. } = &message.spec;
+        JobRecord {
+            job_id: message.job_id,
+            engine: message.engine.clone(),
+            voice_id: voice_id.clone(),
+            status: JobStatus::Queued,
+            progress: 0.0,
+            attempts: 0,
+            created_at: message.created_at,
+            updated_at: message.created_at,
+            started_at: None,
+            finished_at: None,
+            error: None,
+            audio_key: None,
+            duration_seconds: None,
+            sample_rate: None,
+        }
+    }
+
+    /// The event that announces this record's current state.
+    pub fn to_event(&self) -> JobEvent {
+        JobEvent {
+            job_id: self.job_id,
+            status: self.status,
+            progress: self.progress,
+            attempt: self.attempts,
+            at: self.updated_at,
+            error: self.error.clone(),
+            message: None,
+        }
+    }
+}
+
+/// A change in a job's state, published on `tts.events.<job_id>` and sent to WebSocket clients.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobEvent {
+    pub job_id: JobId,
+    pub status: JobStatus,
+    pub progress: f32,
+    pub attempt: u32,
+    pub at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<JobFailure>,
+    /// Human-readable detail, such as "sentence 2 of 5".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// Answer of `POST /api/jobs`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobAccepted {
+    pub job_id: JobId,
+    pub status: JobStatus,
+    pub status_url: String,
+    pub audio_url: String,
+    pub ws_url: String,
+}
+
+/// The body of every 4xx and 5xx answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApiError {
+    pub error: String,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<JobId>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VoiceStatus {
+    Enrolling,
+    Ready,
+    Failed,
+}
+
+/// A voice, as the origin document's VoiceInfo plus its language and status.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VoiceInfo {
+    pub voice_id: String,
+    pub name: String,
+    pub engine: String,
+    pub created_at: DateTime<Utc>,
+    pub language: String,
+    pub status: VoiceStatus,
+    #[serde(default)]
+    pub sample_rate: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkerStatus {
+    /// Taking jobs, with free capacity.
+    Online,
+    /// Taking jobs, every slot in use.
+    Busy,
+    /// Finishing its in-flight jobs before it exits; takes no new ones.
+    Draining,
+    /// Stopped cleanly; sent once as the last heartbeat.
+    Offline,
+}
+
+/// A worker's heartbeat, published on `tts.heartbeat.<engine>.<node_id>`: the origin document's
+/// NodeInfo plus what the gateway needs to route requests (the voices it serves).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub node_id: String,
+    pub engine: String,
+    pub host: String,
+    pub port: u16,
+    pub status: WorkerStatus,
+    pub current_load: u32,
+    pub max_concurrent: u32,
+    pub voices: Vec<VoiceInfo>,
+    pub started_at: DateTime<Utc>,
+    pub sent_at: DateTime<Utc>,
+    /// Seconds until this heartbeat is replaced; the gateway derives liveness from it.
+    pub heartbeat_interval_secs: u64,
+}
+
+/// Object key of a job's audio. Fixed per job so that a redelivered job overwrites, never
+/// duplicates, its output.
+pub fn audio_key(job_id: &JobId) -> String {
+    format!("audio/{job_id}.wav")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_message_round_trips_with_kind_tag() {
+        let message = JobMessage {
+            job_id: Uuid::nil(),
+            engine: "piper".into(),
+            created_at: Utc::now(),
+            spec: JobSpec::Synthesize {
+                text: "Hello.".into(),
+                voice_id: "en_US-joe-medium".into(),
+                language: "en".into(),
+                speed: 1.0,
+            },
+        };
+        let json = serde_json::to_value(&message).unwrap();
+        assert_eq!(json["kind"], "synthesize");
+        assert_eq!(json["text"], "Hello.");
+        let back: JobMessage = serde_json::from_value(json).unwrap();
+        assert_eq!(back, message);
+    }
+
+    #[test]
+    fn synthesize_request_rejects_unknown_fields() {
+        let err =
+            serde_json::from_str::<SynthesizeRequest>(r#"{"text":"a","voice_id":"v","sped":2.0}"#)
+                .unwrap_err();
+        assert!(err.to_string().contains("sped"));
+    }
+
+    #[test]
+    fn audio_key_is_stable_per_job() {
+        let id = Uuid::nil();
+        assert_eq!(audio_key(&id), audio_key(&id));
+        assert!(audio_key(&id).ends_with(".wav"));
+    }
+}

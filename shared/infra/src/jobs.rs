@@ -1,0 +1,276 @@
+//! The job state store: the source of truth for a job's status, progress, error and audio key.
+//!
+//! The gateway creates a record before the job is queued; workers update it. Once a record is
+//! terminal (`succeeded` or `failed`) it never changes again, even if a stale delivery of the
+//! same job finishes later, so clients never see a finished job go back to `running`.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use redis::aio::ConnectionManager;
+use tts_contracts::{JobId, JobRecord};
+
+use crate::error::{InfraError, Result};
+
+#[async_trait]
+pub trait JobStore: Send + Sync + 'static {
+    async fn get(&self, job_id: &JobId) -> Result<Option<JobRecord>>;
+
+    /// Stores `record` unless the stored record is already terminal. Returns whether it was
+    /// written.
+    async fn put(&self, record: &JobRecord) -> Result<bool>;
+
+    /// Maps an idempotency key to `job_id`. When the key is already mapped, nothing changes and
+    /// the job it maps to is returned.
+    async fn claim_idempotency_key(&self, key: &str, job_id: &JobId) -> Result<Option<JobId>>;
+
+    /// Removes a key claimed for a job that could not be queued, so that the client's retry with
+    /// the same key queues it again.
+    async fn release_idempotency_key(&self, key: &str, job_id: &JobId) -> Result<()>;
+
+    /// A round trip to the store, for health checks.
+    async fn ping(&self) -> Result<()>;
+}
+
+/// Job records as JSON strings in Redis, with a TTL.
+#[derive(Clone)]
+pub struct RedisJobStore {
+    conn: ConnectionManager,
+    prefix: String,
+    ttl: Duration,
+    idempotency_ttl: Duration,
+}
+
+/// Writes ARGV[1] at KEYS[1] with expiry ARGV[2] seconds unless the stored record is terminal.
+/// A script, so that the check and the write are one atomic step across gateways and workers.
+const PUT_UNLESS_TERMINAL: &str = r#"
+local current = redis.call('GET', KEYS[1])
+if current then
+  local ok, decoded = pcall(cjson.decode, current)
+  if ok and (decoded['status'] == 'succeeded' or decoded['status'] == 'failed') then
+    return 0
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return 1
+"#;
+
+/// Deletes KEYS[1] only while it still maps to ARGV[1].
+const DELETE_IF_EQUAL: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"#;
+
+impl RedisJobStore {
+    pub async fn connect(
+        url: &str,
+        prefix: &str,
+        ttl: Duration,
+        idempotency_ttl: Duration,
+    ) -> Result<Self> {
+        let client = redis::Client::open(url)
+            .map_err(|e| InfraError::invalid(format!("redis url {url:?}: {e}")))?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(5)))
+            .set_response_timeout(Some(Duration::from_secs(5)));
+        let conn = ConnectionManager::new_with_config(client, config)
+            .await
+            .map_err(|e| InfraError::unavailable(format!("redis at {url}: {e}")))?;
+        Ok(RedisJobStore {
+            conn,
+            prefix: prefix.to_string(),
+            ttl,
+            idempotency_ttl,
+        })
+    }
+
+    fn job_key(&self, job_id: &JobId) -> String {
+        format!("{}:job:{job_id}", self.prefix)
+    }
+
+    fn idempotency_key(&self, key: &str) -> String {
+        format!("{}:idem:{key}", self.prefix)
+    }
+
+    /// Runs a command, once more if the first attempt fails on the connection: after a Redis
+    /// restart the connection manager reports the broken connection once, then reconnects.
+    async fn run<T: redis::FromRedisValue + Send>(&self, cmd: &redis::Cmd) -> Result<T> {
+        let mut conn = self.conn.clone();
+        match cmd.query_async(&mut conn).await {
+            Ok(v) => Ok(v),
+            Err(e) if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() => cmd
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| InfraError::unavailable(format!("redis: {e}"))),
+            Err(e) => Err(InfraError::unavailable(format!("redis: {e}"))),
+        }
+    }
+
+    async fn run_script<T: redis::FromRedisValue + Send>(
+        &self,
+        script: &str,
+        keys: &[&str],
+        args: &[String],
+    ) -> Result<T> {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(script).arg(keys.len());
+        for k in keys {
+            cmd.arg(*k);
+        }
+        for a in args {
+            cmd.arg(a);
+        }
+        self.run(&cmd).await
+    }
+}
+
+#[async_trait]
+impl JobStore for RedisJobStore {
+    async fn get(&self, job_id: &JobId) -> Result<Option<JobRecord>> {
+        let raw: Option<String> = self
+            .run(redis::cmd("GET").arg(self.job_key(job_id)))
+            .await?;
+        raw.map(|s| serde_json::from_str(&s).map_err(InfraError::corrupt))
+            .transpose()
+    }
+
+    async fn put(&self, record: &JobRecord) -> Result<bool> {
+        let json = serde_json::to_string(record).map_err(InfraError::corrupt)?;
+        let written: i64 = self
+            .run_script(
+                PUT_UNLESS_TERMINAL,
+                &[&self.job_key(&record.job_id)],
+                &[json, self.ttl.as_secs().max(1).to_string()],
+            )
+            .await?;
+        Ok(written == 1)
+    }
+
+    async fn claim_idempotency_key(&self, key: &str, job_id: &JobId) -> Result<Option<JobId>> {
+        let redis_key = self.idempotency_key(key);
+        let set: Option<String> = self
+            .run(
+                redis::cmd("SET")
+                    .arg(&redis_key)
+                    .arg(job_id.to_string())
+                    .arg("NX")
+                    .arg("EX")
+                    .arg(self.idempotency_ttl.as_secs().max(1)),
+            )
+            .await?;
+        if set.is_some() {
+            return Ok(None);
+        }
+        let existing: Option<String> = self.run(redis::cmd("GET").arg(&redis_key)).await?;
+        match existing {
+            Some(s) => s.parse().map(Some).map_err(InfraError::corrupt),
+            // The key expired between the two commands: claim it again.
+            None => Box::pin(self.claim_idempotency_key(key, job_id)).await,
+        }
+    }
+
+    async fn release_idempotency_key(&self, key: &str, job_id: &JobId) -> Result<()> {
+        let _: i64 = self
+            .run_script(
+                DELETE_IF_EQUAL,
+                &[&self.idempotency_key(key)],
+                &[job_id.to_string()],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<()> {
+        let _: String = self.run(&redis::cmd("PING")).await?;
+        Ok(())
+    }
+}
+
+/// Job records in process memory, for standalone mode. Records expire like Redis ones.
+pub struct MemoryJobStore {
+    ttl: Duration,
+    idempotency_ttl: Duration,
+    inner: Mutex<MemoryInner>,
+}
+
+#[derive(Default)]
+struct MemoryInner {
+    jobs: HashMap<JobId, (JobRecord, Instant)>,
+    keys: HashMap<String, (JobId, Instant)>,
+}
+
+impl MemoryJobStore {
+    pub fn new(ttl: Duration, idempotency_ttl: Duration) -> Self {
+        MemoryJobStore {
+            ttl,
+            idempotency_ttl,
+            inner: Mutex::new(MemoryInner::default()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, MemoryInner> {
+        // A panic while holding this lock cannot leave the maps half-updated (every update is a
+        // single insert), so a poisoned lock is still safe to use.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[async_trait]
+impl JobStore for MemoryJobStore {
+    async fn get(&self, job_id: &JobId) -> Result<Option<JobRecord>> {
+        let inner = self.lock();
+        Ok(inner
+            .jobs
+            .get(job_id)
+            .filter(|(_, expires)| *expires > Instant::now())
+            .map(|(r, _)| r.clone()))
+    }
+
+    async fn put(&self, record: &JobRecord) -> Result<bool> {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        if inner.jobs.len() > 10_000 {
+            inner.jobs.retain(|_, (_, expires)| *expires > now);
+        }
+        if let Some((current, expires)) = inner.jobs.get(&record.job_id)
+            && *expires > now
+            && current.status.is_terminal()
+        {
+            return Ok(false);
+        }
+        inner
+            .jobs
+            .insert(record.job_id, (record.clone(), now + self.ttl));
+        Ok(true)
+    }
+
+    async fn claim_idempotency_key(&self, key: &str, job_id: &JobId) -> Result<Option<JobId>> {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        if let Some((existing, expires)) = inner.keys.get(key)
+            && *expires > now
+        {
+            return Ok(Some(*existing));
+        }
+        inner
+            .keys
+            .insert(key.to_string(), (*job_id, now + self.idempotency_ttl));
+        Ok(None)
+    }
+
+    async fn release_idempotency_key(&self, key: &str, job_id: &JobId) -> Result<()> {
+        let mut inner = self.lock();
+        if inner.keys.get(key).is_some_and(|(id, _)| id == job_id) {
+            inner.keys.remove(key);
+        }
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<()> {
+        Ok(())
+    }
+}

@@ -1,0 +1,407 @@
+//! The job queue: the gateway enqueues, workers take deliveries and settle them.
+//!
+//! Distributed mode keeps jobs in a JetStream work-queue stream with one durable pull consumer
+//! per engine, shared by all of that engine's workers, so that they split the jobs and a job
+//! whose worker dies is redelivered after `ack_wait`. Standalone mode keeps them in process.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind};
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::sync::mpsc;
+use tts_contracts::{JobMessage, subjects};
+
+use crate::error::{InfraError, Result};
+
+#[derive(Debug, Clone)]
+pub struct QueueSettings {
+    /// How long a delivery may go without an ack or a progress ack before it is redelivered.
+    pub ack_wait: Duration,
+    /// Deliveries of one job before the server gives up on it.
+    pub max_deliver: i64,
+    pub replicas: usize,
+}
+
+#[async_trait]
+pub trait JobQueue: Send + Sync + 'static {
+    /// Queues a job on its engine's subject. Enqueuing the same job id twice within the
+    /// de-duplication window stores it once.
+    async fn enqueue(&self, job: &JobMessage) -> Result<()>;
+
+    fn is_connected(&self) -> bool;
+}
+
+/// Where a worker takes jobs from.
+#[async_trait]
+pub trait JobSource: Send + Sync + 'static {
+    /// Waits up to `wait` for the next job; `None` when none came.
+    async fn next(&self, wait: Duration) -> Result<Option<Box<dyn Delivery>>>;
+}
+
+/// One delivery of a job to a worker, which must settle it exactly once.
+#[async_trait]
+pub trait Delivery: Send + Sync {
+    fn payload(&self) -> &[u8];
+    /// 1 for the first delivery, 2 for the first redelivery, and so on.
+    fn attempt(&self) -> u32;
+    /// The attempt after which the queue gives up.
+    fn max_attempts(&self) -> u32;
+    /// The job is done: remove it from the queue.
+    async fn ack(&self) -> Result<()>;
+    /// The job failed for a reason that may pass: deliver it again after `delay`.
+    async fn nak(&self, delay: Duration) -> Result<()>;
+    /// The job is still being worked on: restart the redelivery timer.
+    async fn in_progress(&self) -> Result<()>;
+    /// The job can never succeed: remove it without redelivery.
+    async fn term(&self) -> Result<()>;
+}
+
+fn encode(job: &JobMessage) -> Result<Bytes> {
+    serde_json::to_vec(job)
+        .map(Bytes::from)
+        .map_err(InfraError::invalid)
+}
+
+/// Jobs in NATS JetStream.
+#[derive(Clone)]
+pub struct JetStreamQueue {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    settings: QueueSettings,
+}
+
+impl JetStreamQueue {
+    /// Creates the jobs stream when it does not exist yet.
+    pub async fn connect(client: async_nats::Client, settings: QueueSettings) -> Result<Self> {
+        let js = jetstream::new(client.clone());
+        js.get_or_create_stream(jetstream::stream::Config {
+            name: subjects::JOBS_STREAM.to_string(),
+            subjects: vec![subjects::JOBS_ALL.to_string()],
+            retention: jetstream::stream::RetentionPolicy::WorkQueue,
+            storage: jetstream::stream::StorageType::File,
+            num_replicas: settings.replicas.max(1),
+            duplicate_window: Duration::from_secs(120),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| InfraError::unavailable(format!("jobs stream: {e}")))?;
+        Ok(JetStreamQueue {
+            client,
+            js,
+            settings,
+        })
+    }
+
+    async fn stream(&self) -> Result<jetstream::stream::Stream> {
+        self.js
+            .get_stream(subjects::JOBS_STREAM)
+            .await
+            .map_err(|e| InfraError::unavailable(format!("jobs stream: {e}")))
+    }
+
+    /// The engine's shared durable consumer, created on first use.
+    pub async fn source(&self, engine: &str) -> Result<JetStreamSource> {
+        let name = subjects::consumer(engine);
+        let consumer = self
+            .stream()
+            .await?
+            .get_or_create_consumer(
+                &name,
+                jetstream::consumer::pull::Config {
+                    durable_name: Some(name.clone()),
+                    filter_subject: subjects::jobs(engine),
+                    ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                    ack_wait: self.settings.ack_wait,
+                    max_deliver: self.settings.max_deliver,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| InfraError::unavailable(format!("consumer {name}: {e}")))?;
+        Ok(JetStreamSource {
+            consumer,
+            max_deliver: self.settings.max_deliver,
+        })
+    }
+
+    /// Removes a job that has used up its deliveries from the stream and returns it. The server
+    /// keeps such a message and announces it with an advisory naming its stream sequence.
+    pub async fn take_exhausted(&self, stream_seq: u64) -> Result<Option<Bytes>> {
+        let stream = self.stream().await?;
+        let message = match stream.get_raw_message(stream_seq).await {
+            Ok(m) => m,
+            Err(e) if e.to_string().contains("not found") => return Ok(None),
+            Err(e) => {
+                return Err(InfraError::unavailable(format!(
+                    "get job {stream_seq}: {e}"
+                )));
+            }
+        };
+        if let Err(e) = stream.delete_message(stream_seq).await {
+            tracing::warn!(stream_seq, error = %e, "could not delete an exhausted job");
+        }
+        Ok(Some(message.payload))
+    }
+
+    /// Number of jobs waiting for an engine's workers.
+    pub async fn pending(&self, engine: &str) -> Result<u64> {
+        let stream = self.stream().await?;
+        let mut consumer: jetstream::consumer::PullConsumer = stream
+            .get_consumer(&subjects::consumer(engine))
+            .await
+            .map_err(|e| InfraError::unavailable(format!("consumer: {e}")))?;
+        let info = consumer
+            .info()
+            .await
+            .map_err(|e| InfraError::unavailable(format!("consumer info: {e}")))?;
+        Ok(info.num_pending)
+    }
+
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+}
+
+#[async_trait]
+impl JobQueue for JetStreamQueue {
+    async fn enqueue(&self, job: &JobMessage) -> Result<()> {
+        let publish = jetstream::message::PublishMessage::build()
+            .payload(encode(job)?)
+            .message_id(job.job_id.to_string());
+        let ack = self
+            .js
+            .send_publish(subjects::jobs(&job.engine), publish)
+            .await
+            .map_err(|e| InfraError::unavailable(format!("publish job: {e}")))?;
+        // Waiting for the server's ack makes the job durable before the client hears about it.
+        ack.await
+            .map_err(|e| InfraError::unavailable(format!("job not stored: {e}")))?;
+        Ok(())
+    }
+
+    fn is_connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+}
+
+pub struct JetStreamSource {
+    consumer: jetstream::consumer::PullConsumer,
+    max_deliver: i64,
+}
+
+#[async_trait]
+impl JobSource for JetStreamSource {
+    async fn next(&self, wait: Duration) -> Result<Option<Box<dyn Delivery>>> {
+        // One message per pull: a worker asks only for what it has a free slot for, so jobs are
+        // never held by a busy worker while another one idles.
+        let mut batch = self
+            .consumer
+            .batch()
+            .max_messages(1)
+            .expires(wait)
+            .messages()
+            .await
+            .map_err(|e| InfraError::unavailable(format!("pull: {e}")))?;
+        match batch.next().await {
+            None => Ok(None),
+            Some(Err(e)) => {
+                // A pull that expired with no message ends the batch with a status, not a job.
+                let text = e.to_string();
+                if text.contains("timed out") || text.contains("408") || text.contains("404") {
+                    Ok(None)
+                } else {
+                    Err(InfraError::unavailable(format!("pull: {text}")))
+                }
+            }
+            Some(Ok(message)) => {
+                let attempt = message
+                    .info()
+                    .map(|i| i.delivered.max(1) as u32)
+                    .unwrap_or(1);
+                Ok(Some(Box::new(JetStreamDelivery {
+                    message,
+                    attempt,
+                    max_attempts: self.max_deliver.max(1) as u32,
+                })))
+            }
+        }
+    }
+}
+
+struct JetStreamDelivery {
+    message: jetstream::Message,
+    attempt: u32,
+    max_attempts: u32,
+}
+
+impl JetStreamDelivery {
+    async fn settle(&self, kind: AckKind) -> Result<()> {
+        self.message
+            .ack_with(kind)
+            .await
+            .map_err(|e| InfraError::unavailable(format!("ack: {e}")))
+    }
+}
+
+#[async_trait]
+impl Delivery for JetStreamDelivery {
+    fn payload(&self) -> &[u8] {
+        &self.message.payload
+    }
+
+    fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    fn max_attempts(&self) -> u32 {
+        self.max_attempts
+    }
+
+    async fn ack(&self) -> Result<()> {
+        // The double ack waits for the server's confirmation, so a job is never reported as
+        // settled while the ack could still be lost.
+        self.message
+            .double_ack()
+            .await
+            .map_err(|e| InfraError::unavailable(format!("ack: {e}")))
+    }
+
+    async fn nak(&self, delay: Duration) -> Result<()> {
+        self.settle(AckKind::Nak(Some(delay))).await
+    }
+
+    async fn in_progress(&self) -> Result<()> {
+        self.settle(AckKind::Progress).await
+    }
+
+    async fn term(&self) -> Result<()> {
+        self.settle(AckKind::Term).await
+    }
+}
+
+/// Jobs in process memory, for standalone mode: one channel per engine.
+#[derive(Clone)]
+pub struct LocalQueue {
+    max_deliver: u32,
+    channels: Arc<Mutex<HashMap<String, LocalChannel>>>,
+}
+
+#[derive(Clone)]
+struct LocalChannel {
+    tx: mpsc::UnboundedSender<(Bytes, u32)>,
+    rx: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<(Bytes, u32)>>>,
+}
+
+impl LocalQueue {
+    pub fn new(max_deliver: u32) -> Self {
+        LocalQueue {
+            max_deliver: max_deliver.max(1),
+            channels: Arc::default(),
+        }
+    }
+
+    fn channel(&self, engine: &str) -> LocalChannel {
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        channels
+            .entry(engine.to_string())
+            .or_insert_with(|| {
+                let (tx, rx) = mpsc::unbounded_channel();
+                LocalChannel {
+                    tx,
+                    rx: Arc::new(tokio::sync::Mutex::new(rx)),
+                }
+            })
+            .clone()
+    }
+
+    pub fn source(&self, engine: &str) -> LocalSource {
+        LocalSource {
+            channel: self.channel(engine),
+            max_deliver: self.max_deliver,
+        }
+    }
+}
+
+#[async_trait]
+impl JobQueue for LocalQueue {
+    async fn enqueue(&self, job: &JobMessage) -> Result<()> {
+        self.channel(&job.engine)
+            .tx
+            .send((encode(job)?, 1))
+            .map_err(|_| InfraError::unavailable("local queue closed"))
+    }
+
+    fn is_connected(&self) -> bool {
+        true
+    }
+}
+
+pub struct LocalSource {
+    channel: LocalChannel,
+    max_deliver: u32,
+}
+
+#[async_trait]
+impl JobSource for LocalSource {
+    async fn next(&self, wait: Duration) -> Result<Option<Box<dyn Delivery>>> {
+        let mut rx = self.channel.rx.lock().await;
+        match tokio::time::timeout(wait, rx.recv()).await {
+            Ok(Some((payload, attempt))) => Ok(Some(Box::new(LocalDelivery {
+                payload,
+                attempt,
+                max_attempts: self.max_deliver,
+                tx: self.channel.tx.clone(),
+            }))),
+            Ok(None) | Err(_) => Ok(None),
+        }
+    }
+}
+
+struct LocalDelivery {
+    payload: Bytes,
+    attempt: u32,
+    max_attempts: u32,
+    tx: mpsc::UnboundedSender<(Bytes, u32)>,
+}
+
+#[async_trait]
+impl Delivery for LocalDelivery {
+    fn payload(&self) -> &[u8] {
+        &self.payload
+    }
+
+    fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    fn max_attempts(&self) -> u32 {
+        self.max_attempts
+    }
+
+    async fn ack(&self) -> Result<()> {
+        Ok(())
+    }
+
+    async fn nak(&self, delay: Duration) -> Result<()> {
+        let tx = self.tx.clone();
+        let payload = self.payload.clone();
+        let attempt = self.attempt + 1;
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let _ = tx.send((payload, attempt));
+        });
+        Ok(())
+    }
+
+    async fn in_progress(&self) -> Result<()> {
+        Ok(())
+    }
+
+    async fn term(&self) -> Result<()> {
+        Ok(())
+    }
+}

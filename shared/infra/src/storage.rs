@@ -1,0 +1,204 @@
+//! Object storage for audio: a local directory, an S3-compatible bucket or memory, behind the
+//! `object_store` trait. Only workers write; the gateway reads.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::memory::InMemory;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use tts_config::StorageSettings;
+
+use crate::error::{InfraError, Result};
+
+#[derive(Clone)]
+pub struct AudioStore {
+    inner: Arc<dyn ObjectStore>,
+    description: String,
+}
+
+impl std::fmt::Debug for AudioStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AudioStore")
+            .field("backend", &self.description)
+            .finish()
+    }
+}
+
+impl AudioStore {
+    pub fn new(inner: Arc<dyn ObjectStore>, description: impl Into<String>) -> Self {
+        AudioStore {
+            inner,
+            description: description.into(),
+        }
+    }
+
+    /// Builds the backend named by `storage.url`: `file://DIR`, `s3://BUCKET` or `memory://`.
+    pub fn from_settings(settings: &StorageSettings) -> Result<Self> {
+        let url = settings.url.trim();
+        if let Some(dir) = url.strip_prefix("file://") {
+            if dir.is_empty() {
+                return Err(InfraError::invalid("storage.url file:// needs a directory"));
+            }
+            std::fs::create_dir_all(dir)
+                .map_err(|e| InfraError::invalid(format!("storage directory {dir}: {e}")))?;
+            let fs = LocalFileSystem::new_with_prefix(dir)
+                .map_err(|e| InfraError::invalid(format!("storage directory {dir}: {e}")))?;
+            Ok(Self::new(Arc::new(fs), format!("local directory {dir}")))
+        } else if let Some(bucket) = url.strip_prefix("s3://") {
+            let bucket = bucket.trim_end_matches('/');
+            if bucket.is_empty() || bucket.contains('/') {
+                return Err(InfraError::invalid("storage.url s3:// needs a bucket name"));
+            }
+            let mut builder = AmazonS3Builder::from_env()
+                .with_bucket_name(bucket)
+                .with_region(&settings.s3_region)
+                .with_allow_http(settings.s3_allow_http);
+            if !settings.s3_endpoint.is_empty() {
+                builder = builder.with_endpoint(&settings.s3_endpoint);
+            }
+            if !settings.s3_access_key_id.is_empty() {
+                builder = builder
+                    .with_access_key_id(&settings.s3_access_key_id)
+                    .with_secret_access_key(&settings.s3_secret_access_key);
+            }
+            let s3 = builder
+                .build()
+                .map_err(|e| InfraError::invalid(format!("s3 storage: {e}")))?;
+            Ok(Self::new(Arc::new(s3), format!("bucket {bucket}")))
+        } else if url == "memory://" {
+            Ok(Self::in_memory())
+        } else {
+            Err(InfraError::invalid(format!(
+                "storage.url {url:?} must start with file://, s3:// or be memory://"
+            )))
+        }
+    }
+
+    pub fn in_memory() -> Self {
+        Self::new(Arc::new(InMemory::new()), "memory")
+    }
+
+    pub fn description(&self) -> &str {
+        &self.description
+    }
+
+    fn path(key: &str) -> Result<Path> {
+        Path::parse(key).map_err(|e| InfraError::invalid(format!("object key {key:?}: {e}")))
+    }
+
+    /// Writes an object whole; readers see either the old object or the new one, never a part.
+    pub async fn put(&self, key: &str, data: Bytes) -> Result<()> {
+        self.inner
+            .put(&Self::path(key)?, PutPayload::from_bytes(data))
+            .await
+            .map(|_| ())
+            .map_err(|e| InfraError::unavailable(format!("store {key}: {e}")))
+    }
+
+    /// Reads an object; `None` when there is none at `key`.
+    pub async fn get(&self, key: &str) -> Result<Option<Bytes>> {
+        match self.inner.get(&Self::path(key)?).await {
+            Ok(result) => result
+                .bytes()
+                .await
+                .map(Some)
+                .map_err(|e| InfraError::unavailable(format!("read {key}: {e}"))),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(InfraError::unavailable(format!("read {key}: {e}"))),
+        }
+    }
+
+    pub async fn exists(&self, key: &str) -> Result<bool> {
+        match self.inner.head(&Self::path(key)?).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(InfraError::unavailable(format!("head {key}: {e}"))),
+        }
+    }
+
+    /// Deletes an object; deleting a missing one is not an error.
+    pub async fn delete(&self, key: &str) -> Result<()> {
+        match self.inner.delete(&Self::path(key)?).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(InfraError::unavailable(format!("delete {key}: {e}"))),
+        }
+    }
+
+    /// Keys under a prefix, for tests and housekeeping.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        use futures::TryStreamExt;
+        let prefix = Self::path(prefix)?;
+        let metas: Vec<_> = self
+            .inner
+            .list(Some(&prefix))
+            .try_collect()
+            .await
+            .map_err(|e| InfraError::unavailable(format!("list {prefix}: {e}")))?;
+        Ok(metas.into_iter().map(|m| m.location.to_string()).collect())
+    }
+
+    /// A cheap request that proves the backend answers, for health checks.
+    pub async fn check(&self) -> Result<()> {
+        self.exists("health/probe").await.map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod conformance {
+    //! One suite, run against every backend that needs no outside server.
+    use super::*;
+
+    async fn suite(store: AudioStore) {
+        assert_eq!(store.get("audio/missing.wav").await.unwrap(), None);
+        assert!(!store.exists("audio/missing.wav").await.unwrap());
+        store
+            .put("audio/a.wav", Bytes::from_static(b"one"))
+            .await
+            .unwrap();
+        assert_eq!(store.get("audio/a.wav").await.unwrap().unwrap(), "one");
+        // Overwriting keeps one object with the new content: redelivered jobs rely on it.
+        store
+            .put("audio/a.wav", Bytes::from_static(b"two"))
+            .await
+            .unwrap();
+        assert_eq!(store.get("audio/a.wav").await.unwrap().unwrap(), "two");
+        assert_eq!(store.list("audio").await.unwrap(), vec!["audio/a.wav"]);
+        store.delete("audio/a.wav").await.unwrap();
+        store.delete("audio/a.wav").await.unwrap();
+        assert!(!store.exists("audio/a.wav").await.unwrap());
+        store.check().await.unwrap();
+        assert!(store.put("../escape", Bytes::new()).await.is_err());
+    }
+
+    fn settings(url: &str) -> StorageSettings {
+        StorageSettings {
+            url: url.into(),
+            s3_endpoint: String::new(),
+            s3_region: "us-east-1".into(),
+            s3_access_key_id: String::new(),
+            s3_secret_access_key: String::new(),
+            s3_allow_http: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn memory_backend() {
+        suite(AudioStore::from_settings(&settings("memory://")).unwrap()).await;
+    }
+
+    #[tokio::test]
+    async fn local_directory_backend() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("file://{}", dir.path().display());
+        suite(AudioStore::from_settings(&settings(&url)).unwrap()).await;
+    }
+
+    #[test]
+    fn unknown_schemes_are_refused() {
+        let err = AudioStore::from_settings(&settings("ftp://x")).unwrap_err();
+        assert!(err.to_string().contains("file://"));
+    }
+}
