@@ -1,1 +1,35 @@
+//! Test support: real servers on free ports, the service in both modes, and typed requests.
+//!
+//! Every distributed test gets its own `nats-server` (own port, own JetStream directory, killed
+//! on drop) and its own Redis key prefix on the machine's Redis, so tests never see each
+//! other's jobs.
 
+pub mod app;
+pub mod nats;
+pub mod wav;
+
+pub use app::{Deployment, TestApp, spawn_app, spawn_worker_process, test_settings};
+pub use nats::NatsServer;
+
+use std::path::PathBuf;
+
+/// The workspace root (the parent of this crate).
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is inside the workspace")
+        .to_path_buf()
+}
+
+/// A free TCP port on the loopback interface.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// The Redis the tests use: `TTS_TEST_REDIS_URL`, or the machine's default one.
+pub fn redis_url() -> String {
+    std::env::var("TTS_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}

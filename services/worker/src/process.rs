@@ -26,6 +26,7 @@ pub struct JobContext {
     pub audio: AudioStore,
     pub ack_wait: Duration,
     pub retry_delay: Duration,
+    pub node_id: String,
 }
 
 /// How a delivery ended, for logs and tests.
@@ -131,6 +132,7 @@ async fn run(
     record.started_at.get_or_insert(now);
     record.updated_at = now;
     record.error = None;
+    record.worker = Some(ctx.node_id.clone());
     save(ctx, record, None).await?;
 
     let audio = synthesize_with_progress(ctx, delivery, input, record).await?;

@@ -92,6 +92,7 @@ impl Worker {
             audio: deps.audio.clone(),
             ack_wait: options.ack_wait,
             retry_delay: options.retry_delay,
+            node_id: options.node_id.clone(),
         };
 
         let heartbeats = tokio::spawn(heartbeat::run(

@@ -114,6 +114,9 @@ pub struct JobRecord {
     pub duration_seconds: Option<f32>,
     #[serde(default)]
     pub sample_rate: Option<u32>,
+    /// The node that ran the latest attempt.
+    #[serde(default)]
+    pub worker: Option<String>,
 }
 
 impl JobRecord {
@@ -134,6 +137,7 @@ impl JobRecord {
             audio_key: None,
             duration_seconds: None,
             sample_rate: None,
+            worker: None,
         }
     }
 

@@ -1,0 +1,356 @@
+//! The service under test, in either deployment, with typed request helpers.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use serde_json::Value;
+use tokio::sync::oneshot;
+use tokio_tungstenite::tungstenite::Message;
+use tts_config::Settings;
+use tts_contracts::JobEvent;
+use tts_infra::AudioStore;
+use voice_clone_tts::{Application, Mode};
+
+use crate::{NatsServer, redis_url, workspace_root};
+
+/// The voice every test speaks with.
+pub const VOICE: &str = "en_US-joe-medium";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deployment {
+    /// One process, in-process queue and memory state.
+    Standalone,
+    /// Gateway and worker on a NATS server of the test's own, Redis and a storage directory.
+    Distributed,
+}
+
+/// Settings for a test: free ports, a temporary storage directory, a Redis prefix of its own, the
+/// shared model cache, and short intervals.
+pub fn test_settings(storage: &std::path::Path) -> Settings {
+    let mut s = Settings::load_with_env(None, Vec::new()).expect("embedded defaults load");
+    s.gateway.host = "127.0.0.1".into();
+    s.gateway.port = 0;
+    s.gateway.sync_timeout_secs = 60;
+    s.worker.heartbeat_interval = 1;
+    s.worker.ack_wait_secs = 5;
+    s.worker.retry_delay_secs = 1;
+    s.worker.shutdown_grace_secs = 30;
+    s.worker.max_concurrent = 2;
+    for engine in s.workers.values_mut() {
+        engine.port = 0;
+    }
+    s.storage.url = format!("file://{}", storage.display());
+    s.redis.url = redis_url();
+    s.redis.key_prefix = format!("tts-test-{}", uuid::Uuid::new_v4().simple());
+    s.models.cache_dir = workspace_root().join(".cache/voice-clone-tts");
+    s
+}
+
+pub struct TestApp {
+    pub base_url: String,
+    pub client: reqwest::Client,
+    pub settings: Settings,
+    pub audio: AudioStore,
+    pub nats: Option<NatsServer>,
+    stops: Vec<oneshot::Sender<()>>,
+    _storage: tempfile::TempDir,
+}
+
+async fn run(app: Application) -> oneshot::Sender<()> {
+    let (tx, rx) = oneshot::channel::<()>();
+    tokio::spawn(async move {
+        if let Err(e) = app
+            .run_until_stopped(async {
+                let _ = rx.await;
+            })
+            .await
+        {
+            eprintln!("application stopped with an error: {e:#}");
+        }
+    });
+    tx
+}
+
+pub async fn spawn_app(deployment: Deployment) -> TestApp {
+    let storage = tempfile::tempdir().expect("a storage directory");
+    let mut settings = test_settings(storage.path());
+    let audio = AudioStore::from_settings(&settings.storage).expect("storage opens");
+    let mut stops = Vec::new();
+    let (gateway, nats) = match deployment {
+        Deployment::Standalone => {
+            let app = Application::build(
+                settings.clone(),
+                Mode::Standalone {
+                    engines: vec!["piper".into()],
+                },
+            )
+            .await
+            .expect("standalone builds");
+            (app, None)
+        }
+        Deployment::Distributed => {
+            let nats = NatsServer::start();
+            settings.nats.url = nats.url();
+            let gateway = Application::build(settings.clone(), Mode::Gateway)
+                .await
+                .expect("gateway builds");
+            let worker = Application::build(
+                settings.clone(),
+                Mode::Worker {
+                    engine: "piper".into(),
+                },
+            )
+            .await
+            .expect("worker builds");
+            stops.push(run(worker).await);
+            (gateway, Some(nats))
+        }
+    };
+    let addr = gateway.gateway_addr().expect("a gateway");
+    stops.push(run(gateway).await);
+    let app = TestApp {
+        base_url: format!("http://{addr}"),
+        client: reqwest::Client::new(),
+        settings,
+        audio,
+        nats,
+        stops,
+        _storage: storage,
+    };
+    app.wait_for_voice(VOICE, 1).await;
+    app
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base_url)
+    }
+
+    /// Waits until `workers` live workers serve `voice`.
+    pub async fn wait_for_voice(&self, voice: &str, workers: usize) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let health: Value = self.get_json("/health").await;
+            let live = health["workers"]["live"].as_u64().unwrap_or(0) as usize;
+            let voices: Value = self.get_json("/api/voices").await;
+            let listed = voices["voices"]
+                .as_array()
+                .is_some_and(|v| v.iter().any(|v| v["voice_id"] == voice));
+            if listed && live >= workers {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "voice {voice} never became available"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    pub async fn get_json(&self, path: &str) -> Value {
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request sent")
+            .json()
+            .await
+            .expect("a JSON body")
+    }
+
+    pub async fn synthesize(&self, body: &Value) -> reqwest::Response {
+        self.client
+            .post(self.url("/api/synthesize"))
+            .json(body)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    pub async fn submit(&self, body: &Value, idempotency_key: Option<&str>) -> reqwest::Response {
+        let mut request = self.client.post(self.url("/api/jobs")).json(body);
+        if let Some(key) = idempotency_key {
+            request = request.header("Idempotency-Key", key);
+        }
+        request.send().await.expect("request sent")
+    }
+
+    /// Posts raw bytes with a content type, for malformed-input tests.
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        content_type: Option<&str>,
+        body: impl Into<reqwest::Body>,
+    ) -> reqwest::Response {
+        let mut request = self.client.post(self.url(path)).body(body);
+        if let Some(ct) = content_type {
+            request = request.header("content-type", ct);
+        }
+        request.send().await.expect("request sent")
+    }
+
+    pub async fn job(&self, job_id: &str) -> Value {
+        self.get_json(&format!("/api/jobs/{job_id}")).await
+    }
+
+    /// Polls a job until it is terminal.
+    pub async fn wait_for_job(&self, job_id: &str, within: Duration) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let job = self.job(job_id).await;
+            if matches!(job["status"].as_str(), Some("succeeded" | "failed")) {
+                return job;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "job {job_id} not finished: {job}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    pub async fn audio(&self, job_id: &str) -> reqwest::Response {
+        self.client
+            .get(self.url(&format!("/api/jobs/{job_id}/audio")))
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    /// Every event of a job's WebSocket until the server closes it.
+    pub async fn ws_events(&self, job_id: &str) -> Vec<JobEvent> {
+        let url = format!(
+            "{}/ws/jobs/{job_id}",
+            self.base_url.replacen("http", "ws", 1)
+        );
+        let (mut socket, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("websocket connects");
+        let mut events = Vec::new();
+        let collect = async {
+            while let Some(message) = socket.next().await {
+                match message.expect("websocket message") {
+                    Message::Text(text) => {
+                        events.push(serde_json::from_str::<JobEvent>(&text).expect("an event"))
+                    }
+                    Message::Close(_) => break,
+                    _ => {}
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(120), collect)
+            .await
+            .expect("websocket ends");
+        events
+    }
+
+    /// Stops the in-process services.
+    pub fn stop(&mut self) {
+        for stop in self.stops.drain(..) {
+            let _ = stop.send(());
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The service binary, built once per test run.
+pub fn binary() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let status = Command::new(cargo)
+                .args([
+                    "build",
+                    "--quiet",
+                    "-p",
+                    "voice-clone-tts",
+                    "--bin",
+                    "voice-clone-tts",
+                ])
+                .current_dir(workspace_root())
+                .status()
+                .expect("cargo runs");
+            assert!(status.success(), "the service binary builds");
+            let target = std::env::var("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|_| workspace_root().join("target"));
+            target.join("debug/voice-clone-tts")
+        })
+        .clone()
+}
+
+/// A worker in a process of its own, so that a test can kill it. Killed on drop.
+pub struct WorkerProcess {
+    child: Child,
+}
+
+impl WorkerProcess {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL: the worker gets no chance to ack, nak or say goodbye.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then waits for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        self.child.wait().expect("worker exits")
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `voice-clone-tts worker --engine piper` with the test's settings, passed as the
+/// environment overrides an operator would use.
+pub fn spawn_worker_process(settings: &Settings, node_id: &str) -> WorkerProcess {
+    let child = Command::new(binary())
+        .args(["worker", "--engine", "piper", "--port", "0"])
+        .env("TTS__NATS__URL", &settings.nats.url)
+        .env("TTS__REDIS__URL", &settings.redis.url)
+        .env("TTS__REDIS__KEY_PREFIX", &settings.redis.key_prefix)
+        .env("TTS__STORAGE__URL", &settings.storage.url)
+        .env("TTS__MODELS__CACHE_DIR", &settings.models.cache_dir)
+        .env("TTS__WORKER__NODE_ID", node_id)
+        .env(
+            "TTS__WORKER__HEARTBEAT_INTERVAL",
+            settings.worker.heartbeat_interval.to_string(),
+        )
+        .env(
+            "TTS__WORKER__ACK_WAIT_SECS",
+            settings.worker.ack_wait_secs.to_string(),
+        )
+        .env(
+            "TTS__WORKER__MAX_CONCURRENT",
+            settings.worker.max_concurrent.to_string(),
+        )
+        .env(
+            "TTS__WORKER__RETRY_DELAY_SECS",
+            settings.worker.retry_delay_secs.to_string(),
+        )
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("worker process starts");
+    WorkerProcess { child }
+}
