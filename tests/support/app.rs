@@ -25,6 +25,8 @@ pub enum Deployment {
     Standalone,
     /// Gateway and worker on a NATS server of the test's own, Redis and a storage directory.
     Distributed,
+    /// As `Distributed` without a worker: the test starts worker processes itself.
+    GatewayOnly,
 }
 
 /// Settings for a test: free ports, a temporary storage directory, a Redis prefix of its own, the
@@ -91,21 +93,23 @@ pub async fn spawn_app(deployment: Deployment) -> TestApp {
             .expect("standalone builds");
             (app, None)
         }
-        Deployment::Distributed => {
+        Deployment::Distributed | Deployment::GatewayOnly => {
             let nats = NatsServer::start();
             settings.nats.url = nats.url();
             let gateway = Application::build(settings.clone(), Mode::Gateway)
                 .await
                 .expect("gateway builds");
-            let worker = Application::build(
-                settings.clone(),
-                Mode::Worker {
-                    engine: "piper".into(),
-                },
-            )
-            .await
-            .expect("worker builds");
-            stops.push(run(worker).await);
+            if deployment == Deployment::Distributed {
+                let worker = Application::build(
+                    settings.clone(),
+                    Mode::Worker {
+                        engine: "piper".into(),
+                    },
+                )
+                .await
+                .expect("worker builds");
+                stops.push(run(worker).await);
+            }
             (gateway, Some(nats))
         }
     };
@@ -120,7 +124,9 @@ pub async fn spawn_app(deployment: Deployment) -> TestApp {
         stops,
         _storage: storage,
     };
-    app.wait_for_voice(VOICE, 1).await;
+    if deployment != Deployment::GatewayOnly {
+        app.wait_for_voice(VOICE, 1).await;
+    }
     app
 }
 

@@ -8,7 +8,7 @@ pub mod app;
 pub mod nats;
 pub mod wav;
 
-pub use app::{Deployment, TestApp, spawn_app, spawn_worker_process, test_settings};
+pub use app::{Deployment, TestApp, WorkerProcess, spawn_app, spawn_worker_process, test_settings};
 pub use nats::NatsServer;
 
 use std::path::PathBuf;
