@@ -169,18 +169,6 @@ pub fn language_matches(voice_language: &str, requested: &str) -> bool {
     base(voice_language) == base(requested)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn languages_match_on_their_base() {
-        assert!(language_matches("en", "en-US"));
-        assert!(language_matches("en_US", "EN"));
-        assert!(!language_matches("en", "zh"));
-    }
-}
-
 /// Builds the engine named `name` from its `workers.<name>` settings. `sessions` is how many
 /// syntheses it must be able to run at once.
 pub fn build(
@@ -219,5 +207,17 @@ pub fn build(
         other => Err(EngineError::internal(format!(
             "engine {other:?} is configured but not built into this binary (available: piper)"
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn languages_match_on_their_base() {
+        assert!(language_matches("en", "en-US"));
+        assert!(language_matches("en_US", "EN"));
+        assert!(!language_matches("en", "zh"));
     }
 }
