@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use tts_contracts::JobStatus;
 use tts_tests::app::VOICE;
 use tts_tests::wav::assert_plausible_speech;
-use tts_tests::{Deployment, TestApp, spawn_app};
+use tts_tests::{Deployment, TestApp, spawn_app, spawn_app_with};
 
 /// Generates one test per deployment for a scenario.
 macro_rules! in_both_deployments {
@@ -284,4 +284,58 @@ async fn unknown_jobs_and_unready_audio_are_json_404s(app: TestApp) {
 
     let health: Value = app.get_json("/health").await;
     assert_eq!(health["status"], "ok", "{health}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_wait_limit_answers_504_with_the_job_id_and_the_job_completes() {
+    let app = spawn_app_with(Deployment::Distributed, |s| s.gateway.sync_timeout_secs = 0).await;
+    let response = app
+        .synthesize(&json!({"text": SENTENCE, "voice_id": VOICE}))
+        .await;
+    assert_eq!(response.status(), 504);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "timeout", "{body}");
+    let job_id = body["job_id"].as_str().unwrap();
+    let job = app.wait_for_job(job_id, Duration::from_secs(60)).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(app.audio(job_id).await.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_reports_a_dependency_that_goes_down_and_comes_back() {
+    let mut app = spawn_app(Deployment::Distributed).await;
+    wait_for_health(&app, 200).await;
+
+    app.nats.as_mut().unwrap().stop();
+    let (code, body) = wait_for_health(&app, 503).await;
+    assert_eq!(code, 503);
+    assert_eq!(body["status"], "unavailable");
+    assert_eq!(body["dependencies"]["queue"]["status"], "down", "{body}");
+    assert_eq!(body["dependencies"]["job_store"]["status"], "up", "{body}");
+
+    // Back again, the gateway reconnects by itself and synthesis works.
+    app.nats.as_mut().unwrap().restart();
+    wait_for_health(&app, 200).await;
+    app.wait_for_voice(VOICE, 1).await;
+    let response = app
+        .synthesize(&json!({"text": "Back again.", "voice_id": VOICE}))
+        .await;
+    assert_eq!(response.status(), 200);
+}
+
+async fn wait_for_health(app: &TestApp, want: u16) -> (u16, Value) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let response = app.client.get(app.url("/health")).send().await.unwrap();
+        let code = response.status().as_u16();
+        let body: Value = response.json().await.unwrap();
+        if code == want {
+            return (code, body);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "health stayed {code}: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

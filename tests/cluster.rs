@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tts_tests::app::VOICE;
 use tts_tests::wav::assert_plausible_speech;
-use tts_tests::{Deployment, TestApp, spawn_app, spawn_worker_process};
+use tts_tests::{Deployment, TestApp, spawn_app, spawn_app_with, spawn_worker_process};
 
 /// Text long enough that a job is still running when the test acts on it.
 fn long_text() -> String {
@@ -127,4 +127,37 @@ async fn sigterm_finishes_the_running_job_then_exits_cleanly() {
         assert!(Instant::now() < deadline, "worker still listed: {health}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_that_uses_up_its_deliveries_is_marked_failed() {
+    // Two deliveries, and a worker that dies during each: then the queue gives up on the job.
+    let app = spawn_app_with(Deployment::GatewayOnly, |s| s.worker.max_deliver = 2).await;
+    let job_id = {
+        let mut first = spawn_worker_process(&app.settings, "doomed-1");
+        app.wait_for_voice(VOICE, 1).await;
+        let job_id = submit(&app, &long_text()).await;
+        assert_eq!(wait_running(&app, &job_id).await, "doomed-1");
+        first.kill();
+        job_id
+    };
+    let mut second = spawn_worker_process(&app.settings, "doomed-2");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let job = app.job(&job_id).await;
+        if job["worker"] == "doomed-2" && job["status"] == "running" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never redelivered: {job}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    second.kill();
+
+    // Another worker of the engine hears the server's advisory and records the failure.
+    let _other = spawn_worker_process(&app.settings, "other");
+    let job = app.wait_for_job(&job_id, Duration::from_secs(60)).await;
+    assert_eq!(job["status"], "failed", "{job}");
+    assert_eq!(job["error"]["error"], "max_deliveries_exceeded", "{job}");
+    assert_eq!(job["attempts"], 2, "{job}");
+    assert_eq!(app.audio(&job_id).await.status(), 404);
 }

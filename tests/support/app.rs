@@ -77,8 +77,17 @@ async fn run(app: Application) -> oneshot::Sender<()> {
 }
 
 pub async fn spawn_app(deployment: Deployment) -> TestApp {
+    spawn_app_with(deployment, |_| {}).await
+}
+
+/// As [`spawn_app`], with settings changed by `configure` first.
+pub async fn spawn_app_with(
+    deployment: Deployment,
+    configure: impl FnOnce(&mut Settings),
+) -> TestApp {
     let storage = tempfile::tempdir().expect("a storage directory");
     let mut settings = test_settings(storage.path());
+    configure(&mut settings);
     let audio = AudioStore::from_settings(&settings.storage).expect("storage opens");
     let mut stops = Vec::new();
     let (gateway, nats) = match deployment {
@@ -352,6 +361,10 @@ pub fn spawn_worker_process(settings: &Settings, node_id: &str) -> WorkerProcess
         .env(
             "TTS__WORKER__RETRY_DELAY_SECS",
             settings.worker.retry_delay_secs.to_string(),
+        )
+        .env(
+            "TTS__WORKER__MAX_DELIVER",
+            settings.worker.max_deliver.to_string(),
         )
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())

@@ -8,7 +8,10 @@ pub mod app;
 pub mod nats;
 pub mod wav;
 
-pub use app::{Deployment, TestApp, WorkerProcess, spawn_app, spawn_worker_process, test_settings};
+pub use app::{
+    Deployment, TestApp, WorkerProcess, spawn_app, spawn_app_with, spawn_worker_process,
+    test_settings,
+};
 pub use nats::NatsServer;
 
 use std::path::PathBuf;

@@ -58,6 +58,11 @@ impl NatsServer {
         self.launch();
     }
 
+    /// Kills the server, as a crash would; `restart` brings it back.
+    pub fn stop(&mut self) {
+        self.kill();
+    }
+
     fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();

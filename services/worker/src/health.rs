@@ -38,7 +38,13 @@ async fn health(State(state): State<HealthState>) -> impl IntoResponse {
         "engine": engine,
         "dependencies": {
             "nats": if bus { "up" } else { "down" },
-            "redis": match &store { Ok(()) => "up".to_string(), Err(e) => format!("down: {e}") },
+            "redis": match &store {
+                Ok(()) => "up",
+                Err(e) => {
+                    tracing::warn!(error = %e, "job store health check failed");
+                    "down"
+                }
+            },
         },
     });
     let code = if healthy {

@@ -40,6 +40,8 @@ pub enum Outcome {
 }
 
 enum JobError {
+    /// Another delivery already finished the job; this one only needs its ack.
+    AlreadyFinished,
     /// The job can never succeed.
     Permanent(JobFailure),
     /// The job may succeed on another attempt.
@@ -92,6 +94,10 @@ pub async fn handle(ctx: &JobContext, delivery: Box<dyn Delivery>) -> Outcome {
             tracing::info!(%job_id, attempt = delivery.attempt(), "job succeeded");
             Outcome::Succeeded
         }
+        Err(JobError::AlreadyFinished) => {
+            settle(delivery.ack().await, "ack");
+            Outcome::Duplicate
+        }
         Err(e) => retry_or_fail(ctx, delivery.as_ref(), Some(record), e).await,
     }
 }
@@ -133,7 +139,9 @@ async fn run(
     record.updated_at = now;
     record.error = None;
     record.worker = Some(ctx.node_id.clone());
-    save(ctx, record, None).await?;
+    if !save(ctx, record, None).await? {
+        return Err(JobError::AlreadyFinished);
+    }
 
     let audio = synthesize_with_progress(ctx, delivery, input, record).await?;
 
@@ -180,7 +188,7 @@ async fn synthesize_with_progress(
             joined = &mut task => {
                 // Report progress that arrived just before the engine returned.
                 while let Ok(p) = rx.try_recv() {
-                    report(ctx, record, p).await?;
+                    report(ctx, record, p).await;
                 }
                 return match joined {
                     Ok(result) => result.map_err(JobError::from),
@@ -190,30 +198,39 @@ async fn synthesize_with_progress(
                     })),
                 };
             }
-            Some(p) = rx.recv() => report(ctx, record, p).await?,
+            Some(p) = rx.recv() => report(ctx, record, p).await,
             _ = keepalive.tick() => settle(delivery.in_progress().await, "progress ack"),
         }
     }
 }
 
-async fn report(ctx: &JobContext, record: &mut JobRecord, p: Progress) -> Result<(), JobError> {
+/// Records progress. A failed write is only logged: the engine keeps its session until it
+/// returns, so giving up on the job here would not free anything, and the final write decides.
+async fn report(ctx: &JobContext, record: &mut JobRecord, p: Progress) {
     // Progress stops short of 1.0 until the audio is stored.
     record.progress = (p.done as f32 / p.total.max(1) as f32 * 0.95).min(0.95);
     record.updated_at = Utc::now();
     let message = format!("sentence {} of {}", p.done, p.total);
-    save(ctx, record, Some(message)).await
+    if let Err(JobError::Transient(f) | JobError::Permanent(f)) =
+        save(ctx, record, Some(message)).await
+    {
+        tracing::warn!(job_id = %record.job_id, error = %f.message, "progress not recorded");
+    }
 }
 
 /// Writes the record, then announces it. The store is the truth and is written first; the event
-/// only tells listeners to look.
+/// only tells listeners to look. Returns false, announcing nothing, when the stored record is
+/// already terminal.
 async fn save(
     ctx: &JobContext,
     record: &JobRecord,
     message: Option<String>,
-) -> Result<(), JobError> {
-    ctx.store.put(record).await?;
+) -> Result<bool, JobError> {
+    if !ctx.store.put(record).await? {
+        return Ok(false);
+    }
     publish(ctx, record, message).await;
-    Ok(())
+    Ok(true)
 }
 
 async fn publish(ctx: &JobContext, record: &JobRecord, message: Option<String>) {
@@ -242,9 +259,16 @@ async fn retry_or_fail(
     let (failure, permanent) = match error {
         JobError::Permanent(f) => (f, true),
         JobError::Transient(f) => (f, false),
+        JobError::AlreadyFinished => {
+            settle(delivery.ack().await, "ack");
+            return Outcome::Duplicate;
+        }
     };
     let last_attempt = delivery.attempt() >= delivery.max_attempts();
-    if !permanent && !last_attempt {
+    // Without a record (the store did not answer) the failure could not be written, so the job
+    // goes back to the queue even on its last attempt: the queue then reports it exhausted and
+    // the failure is recorded from that report.
+    if !permanent && (!last_attempt || record.is_none()) {
         tracing::warn!(
             job_id = ?record.as_ref().map(|r| r.job_id),
             attempt = delivery.attempt(),
@@ -267,7 +291,8 @@ async fn retry_or_fail(
         record.updated_at = now;
         record.finished_at = Some(now);
         record.error = Some(failure.clone());
-        if let Err(JobError::Transient(f)) = save(ctx, &record, None).await {
+        if let Err(JobError::Transient(f) | JobError::Permanent(f)) = save(ctx, &record, None).await
+        {
             // The failure could not be recorded: leave the job to the queue, which redelivers
             // it (or reports it exhausted) so that it is not left running for ever.
             tracing::error!(job_id = %record.job_id, error = %f.message, "could not record job failure");

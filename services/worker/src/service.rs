@@ -179,6 +179,9 @@ impl Worker {
         let _ = stop_tx.send(true);
         let _ = heartbeats.await;
         heartbeat::publish(deps.bus.as_ref(), &node, Some(WorkerStatus::Offline)).await;
+        if let Err(e) = deps.bus.flush().await {
+            tracing::warn!(error = %e, "the offline heartbeat may not have been sent");
+        }
         if let Some(server) = health_server {
             let _ = server.await;
         }

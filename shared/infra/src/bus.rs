@@ -34,6 +34,10 @@ pub trait Bus: Send + Sync + 'static {
         group: String,
     ) -> Result<BoxStream<'static, BusMessage>>;
 
+    /// Waits until everything published so far has reached the server, so that a process
+    /// about to exit does not lose its last messages.
+    async fn flush(&self) -> Result<()>;
+
     /// Whether the bus is connected, for health checks.
     fn is_connected(&self) -> bool;
 }
@@ -92,6 +96,10 @@ impl Bus for NatsBus {
         Ok(sub.map(to_bus_message).boxed())
     }
 
+    async fn flush(&self) -> Result<()> {
+        self.client.flush().await.map_err(InfraError::unavailable)
+    }
+
     fn is_connected(&self) -> bool {
         self.client.connection_state() == async_nats::connection::State::Connected
     }
@@ -147,6 +155,10 @@ impl Bus for LocalBus {
     ) -> Result<BoxStream<'static, BusMessage>> {
         // One process is the whole group.
         Ok(self.filtered(subject))
+    }
+
+    async fn flush(&self) -> Result<()> {
+        Ok(())
     }
 
     fn is_connected(&self) -> bool {

@@ -122,9 +122,21 @@ impl JetStreamQueue {
             )
             .await
             .map_err(|e| InfraError::unavailable(format!("consumer {name}: {e}")))?;
+        // An existing consumer keeps the settings it was created with; the server's are the ones
+        // that decide when it gives up on a job, so they are the ones workers go by.
+        let config = &consumer.cached_info().config;
+        let max_deliver = config.max_deliver;
+        if max_deliver != self.settings.max_deliver || config.ack_wait != self.settings.ack_wait {
+            tracing::warn!(
+                consumer = %name,
+                max_deliver,
+                ack_wait = ?config.ack_wait,
+                "the consumer exists with other settings than configured; it keeps its own"
+            );
+        }
         Ok(JetStreamSource {
             consumer,
-            max_deliver: self.settings.max_deliver,
+            max_deliver,
         })
     }
 

@@ -11,9 +11,13 @@ pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
     let deps = &state.deps;
     let (store, storage) = tokio::join!(deps.store.ping(), deps.audio.check());
     let queue = deps.queue.is_connected() && deps.bus.is_connected();
-    let state_of = |r: &Result<(), tts_infra::InfraError>| match r {
+    // Error details go to the log, not to whoever asks for /health.
+    let state_of = |name: &str, r: &Result<(), tts_infra::InfraError>| match r {
         Ok(()) => json!({"status": "up"}),
-        Err(e) => json!({"status": "down", "error": e.to_string()}),
+        Err(e) => {
+            tracing::warn!(dependency = name, error = %e, "health check failed");
+            json!({"status": "down"})
+        }
     };
     let healthy = queue && store.is_ok() && storage.is_ok();
     let nodes = state.registry.live_nodes();
@@ -21,8 +25,8 @@ pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
         "status": if healthy { "ok" } else { "unavailable" },
         "dependencies": {
             "queue": if queue { json!({"status": "up"}) } else { json!({"status": "down"}) },
-            "job_store": state_of(&store),
-            "storage": state_of(&storage),
+            "job_store": state_of("job_store", &store),
+            "storage": state_of("storage", &storage),
         },
         "workers": {
             "live": nodes.len(),

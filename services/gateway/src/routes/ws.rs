@@ -59,7 +59,16 @@ async fn stream(
         let next = tokio::select! {
             message = events.next() => match message {
                 Some(m) => serde_json::from_slice::<JobEvent>(&m.payload).ok(),
-                None => break,
+                // The event bus went away (the gateway is stopping): tell the client to come back.
+                None => {
+                    let _ = socket
+                        .send(Message::Close(Some(CloseFrame {
+                            code: close_code::AWAY,
+                            reason: "reconnect to follow the job".into(),
+                        })))
+                        .await;
+                    return;
+                }
             },
             _ = recheck.tick() => match state.deps.store.get(&job_id).await {
                 Ok(Some(record)) if changed(&last, &record.to_event()) => Some(record.to_event()),
