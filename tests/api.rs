@@ -32,6 +32,7 @@ in_both_deployments!(
     idempotency_key_gives_one_job,
     bad_input_is_refused_with_json_errors,
     unknown_jobs_and_unready_audio_are_json_404s,
+    a_job_the_engine_cannot_do_fails_with_the_reason,
 );
 
 const SENTENCE: &str = "The quick brown fox jumps over the lazy dog. It was a sunny day.";
@@ -264,6 +265,20 @@ async fn unknown_jobs_and_unready_audio_are_json_404s(app: TestApp) {
     assert_error(response, 404, "job_not_found").await;
     let response = app.client.get(app.url("/nowhere")).send().await.unwrap();
     assert_error(response, 404, "not_found").await;
+    let response = app
+        .client
+        .delete(app.url("/api/synthesize"))
+        .send()
+        .await
+        .unwrap();
+    assert_error(response, 405, "method_not_allowed").await;
+    let response = app
+        .client
+        .get(app.url(&format!("/ws/jobs/{missing}")))
+        .send()
+        .await
+        .unwrap();
+    assert_error(response, 400, "websocket_required").await;
 
     // Audio is a JSON 404 until the job has it. A long text keeps the job busy long enough to ask.
     let text = "This sentence is here to keep the worker busy for a while. ".repeat(8);
@@ -338,4 +353,40 @@ async fn wait_for_health(app: &TestApp, want: u16) -> (u16, Value) {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+async fn a_job_the_engine_cannot_do_fails_with_the_reason(app: TestApp) {
+    // Punctuation passes the gateway's checks, but has no words for the voice to speak.
+    let body = json!({"text": "?! ... !", "voice_id": VOICE});
+    let response = app.synthesize(&body).await;
+    assert_eq!(response.status(), 422);
+    let error: Value = response.json().await.unwrap();
+    assert_eq!(error["error"], "synthesis_failed", "{error}");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("nothing_to_say"),
+        "{error}"
+    );
+    let job_id = error["job_id"].as_str().unwrap().to_string();
+    let job = app.job(&job_id).await;
+    assert_eq!(job["status"], "failed", "{job}");
+    assert_eq!(job["error"]["error"], "nothing_to_say", "{job}");
+    // Not retried: invalid input is final on the first attempt.
+    assert_eq!(job["attempts"], 1, "{job}");
+    assert_error(app.audio(&job_id).await, 404, "audio_not_ready").await;
+
+    let accepted: Value = app.submit(&body, None).await.json().await.unwrap();
+    let job_id = accepted["job_id"].as_str().unwrap();
+    let events = app.ws_events(job_id).await;
+    assert_eq!(
+        events.last().unwrap().status,
+        JobStatus::Failed,
+        "{events:?}"
+    );
+    assert_eq!(
+        events.last().unwrap().error.as_ref().unwrap().error,
+        "nothing_to_say"
+    );
 }

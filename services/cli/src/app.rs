@@ -84,7 +84,12 @@ impl Application {
                 audio: audio.clone(),
                 jetstream: None,
             };
-            workers.push((Worker::new(worker_options(&settings, &engine)?, deps), None));
+            let mut options = worker_options(&settings, &engine)?;
+            if !settings.worker.node_id.is_empty() {
+                // One process, several workers: each needs its own id in the registry.
+                options.node_id = format!("{}-{engine}", settings.worker.node_id);
+            }
+            workers.push((Worker::new(options, deps), None));
         }
         Ok(Application {
             gateway_addr: Some(listener.local_addr()?),

@@ -18,6 +18,12 @@ pub enum AppError {
     Unavailable(String),
     /// The sync wait ran out; the job goes on and can be polled.
     Timeout(JobId),
+    /// The job behind a sync request failed; its record says why.
+    JobFailed {
+        job_id: JobId,
+        error: String,
+        message: String,
+    },
     /// A bug or an unexpected state.
     Internal(String),
 }
@@ -55,6 +61,7 @@ impl std::fmt::Display for AppError {
             AppError::Client { code, message, .. } => write!(f, "{code}: {message}"),
             AppError::Unavailable(m) => write!(f, "unavailable: {m}"),
             AppError::Timeout(id) => write!(f, "job {id} did not finish in time"),
+            AppError::JobFailed { job_id, error, .. } => write!(f, "job {job_id} failed: {error}"),
             AppError::Internal(m) => write!(f, "internal: {m}"),
         }
     }
@@ -93,6 +100,18 @@ impl IntoResponse for AppError {
                     message: format!(
                         "the job did not finish in time; it goes on: poll /api/jobs/{job_id}"
                     ),
+                    job_id: Some(job_id),
+                },
+            ),
+            AppError::JobFailed {
+                job_id,
+                error,
+                message,
+            } => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                ApiError {
+                    error: "synthesis_failed".into(),
+                    message: format!("{error}: {message}"),
                     job_id: Some(job_id),
                 },
             ),

@@ -169,6 +169,11 @@ impl Settings {
             return fail("gateway.max_text_chars must be at least 1".into());
         }
         for (engine, settings) in &self.workers {
+            if !tts_contracts::subjects::is_valid_engine_name(engine) {
+                return fail(format!(
+                    "workers.{engine}: engine names are lower-case letters, digits, _ and -"
+                ));
+            }
             if !matches!(settings.device.as_str(), "cpu" | "cuda") {
                 return fail(format!(
                     "workers.{engine}.device must be cpu or cuda, not {:?}",
@@ -234,10 +239,15 @@ mod tests {
         assert_eq!(s.redis.url, "redis://10.0.0.1:6380");
     }
 
+    fn tempfile_dir(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("tts-config-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
     #[test]
     fn file_layer_overrides_defaults_and_env_overrides_file() {
-        let dir = std::env::temp_dir().join(format!("tts-config-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = tempfile_dir("layers");
         let path = dir.join("c.yaml");
         std::fs::write(&path, "gateway:\n  port: 7000\n  sync_timeout_secs: 5\n").unwrap();
         let s =
@@ -253,6 +263,12 @@ mod tests {
         let err = Settings::load_with_env(None, env(&[("TTS__WORKERS__PIPER__DEVICE", "tpu")]))
             .unwrap_err();
         assert!(err.to_string().contains("workers.piper.device"), "{err}");
+        let dir = tempfile_dir("engine-name");
+        let path = dir.join("c.yaml");
+        std::fs::write(&path, "workers:\n  \"Bad Name\":\n    port: 1\n").unwrap();
+        let err = Settings::load_with_env(Some(&path), env(&[])).unwrap_err();
+        assert!(err.to_string().contains("engine names"), "{err}");
+        std::fs::remove_dir_all(dir).ok();
         let err = Settings::load(Some(Path::new("/nonexistent/c.yaml"))).unwrap_err();
         assert!(err.to_string().contains("does not exist"));
     }

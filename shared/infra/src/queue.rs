@@ -220,15 +220,9 @@ impl JobSource for JetStreamSource {
             .map_err(|e| InfraError::unavailable(format!("pull: {e}")))?;
         match batch.next().await {
             None => Ok(None),
-            Some(Err(e)) => {
-                // A pull that expired with no message ends the batch with a status, not a job.
-                let text = e.to_string();
-                if text.contains("timed out") || text.contains("408") || text.contains("404") {
-                    Ok(None)
-                } else {
-                    Err(InfraError::unavailable(format!("pull: {text}")))
-                }
-            }
+            // A pull that expires with no message ends the batch without an item; an error here
+            // is a real one (the consumer was deleted, the server is changing leaders).
+            Some(Err(e)) => Err(InfraError::unavailable(format!("pull: {e}"))),
             Some(Ok(message)) => {
                 let attempt = message
                     .info()

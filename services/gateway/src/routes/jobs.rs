@@ -43,7 +43,7 @@ pub async fn create(
     } else {
         JobStatus::Queued
     };
-    let base = state.options.public_url.trim_end_matches('/');
+    let base = base_url(&state);
     let id = submitted.job_id;
     let ws_base = base
         .replacen("https://", "wss://", 1)
@@ -56,7 +56,7 @@ pub async fn create(
         ws_url: format!("{ws_base}/ws/jobs/{id}"),
     };
     let mut response = (StatusCode::ACCEPTED, Json(body)).into_response();
-    if let Ok(location) = format!("/api/jobs/{id}").parse() {
+    if let Ok(location) = format!("{base}/api/jobs/{id}").parse() {
         response.headers_mut().insert(header::LOCATION, location);
     }
     if submitted.replayed {
@@ -72,7 +72,14 @@ pub async fn status(
     Path(id): Path<String>,
 ) -> Result<Json<JobView>, AppError> {
     let record = load(&state, &id).await?;
-    Ok(Json(JobView::from(record)))
+    let audio_url = (record.status == JobStatus::Succeeded)
+        .then(|| format!("{}/api/jobs/{}/audio", base_url(&state), record.job_id));
+    Ok(Json(JobView { record, audio_url }))
+}
+
+/// The configured public URL without a trailing slash; empty gives links that are paths.
+fn base_url(state: &AppState) -> &str {
+    state.options.public_url.trim_end_matches('/')
 }
 
 pub async fn audio(
@@ -114,12 +121,4 @@ pub struct JobView {
     #[serde(flatten)]
     record: JobRecord,
     audio_url: Option<String>,
-}
-
-impl From<JobRecord> for JobView {
-    fn from(record: JobRecord) -> Self {
-        let audio_url = (record.status == JobStatus::Succeeded)
-            .then(|| format!("/api/jobs/{}/audio", record.job_id));
-        JobView { record, audio_url }
-    }
 }

@@ -25,6 +25,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/voices", get(voices::list))
         .route("/health", get(health::health))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(json_limit))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
@@ -32,6 +33,14 @@ pub fn router(state: AppState) -> Router {
 
 async fn not_found() -> AppError {
     AppError::not_found("not_found", "no such endpoint")
+}
+
+async fn method_not_allowed() -> AppError {
+    AppError::client(
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this endpoint does not accept that method",
+    )
 }
 
 /// Parses a job id from the path, answering 404 for anything that cannot be one.

@@ -71,11 +71,11 @@ pub async fn synthesize(
                 error: "job_failed".into(),
                 message: "the job failed".into(),
             });
-            Err(AppError::client(
-                axum::http::StatusCode::UNPROCESSABLE_ENTITY,
-                "synthesis_failed",
-                format!("{}: {}", failure.error, failure.message),
-            ))
+            Err(AppError::JobFailed {
+                job_id,
+                error: failure.error,
+                message: failure.message,
+            })
         }
     }
 }

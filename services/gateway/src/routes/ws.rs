@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
 use axum::extract::{Path, State};
 use axum::response::Response;
@@ -23,9 +24,16 @@ const RECHECK_EVERY: Duration = Duration::from_secs(2);
 pub async fn job_events(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    upgrade: WebSocketUpgrade,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, AppError> {
     let job_id = parse_job_id(&id)?;
+    let upgrade = upgrade.map_err(|e| {
+        AppError::client(
+            axum::http::StatusCode::BAD_REQUEST,
+            "websocket_required",
+            format!("this endpoint speaks WebSocket: {}", e.body_text()),
+        )
+    })?;
     // Subscribe before reading the record so that no change falls between the two.
     let events = state
         .deps
