@@ -390,3 +390,27 @@ async fn a_job_the_engine_cannot_do_fails_with_the_reason(app: TestApp) {
         "nothing_to_say"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn distributed_deployment_keeps_audio_in_an_s3_bucket() {
+    let s3 = tts_tests::S3Server::start();
+    let storage = s3.settings();
+    let app = spawn_app_with(Deployment::Distributed, |s| s.storage = storage).await;
+    let response = app
+        .synthesize(&json!({"text": SENTENCE, "voice_id": VOICE}))
+        .await;
+    assert_eq!(response.status(), 200);
+    let job_id = response.headers()["x-job-id"].to_str().unwrap().to_string();
+    assert_plausible_speech(&response.bytes().await.unwrap(), SENTENCE_WORDS);
+    // The object is in the bucket, where the gateway read it from.
+    assert_eq!(
+        app.audio.list("audio").await.unwrap(),
+        vec![format!("audio/{job_id}.wav")]
+    );
+    assert_eq!(app.audio(&job_id).await.status(), 200);
+    let health: Value = app.get_json("/health").await;
+    assert_eq!(
+        health["dependencies"]["storage"]["status"], "up",
+        "{health}"
+    );
+}

@@ -6,6 +6,7 @@
 
 pub mod app;
 pub mod nats;
+pub mod s3;
 pub mod wav;
 
 pub use app::{
@@ -13,6 +14,7 @@ pub use app::{
     test_settings,
 };
 pub use nats::NatsServer;
+pub use s3::S3Server;
 
 use std::path::PathBuf;
 

@@ -1,0 +1,92 @@
+//! One conformance suite for audio storage, run against every backend: memory, a local
+//! directory, and an S3-compatible server.
+
+use bytes::Bytes;
+use tts_config::StorageSettings;
+use tts_infra::AudioStore;
+use tts_tests::S3Server;
+
+async fn conformance(store: AudioStore) {
+    assert_eq!(store.get("audio/missing.wav").await.unwrap(), None);
+    assert!(!store.exists("audio/missing.wav").await.unwrap());
+    store
+        .put("audio/a.wav", Bytes::from_static(b"one"))
+        .await
+        .unwrap();
+    assert_eq!(store.get("audio/a.wav").await.unwrap().unwrap(), "one");
+    assert!(store.exists("audio/a.wav").await.unwrap());
+    // Overwriting keeps one object with the new content: redelivered jobs rely on it.
+    store
+        .put("audio/a.wav", Bytes::from_static(b"two"))
+        .await
+        .unwrap();
+    assert_eq!(store.get("audio/a.wav").await.unwrap().unwrap(), "two");
+    store
+        .put("other/b.wav", Bytes::from_static(b"b"))
+        .await
+        .unwrap();
+    assert_eq!(store.list("audio").await.unwrap(), vec!["audio/a.wav"]);
+    store.delete("audio/a.wav").await.unwrap();
+    // Deleting what is not there is not an error.
+    store.delete("audio/a.wav").await.unwrap();
+    assert!(!store.exists("audio/a.wav").await.unwrap());
+    store.check().await.unwrap();
+    // Keys that could escape the store are refused.
+    assert!(store.put("../escape", Bytes::new()).await.is_err());
+    // A large object survives whole.
+    let big = Bytes::from(vec![7u8; 5 << 20]);
+    store.put("audio/big.wav", big.clone()).await.unwrap();
+    assert_eq!(store.get("audio/big.wav").await.unwrap().unwrap(), big);
+}
+
+fn settings(url: &str) -> StorageSettings {
+    StorageSettings {
+        url: url.into(),
+        s3_endpoint: String::new(),
+        s3_region: "us-east-1".into(),
+        s3_access_key_id: String::new(),
+        s3_secret_access_key: String::new(),
+        s3_allow_http: false,
+    }
+}
+
+#[tokio::test]
+async fn memory_backend() {
+    conformance(AudioStore::from_settings(&settings("memory://")).unwrap()).await;
+}
+
+#[tokio::test]
+async fn local_directory_backend() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", dir.path().display());
+    conformance(AudioStore::from_settings(&settings(&url)).unwrap()).await;
+}
+
+#[tokio::test]
+async fn s3_backend() {
+    let server = S3Server::start();
+    conformance(AudioStore::from_settings(&server.settings()).unwrap()).await;
+}
+
+#[tokio::test]
+async fn s3_with_wrong_credentials_is_reported_down() {
+    let server = S3Server::start();
+    let mut wrong = server.settings();
+    wrong.s3_secret_access_key = "not-the-secret".into();
+    let store = AudioStore::from_settings(&wrong).unwrap();
+    assert!(store.check().await.is_err());
+    assert!(
+        store
+            .put("audio/x.wav", Bytes::from_static(b"x"))
+            .await
+            .is_err()
+    );
+}
+
+#[test]
+fn unknown_schemes_are_refused_by_name() {
+    let err = AudioStore::from_settings(&settings("ftp://x")).unwrap_err();
+    assert!(err.to_string().contains("file://"), "{err}");
+    let err = AudioStore::from_settings(&settings("s3://")).unwrap_err();
+    assert!(err.to_string().contains("bucket"), "{err}");
+}
