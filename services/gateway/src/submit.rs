@@ -58,7 +58,7 @@ pub fn validate(state: &AppState, request: SynthesizeRequest) -> Result<JobMessa
             ));
         }
         Some(l) => {
-            if !same_language(&voice.language, &l) {
+            if !tts_contracts::same_language(&voice.language, &l) {
                 return Err(AppError::unprocessable(
                     "unsupported_language",
                     format!(
@@ -82,16 +82,6 @@ pub fn validate(state: &AppState, request: SynthesizeRequest) -> Result<JobMessa
             speed,
         },
     })
-}
-
-fn same_language(a: &str, b: &str) -> bool {
-    let base = |s: &str| {
-        s.split(['-', '_'])
-            .next()
-            .unwrap_or_default()
-            .to_ascii_lowercase()
-    };
-    base(a) == base(b)
 }
 
 pub fn check_idempotency_key(key: &str) -> Result<(), AppError> {
@@ -141,12 +131,7 @@ pub async fn submit(
             // The job was recorded but never queued: record that it failed, so that nobody
             // waits for it.
             let mut failed = record;
-            failed.status = tts_contracts::JobStatus::Failed;
-            failed.finished_at = Some(Utc::now());
-            failed.error = Some(tts_contracts::JobFailure {
-                error: "queue_unavailable".into(),
-                message: "the job could not be queued".into(),
-            });
+            failed.fail("queue_unavailable", "the job could not be queued");
             let _ = state.deps.store.put(&failed).await;
         }
     }

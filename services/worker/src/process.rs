@@ -286,11 +286,7 @@ async fn retry_or_fail(
         return Outcome::Retrying(failure.message);
     }
     if let Some(mut record) = record {
-        let now = Utc::now();
-        record.status = JobStatus::Failed;
-        record.updated_at = now;
-        record.finished_at = Some(now);
-        record.error = Some(failure.clone());
+        record.fail(&failure.error, failure.message.clone());
         if let Err(JobError::Transient(f) | JobError::Permanent(f)) = save(ctx, &record, None).await
         {
             // The failure could not be recorded: leave the job to the queue, which redelivers
@@ -318,14 +314,7 @@ async fn reject_unreadable(
     if let Some(job_id) = id
         && let Ok(Some(mut record)) = ctx.store.get(&job_id).await
     {
-        let now = Utc::now();
-        record.status = JobStatus::Failed;
-        record.updated_at = now;
-        record.finished_at = Some(now);
-        record.error = Some(JobFailure {
-            error: "invalid_job".into(),
-            message: message.clone(),
-        });
+        record.fail("invalid_job", message.clone());
         let _ = save(ctx, &record, None).await;
     }
     tracing::error!(%message, "dropping an invalid job message");
@@ -350,14 +339,10 @@ pub async fn fail_exhausted(ctx: &JobContext, message: &JobMessage) -> Result<bo
     if record.status.is_terminal() {
         return Ok(false);
     }
-    let now = Utc::now();
-    record.status = JobStatus::Failed;
-    record.updated_at = now;
-    record.finished_at = Some(now);
-    record.error = Some(JobFailure {
-        error: "max_deliveries_exceeded".into(),
-        message: "the job was delivered the maximum number of times without finishing".into(),
-    });
+    record.fail(
+        "max_deliveries_exceeded",
+        "the job was delivered the maximum number of times without finishing",
+    );
     let written = ctx.store.put(&record).await?;
     publish(ctx, &record, None).await;
     Ok(written)

@@ -30,6 +30,17 @@ pub struct SynthesizeRequest {
     pub speed: Option<f32>,
 }
 
+/// Whether two language tags name the same base language: `en` matches `en-US` and `EN_us`.
+pub fn same_language(a: &str, b: &str) -> bool {
+    let base = |s: &str| {
+        s.split(['-', '_'])
+            .next()
+            .unwrap_or_default()
+            .to_ascii_lowercase()
+    };
+    base(a) == base(b)
+}
+
 /// The smallest and largest accepted `speed`.
 pub const SPEED_RANGE: (f32, f32) = (0.25, 4.0);
 
@@ -139,6 +150,18 @@ impl JobRecord {
             sample_rate: None,
             worker: None,
         }
+    }
+
+    /// Marks the job failed now, with `error` as its machine-readable reason.
+    pub fn fail(&mut self, error: &str, message: impl Into<String>) {
+        let now = Utc::now();
+        self.status = JobStatus::Failed;
+        self.updated_at = now;
+        self.finished_at = Some(now);
+        self.error = Some(JobFailure {
+            error: error.into(),
+            message: message.into(),
+        });
     }
 
     /// The event that announces this record's current state.
@@ -277,6 +300,13 @@ mod tests {
             serde_json::from_str::<SynthesizeRequest>(r#"{"text":"a","voice_id":"v","sped":2.0}"#)
                 .unwrap_err();
         assert!(err.to_string().contains("sped"));
+    }
+
+    #[test]
+    fn languages_match_on_their_base() {
+        assert!(same_language("en", "en-US"));
+        assert!(same_language("en_US", "EN"));
+        assert!(!same_language("en", "zh"));
     }
 
     #[test]

@@ -146,7 +146,7 @@ pub fn check_voice_and_language(
                 ),
             )
         })?;
-    if !language_matches(&voice.language, &input.language) {
+    if !tts_contracts::same_language(&voice.language, &input.language) {
         return Err(EngineError::invalid(
             "unsupported_language",
             format!(
@@ -156,17 +156,6 @@ pub fn check_voice_and_language(
         ));
     }
     Ok(voice)
-}
-
-/// `en` matches `en`, `en-US` and `en_US`, case-insensitively.
-pub fn language_matches(voice_language: &str, requested: &str) -> bool {
-    let base = |s: &str| {
-        s.split(['-', '_'])
-            .next()
-            .unwrap_or_default()
-            .to_ascii_lowercase()
-    };
-    base(voice_language) == base(requested)
 }
 
 /// Builds the engine named `name` from its `workers.<name>` settings. `sessions` is how many
@@ -207,17 +196,5 @@ pub fn build(
         other => Err(EngineError::internal(format!(
             "engine {other:?} is configured but not built into this binary (available: piper)"
         ))),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn languages_match_on_their_base() {
-        assert!(language_matches("en", "en-US"));
-        assert!(language_matches("en_US", "EN"));
-        assert!(!language_matches("en", "zh"));
     }
 }
