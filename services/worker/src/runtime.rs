@@ -2,7 +2,7 @@
 //! configured device.
 
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Condvar, Mutex, OnceLock};
 
 use ort::environment::Environment;
 use ort::session::Session;
@@ -112,4 +112,113 @@ pub fn session(
             fallback_reason: None,
         },
     ))
+}
+
+/// Loaded sessions, each used by one synthesis at a time.
+pub(crate) struct SessionPool {
+    free: Mutex<Vec<Session>>,
+    returned: Condvar,
+}
+
+pub(crate) struct PooledSession<'a> {
+    pool: &'a SessionPool,
+    session: Option<Session>,
+}
+
+impl SessionPool {
+    pub(crate) fn new(sessions: Vec<Session>) -> Self {
+        SessionPool {
+            free: Mutex::new(sessions),
+            returned: Condvar::new(),
+        }
+    }
+
+    pub(crate) fn take(&self) -> PooledSession<'_> {
+        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(session) = free.pop() {
+                return PooledSession {
+                    pool: self,
+                    session: Some(session),
+                };
+            }
+            free = self.returned.wait(free).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+impl std::ops::Deref for PooledSession<'_> {
+    type Target = Session;
+    fn deref(&self) -> &Session {
+        self.session.as_ref().expect("held until drop")
+    }
+}
+
+impl std::ops::DerefMut for PooledSession<'_> {
+    fn deref_mut(&mut self) -> &mut Session {
+        self.session.as_mut().expect("held until drop")
+    }
+}
+
+impl Drop for PooledSession<'_> {
+    fn drop(&mut self) {
+        if let Some(session) = self.session.take() {
+            let mut free = self.pool.free.lock().unwrap_or_else(|p| p.into_inner());
+            free.push(session);
+            self.pool.returned.notify_one();
+        }
+    }
+}
+
+/// Builds `count` sessions of one model and checks each against its expected inputs and outputs.
+pub(crate) fn session_pool(
+    env: &Environment,
+    model: &Path,
+    device: &str,
+    threads: usize,
+    count: usize,
+    inputs: &[&str],
+    outputs: &[&str],
+) -> Result<(SessionPool, Placement), EngineError> {
+    let mut sessions = Vec::new();
+    let mut placement = None;
+    for _ in 0..count.max(1) {
+        let (session, p) = session(env, model, device, threads)?;
+        check_signature(&session, model, inputs, outputs)?;
+        sessions.push(session);
+        placement = Some(p);
+    }
+    Ok((
+        SessionPool::new(sessions),
+        placement.expect("at least one session"),
+    ))
+}
+
+/// Refuses a model whose inputs and outputs are not the ones an engine feeds and reads, naming
+/// what differs.
+pub(crate) fn check_signature(
+    session: &Session,
+    model: &Path,
+    inputs: &[&str],
+    outputs: &[&str],
+) -> Result<(), EngineError> {
+    let have_in: Vec<&str> = session.inputs().iter().map(|i| i.name()).collect();
+    let have_out: Vec<&str> = session.outputs().iter().map(|o| o.name()).collect();
+    for name in inputs {
+        if !have_in.contains(name) {
+            return Err(EngineError::internal(format!(
+                "model {} has no input {name:?} (inputs: {have_in:?})",
+                model.display()
+            )));
+        }
+    }
+    for name in outputs {
+        if !have_out.contains(name) {
+            return Err(EngineError::internal(format!(
+                "model {} has no output {name:?} (outputs: {have_out:?})",
+                model.display()
+            )));
+        }
+    }
+    Ok(())
 }

@@ -231,6 +231,20 @@ pub struct VoiceInfo {
     pub status: VoiceStatus,
     #[serde(default)]
     pub sample_rate: Option<u32>,
+    /// Languages the voice speaks besides `language` (its default).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub other_languages: Vec<String>,
+}
+
+impl VoiceInfo {
+    /// Whether the voice can speak `language` (compared on the base language).
+    pub fn speaks(&self, language: &str) -> bool {
+        same_language(&self.language, language)
+            || self
+                .other_languages
+                .iter()
+                .any(|l| same_language(l, language))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

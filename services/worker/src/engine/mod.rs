@@ -4,7 +4,9 @@
 //! Adding an engine is one module here plus a `workers.<name>` entry in config.yaml.
 
 pub mod espeak;
+pub mod kokoro;
 pub mod piper;
+pub mod zh;
 
 use std::fmt;
 
@@ -146,7 +148,7 @@ pub fn check_voice_and_language(
                 ),
             )
         })?;
-    if !tts_contracts::same_language(&voice.language, &input.language) {
+    if !voice.speaks(&input.language) {
         return Err(EngineError::invalid(
             "unsupported_language",
             format!(
@@ -193,8 +195,31 @@ pub fn build(
             })?;
             Ok(std::sync::Arc::new(engine))
         }
+        "kokoro" => {
+            let paths = crate::models::ensure_kokoro(&settings.models.cache_dir)
+                .map_err(|e| EngineError::internal(format!("model cache: {e}")))?;
+            let dir: Option<std::path::PathBuf> = (!engine_settings.model_path.is_empty())
+                .then(|| engine_settings.model_path.clone().into());
+            let onnxruntime = if settings.models.onnxruntime_path.is_empty() {
+                paths.onnxruntime
+            } else {
+                settings.models.onnxruntime_path.clone().into()
+            };
+            let engine = kokoro::KokoroEngine::load(&kokoro::KokoroOptions {
+                model: dir
+                    .as_ref()
+                    .map_or(paths.model, |d| d.join("kokoro-v1.0.int8.onnx")),
+                vocab: dir.as_ref().map_or(paths.vocab, |d| d.join("vocab.json")),
+                voices: dir.as_ref().map_or(paths.voices, |d| d.join("voices.npz")),
+                device: engine_settings.device.clone(),
+                threads: engine_settings.threads,
+                sessions,
+                onnxruntime,
+            })?;
+            Ok(std::sync::Arc::new(engine))
+        }
         other => Err(EngineError::internal(format!(
-            "engine {other:?} is configured but not built into this binary (available: piper)"
+            "engine {other:?} is configured but not built into this binary (available: piper, kokoro)"
         ))),
     }
 }

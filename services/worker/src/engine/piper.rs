@@ -7,11 +7,9 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Condvar, Mutex};
 
 use chrono::Utc;
 use ndarray::{Array1, Array2};
-use ort::session::Session;
 use ort::value::Tensor;
 use serde::Deserialize;
 use tts_contracts::{VoiceInfo, VoiceStatus};
@@ -20,7 +18,7 @@ use super::espeak;
 use super::{
     Audio, Engine, EngineError, EngineHealth, Progress, SynthesisInput, check_voice_and_language,
 };
-use crate::runtime::{self, Placement};
+use crate::runtime::{self, Placement, SessionPool};
 
 /// Silence put between sentences, in seconds.
 const SENTENCE_PAUSE_SECS: f32 = 0.2;
@@ -85,14 +83,15 @@ impl PiperEngine {
         let config = read_config(&config_path)?;
         espeak::check_available()?;
         let env = runtime::environment(&options.onnxruntime)?;
-        let mut sessions = Vec::new();
-        let mut placement = None;
-        for _ in 0..options.sessions.max(1) {
-            let (session, p) = runtime::session(env, &model, &options.device, options.threads)?;
-            check_signature(&session, &model)?;
-            sessions.push(session);
-            placement = Some(p);
-        }
+        let (pool, placement) = runtime::session_pool(
+            env,
+            &model,
+            &options.device,
+            options.threads,
+            options.sessions,
+            &["input", "input_lengths", "scales"],
+            &["output"],
+        )?;
         let language = config
             .language
             .as_ref()
@@ -106,12 +105,13 @@ impl PiperEngine {
             language,
             status: VoiceStatus::Ready,
             sample_rate: Some(config.audio.sample_rate),
+            other_languages: Vec::new(),
         };
         Ok(PiperEngine {
             voice,
             config,
-            pool: SessionPool::new(sessions),
-            placement: placement.expect("at least one session"),
+            pool,
+            placement,
         })
     }
 
@@ -230,27 +230,6 @@ fn read_config(path: &Path) -> Result<VoiceConfig, EngineError> {
     Ok(config)
 }
 
-/// Refuses a model whose inputs and outputs are not Piper's, naming what differs.
-fn check_signature(session: &Session, model: &Path) -> Result<(), EngineError> {
-    let inputs: Vec<&str> = session.inputs().iter().map(|i| i.name()).collect();
-    let outputs: Vec<&str> = session.outputs().iter().map(|o| o.name()).collect();
-    for name in ["input", "input_lengths", "scales"] {
-        if !inputs.contains(&name) {
-            return Err(EngineError::internal(format!(
-                "model {} has no input {name:?} (inputs: {inputs:?})",
-                model.display()
-            )));
-        }
-    }
-    if !outputs.contains(&"output") {
-        return Err(EngineError::internal(format!(
-            "model {} has no output \"output\" (outputs: {outputs:?})",
-            model.display()
-        )));
-    }
-    Ok(())
-}
-
 /// Scales a sentence so that its loudest sample sits just below full scale, as Piper does, so
 /// that sentences come out equally loud.
 fn normalise_peak(samples: &mut [f32]) {
@@ -258,61 +237,5 @@ fn normalise_peak(samples: &mut [f32]) {
     let gain = 0.95 / peak.max(0.01);
     for s in samples {
         *s *= gain;
-    }
-}
-
-/// Loaded sessions, each used by one synthesis at a time.
-struct SessionPool {
-    free: Mutex<Vec<Session>>,
-    returned: Condvar,
-}
-
-struct PooledSession<'a> {
-    pool: &'a SessionPool,
-    session: Option<Session>,
-}
-
-impl SessionPool {
-    fn new(sessions: Vec<Session>) -> Self {
-        SessionPool {
-            free: Mutex::new(sessions),
-            returned: Condvar::new(),
-        }
-    }
-
-    fn take(&self) -> PooledSession<'_> {
-        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
-        loop {
-            if let Some(session) = free.pop() {
-                return PooledSession {
-                    pool: self,
-                    session: Some(session),
-                };
-            }
-            free = self.returned.wait(free).unwrap_or_else(|p| p.into_inner());
-        }
-    }
-}
-
-impl std::ops::Deref for PooledSession<'_> {
-    type Target = Session;
-    fn deref(&self) -> &Session {
-        self.session.as_ref().expect("held until drop")
-    }
-}
-
-impl std::ops::DerefMut for PooledSession<'_> {
-    fn deref_mut(&mut self) -> &mut Session {
-        self.session.as_mut().expect("held until drop")
-    }
-}
-
-impl Drop for PooledSession<'_> {
-    fn drop(&mut self) {
-        if let Some(session) = self.session.take() {
-            let mut free = self.pool.free.lock().unwrap_or_else(|p| p.into_inner());
-            free.push(session);
-            self.pool.returned.notify_one();
-        }
     }
 }

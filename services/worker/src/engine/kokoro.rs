@@ -1,0 +1,307 @@
+//! The `kokoro` engine: Kokoro-82M (int8 ONNX export) with its stock voices, speaking English
+//! (espeak-ng IPA) and Mandarin (the `zh` front end).
+//!
+//! The graph takes `tokens` i64 [1, N+2] (phoneme ids with a 0 at both ends), `style` f32
+//! [1, 256] (row N of the voice's [510, 1, 256] style table) and `speed` f32 [1], and gives
+//! `audio` f32 [S] at 24 kHz.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::path::PathBuf;
+
+use chrono::Utc;
+use ndarray::{Array1, Array2, Array3};
+use ndarray_npy::NpzReader;
+use ort::value::Tensor;
+use serde::Deserialize;
+use tts_contracts::{VoiceInfo, VoiceStatus};
+
+use super::espeak::{self, PhonemizedSentence};
+use super::{
+    Audio, Engine, EngineError, EngineHealth, Progress, SynthesisInput, check_voice_and_language,
+    zh,
+};
+use crate::runtime::{self, Placement, SessionPool};
+
+pub const SAMPLE_RATE: u32 = 24_000;
+
+/// Phoneme ids one inference takes at most, without the two padding tokens.
+const MAX_PHONEMES: usize = 510;
+
+/// Silence put between sentences, in seconds.
+const SENTENCE_PAUSE_SECS: f32 = 0.2;
+
+/// The languages Kokoro speaks here, with the first as the default.
+const LANGUAGES: [&str; 2] = ["zh", "en"];
+
+#[derive(Debug, Clone)]
+pub struct KokoroOptions {
+    pub model: PathBuf,
+    pub vocab: PathBuf,
+    pub voices: PathBuf,
+    pub device: String,
+    pub threads: usize,
+    pub sessions: usize,
+    pub onnxruntime: PathBuf,
+}
+
+#[derive(Deserialize)]
+struct VocabFile {
+    vocab: HashMap<String, i64>,
+}
+
+/// A style table: one 256-value style per phoneme count.
+pub type StyleTable = Array3<f32>;
+
+pub struct KokoroEngine {
+    vocab: HashMap<char, i64>,
+    voices: BTreeMap<String, StyleTable>,
+    created_at: chrono::DateTime<Utc>,
+    pool: SessionPool,
+    placement: Placement,
+}
+
+impl KokoroEngine {
+    pub fn load(options: &KokoroOptions) -> Result<Self, EngineError> {
+        let vocab = read_vocab(&options.vocab)?;
+        let voices = read_voices(&options.voices)?;
+        espeak::check_available()?;
+        let env = runtime::environment(&options.onnxruntime)?;
+        let (pool, placement) = runtime::session_pool(
+            env,
+            &options.model,
+            &options.device,
+            options.threads,
+            options.sessions,
+            &["tokens", "style", "speed"],
+            &["audio"],
+        )?;
+        Ok(KokoroEngine {
+            vocab,
+            voices,
+            created_at: Utc::now(),
+            pool,
+            placement,
+        })
+    }
+
+    /// Phoneme ids of an IPA string; symbols outside the vocabulary are dropped, never guessed.
+    pub fn ids(&self, ipa: &str) -> Vec<i64> {
+        ipa.chars()
+            .filter_map(|c| self.vocab.get(&c).copied())
+            .collect()
+    }
+
+    /// Synthesises one chunk of at most [`MAX_PHONEMES`] ids with a style table.
+    pub fn infer(
+        &self,
+        ids: &[i64],
+        styles: &StyleTable,
+        speed: f32,
+    ) -> Result<Vec<f32>, EngineError> {
+        let n = ids.len().min(MAX_PHONEMES);
+        let mut tokens = Vec::with_capacity(n + 2);
+        tokens.push(0);
+        tokens.extend_from_slice(&ids[..n]);
+        tokens.push(0);
+        let row = n.min(styles.shape()[0] - 1);
+        let style = styles.slice(ndarray::s![row, .., ..]).to_owned();
+        let tokens = Array2::from_shape_vec((1, n + 2), tokens)
+            .map_err(|e| EngineError::internal(e.to_string()))?;
+        let speed = Array1::from_vec(vec![speed]);
+        let mut session = self.pool.take();
+        let outputs = session.run(ort::inputs![
+            "tokens" => Tensor::from_array(tokens)?,
+            "style" => Tensor::from_array(style)?,
+            "speed" => Tensor::from_array(speed)?,
+        ])?;
+        let (_, audio) = outputs["audio"].try_extract_tensor::<f32>()?;
+        Ok(audio.to_vec())
+    }
+
+    /// Synthesises with an explicit style table: the stock voices' and, later, cloned ones.
+    pub fn synthesize_with(
+        &self,
+        input: &SynthesisInput,
+        styles: &StyleTable,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<Audio, EngineError> {
+        let sentences = self.phonemize(&input.language, &input.text)?;
+        if sentences.is_empty() {
+            return Err(EngineError::invalid(
+                "nothing_to_say",
+                "the text has no words that can be spoken",
+            ));
+        }
+        let pause = vec![0.0; (SENTENCE_PAUSE_SECS * SAMPLE_RATE as f32) as usize];
+        let mut samples = Vec::new();
+        let total = sentences.len();
+        for (i, sentence) in sentences.iter().enumerate() {
+            for chunk in chunks(&self.ids(&sentence.ipa), &self.ids(" ")) {
+                if i > 0 || !samples.is_empty() {
+                    samples.extend_from_slice(&pause);
+                }
+                samples.extend(self.infer(&chunk, styles, input.speed)?);
+            }
+            progress(Progress { done: i + 1, total });
+        }
+        for s in &mut samples {
+            *s = s.clamp(-1.0, 1.0);
+        }
+        Ok(Audio {
+            samples,
+            sample_rate: SAMPLE_RATE,
+        })
+    }
+
+    fn phonemize(
+        &self,
+        language: &str,
+        text: &str,
+    ) -> Result<Vec<PhonemizedSentence>, EngineError> {
+        if tts_contracts::same_language(language, "zh") {
+            let mut latin = |word: &str| espeak::phonemize_clause("en-us", word).ok();
+            Ok(zh::phonemize(text, &mut latin))
+        } else {
+            espeak::phonemize("en-us", text)
+        }
+    }
+
+    pub fn stock_voice(&self, name: &str) -> Option<&StyleTable> {
+        self.voices.get(name)
+    }
+}
+
+/// Splits a sentence's ids into chunks the model takes, at spaces where it can.
+fn chunks(ids: &[i64], space: &[i64]) -> Vec<Vec<i64>> {
+    if ids.len() <= MAX_PHONEMES {
+        return vec![ids.to_vec()];
+    }
+    let space = space.first().copied();
+    let mut out = Vec::new();
+    let mut rest = ids;
+    while rest.len() > MAX_PHONEMES {
+        let window = &rest[..MAX_PHONEMES];
+        let cut = window
+            .iter()
+            .rposition(|id| Some(*id) == space)
+            .filter(|&p| p > MAX_PHONEMES / 2)
+            .unwrap_or(MAX_PHONEMES);
+        out.push(rest[..cut].to_vec());
+        rest = &rest[cut..];
+    }
+    if !rest.is_empty() {
+        out.push(rest.to_vec());
+    }
+    out
+}
+
+impl Engine for KokoroEngine {
+    fn name(&self) -> &str {
+        "kokoro"
+    }
+
+    fn voices(&self) -> Vec<VoiceInfo> {
+        self.voices
+            .keys()
+            .map(|name| VoiceInfo {
+                voice_id: name.clone(),
+                name: name.clone(),
+                engine: "kokoro".into(),
+                created_at: self.created_at,
+                language: LANGUAGES[0].into(),
+                status: VoiceStatus::Ready,
+                sample_rate: Some(SAMPLE_RATE),
+                other_languages: LANGUAGES[1..].iter().map(|l| l.to_string()).collect(),
+            })
+            .collect()
+    }
+
+    fn synthesize(
+        &self,
+        input: &SynthesisInput,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<Audio, EngineError> {
+        check_voice_and_language(self, input)?;
+        let styles = self.voices.get(&input.voice_id).ok_or_else(|| {
+            EngineError::invalid("unknown_voice", format!("no voice {}", input.voice_id))
+        })?;
+        self.synthesize_with(input, styles, progress)
+    }
+
+    fn health(&self) -> EngineHealth {
+        EngineHealth {
+            ready: true,
+            device: self.placement.device.clone(),
+            detail: match &self.placement.fallback_reason {
+                Some(reason) => format!(
+                    "{} voices on cpu (cuda unavailable: {reason})",
+                    self.voices.len()
+                ),
+                None => format!("{} voices loaded", self.voices.len()),
+            },
+        }
+    }
+}
+
+fn read_vocab(path: &std::path::Path) -> Result<HashMap<char, i64>, EngineError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| EngineError::internal(format!("cannot read {}: {e}", path.display())))?;
+    let file: VocabFile = serde_json::from_str(&text)
+        .map_err(|e| EngineError::internal(format!("{} is invalid: {e}", path.display())))?;
+    let mut vocab = HashMap::new();
+    for (symbol, id) in file.vocab {
+        let mut chars = symbol.chars();
+        if let (Some(c), None) = (chars.next(), chars.next()) {
+            vocab.insert(c, id);
+        }
+    }
+    if vocab.is_empty() {
+        return Err(EngineError::internal(format!(
+            "{} has no symbols",
+            path.display()
+        )));
+    }
+    Ok(vocab)
+}
+
+fn read_voices(path: &std::path::Path) -> Result<BTreeMap<String, StyleTable>, EngineError> {
+    let fail = |e: &dyn std::fmt::Display| {
+        EngineError::internal(format!("voices {}: {e}", path.display()))
+    };
+    let file = File::open(path).map_err(|e| fail(&e))?;
+    let mut npz = NpzReader::new(file).map_err(|e| fail(&e))?;
+    let mut voices = BTreeMap::new();
+    for entry in npz.names().map_err(|e| fail(&e))? {
+        let table: StyleTable = npz.by_name(&entry).map_err(|e| fail(&e))?;
+        if table.shape()[1..] != [1, 256] {
+            return Err(fail(&format!(
+                "voice {entry} has shape {:?}, expected [N, 1, 256]",
+                table.shape()
+            )));
+        }
+        voices.insert(entry.trim_end_matches(".npy").to_string(), table);
+    }
+    if voices.is_empty() {
+        return Err(fail(&"no voices"));
+    }
+    Ok(voices)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::chunks;
+
+    #[test]
+    fn long_sentences_split_at_spaces_under_the_limit() {
+        let mut ids = Vec::new();
+        for _ in 0..200 {
+            ids.extend([5, 6, 7, 16]);
+        }
+        let parts = chunks(&ids, &[16]);
+        assert!(parts.len() >= 2);
+        assert!(parts.iter().all(|p| p.len() <= super::MAX_PHONEMES));
+        assert_eq!(parts.concat(), ids);
+        assert_eq!(chunks(&[1, 2], &[16]), vec![vec![1, 2]]);
+    }
+}
