@@ -134,3 +134,55 @@ fn too_short_audio_has_no_embedding() {
         .unwrap_err();
     assert_eq!(err.code(), "audio_too_short");
 }
+
+/// A WAV file of 16-bit mono samples.
+fn wav_bytes(samples: &[f32], rate: u32) -> Vec<u8> {
+    let mut cursor = std::io::Cursor::new(Vec::new());
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: rate,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut writer = hound::WavWriter::new(&mut cursor, spec).unwrap();
+    for s in samples {
+        writer
+            .write_sample((s.clamp(-1.0, 1.0) * 32767.0) as i16)
+            .unwrap();
+    }
+    writer.finalize().unwrap();
+    cursor.into_inner()
+}
+
+#[test]
+fn an_mp3_named_like_a_wav_is_decoded_as_mp3() {
+    let speech = speak("en_US-joe-medium", FIRST);
+    let dir = tempfile::tempdir().unwrap();
+    let wav = dir.path().join("speech.wav");
+    std::fs::write(&wav, wav_bytes(&speech, ANALYSIS_RATE)).unwrap();
+    // The upload's name says WAV; its bytes are MP3.
+    let mp3 = dir.path().join("clip.wav");
+    let status = std::process::Command::new("lame")
+        .args(["--quiet", "-b", "64"])
+        .arg(&wav)
+        .arg(&mp3)
+        .status()
+        .expect("lame is installed (scripts/deps installs it)");
+    assert!(status.success());
+    let clip = tts_audio::decode(&std::fs::read(&mp3).unwrap()).unwrap();
+    assert_eq!(clip.format, "mp3");
+    let expected = speech.len() as f32 / ANALYSIS_RATE as f32;
+    assert!(
+        (clip.duration_seconds() - expected).abs() < 0.2,
+        "{} s decoded, {expected} s encoded",
+        clip.duration_seconds()
+    );
+    // What was decoded is still the same speaker.
+    let (_, encoder) = analysis();
+    let decoded = resample(&clip.samples, clip.sample_rate, ANALYSIS_RATE).unwrap();
+    let similarity = cosine(
+        &encoder.embed(&decoded).unwrap(),
+        &encoder.embed(&speech).unwrap(),
+    );
+    assert!(similarity > 0.9, "{similarity}");
+}

@@ -1,0 +1,200 @@
+//! Decoding uploaded reference clips.
+//!
+//! A clip is judged by its content, never by its file name: the container is probed from the
+//! bytes (WAV or MP3), decoded whole, and mixed down to mono. Anything that does not decode to
+//! the end (random bytes, a truncated file) is refused with a reason a client can act on.
+//! This crate does not use ONNX Runtime, so the gateway can check uploads itself.
+
+use std::io::Cursor;
+
+use symphonia::core::codecs::audio::AudioDecoderOptions;
+use symphonia::core::errors::Error as SymphoniaError;
+use symphonia::core::formats::probe::Hint;
+use symphonia::core::formats::{FormatOptions, TrackType};
+use symphonia::core::io::MediaSourceStream;
+use symphonia::core::meta::MetadataOptions;
+
+/// A decoded clip: mono samples in [-1, 1] at the clip's own rate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Clip {
+    pub samples: Vec<f32>,
+    pub sample_rate: u32,
+    /// The container the bytes turned out to be: `wav` or `mp3`.
+    pub format: &'static str,
+}
+
+impl Clip {
+    pub fn duration_seconds(&self) -> f32 {
+        self.samples.len() as f32 / self.sample_rate.max(1) as f32
+    }
+
+    /// Root-mean-square level, 0 for digital silence.
+    pub fn rms(&self) -> f32 {
+        let energy: f64 = self.samples.iter().map(|s| (*s as f64).powi(2)).sum();
+        (energy / self.samples.len().max(1) as f64).sqrt() as f32
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    /// The bytes are not audio in a supported container.
+    #[error("the file is not WAV or MP3 audio")]
+    NotAudio,
+    /// The container is known but its audio cannot be decoded (an unsupported codec inside).
+    #[error("the audio cannot be decoded: {0}")]
+    Unsupported(String),
+    /// The audio stops before the container says it ends, or is corrupt part-way.
+    #[error("the audio is truncated or corrupt: {0}")]
+    Corrupt(String),
+    /// Decoded, but there is no sound in it at all.
+    #[error("the file holds no audio samples")]
+    Empty,
+}
+
+/// Decodes WAV or MP3 bytes to mono.
+pub fn decode(bytes: &[u8]) -> Result<Clip, DecodeError> {
+    let source = MediaSourceStream::new(Box::new(Cursor::new(bytes.to_vec())), Default::default());
+    let mut format = symphonia::default::get_probe()
+        .probe(
+            &Hint::new(),
+            source,
+            FormatOptions::default(),
+            MetadataOptions::default(),
+        )
+        .map_err(|_| DecodeError::NotAudio)?;
+    let container = match format.format_info().short_name {
+        "wave" | "wav" | "riff" => "wav",
+        "mp3" | "mpa" => "mp3",
+        other => {
+            return Err(DecodeError::Unsupported(format!(
+                "{other} files are not accepted"
+            )));
+        }
+    };
+    let track = format
+        .default_track(TrackType::Audio)
+        .ok_or(DecodeError::NotAudio)?;
+    let track_id = track.id;
+    let params = track
+        .codec_params
+        .as_ref()
+        .and_then(|p| p.audio())
+        .ok_or(DecodeError::NotAudio)?
+        .clone();
+    let expected_frames = track.num_frames;
+    let mut decoder = symphonia::default::get_codecs()
+        .make_audio_decoder(&params, &AudioDecoderOptions::default())
+        .map_err(|e| DecodeError::Unsupported(e.to_string()))?;
+
+    let mut samples = Vec::new();
+    let mut interleaved: Vec<f32> = Vec::new();
+    let mut sample_rate = params.sample_rate.unwrap_or(0);
+    loop {
+        let packet = match format.next_packet() {
+            Ok(Some(packet)) => packet,
+            Ok(None) => break,
+            // The reader hit the end of the bytes inside a packet.
+            Err(SymphoniaError::IoError(e)) => return Err(DecodeError::Corrupt(e.to_string())),
+            Err(e) => return Err(DecodeError::Corrupt(e.to_string())),
+        };
+        if packet.track_id != track_id {
+            continue;
+        }
+        let buffer = match decoder.decode(&packet) {
+            Ok(buffer) => buffer,
+            Err(SymphoniaError::DecodeError(e)) => {
+                return Err(DecodeError::Corrupt(e.to_string()));
+            }
+            Err(e) => return Err(DecodeError::Corrupt(e.to_string())),
+        };
+        let channels = buffer.spec().channels().count().max(1);
+        sample_rate = buffer.spec().rate();
+        buffer.copy_to_vec_interleaved(&mut interleaved);
+        for frame in interleaved.chunks(channels) {
+            samples.push(frame.iter().sum::<f32>() / channels as f32);
+        }
+    }
+    // A WAV header states its length; fewer frames than stated means the upload was cut off.
+    if container == "wav"
+        && let Some(expected) = expected_frames
+        && (samples.len() as u64) < expected
+    {
+        return Err(DecodeError::Corrupt(format!(
+            "the header promises {expected} frames, the file holds {}",
+            samples.len()
+        )));
+    }
+    if samples.is_empty() || sample_rate == 0 {
+        return Err(DecodeError::Empty);
+    }
+    Ok(Clip {
+        samples,
+        sample_rate,
+        format: container,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A 16-bit WAV file of `frames` frames of a tone, with `channels` channels.
+    fn wav(frames: usize, channels: u16, rate: u32) -> Vec<u8> {
+        let data_len = frames * channels as usize * 2;
+        let mut out = Vec::new();
+        out.extend(b"RIFF");
+        out.extend(((36 + data_len) as u32).to_le_bytes());
+        out.extend(b"WAVEfmt ");
+        out.extend(16u32.to_le_bytes());
+        out.extend(1u16.to_le_bytes());
+        out.extend(channels.to_le_bytes());
+        out.extend(rate.to_le_bytes());
+        out.extend((rate * channels as u32 * 2).to_le_bytes());
+        out.extend((channels * 2).to_le_bytes());
+        out.extend(16u16.to_le_bytes());
+        out.extend(b"data");
+        out.extend((data_len as u32).to_le_bytes());
+        for i in 0..frames {
+            let v = ((i as f32 * 0.05).sin() * 10_000.0) as i16;
+            for _ in 0..channels {
+                out.extend(v.to_le_bytes());
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn stereo_wav_is_mixed_to_mono() {
+        let clip = decode(&wav(8000, 2, 8000)).unwrap();
+        assert_eq!(clip.format, "wav");
+        assert_eq!(clip.sample_rate, 8000);
+        assert_eq!(clip.samples.len(), 8000);
+        assert!((clip.duration_seconds() - 1.0).abs() < 1e-3);
+        assert!(clip.rms() > 0.1);
+    }
+
+    #[test]
+    fn random_bytes_are_not_audio() {
+        let bytes: Vec<u8> = (0..4096u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
+        assert_eq!(decode(&bytes), Err(DecodeError::NotAudio));
+        assert_eq!(decode(b""), Err(DecodeError::NotAudio));
+    }
+
+    #[test]
+    fn a_truncated_wav_is_refused() {
+        let mut bytes = wav(16000, 1, 16000);
+        bytes.truncate(bytes.len() / 2);
+        assert!(
+            matches!(decode(&bytes), Err(DecodeError::Corrupt(_))),
+            "{:?}",
+            decode(&bytes).map(|c| c.samples.len())
+        );
+    }
+
+    #[test]
+    fn a_wav_with_no_frames_is_empty() {
+        assert_eq!(decode(&wav(0, 1, 16000)), Err(DecodeError::Empty));
+    }
+}
