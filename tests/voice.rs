@@ -186,3 +186,50 @@ fn an_mp3_named_like_a_wav_is_decoded_as_mp3() {
     );
     assert!(similarity > 0.9, "{similarity}");
 }
+
+#[test]
+fn a_searched_kokoro_style_sounds_more_like_the_reference_than_any_stock_voice() {
+    use tts_worker::voice::clone::{CloneSettings, clone_style};
+    static KOKORO: OnceLock<KokoroEngine> = OnceLock::new();
+    let engine = KOKORO.get_or_init(|| {
+        let paths = tts_worker::models::ensure_kokoro(&cache()).unwrap();
+        KokoroEngine::load(&KokoroOptions {
+            model: paths.model,
+            vocab: paths.vocab,
+            voices: paths.voices,
+            device: "cpu".into(),
+            threads: 0,
+            sessions: 1,
+            onnxruntime: paths.onnxruntime,
+        })
+        .unwrap()
+    });
+    let (_, encoder) = analysis();
+    // The reference speaker is the Piper voice, which Kokoro has never seen.
+    let reference: Vec<f32> = [FIRST, SECOND]
+        .iter()
+        .flat_map(|t| speak("en_US-joe-medium", t))
+        .collect();
+    let mut steps = Vec::new();
+    let result = clone_style(
+        engine,
+        encoder,
+        &reference,
+        &CloneSettings {
+            evaluations: 16,
+            seed: 7,
+        },
+        &mut |done, total| steps.push((done, total)),
+    )
+    .unwrap();
+    eprintln!("{result:?}");
+    assert_eq!(steps.len(), 5 + 16 + 2);
+    assert_eq!(steps.last(), Some(&(23, 23)));
+    assert!(
+        result.cloned_similarity > result.best_stock_similarity,
+        "held-out similarity: cloned {:.3}, best stock ({}) {:.3}",
+        result.cloned_similarity,
+        result.base_voice,
+        result.best_stock_similarity
+    );
+}

@@ -170,6 +170,10 @@ impl KokoroEngine {
     pub fn stock_voice(&self, name: &str) -> Option<&StyleTable> {
         self.voices.get(name)
     }
+
+    pub fn stock_voice_names(&self) -> Vec<String> {
+        self.voices.keys().cloned().collect()
+    }
 }
 
 /// Splits a sentence's ids into chunks the model takes, at spaces where it can.

@@ -2,6 +2,7 @@
 //! VAD) and speaker embeddings (a d-vector encoder). Workers run these during enrollment; the
 //! gateway never does, since they need ONNX Runtime.
 
+pub mod clone;
 pub mod resample;
 pub mod speaker;
 pub mod vad;
