@@ -90,3 +90,82 @@ fn unknown_schemes_are_refused_by_name() {
     let err = AudioStore::from_settings(&settings("s3://")).unwrap_err();
     assert!(err.to_string().contains("bucket"), "{err}");
 }
+
+mod voice_store {
+    //! One conformance suite for the voice store, against memory and Redis.
+    use chrono::{Duration, Utc};
+    use tts_contracts::{CloneSimilarity, VoiceInfo, VoiceRecord, VoiceStatus};
+    use tts_infra::{MemoryVoiceStore, RedisJobStore, RedisVoiceStore, VoiceStore};
+
+    fn record(id: &str, age_secs: i64) -> VoiceRecord {
+        VoiceRecord {
+            info: VoiceInfo {
+                voice_id: id.into(),
+                name: format!("voice {id}"),
+                engine: "kokoro".into(),
+                created_at: Utc::now() - Duration::seconds(age_secs),
+                language: "zh".into(),
+                status: VoiceStatus::Enrolling,
+                sample_rate: None,
+                other_languages: vec!["en".into()],
+            },
+            prompt_text: Some("你好".into()),
+            reference_key: Some(format!("voices/{id}/reference.wav")),
+            job_id: None,
+            embedding: None,
+            base_voice: None,
+            style_offset: None,
+            similarity: None,
+            error: None,
+        }
+    }
+
+    async fn conformance(store: &dyn VoiceStore) {
+        assert_eq!(store.get("v1").await.unwrap(), None);
+        assert!(store.list().await.unwrap().is_empty());
+        store.put(&record("v1", 10)).await.unwrap();
+        store.put(&record("v2", 20)).await.unwrap();
+        let mut ready = record("v1", 10);
+        ready.info.status = VoiceStatus::Ready;
+        ready.embedding = Some(vec![0.5; 256]);
+        ready.style_offset = Some(vec![-0.1; 256]);
+        ready.similarity = Some(CloneSimilarity {
+            cloned: 0.6,
+            best_stock: 0.4,
+            best_stock_voice: "jf_alpha".into(),
+        });
+        store.put(&ready).await.unwrap();
+        assert_eq!(store.get("v1").await.unwrap(), Some(ready));
+        let ids: Vec<String> = store
+            .list()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.info.voice_id)
+            .collect();
+        assert_eq!(ids, ["v2", "v1"], "oldest first");
+        assert!(store.delete("v1").await.unwrap());
+        assert!(!store.delete("v1").await.unwrap());
+        assert_eq!(store.get("v1").await.unwrap(), None);
+        assert_eq!(store.list().await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn memory_backend() {
+        conformance(&MemoryVoiceStore::default()).await;
+    }
+
+    #[tokio::test]
+    async fn redis_backend() {
+        let prefix = format!("tts-test-{}", uuid::Uuid::new_v4().simple());
+        let jobs = RedisJobStore::connect(
+            &tts_tests::redis_url(),
+            &prefix,
+            std::time::Duration::from_secs(60),
+            std::time::Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+        conformance(&RedisVoiceStore::new(&jobs)).await;
+    }
+}

@@ -247,6 +247,49 @@ impl VoiceInfo {
     }
 }
 
+/// How close a cloned voice came to its reference, by speaker-embedding cosine similarity on a
+/// sentence the enrollment search did not use.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CloneSimilarity {
+    pub cloned: f32,
+    pub best_stock: f32,
+    pub best_stock_voice: String,
+}
+
+/// A cloned voice as the voice store keeps it: what clients see, plus what engines need to speak
+/// with it (computed once at enrollment, never per job).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VoiceRecord {
+    #[serde(flatten)]
+    pub info: VoiceInfo,
+    /// Transcript of the reference clip, for engines that need one.
+    #[serde(default)]
+    pub prompt_text: Option<String>,
+    /// Object key of the trimmed reference clip.
+    #[serde(default)]
+    pub reference_key: Option<String>,
+    /// The enrollment job.
+    #[serde(default)]
+    pub job_id: Option<JobId>,
+    /// Speaker embedding of the reference (unit length).
+    #[serde(default)]
+    pub embedding: Option<Vec<f32>>,
+    /// Engine conditioning: for kokoro, the base stock voice and the style offset.
+    #[serde(default)]
+    pub base_voice: Option<String>,
+    #[serde(default)]
+    pub style_offset: Option<Vec<f32>>,
+    #[serde(default)]
+    pub similarity: Option<CloneSimilarity>,
+    #[serde(default)]
+    pub error: Option<JobFailure>,
+}
+
+/// Object keys of a cloned voice all start with this prefix, so deleting a voice deletes them.
+pub fn voice_prefix(voice_id: &str) -> String {
+    format!("voices/{voice_id}")
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum WorkerStatus {

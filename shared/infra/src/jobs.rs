@@ -96,18 +96,17 @@ impl RedisJobStore {
         format!("{}:idem:{key}", self.prefix)
     }
 
-    /// Runs a command, once more if the first attempt fails on the connection: after a Redis
-    /// restart the connection manager reports the broken connection once, then reconnects.
     async fn run<T: redis::FromRedisValue + Send>(&self, cmd: &redis::Cmd) -> Result<T> {
-        let mut conn = self.conn.clone();
-        match cmd.query_async(&mut conn).await {
-            Ok(v) => Ok(v),
-            Err(e) if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() => cmd
-                .query_async(&mut conn)
-                .await
-                .map_err(|e| InfraError::unavailable(format!("redis: {e}"))),
-            Err(e) => Err(InfraError::unavailable(format!("redis: {e}"))),
-        }
+        query_with_retry(&self.conn, cmd).await
+    }
+
+    /// The connection, for other stores that share it.
+    pub fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
     }
 
     async fn run_script<T: redis::FromRedisValue + Send>(
@@ -187,6 +186,23 @@ impl JobStore for RedisJobStore {
     async fn ping(&self) -> Result<()> {
         let _: String = self.run(&redis::cmd("PING")).await?;
         Ok(())
+    }
+}
+
+/// Runs a command, once more if the first attempt fails on the connection: after a Redis
+/// restart the connection manager reports the broken connection once, then reconnects.
+pub(crate) async fn query_with_retry<T: redis::FromRedisValue + Send>(
+    conn: &ConnectionManager,
+    cmd: &redis::Cmd,
+) -> Result<T> {
+    let mut conn = conn.clone();
+    match cmd.query_async(&mut conn).await {
+        Ok(v) => Ok(v),
+        Err(e) if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() => cmd
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| InfraError::unavailable(format!("redis: {e}"))),
+        Err(e) => Err(InfraError::unavailable(format!("redis: {e}"))),
     }
 }
 

@@ -10,9 +10,11 @@ pub mod jobs;
 pub mod nats;
 pub mod queue;
 pub mod storage;
+pub mod voices;
 
 pub use bus::{Bus, BusMessage, LocalBus, NatsBus};
 pub use error::{InfraError, InfraErrorKind};
 pub use jobs::{JobStore, MemoryJobStore, RedisJobStore};
 pub use queue::{Delivery, JetStreamQueue, JobQueue, JobSource, LocalQueue, QueueSettings};
 pub use storage::AudioStore;
+pub use voices::{MemoryVoiceStore, RedisVoiceStore, VoiceStore};
