@@ -1,21 +1,8 @@
 //! The piper engine on the real voice, without the service around it.
 
-use tts_tests::workspace_root;
-use tts_worker::engine::piper::{PiperEngine, PiperOptions};
+use tts_tests::engines::{piper, piper_options};
+use tts_worker::engine::piper::PiperEngine;
 use tts_worker::engine::{Engine, EngineErrorKind, SynthesisInput};
-
-fn options(device: &str) -> PiperOptions {
-    let paths = tts_worker::models::ensure(&workspace_root().join(".cache/voice-clone-tts"))
-        .expect("the model cache is ready");
-    PiperOptions {
-        model_dir: paths.piper_dir,
-        voice: "en_US-joe-medium".into(),
-        device: device.into(),
-        threads: 1,
-        sessions: 1,
-        onnxruntime: paths.onnxruntime,
-    }
-}
 
 fn input(text: &str) -> SynthesisInput {
     SynthesisInput {
@@ -29,7 +16,7 @@ fn input(text: &str) -> SynthesisInput {
 #[test]
 fn cuda_falls_back_to_cpu_with_the_reason() {
     // No machine this runs on in CI has a GPU; with one, the engine would say cuda here.
-    let engine = PiperEngine::load(&options("cuda")).expect("loads on some device");
+    let engine = PiperEngine::load(&piper_options("cuda")).expect("loads on some device");
     let health = engine.health();
     assert!(health.ready);
     if health.device == "cpu" {
@@ -39,7 +26,7 @@ fn cuda_falls_back_to_cpu_with_the_reason() {
 
 #[test]
 fn progress_is_reported_per_sentence() {
-    let engine = PiperEngine::load(&options("cpu")).unwrap();
+    let engine = piper();
     let mut seen = Vec::new();
     let audio = engine
         .synthesize(&input("One. Two, and three! Four?"), &mut |p| {
@@ -53,7 +40,7 @@ fn progress_is_reported_per_sentence() {
 
 #[test]
 fn inputs_the_voice_cannot_speak_are_invalid_not_retried() {
-    let engine = PiperEngine::load(&options("cpu")).unwrap();
+    let engine = piper();
     let mut ignore = |_| {};
     let wrong_voice = SynthesisInput {
         voice_id: "nobody".into(),
@@ -69,26 +56,10 @@ fn inputs_the_voice_cannot_speak_are_invalid_not_retried() {
 }
 
 mod kokoro {
-    use tts_tests::workspace_root;
-    use tts_worker::engine::kokoro::{KokoroEngine, KokoroOptions, SAMPLE_RATE};
+    use tts_tests::engines::kokoro as engine;
+    use tts_worker::engine::kokoro::SAMPLE_RATE;
     use tts_worker::engine::zh::normalize::normalize;
     use tts_worker::engine::{Engine, SynthesisInput};
-
-    fn engine() -> KokoroEngine {
-        let paths =
-            tts_worker::models::ensure_kokoro(&workspace_root().join(".cache/voice-clone-tts"))
-                .expect("the kokoro model is fetched and verified");
-        KokoroEngine::load(&KokoroOptions {
-            model: paths.model,
-            vocab: paths.vocab,
-            voices: paths.voices,
-            device: "cpu".into(),
-            threads: 0,
-            sessions: 1,
-            onnxruntime: paths.onnxruntime,
-        })
-        .expect("kokoro loads")
-    }
 
     fn rms(samples: &[f32]) -> f32 {
         (samples.iter().map(|s| s * s).sum::<f32>() / samples.len().max(1) as f32).sqrt()

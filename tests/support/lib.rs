@@ -5,6 +5,7 @@
 //! other's jobs.
 
 pub mod app;
+pub mod engines;
 pub mod nats;
 pub mod s3;
 pub mod wav;

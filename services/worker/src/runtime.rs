@@ -49,6 +49,21 @@ pub struct Placement {
     pub fallback_reason: Option<String>,
 }
 
+impl Placement {
+    /// An engine's health: ready, on this device, with `what` it has loaded and why it is not on
+    /// the configured device when it is not.
+    pub fn health(&self, what: &str) -> crate::engine::EngineHealth {
+        crate::engine::EngineHealth {
+            ready: true,
+            device: self.device.clone(),
+            detail: match &self.fallback_reason {
+                Some(reason) => format!("{what} on cpu (cuda unavailable: {reason})"),
+                None => format!("{what} loaded"),
+            },
+        }
+    }
+}
+
 /// Builds a session for `model` on `device` (`cuda` or `cpu`). When CUDA cannot be used the
 /// session runs on the CPU and the reason is logged and returned.
 pub fn session(

@@ -234,17 +234,8 @@ impl Engine for KokoroEngine {
     }
 
     fn health(&self) -> EngineHealth {
-        EngineHealth {
-            ready: true,
-            device: self.placement.device.clone(),
-            detail: match &self.placement.fallback_reason {
-                Some(reason) => format!(
-                    "{} voices on cpu (cuda unavailable: {reason})",
-                    self.voices.len()
-                ),
-                None => format!("{} voices loaded", self.voices.len()),
-            },
-        }
+        self.placement
+            .health(&format!("{} voices", self.voices.len()))
     }
 }
 

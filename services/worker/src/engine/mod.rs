@@ -160,6 +160,19 @@ pub fn check_voice_and_language(
     Ok(voice)
 }
 
+/// The ONNX Runtime library to load: `models.onnxruntime_path` when set (a CUDA build, say),
+/// otherwise the one in the model cache.
+fn onnxruntime_library(
+    settings: &tts_config::Settings,
+    cached: std::path::PathBuf,
+) -> std::path::PathBuf {
+    if settings.models.onnxruntime_path.is_empty() {
+        cached
+    } else {
+        settings.models.onnxruntime_path.clone().into()
+    }
+}
+
 /// Builds the engine named `name` from its `workers.<name>` settings. `sessions` is how many
 /// syntheses it must be able to run at once.
 pub fn build(
@@ -180,11 +193,7 @@ pub fn build(
             } else {
                 engine_settings.model_path.clone().into()
             };
-            let onnxruntime = if settings.models.onnxruntime_path.is_empty() {
-                paths.onnxruntime
-            } else {
-                settings.models.onnxruntime_path.clone().into()
-            };
+            let onnxruntime = onnxruntime_library(settings, paths.onnxruntime);
             let engine = piper::PiperEngine::load(&piper::PiperOptions {
                 model_dir,
                 voice: engine_settings.voice.clone(),
@@ -200,11 +209,7 @@ pub fn build(
                 .map_err(|e| EngineError::internal(format!("model cache: {e}")))?;
             let dir: Option<std::path::PathBuf> = (!engine_settings.model_path.is_empty())
                 .then(|| engine_settings.model_path.clone().into());
-            let onnxruntime = if settings.models.onnxruntime_path.is_empty() {
-                paths.onnxruntime
-            } else {
-                settings.models.onnxruntime_path.clone().into()
-            };
+            let onnxruntime = onnxruntime_library(settings, paths.onnxruntime);
             let engine = kokoro::KokoroEngine::load(&kokoro::KokoroOptions {
                 model: dir
                     .as_ref()

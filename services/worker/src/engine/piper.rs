@@ -198,17 +198,8 @@ impl Engine for PiperEngine {
     }
 
     fn health(&self) -> EngineHealth {
-        EngineHealth {
-            ready: true,
-            device: self.placement.device.clone(),
-            detail: match &self.placement.fallback_reason {
-                Some(reason) => format!(
-                    "voice {} on cpu (cuda unavailable: {reason})",
-                    self.voice.voice_id
-                ),
-                None => format!("voice {} loaded", self.voice.voice_id),
-            },
-        }
+        self.placement
+            .health(&format!("voice {}", self.voice.voice_id))
     }
 }
 

@@ -44,6 +44,8 @@ pub struct CloneResult {
     pub best_stock_similarity: f32,
     /// The best score the search reached on its own sentence.
     pub search_similarity: f32,
+    /// The best stock voice's score on the search sentence, where the search started.
+    pub best_stock_search_similarity: f32,
 }
 
 /// The base table with `offset` added to every row.
@@ -130,5 +132,6 @@ pub fn clone_style(
         cloned_similarity,
         best_stock_similarity,
         search_similarity: best,
+        best_stock_search_similarity: best_stock.1,
     })
 }

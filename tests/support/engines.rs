@@ -1,0 +1,50 @@
+//! The engines on the real models, loaded once per test binary.
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use tts_worker::engine::kokoro::{KokoroEngine, KokoroOptions};
+use tts_worker::engine::piper::{PiperEngine, PiperOptions};
+
+/// The model cache the tests share (scripts/test fills it before they run).
+pub fn cache_dir() -> PathBuf {
+    crate::workspace_root().join(".cache/voice-clone-tts")
+}
+
+pub fn piper_options(device: &str) -> PiperOptions {
+    let paths = tts_worker::models::ensure(&cache_dir()).expect("the piper voice is cached");
+    PiperOptions {
+        model_dir: paths.piper_dir,
+        voice: "en_US-joe-medium".into(),
+        device: device.into(),
+        threads: 1,
+        sessions: 1,
+        onnxruntime: paths.onnxruntime,
+    }
+}
+
+pub fn kokoro_options() -> KokoroOptions {
+    let paths =
+        tts_worker::models::ensure_kokoro(&cache_dir()).expect("the kokoro model is cached");
+    KokoroOptions {
+        model: paths.model,
+        vocab: paths.vocab,
+        voices: paths.voices,
+        device: "cpu".into(),
+        threads: 0,
+        sessions: 1,
+        onnxruntime: paths.onnxruntime,
+    }
+}
+
+/// The Piper voice on the CPU.
+pub fn piper() -> &'static PiperEngine {
+    static ENGINE: OnceLock<PiperEngine> = OnceLock::new();
+    ENGINE.get_or_init(|| PiperEngine::load(&piper_options("cpu")).expect("piper loads"))
+}
+
+/// Kokoro on the CPU.
+pub fn kokoro() -> &'static KokoroEngine {
+    static ENGINE: OnceLock<KokoroEngine> = OnceLock::new();
+    ENGINE.get_or_init(|| KokoroEngine::load(&kokoro_options()).expect("kokoro loads"))
+}
