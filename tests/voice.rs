@@ -199,3 +199,52 @@ fn the_style_search_moves_kokoro_towards_the_reference_speaker() {
             && (-1.0..=1.0).contains(&result.best_stock_similarity)
     );
 }
+
+#[test]
+fn reference_clips_need_three_to_thirty_seconds_of_speech() {
+    use tts_worker::voice::reference::prepare;
+    let (vad, _) = analysis();
+    let piper = engines::piper();
+    let say = |text: &str| {
+        let input = SynthesisInput {
+            text: text.into(),
+            voice_id: "en_US-joe-medium".into(),
+            language: "en".into(),
+            speed: 1.0,
+        };
+        piper.synthesize(&input, &mut |_| {}).unwrap()
+    };
+    let rate = 22_050;
+    let second_of_silence = vec![0.0f32; rate as usize];
+
+    // About 6 s of speech with silence around it: accepted and trimmed at 16 kHz.
+    let speech = say(&format!("{FIRST} {SECOND}")).samples;
+    let padded: Vec<f32> = second_of_silence
+        .iter()
+        .chain(&speech)
+        .chain(&second_of_silence)
+        .copied()
+        .collect();
+    let reference = prepare(vad, &padded, rate).unwrap();
+    let kept = reference.samples.len() as f32 / ANALYSIS_RATE as f32;
+    let spoken = speech.len() as f32 / rate as f32;
+    assert!(
+        kept < spoken + 1.0,
+        "kept {kept:.2} s of {spoken:.2} s of speech"
+    );
+    assert!(reference.speech_seconds >= 3.0);
+
+    // One word is too little.
+    let err = prepare(vad, &say("Hello.").samples, rate).unwrap_err();
+    assert_eq!(err.code(), "too_little_speech", "{err}");
+
+    // Forty-odd seconds is too much.
+    let long = say(&format!("{FIRST} {SECOND} ").repeat(8)).samples;
+    assert!(long.len() as f32 / rate as f32 > 40.0);
+    let err = prepare(vad, &long, rate).unwrap_err();
+    assert_eq!(err.code(), "too_much_speech", "{err}");
+
+    // Silence is no speech at all.
+    let err = prepare(vad, &vec![0.0f32; 10 * rate as usize], rate).unwrap_err();
+    assert_eq!(err.code(), "no_speech", "{err}");
+}

@@ -3,6 +3,7 @@
 //! gateway never does, since they need ONNX Runtime.
 
 pub mod clone;
+pub mod reference;
 pub mod resample;
 pub mod speaker;
 pub mod vad;
