@@ -31,7 +31,6 @@ pub struct Application {
     gateway: Option<(TcpListener, AppState)>,
     workers: Vec<(Worker, Option<TcpListener>)>,
     gateway_addr: Option<SocketAddr>,
-    worker_addrs: Vec<SocketAddr>,
 }
 
 impl Application {
@@ -46,11 +45,6 @@ impl Application {
     /// The gateway's address, when this process runs one.
     pub fn gateway_addr(&self) -> Option<SocketAddr> {
         self.gateway_addr
-    }
-
-    /// The addresses of the workers' `/health` servers.
-    pub fn worker_addrs(&self) -> &[SocketAddr] {
-        &self.worker_addrs
     }
 
     async fn standalone(settings: Settings, engines: Vec<String>) -> anyhow::Result<Self> {
@@ -95,7 +89,6 @@ impl Application {
             gateway_addr: Some(listener.local_addr()?),
             gateway: Some((listener, state)),
             workers,
-            worker_addrs: Vec::new(),
         })
     }
 
@@ -114,7 +107,6 @@ impl Application {
             gateway_addr: Some(listener.local_addr()?),
             gateway: Some((listener, state)),
             workers: Vec::new(),
-            worker_addrs: Vec::new(),
         })
     }
 
@@ -139,13 +131,11 @@ impl Application {
             .await
             .with_context(|| format!("cannot listen on port {}", engine_settings.port))?;
         let mut options = worker_options(&settings, &engine)?;
-        let addr = listener.local_addr()?;
-        options.port = addr.port();
+        options.port = listener.local_addr()?.port();
         Ok(Application {
             gateway: None,
             gateway_addr: None,
             workers: vec![(Worker::new(options, deps), Some(listener))],
-            worker_addrs: vec![addr],
         })
     }
 

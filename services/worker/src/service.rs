@@ -68,10 +68,6 @@ impl Worker {
         }
     }
 
-    pub fn node(&self) -> Arc<NodeState> {
-        self.node.clone()
-    }
-
     /// Runs until `shutdown` completes, then drains. `health` is the listener for `/health`
     /// (absent in standalone mode, where the gateway's covers the process).
     pub async fn run(

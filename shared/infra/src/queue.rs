@@ -159,20 +159,6 @@ impl JetStreamQueue {
         Ok(Some(message.payload))
     }
 
-    /// Number of jobs waiting for an engine's workers.
-    pub async fn pending(&self, engine: &str) -> Result<u64> {
-        let stream = self.stream().await?;
-        let mut consumer: jetstream::consumer::PullConsumer = stream
-            .get_consumer(&subjects::consumer(engine))
-            .await
-            .map_err(|e| InfraError::unavailable(format!("consumer: {e}")))?;
-        let info = consumer
-            .info()
-            .await
-            .map_err(|e| InfraError::unavailable(format!("consumer info: {e}")))?;
-        Ok(info.num_pending)
-    }
-
     pub fn client(&self) -> &async_nats::Client {
         &self.client
     }

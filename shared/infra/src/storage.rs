@@ -81,10 +81,6 @@ impl AudioStore {
         Self::new(Arc::new(InMemory::new()), "memory")
     }
 
-    pub fn description(&self) -> &str {
-        &self.description
-    }
-
     fn path(key: &str) -> Result<Path> {
         Path::parse(key).map_err(|e| InfraError::invalid(format!("object key {key:?}: {e}")))
     }

@@ -7,16 +7,15 @@
 //! taken and normalised again.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use ndarray::Array3;
-use ort::session::Session;
 use ort::value::Tensor;
 use realfft::{RealFftPlanner, RealToComplex};
 
 use super::ANALYSIS_RATE;
 use crate::engine::EngineError;
-use crate::runtime;
+use crate::runtime::{self, SessionPool};
 
 const N_FFT: usize = 512;
 const WIN: usize = 400;
@@ -26,7 +25,7 @@ const FRAMES: usize = 80;
 const STRIDE: usize = 40;
 
 pub struct SpeakerEncoder {
-    session: Mutex<Session>,
+    sessions: SessionPool,
     mel: Vec<Vec<f32>>,
     window: Vec<f32>,
     fft: Arc<dyn RealToComplex<f32>>,
@@ -34,13 +33,13 @@ pub struct SpeakerEncoder {
 
 impl SpeakerEncoder {
     pub fn load(env: &ort::environment::Environment, model: &Path) -> Result<Self, EngineError> {
-        let (session, _) = runtime::session(env, model, "cpu", 0)?;
-        runtime::check_signature(&session, model, &["mel_window"], &["embedding"])?;
+        let (sessions, _) =
+            runtime::session_pool(env, model, "cpu", 0, 1, &["mel_window"], &["embedding"])?;
         let window = (0..WIN)
             .map(|n| 0.54 - 0.46 * (2.0 * std::f32::consts::PI * n as f32 / WIN as f32).cos())
             .collect();
         Ok(SpeakerEncoder {
-            session: Mutex::new(session),
+            sessions,
             mel: slaney_mel_filters(ANALYSIS_RATE as f32, N_FFT, N_MELS),
             window,
             fft: RealFftPlanner::<f32>::new().plan_fft_forward(N_FFT),
@@ -97,7 +96,7 @@ impl SpeakerEncoder {
                 }
             }
         }
-        let mut session = self.session.lock().unwrap_or_else(|p| p.into_inner());
+        let mut session = self.sessions.take();
         let outputs = session.run(ort::inputs!["mel_window" => Tensor::from_array(batch)?])?;
         let (shape, values) = outputs["embedding"].try_extract_tensor::<f32>()?;
         let dim = *shape.last().unwrap_or(&0) as usize;

@@ -5,15 +5,13 @@
 //! `stateN`, the state for the next window.
 
 use std::path::Path;
-use std::sync::Mutex;
 
 use ndarray::{Array2, Array3, arr0};
-use ort::session::Session;
 use ort::value::Tensor;
 
 use super::ANALYSIS_RATE;
 use crate::engine::EngineError;
-use crate::runtime;
+use crate::runtime::{self, SessionPool};
 
 const WINDOW: usize = 512;
 const CONTEXT: usize = 64;
@@ -24,7 +22,7 @@ const OFF: f32 = 0.35;
 const MARGIN_SECS: f32 = 0.1;
 
 pub struct Vad {
-    session: Mutex<Session>,
+    sessions: SessionPool,
 }
 
 /// What the detector found in a clip.
@@ -38,21 +36,23 @@ pub struct SpeechReport {
 
 impl Vad {
     pub fn load(env: &ort::environment::Environment, model: &Path) -> Result<Self, EngineError> {
-        let (session, _) = runtime::session(env, model, "cpu", 1)?;
-        runtime::check_signature(
-            &session,
+        // One session: windows depend on the state of the one before, so a clip is one
+        // sequential pass anyway.
+        let (sessions, _) = runtime::session_pool(
+            env,
             model,
+            "cpu",
+            1,
+            1,
             &["input", "state", "sr"],
             &["output", "stateN"],
         )?;
-        Ok(Vad {
-            session: Mutex::new(session),
-        })
+        Ok(Vad { sessions })
     }
 
     /// Speech probability of each 512-sample window of 16 kHz audio.
     pub fn probabilities(&self, samples: &[f32]) -> Result<Vec<f32>, EngineError> {
-        let mut session = self.session.lock().unwrap_or_else(|p| p.into_inner());
+        let mut session = self.sessions.take();
         let mut state = Array3::<f32>::zeros((2, 1, 128));
         let mut context = vec![0.0f32; CONTEXT];
         let mut out = Vec::with_capacity(samples.len() / WINDOW + 1);
