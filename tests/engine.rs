@@ -10,6 +10,8 @@ fn input(text: &str) -> SynthesisInput {
         voice_id: "en_US-joe-medium".into(),
         language: "en".into(),
         speed: 1.0,
+        voice: None,
+        reference_wav: None,
     }
 }
 
@@ -83,6 +85,8 @@ mod kokoro {
                     voice_id: "jf_alpha".into(),
                     language: "zh".into(),
                     speed: 1.0,
+                    voice: None,
+                    reference_wav: None,
                 },
                 &mut |p| progress.push(p.done),
             )
@@ -111,6 +115,8 @@ mod kokoro {
                     voice_id: "jm_kumo".into(),
                     language: "en".into(),
                     speed: 1.0,
+                    voice: None,
+                    reference_wav: None,
                 },
                 &mut |_| {},
             )
@@ -132,6 +138,8 @@ mod kokoro {
             voice_id: "jf_alpha".into(),
             language: "zh".into(),
             speed,
+            voice: None,
+            reference_wav: None,
         };
         let normal = engine.synthesize(&input(1.0), &mut |_| {}).unwrap();
         let fast = engine.synthesize(&input(2.0), &mut |_| {}).unwrap();

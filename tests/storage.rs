@@ -116,6 +116,8 @@ mod voice_store {
             base_voice: None,
             style_offset: None,
             similarity: None,
+            speech_seconds: None,
+            engine_data: None,
             error: None,
         }
     }
@@ -134,8 +136,8 @@ mod voice_store {
             best_stock: 0.4,
             best_stock_voice: "jf_alpha".into(),
         });
-        store.put(&ready).await.unwrap();
-        assert_eq!(store.get("v1").await.unwrap(), Some(ready));
+        assert!(store.update(&ready).await.unwrap());
+        assert_eq!(store.get("v1").await.unwrap(), Some(ready.clone()));
         let ids: Vec<String> = store
             .list()
             .await
@@ -146,6 +148,11 @@ mod voice_store {
         assert_eq!(ids, ["v2", "v1"], "oldest first");
         assert!(store.delete("v1").await.unwrap());
         assert!(!store.delete("v1").await.unwrap());
+        assert_eq!(store.get("v1").await.unwrap(), None);
+        assert!(
+            !store.update(&ready).await.unwrap(),
+            "an update never brings a deleted voice back"
+        );
         assert_eq!(store.get("v1").await.unwrap(), None);
         assert_eq!(store.list().await.unwrap().len(), 1);
     }

@@ -30,6 +30,8 @@ fn speak(voice: &str, text: &str) -> Vec<f32> {
         voice_id: voice.into(),
         language: "en".into(),
         speed: 1.0,
+        voice: None,
+        reference_wav: None,
     };
     let audio = if voice == "en_US-joe-medium" {
         engines::piper().synthesize(&input, &mut |_| {}).unwrap()
@@ -211,6 +213,8 @@ fn reference_clips_need_three_to_thirty_seconds_of_speech() {
             voice_id: "en_US-joe-medium".into(),
             language: "en".into(),
             speed: 1.0,
+            voice: None,
+            reference_wav: None,
         };
         piper.synthesize(&input, &mut |_| {}).unwrap()
     };

@@ -38,6 +38,8 @@ fn engine_rtf(threads: usize) {
             voice_id: VOICE.into(),
             language: "en".into(),
             speed: 1.0,
+            voice: None,
+            reference_wav: None,
         };
         // One warm-up run, then the measured ones.
         engine.synthesize(&input, &mut |_| {}).unwrap();

@@ -18,6 +18,8 @@ use crate::{NatsServer, redis_url, workspace_root};
 
 /// The voice every test speaks with.
 pub const VOICE: &str = "en_US-joe-medium";
+/// A stock voice of the kokoro engine.
+pub const KOKORO_VOICE: &str = "jf_alpha";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Deployment {
@@ -93,6 +95,24 @@ pub async fn spawn_standalone(engines: &[&str]) -> TestApp {
     spawn(Deployment::Standalone, engines, |_| {}).await
 }
 
+/// A deployment running a worker for each of `engines` (none for `GatewayOnly`), with settings
+/// changed by `configure` first.
+pub async fn spawn_engines_with(
+    deployment: Deployment,
+    engines: &[&str],
+    configure: impl FnOnce(&mut Settings),
+) -> TestApp {
+    spawn(deployment, engines, configure).await
+}
+
+/// A stock voice of each engine, to wait for.
+fn stock_voice(engine: &str) -> &'static str {
+    match engine {
+        "kokoro" => KOKORO_VOICE,
+        _ => VOICE,
+    }
+}
+
 async fn spawn(
     deployment: Deployment,
     engines: &[&str],
@@ -122,15 +142,17 @@ async fn spawn(
                 .await
                 .expect("gateway builds");
             if deployment == Deployment::Distributed {
-                let worker = Application::build(
-                    settings.clone(),
-                    Mode::Worker {
-                        engine: "piper".into(),
-                    },
-                )
-                .await
-                .expect("worker builds");
-                stops.push(run(worker).await);
+                for engine in engines {
+                    let worker = Application::build(
+                        settings.clone(),
+                        Mode::Worker {
+                            engine: engine.to_string(),
+                        },
+                    )
+                    .await
+                    .expect("worker builds");
+                    stops.push(run(worker).await);
+                }
             }
             (gateway, Some(nats))
         }
@@ -147,7 +169,9 @@ async fn spawn(
         _storage: storage,
     };
     if deployment != Deployment::GatewayOnly {
-        app.wait_for_voice(VOICE, 1).await;
+        for engine in engines {
+            app.wait_for_voice(stock_voice(engine), 1).await;
+        }
     }
     app
 }
@@ -220,6 +244,28 @@ impl TestApp {
         request.send().await.expect("request sent")
     }
 
+    /// `POST /api/voices` with the clip as `file` (named `file_name`) and the given text fields.
+    pub async fn upload_voice(
+        &self,
+        clip: Vec<u8>,
+        file_name: &str,
+        fields: &[(&str, &str)],
+    ) -> reqwest::Response {
+        let mut form = reqwest::multipart::Form::new().part(
+            "file",
+            reqwest::multipart::Part::bytes(clip).file_name(file_name.to_string()),
+        );
+        for (name, value) in fields {
+            form = form.text(name.to_string(), value.to_string());
+        }
+        self.client
+            .post(self.url("/api/voices"))
+            .multipart(form)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
     pub async fn job(&self, job_id: &str) -> Value {
         self.get_json(&format!("/api/jobs/{job_id}")).await
     }
@@ -248,8 +294,14 @@ impl TestApp {
             .expect("request sent")
     }
 
-    /// Every event of a job's WebSocket until the server closes it.
+    /// Every event of a job's WebSocket until the server closes it (within two minutes).
     pub async fn ws_events(&self, job_id: &str) -> Vec<JobEvent> {
+        self.ws_events_within(job_id, Duration::from_secs(120))
+            .await
+    }
+
+    /// As [`TestApp::ws_events`], for jobs that take up to `within`.
+    pub async fn ws_events_within(&self, job_id: &str, within: Duration) -> Vec<JobEvent> {
         let url = format!(
             "{}/ws/jobs/{job_id}",
             self.base_url.replacen("http", "ws", 1)
@@ -269,7 +321,7 @@ impl TestApp {
                 }
             }
         };
-        tokio::time::timeout(Duration::from_secs(120), collect)
+        tokio::time::timeout(within, collect)
             .await
             .expect("websocket ends");
         events

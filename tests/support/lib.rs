@@ -5,14 +5,15 @@
 //! other's jobs.
 
 pub mod app;
+pub mod clips;
 pub mod engines;
 pub mod nats;
 pub mod s3;
 pub mod wav;
 
 pub use app::{
-    Deployment, TestApp, WorkerProcess, spawn_app, spawn_app_with, spawn_standalone,
-    spawn_worker_process, test_settings,
+    Deployment, KOKORO_VOICE, TestApp, WorkerProcess, spawn_app, spawn_app_with,
+    spawn_engines_with, spawn_standalone, spawn_worker_process, test_settings,
 };
 pub use nats::NatsServer;
 pub use s3::S3Server;

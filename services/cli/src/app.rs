@@ -12,7 +12,7 @@ use tts_config::Settings;
 use tts_gateway::{AppState, GatewayDeps, GatewayOptions};
 use tts_infra::{
     AudioStore, Bus, JetStreamQueue, JobSource, JobStore, LocalBus, LocalQueue, MemoryJobStore,
-    NatsBus, QueueSettings, RedisJobStore,
+    MemoryVoiceStore, NatsBus, QueueSettings, RedisJobStore, RedisVoiceStore, VoiceStore,
 };
 use tts_worker::{Worker, WorkerDeps, WorkerOptions};
 
@@ -60,22 +60,27 @@ impl Application {
             Duration::from_secs(settings.gateway.idempotency_ttl_secs),
         ));
         let audio = AudioStore::from_settings(&settings.storage)?;
+        let voices: Arc<dyn VoiceStore> = Arc::new(MemoryVoiceStore::default());
         // The gateway starts first so that its registry hears the workers' first heartbeats.
         let gateway = GatewayDeps {
             queue: Arc::new(queue.clone()),
             store: store.clone(),
             bus: bus.clone(),
             audio: audio.clone(),
+            voices: voices.clone(),
         };
         let (listener, state) = Self::gateway_parts(&settings, gateway).await?;
         let mut workers = Vec::new();
         for engine in engines {
+            let (engine_impl, analysis) = load_engine(&settings, &engine).await?;
             let deps = WorkerDeps {
-                engine: load_engine(&settings, &engine).await?,
+                engine: engine_impl,
                 source: Arc::new(queue.source(&engine)),
                 store: store.clone(),
                 bus: bus.clone(),
                 audio: audio.clone(),
+                voices: voices.clone(),
+                analysis,
                 jetstream: None,
             };
             let mut options = worker_options(&settings, &engine)?;
@@ -96,11 +101,13 @@ impl Application {
         let client =
             tts_infra::nats::connect(&settings.nats.url, "voice-clone-tts gateway").await?;
         let queue = JetStreamQueue::connect(client.clone(), queue_settings(&settings)).await?;
+        let (store, voices) = redis_stores(&settings).await?;
         let deps = GatewayDeps {
             queue: Arc::new(queue),
-            store: redis_store(&settings).await?,
+            store,
             bus: Arc::new(NatsBus::new(client)),
             audio: AudioStore::from_settings(&settings.storage)?,
+            voices,
         };
         let (listener, state) = Self::gateway_parts(&settings, deps).await?;
         Ok(Application {
@@ -119,12 +126,16 @@ impl Application {
         .await?;
         let queue = JetStreamQueue::connect(client.clone(), queue_settings(&settings)).await?;
         let source: Arc<dyn JobSource> = Arc::new(queue.source(&engine).await?);
+        let (engine_impl, analysis) = load_engine(&settings, &engine).await?;
+        let (store, voices) = redis_stores(&settings).await?;
         let deps = WorkerDeps {
-            engine: load_engine(&settings, &engine).await?,
+            engine: engine_impl,
             source,
-            store: redis_store(&settings).await?,
+            store,
             bus: Arc::new(NatsBus::new(client)),
             audio: AudioStore::from_settings(&settings.storage)?,
+            voices,
+            analysis,
             jetstream: Some(queue),
         };
         let listener = TcpListener::bind(("0.0.0.0", engine_settings.port))
@@ -150,6 +161,10 @@ impl Application {
             max_text_chars: g.max_text_chars,
             max_json_bytes: g.max_json_bytes,
             dead_threshold: Duration::from_secs(g.dead_threshold),
+            max_upload_bytes: settings.voices.max_upload_bytes,
+            clone_engine: settings.voices.default_engine.clone(),
+            voice_check_wait: Duration::from_secs(settings.voices.check_wait_secs),
+            engines: settings.workers.keys().cloned().collect(),
         };
         let state = AppState::start(deps, options)
             .await
@@ -209,29 +224,43 @@ fn queue_settings(settings: &Settings) -> QueueSettings {
     }
 }
 
-async fn redis_store(settings: &Settings) -> anyhow::Result<Arc<dyn JobStore>> {
-    Ok(Arc::new(
-        RedisJobStore::connect(
-            &settings.redis.url,
-            &settings.redis.key_prefix,
-            Duration::from_secs(settings.redis.job_ttl_secs),
-            Duration::from_secs(settings.gateway.idempotency_ttl_secs),
-        )
-        .await?,
-    ))
+/// The job store and the voice store, sharing one Redis connection.
+async fn redis_stores(
+    settings: &Settings,
+) -> anyhow::Result<(Arc<dyn JobStore>, Arc<dyn VoiceStore>)> {
+    let jobs = RedisJobStore::connect(
+        &settings.redis.url,
+        &settings.redis.key_prefix,
+        Duration::from_secs(settings.redis.job_ttl_secs),
+        Duration::from_secs(settings.gateway.idempotency_ttl_secs),
+    )
+    .await?;
+    let voices = RedisVoiceStore::new(&jobs);
+    Ok((Arc::new(jobs), Arc::new(voices)))
 }
 
-/// Loads an engine on a blocking thread: fetching and loading models takes a while.
-async fn load_engine(
-    settings: &Settings,
-    engine: &str,
-) -> anyhow::Result<Arc<dyn tts_worker::Engine>> {
+type LoadedEngine = (
+    Arc<dyn tts_worker::Engine>,
+    Option<Arc<tts_worker::voice::Analysis>>,
+);
+
+/// Loads an engine, and the reference-analysis models when it clones voices, on a blocking
+/// thread: fetching and loading models takes a while.
+async fn load_engine(settings: &Settings, engine: &str) -> anyhow::Result<LoadedEngine> {
     let settings = settings.clone();
     let name = engine.to_string();
     let sessions = settings.worker.max_concurrent as usize;
-    tokio::task::spawn_blocking(move || tts_worker::engine::build(&name, &settings, sessions))
-        .await?
-        .map_err(|e| anyhow::anyhow!("engine {engine}: {e}"))
+    tokio::task::spawn_blocking(move || {
+        let engine = tts_worker::engine::build(&name, &settings, sessions)?;
+        let analysis = if engine.clones() {
+            Some(Arc::new(tts_worker::voice::Analysis::load(&settings)?))
+        } else {
+            None
+        };
+        Ok::<_, tts_worker::EngineError>((engine, analysis))
+    })
+    .await?
+    .map_err(|e| anyhow::anyhow!("engine {engine}: {e}"))
 }
 
 fn worker_options(settings: &Settings, engine: &str) -> anyhow::Result<WorkerOptions> {
@@ -256,5 +285,9 @@ fn worker_options(settings: &Settings, engine: &str) -> anyhow::Result<WorkerOpt
         ack_wait: Duration::from_secs(w.ack_wait_secs),
         retry_delay: Duration::from_secs(w.retry_delay_secs),
         shutdown_grace: Duration::from_secs(w.shutdown_grace_secs),
+        clone_settings: tts_worker::voice::clone::CloneSettings {
+            evaluations: settings.voices.search_evaluations,
+            seed: settings.voices.search_seed,
+        },
     })
 }

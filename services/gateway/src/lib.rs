@@ -1,8 +1,9 @@
 //! The HTTP gateway of voice-clone-tts.
 //!
 //! It validates requests, turns them into jobs on the queue, and serves job status, audio and
-//! progress streams. It never runs a model and never writes audio (it does not link ONNX
-//! Runtime): the workers do, and the gateway reads what they stored.
+//! progress streams. It never runs a model and never writes synthesised audio (it does not link
+//! ONNX Runtime): the workers do, and the gateway reads what they stored. The one object it
+//! writes is a client's upload of a reference clip, which it checks decodes as audio first.
 
 pub mod error;
 pub mod extract;
@@ -16,7 +17,7 @@ use std::time::Duration;
 
 use axum::Router;
 use tokio::net::TcpListener;
-use tts_infra::{AudioStore, Bus, JobQueue, JobStore};
+use tts_infra::{AudioStore, Bus, JobQueue, JobStore, VoiceStore};
 
 pub use error::AppError;
 pub use registry::Registry;
@@ -28,6 +29,7 @@ pub struct GatewayDeps {
     pub store: Arc<dyn JobStore>,
     pub bus: Arc<dyn Bus>,
     pub audio: AudioStore,
+    pub voices: Arc<dyn VoiceStore>,
 }
 
 #[derive(Debug, Clone)]
@@ -37,6 +39,14 @@ pub struct GatewayOptions {
     pub max_text_chars: usize,
     pub max_json_bytes: usize,
     pub dead_threshold: Duration,
+    /// Largest reference clip accepted by `POST /api/voices`.
+    pub max_upload_bytes: usize,
+    /// Engine that enrols a voice when the upload names none.
+    pub clone_engine: String,
+    /// How long `POST /api/voices` waits for a worker's verdict on the clip.
+    pub voice_check_wait: Duration,
+    /// The engines configured in `workers`, whether or not a worker runs them now.
+    pub engines: Vec<String>,
 }
 
 /// Shared by every request handler.

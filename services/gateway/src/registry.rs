@@ -84,6 +84,29 @@ impl Registry {
         voices.into_values().collect()
     }
 
+    /// Live workers of `engine` that take jobs (draining ones do not).
+    pub fn engine_nodes(&self, engine: &str) -> Vec<NodeInfo> {
+        self.live_nodes()
+            .into_iter()
+            .filter(|n| n.engine == engine && n.status != WorkerStatus::Draining)
+            .collect()
+    }
+
+    /// The languages the stock voices of `engine` speak, as its live workers report them.
+    pub fn engine_languages(&self, engine: &str) -> Vec<String> {
+        let mut languages: Vec<String> = Vec::new();
+        for node in self.engine_nodes(engine) {
+            for voice in node.voices {
+                for language in std::iter::once(voice.language).chain(voice.other_languages) {
+                    if !languages.contains(&language) {
+                        languages.push(language);
+                    }
+                }
+            }
+        }
+        languages
+    }
+
     pub fn voice(&self, voice_id: &str) -> Option<VoiceInfo> {
         self.voices().into_iter().find(|v| v.voice_id == voice_id)
     }

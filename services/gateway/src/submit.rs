@@ -1,7 +1,10 @@
 //! Turning a request into a queued job: validation, the job record, idempotency, the queue.
 
+use axum::http::StatusCode;
 use chrono::Utc;
-use tts_contracts::{JobId, JobMessage, JobRecord, JobSpec, SPEED_RANGE, SynthesizeRequest};
+use tts_contracts::{
+    JobId, JobMessage, JobRecord, JobSpec, SPEED_RANGE, SynthesizeRequest, VoiceInfo, VoiceStatus,
+};
 use uuid::Uuid;
 
 use crate::AppState;
@@ -11,7 +14,10 @@ use crate::error::AppError;
 const MAX_IDEMPOTENCY_KEY: usize = 255;
 
 /// Checks a request against the API's rules and the live fleet, and builds its job.
-pub fn validate(state: &AppState, request: SynthesizeRequest) -> Result<JobMessage, AppError> {
+pub async fn validate(
+    state: &AppState,
+    request: SynthesizeRequest,
+) -> Result<JobMessage, AppError> {
     let text = request.text.trim();
     if text.is_empty() {
         return Err(AppError::unprocessable(
@@ -41,15 +47,7 @@ pub fn validate(state: &AppState, request: SynthesizeRequest) -> Result<JobMessa
             "voice_id must not be empty",
         ));
     }
-    let voice = state.registry.voice(&request.voice_id).ok_or_else(|| {
-        AppError::unprocessable(
-            "unknown_voice",
-            format!(
-                "voice {:?} is not available; GET /api/voices lists the voices that are",
-                request.voice_id
-            ),
-        )
-    })?;
+    let voice = resolve_voice(state, &request.voice_id).await?;
     let language = match request.language {
         Some(l) if l.trim().is_empty() => {
             return Err(AppError::unprocessable(
@@ -84,13 +82,63 @@ pub fn validate(state: &AppState, request: SynthesizeRequest) -> Result<JobMessa
     })
 }
 
+/// A stock voice of a live worker, or a cloned voice that is ready and whose engine has a live
+/// worker.
+async fn resolve_voice(state: &AppState, voice_id: &str) -> Result<VoiceInfo, AppError> {
+    if let Some(voice) = state.registry.voice(voice_id) {
+        return Ok(voice);
+    }
+    let unknown = || {
+        AppError::unprocessable(
+            "unknown_voice",
+            format!(
+                "voice {voice_id:?} is not available; GET /api/voices lists the voices that are"
+            ),
+        )
+    };
+    let Some(record) = state.deps.voices.get(voice_id).await? else {
+        return Err(unknown());
+    };
+    match record.info.status {
+        VoiceStatus::Ready => {}
+        VoiceStatus::Enrolling => {
+            return Err(AppError::client(
+                StatusCode::CONFLICT,
+                "voice_not_ready",
+                format!("voice {voice_id} is still enrolling; follow its job for progress"),
+            ));
+        }
+        VoiceStatus::Failed => {
+            let reason = record
+                .error
+                .map(|e| format!("{}: {}", e.error, e.message))
+                .unwrap_or_else(|| "no reason recorded".into());
+            return Err(AppError::unprocessable(
+                "voice_failed",
+                format!("voice {voice_id} failed to enrol ({reason})"),
+            ));
+        }
+    }
+    if state.registry.engine_nodes(&record.info.engine).is_empty() {
+        return Err(AppError::client(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "engine_unavailable",
+            format!(
+                "no live worker runs engine {}, which voice {voice_id} needs",
+                record.info.engine
+            ),
+        ));
+    }
+    Ok(record.info)
+}
+
 pub fn check_idempotency_key(key: &str) -> Result<(), AppError> {
     if key.is_empty()
         || key.len() > MAX_IDEMPOTENCY_KEY
         || !key.bytes().all(|b| b.is_ascii_graphic())
     {
         return Err(AppError::client(
-            axum::http::StatusCode::BAD_REQUEST,
+            StatusCode::BAD_REQUEST,
             "invalid_idempotency_key",
             format!("Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"),
         ));

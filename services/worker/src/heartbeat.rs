@@ -46,6 +46,7 @@ impl NodeState {
             current_load: load,
             max_concurrent: self.max_concurrent,
             voices: self.engine.voices(),
+            clones: self.engine.clones(),
             started_at: self.started_at,
             sent_at: Utc::now(),
             heartbeat_interval_secs: self.heartbeat_interval.as_secs(),

@@ -5,6 +5,7 @@
 //! only then acknowledges the job. It heartbeats its NodeInfo so gateways know what it serves.
 
 pub mod engine;
+pub mod enroll;
 pub mod health;
 pub mod heartbeat;
 pub mod models;

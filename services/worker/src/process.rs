@@ -11,11 +11,15 @@ use std::time::Duration;
 use bytes::Bytes;
 use chrono::Utc;
 use tokio::sync::mpsc;
-use tts_contracts::{JobFailure, JobMessage, JobRecord, JobSpec, JobStatus, audio_key, subjects};
-use tts_infra::{AudioStore, Bus, Delivery, InfraError, JobStore};
+use tts_contracts::{
+    JobFailure, JobMessage, JobRecord, JobSpec, JobStatus, VoiceStatus, audio_key, subjects,
+};
+use tts_infra::{AudioStore, Bus, Delivery, InfraError, JobStore, VoiceStore};
 
 use crate::engine::{Engine, EngineError, EngineErrorKind, Progress, SynthesisInput};
-use crate::wav;
+use crate::voice::Analysis;
+use crate::voice::clone::CloneSettings;
+use crate::{enroll, wav};
 
 /// What a job handler needs from its worker.
 #[derive(Clone)]
@@ -24,6 +28,10 @@ pub struct JobContext {
     pub store: Arc<dyn JobStore>,
     pub bus: Arc<dyn Bus>,
     pub audio: AudioStore,
+    pub voices: Arc<dyn VoiceStore>,
+    /// Loaded when the engine clones voices.
+    pub analysis: Option<Arc<Analysis>>,
+    pub clone_settings: CloneSettings,
     pub ack_wait: Duration,
     pub retry_delay: Duration,
     pub node_id: String,
@@ -39,7 +47,7 @@ pub enum Outcome {
     Retrying(String),
 }
 
-enum JobError {
+pub(crate) enum JobError {
     /// Another delivery already finished the job; this one only needs its ack.
     AlreadyFinished,
     /// The job can never succeed.
@@ -80,7 +88,9 @@ pub async fn handle(ctx: &JobContext, delivery: Box<dyn Delivery>) -> Outcome {
         Ok(Some(r)) => r,
         // The record may have expired while the job waited; the message has all it needs.
         Ok(None) => JobRecord::queued(&message),
-        Err(e) => return retry_or_fail(ctx, delivery.as_ref(), None, JobError::from(e)).await,
+        Err(e) => {
+            return retry_or_fail(ctx, delivery.as_ref(), &message, None, JobError::from(e)).await;
+        }
     };
     if record.status.is_terminal() {
         // An earlier delivery finished the job but its ack was lost.
@@ -98,7 +108,7 @@ pub async fn handle(ctx: &JobContext, delivery: Box<dyn Delivery>) -> Outcome {
             settle(delivery.ack().await, "ack");
             Outcome::Duplicate
         }
-        Err(e) => retry_or_fail(ctx, delivery.as_ref(), Some(record), e).await,
+        Err(e) => retry_or_fail(ctx, delivery.as_ref(), &message, Some(record), e).await,
     }
 }
 
@@ -118,19 +128,6 @@ async fn run(
             ),
         }));
     }
-    let JobSpec::Synthesize {
-        text,
-        voice_id,
-        language,
-        speed,
-    } = &message.spec;
-    let input = SynthesisInput {
-        text: text.clone(),
-        voice_id: voice_id.clone(),
-        language: language.clone(),
-        speed: *speed,
-    };
-
     let now = Utc::now();
     record.status = JobStatus::Running;
     record.attempts = delivery.attempt();
@@ -143,7 +140,44 @@ async fn run(
         return Err(JobError::AlreadyFinished);
     }
 
-    let audio = synthesize_with_progress(ctx, delivery, input, record).await?;
+    let input = match &message.spec {
+        JobSpec::Synthesize {
+            text,
+            voice_id,
+            language,
+            speed,
+        } => {
+            let voice = cloned_voice(ctx, voice_id).await?;
+            let reference_wav = match &voice {
+                Some(record) if ctx.engine.needs_reference() => {
+                    Some(reference_clip(ctx, record).await?)
+                }
+                _ => None,
+            };
+            SynthesisInput {
+                text: text.clone(),
+                voice_id: voice_id.clone(),
+                language: language.clone(),
+                speed: *speed,
+                voice,
+                reference_wav,
+            }
+        }
+        JobSpec::Enroll {
+            voice_id,
+            upload_key,
+        } => return enroll::run(ctx, delivery, record, voice_id, upload_key).await,
+    };
+    let engine = ctx.engine.clone();
+    let audio = run_engine(
+        ctx,
+        delivery,
+        record,
+        (0.0, 0.95),
+        "sentence",
+        move |progress| engine.synthesize(&input, progress),
+    )
+    .await?;
 
     let wav = wav::encode_pcm16(&audio.samples, audio.sample_rate).map_err(|e| {
         JobError::Transient(JobFailure {
@@ -166,18 +200,62 @@ async fn run(
     Ok(())
 }
 
-/// Runs the engine on a blocking thread while this task reports its progress and keeps the
-/// delivery alive with progress acks, so that a long job is not redelivered while it runs.
-async fn synthesize_with_progress(
+/// The record of a cloned voice the job speaks with; `None` for the engine's stock voices. A
+/// voice deleted after the job was queued fails the job: it can never succeed.
+async fn cloned_voice(
+    ctx: &JobContext,
+    voice_id: &str,
+) -> Result<Option<tts_contracts::VoiceRecord>, JobError> {
+    if ctx.engine.voices().iter().any(|v| v.voice_id == voice_id) {
+        return Ok(None);
+    }
+    match ctx.voices.get(voice_id).await? {
+        Some(record) if record.info.status == VoiceStatus::Ready => Ok(Some(record)),
+        Some(record) => Err(JobError::Permanent(JobFailure {
+            error: "voice_not_ready".into(),
+            message: format!("voice {voice_id} is {:?}, not ready", record.info.status)
+                .to_lowercase(),
+        })),
+        None => Err(JobError::Permanent(JobFailure {
+            error: "voice_not_found".into(),
+            message: format!("voice {voice_id} does not exist; it may have been deleted"),
+        })),
+    }
+}
+
+/// The stored reference clip of a cloned voice. A voice whose clip is gone cannot be spoken
+/// with by an engine that needs it.
+async fn reference_clip(
+    ctx: &JobContext,
+    record: &tts_contracts::VoiceRecord,
+) -> Result<Bytes, JobError> {
+    let missing = || {
+        JobError::Permanent(JobFailure {
+            error: "voice_not_found".into(),
+            message: format!(
+                "the reference clip of voice {} is no longer stored",
+                record.info.voice_id
+            ),
+        })
+    };
+    let key = record.reference_key.as_deref().ok_or_else(missing)?;
+    ctx.audio.get(key).await?.ok_or_else(missing)
+}
+
+/// Runs `work` (an engine call) on a blocking thread while this task records its progress,
+/// scaled into `span` of the job, and keeps the delivery alive with progress acks, so that a long
+/// job is not redelivered while it runs. `unit` names a step in progress messages.
+pub(crate) async fn run_engine<T: Send + 'static>(
     ctx: &JobContext,
     delivery: &dyn Delivery,
-    input: SynthesisInput,
     record: &mut JobRecord,
-) -> Result<crate::engine::Audio, JobError> {
+    span: (f32, f32),
+    unit: &'static str,
+    work: impl FnOnce(&mut dyn FnMut(Progress)) -> Result<T, EngineError> + Send + 'static,
+) -> Result<T, JobError> {
     let (tx, mut rx) = mpsc::unbounded_channel::<Progress>();
-    let engine = ctx.engine.clone();
     let mut task = tokio::task::spawn_blocking(move || {
-        engine.synthesize(&input, &mut |p| {
+        work(&mut |p| {
             let _ = tx.send(p);
         })
     });
@@ -188,7 +266,7 @@ async fn synthesize_with_progress(
             joined = &mut task => {
                 // Report progress that arrived just before the engine returned.
                 while let Ok(p) = rx.try_recv() {
-                    report(ctx, record, p).await;
+                    report(ctx, record, span, unit, p).await;
                 }
                 return match joined {
                     Ok(result) => result.map_err(JobError::from),
@@ -198,7 +276,7 @@ async fn synthesize_with_progress(
                     })),
                 };
             }
-            Some(p) = rx.recv() => report(ctx, record, p).await,
+            Some(p) = rx.recv() => report(ctx, record, span, unit, p).await,
             _ = keepalive.tick() => settle(delivery.in_progress().await, "progress ack"),
         }
     }
@@ -206,11 +284,18 @@ async fn synthesize_with_progress(
 
 /// Records progress. A failed write is only logged: the engine keeps its session until it
 /// returns, so giving up on the job here would not free anything, and the final write decides.
-async fn report(ctx: &JobContext, record: &mut JobRecord, p: Progress) {
-    // Progress stops short of 1.0 until the audio is stored.
-    record.progress = (p.done as f32 / p.total.max(1) as f32 * 0.95).min(0.95);
+async fn report(
+    ctx: &JobContext,
+    record: &mut JobRecord,
+    (from, to): (f32, f32),
+    unit: &str,
+    p: Progress,
+) {
+    // Progress stops short of the span's end until the step after it is done.
+    let fraction = (p.done as f32 / p.total.max(1) as f32).min(1.0);
+    record.progress = from + (to - from) * fraction;
     record.updated_at = Utc::now();
-    let message = format!("sentence {} of {}", p.done, p.total);
+    let message = format!("{unit} {} of {}", p.done, p.total);
     if let Err(JobError::Transient(f) | JobError::Permanent(f)) =
         save(ctx, record, Some(message)).await
     {
@@ -221,7 +306,7 @@ async fn report(ctx: &JobContext, record: &mut JobRecord, p: Progress) {
 /// Writes the record, then announces it. The store is the truth and is written first; the event
 /// only tells listeners to look. Returns false, announcing nothing, when the stored record is
 /// already terminal.
-async fn save(
+pub(crate) async fn save(
     ctx: &JobContext,
     record: &JobRecord,
     message: Option<String>,
@@ -253,6 +338,7 @@ async fn publish(ctx: &JobContext, record: &JobRecord, message: Option<String>) 
 async fn retry_or_fail(
     ctx: &JobContext,
     delivery: &dyn Delivery,
+    message: &JobMessage,
     record: Option<JobRecord>,
     error: JobError,
 ) -> Outcome {
@@ -285,6 +371,9 @@ async fn retry_or_fail(
         settle(delivery.nak(ctx.retry_delay).await, "nak");
         return Outcome::Retrying(failure.message);
     }
+    // The voice learns of a failed enrollment before the job's failure is announced, so that a
+    // client that reads the voice on that announcement sees it failed.
+    fail_enrolling_voice(ctx, &message.spec, &failure).await;
     if let Some(mut record) = record {
         record.fail(&failure.error, failure.message.clone());
         if let Err(JobError::Transient(f) | JobError::Permanent(f)) = save(ctx, &record, None).await
@@ -339,11 +428,32 @@ pub async fn fail_exhausted(ctx: &JobContext, message: &JobMessage) -> Result<bo
     if record.status.is_terminal() {
         return Ok(false);
     }
-    record.fail(
-        "max_deliveries_exceeded",
-        "the job was delivered the maximum number of times without finishing",
-    );
+    let failure = JobFailure {
+        error: "max_deliveries_exceeded".into(),
+        message: "the job was delivered the maximum number of times without finishing".into(),
+    };
+    fail_enrolling_voice(ctx, &message.spec, &failure).await;
+    record.fail(&failure.error, failure.message);
     let written = ctx.store.put(&record).await?;
     publish(ctx, &record, None).await;
     Ok(written)
+}
+
+/// Marks the voice of a failed enrollment job failed with the job's reason. Best effort: a voice
+/// that was deleted stays deleted, and one already enrolled is left alone.
+async fn fail_enrolling_voice(ctx: &JobContext, spec: &JobSpec, failure: &JobFailure) {
+    let JobSpec::Enroll { voice_id, .. } = spec else {
+        return;
+    };
+    match ctx.voices.get(voice_id).await {
+        Ok(Some(mut voice)) if voice.info.status == VoiceStatus::Enrolling => {
+            voice.info.status = VoiceStatus::Failed;
+            voice.error = Some(failure.clone());
+            if let Err(e) = ctx.voices.update(&voice).await {
+                tracing::warn!(%voice_id, error = %e, "could not record the voice's failure");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(%voice_id, error = %e, "could not read the voice"),
+    }
 }

@@ -10,11 +10,13 @@ use chrono::Utc;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tts_contracts::WorkerStatus;
-use tts_infra::{AudioStore, Bus, JetStreamQueue, JobSource, JobStore};
+use tts_infra::{AudioStore, Bus, JetStreamQueue, JobSource, JobStore, VoiceStore};
 
 use crate::engine::Engine;
 use crate::heartbeat::{self, NodeState};
 use crate::process::{self, JobContext};
+use crate::voice::Analysis;
+use crate::voice::clone::CloneSettings;
 use crate::{health, reaper};
 
 /// How long one pull waits for a job before the loop checks for shutdown again.
@@ -30,6 +32,8 @@ pub struct WorkerOptions {
     pub ack_wait: Duration,
     pub retry_delay: Duration,
     pub shutdown_grace: Duration,
+    /// Budget and seed of voice enrollment.
+    pub clone_settings: CloneSettings,
 }
 
 pub struct WorkerDeps {
@@ -38,6 +42,9 @@ pub struct WorkerDeps {
     pub store: Arc<dyn JobStore>,
     pub bus: Arc<dyn Bus>,
     pub audio: AudioStore,
+    pub voices: Arc<dyn VoiceStore>,
+    /// The reference-analysis models, for an engine that clones voices.
+    pub analysis: Option<Arc<Analysis>>,
     /// Present in distributed mode, where jobs the queue gave up on must be marked failed.
     pub jetstream: Option<JetStreamQueue>,
 }
@@ -86,6 +93,9 @@ impl Worker {
             store: deps.store.clone(),
             bus: deps.bus.clone(),
             audio: deps.audio.clone(),
+            voices: deps.voices.clone(),
+            analysis: deps.analysis.clone(),
+            clone_settings: options.clone_settings.clone(),
             ack_wait: options.ack_wait,
             retry_delay: options.retry_delay,
             node_id: options.node_id.clone(),

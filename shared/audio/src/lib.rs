@@ -49,10 +49,22 @@ pub enum DecodeError {
     /// Decoded, but there is no sound in it at all.
     #[error("the file holds no audio samples")]
     Empty,
+    /// Longer than the caller accepts; decoding stopped there.
+    #[error("the audio is longer than {0} s")]
+    TooLong(u32),
 }
 
-/// Decodes WAV or MP3 bytes to mono.
+/// The longest clip [`decode`] accepts. A reference needs at most 30 s of speech; ten minutes
+/// leaves room for pauses while bounding the memory a small, highly compressed file can claim.
+pub const MAX_CLIP_SECONDS: u32 = 600;
+
+/// Decodes WAV or MP3 bytes to mono, up to [`MAX_CLIP_SECONDS`].
 pub fn decode(bytes: &[u8]) -> Result<Clip, DecodeError> {
+    decode_at_most(bytes, MAX_CLIP_SECONDS)
+}
+
+/// Decodes WAV or MP3 bytes to mono, refusing clips over `max_seconds`.
+pub fn decode_at_most(bytes: &[u8], max_seconds: u32) -> Result<Clip, DecodeError> {
     let source = MediaSourceStream::new(Box::new(Cursor::new(bytes.to_vec())), Default::default());
     let mut format = symphonia::default::get_probe()
         .probe(
@@ -113,6 +125,9 @@ pub fn decode(bytes: &[u8]) -> Result<Clip, DecodeError> {
         for frame in interleaved.chunks(channels) {
             samples.push(frame.iter().sum::<f32>() / channels as f32);
         }
+        if samples.len() as u64 > max_seconds as u64 * sample_rate.max(1) as u64 {
+            return Err(DecodeError::TooLong(max_seconds));
+        }
     }
     // A WAV header states its length; fewer frames than stated means the upload was cut off.
     if container == "wav"
@@ -137,6 +152,13 @@ pub fn decode(bytes: &[u8]) -> Result<Clip, DecodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clips_over_the_limit_are_refused_while_decoding() {
+        let bytes = wav(16_000 * 3, 1, 16_000);
+        assert_eq!(decode_at_most(&bytes, 2), Err(DecodeError::TooLong(2)));
+        assert!(decode_at_most(&bytes, 4).is_ok());
+    }
 
     /// A 16-bit WAV file of `frames` frames of a tone, with `channels` channels.
     fn wav(frames: usize, channels: u16, rate: u32) -> Vec<u8> {

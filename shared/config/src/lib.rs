@@ -25,8 +25,25 @@ pub struct Settings {
     pub nats: NatsSettings,
     pub redis: RedisSettings,
     pub storage: StorageSettings,
+    pub voices: VoiceSettings,
     pub models: ModelSettings,
     pub logging: LoggingSettings,
+}
+
+/// Voice cloning: uploads on the gateway, enrollment on the workers.
+#[derive(Debug, Clone, Deserialize)]
+pub struct VoiceSettings {
+    /// Largest accepted reference clip, in bytes.
+    pub max_upload_bytes: usize,
+    /// Engine that enrols a voice when the upload names none.
+    pub default_engine: String,
+    /// How long `POST /api/voices` waits for a worker to check the clip's speech before it
+    /// answers 202 anyway.
+    pub check_wait_secs: u64,
+    /// Syntheses the Kokoro style search may spend per voice.
+    pub search_evaluations: usize,
+    /// Seed of the style search, so that the same clip gives the same voice.
+    pub search_seed: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -180,6 +197,9 @@ impl Settings {
                     settings.device
                 ));
             }
+        }
+        if self.voices.max_upload_bytes == 0 {
+            return fail("voices.max_upload_bytes must be at least 1".into());
         }
         if !matches!(self.logging.format.as_str(), "text" | "json") {
             return fail("logging.format must be text or json".into());

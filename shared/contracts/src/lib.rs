@@ -55,6 +55,21 @@ pub enum JobSpec {
         language: String,
         speed: f32,
     },
+    /// Enrol the cloned voice `voice_id` from the clip stored at `upload_key`: check and trim the
+    /// speech, embed the speaker and compute the engine's conditioning.
+    Enroll {
+        voice_id: String,
+        upload_key: String,
+    },
+}
+
+impl JobSpec {
+    /// The voice the job speaks with or enrols.
+    pub fn voice_id(&self) -> &str {
+        match self {
+            JobSpec::Synthesize { voice_id, .. } | JobSpec::Enroll { voice_id, .. } => voice_id,
+        }
+    }
 }
 
 /// The message published on `tts.jobs.<engine>`.
@@ -132,11 +147,10 @@ pub struct JobRecord {
 
 impl JobRecord {
     pub fn queued(message: &JobMessage) -> Self {
-        let JobSpec::Synthesize { voice_id, .. } = &message.spec;
         JobRecord {
             job_id: message.job_id,
             engine: message.engine.clone(),
-            voice_id: voice_id.clone(),
+            voice_id: message.spec.voice_id().to_string(),
             status: JobStatus::Queued,
             progress: 0.0,
             attempts: 0,
@@ -281,13 +295,104 @@ pub struct VoiceRecord {
     pub style_offset: Option<Vec<f32>>,
     #[serde(default)]
     pub similarity: Option<CloneSimilarity>,
+    /// Seconds of speech the voice activity detector found in the reference.
+    #[serde(default)]
+    pub speech_seconds: Option<f32>,
+    /// Other conditioning an engine computed once at enrollment (an upstream server's speaker
+    /// latents, a tone-colour embedding), in the engine's own shape.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine_data: Option<serde_json::Value>,
     #[serde(default)]
     pub error: Option<JobFailure>,
+}
+
+impl VoiceRecord {
+    /// A voice whose enrollment has just been queued.
+    pub fn enrolling(info: VoiceInfo, prompt_text: Option<String>, job_id: JobId) -> Self {
+        VoiceRecord {
+            info,
+            prompt_text,
+            reference_key: None,
+            job_id: Some(job_id),
+            embedding: None,
+            base_voice: None,
+            style_offset: None,
+            similarity: None,
+            speech_seconds: None,
+            engine_data: None,
+            error: None,
+        }
+    }
+
+    /// What clients are shown: everything but the engine's internals.
+    pub fn view(&self) -> VoiceView {
+        VoiceView {
+            info: self.info.clone(),
+            cloned: true,
+            job_id: self.job_id,
+            prompt_text: self.prompt_text.clone(),
+            speech_seconds: self.speech_seconds,
+            similarity: self.similarity.clone(),
+            error: self.error.clone(),
+        }
+    }
+}
+
+/// A voice as `GET /api/voices` shows it: a stock voice of an engine or a cloned one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VoiceView {
+    #[serde(flatten)]
+    pub info: VoiceInfo,
+    /// Whether the voice was cloned from an upload (and can be deleted).
+    pub cloned: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<JobId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_text: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub speech_seconds: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub similarity: Option<CloneSimilarity>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<JobFailure>,
+}
+
+impl VoiceView {
+    pub fn stock(info: VoiceInfo) -> Self {
+        VoiceView {
+            info,
+            cloned: false,
+            job_id: None,
+            prompt_text: None,
+            speech_seconds: None,
+            similarity: None,
+            error: None,
+        }
+    }
+}
+
+/// Answer of `POST /api/voices`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VoiceAccepted {
+    pub voice: VoiceView,
+    pub job_id: JobId,
+    pub status_url: String,
+    pub ws_url: String,
 }
 
 /// Object keys of a cloned voice all start with this prefix, so deleting a voice deletes them.
 pub fn voice_prefix(voice_id: &str) -> String {
     format!("voices/{voice_id}")
+}
+
+/// Object key of a voice's upload, as the client sent it.
+pub fn upload_key(voice_id: &str) -> String {
+    format!("{}/upload", voice_prefix(voice_id))
+}
+
+/// Object key of a voice's trimmed 16 kHz reference clip.
+pub fn reference_key(voice_id: &str) -> String {
+    format!("{}/reference.wav", voice_prefix(voice_id))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -315,6 +420,9 @@ pub struct NodeInfo {
     pub current_load: u32,
     pub max_concurrent: u32,
     pub voices: Vec<VoiceInfo>,
+    /// Whether this worker's engine can enrol cloned voices.
+    #[serde(default)]
+    pub clones: bool,
     pub started_at: DateTime<Utc>,
     pub sent_at: DateTime<Utc>,
     /// Seconds until this heartbeat is replaced; the gateway derives liveness from it.

@@ -13,6 +13,10 @@ use crate::jobs::RedisJobStore;
 #[async_trait]
 pub trait VoiceStore: Send + Sync + 'static {
     async fn put(&self, record: &VoiceRecord) -> Result<()>;
+    /// Replaces a record that still exists; returns false, writing nothing, when it was deleted.
+    /// Workers update voices this way so that an enrollment finishing after a `DELETE` does not
+    /// bring the voice back.
+    async fn update(&self, record: &VoiceRecord) -> Result<bool>;
     async fn get(&self, voice_id: &str) -> Result<Option<VoiceRecord>>;
     /// Removes a record; removing a missing one is not an error. Returns whether one was there.
     async fn delete(&self, voice_id: &str) -> Result<bool>;
@@ -70,6 +74,20 @@ impl VoiceStore for RedisVoiceStore {
             .map_err(|e| InfraError::unavailable(format!("redis: {e}")))
     }
 
+    async fn update(&self, record: &VoiceRecord) -> Result<bool> {
+        let json = serde_json::to_string(record).map_err(InfraError::corrupt)?;
+        // SET XX writes only over an existing key, atomically.
+        let written: Option<String> = self
+            .run(
+                redis::cmd("SET")
+                    .arg(self.key(&record.info.voice_id))
+                    .arg(json)
+                    .arg("XX"),
+            )
+            .await?;
+        Ok(written.is_some())
+    }
+
     async fn get(&self, voice_id: &str) -> Result<Option<VoiceRecord>> {
         let raw: Option<String> = self.run(redis::cmd("GET").arg(self.key(voice_id))).await?;
         raw.map(|s| serde_json::from_str(&s).map_err(InfraError::corrupt))
@@ -115,6 +133,17 @@ impl VoiceStore for MemoryVoiceStore {
         self.lock()
             .insert(record.info.voice_id.clone(), record.clone());
         Ok(())
+    }
+
+    async fn update(&self, record: &VoiceRecord) -> Result<bool> {
+        let mut records = self.lock();
+        match records.get_mut(&record.info.voice_id) {
+            Some(existing) => {
+                *existing = record.clone();
+                Ok(true)
+            }
+            None => Ok(false),
+        }
     }
 
     async fn get(&self, voice_id: &str) -> Result<Option<VoiceRecord>> {

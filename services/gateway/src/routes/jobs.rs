@@ -30,7 +30,7 @@ pub async fn create(
         }
         None => None,
     };
-    let job = submit::validate(&state, request)?;
+    let job = submit::validate(&state, request).await?;
     let submitted = submit::submit(&state, job, key.as_deref()).await?;
     let status = if submitted.replayed {
         state
@@ -72,13 +72,14 @@ pub async fn status(
     Path(id): Path<String>,
 ) -> Result<Json<JobView>, AppError> {
     let record = load(&state, &id).await?;
-    let audio_url = (record.status == JobStatus::Succeeded)
+    // Enrollment jobs succeed without audio.
+    let audio_url = (record.status == JobStatus::Succeeded && record.audio_key.is_some())
         .then(|| format!("{}/api/jobs/{}/audio", base_url(&state), record.job_id));
     Ok(Json(JobView { record, audio_url }))
 }
 
 /// The configured public URL without a trailing slash; empty gives links that are paths.
-fn base_url(state: &AppState) -> &str {
+pub(crate) fn base_url(state: &AppState) -> &str {
     state.options.public_url.trim_end_matches('/')
 }
 

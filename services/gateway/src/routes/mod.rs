@@ -16,13 +16,22 @@ use crate::error::AppError;
 
 pub fn router(state: AppState) -> Router {
     let json_limit = state.options.max_json_bytes;
+    // Uploads carry a clip of up to max_upload_bytes plus the form's other fields; the clip's own
+    // limit is checked exactly while it is read, so that its 413 names the clip.
+    let upload_limit = state.options.max_upload_bytes + 1024 * 1024;
     Router::new()
         .route("/api/synthesize", post(synthesize::synthesize))
         .route("/api/jobs", post(jobs::create))
         .route("/api/jobs/{id}", get(jobs::status))
         .route("/api/jobs/{id}/audio", get(jobs::audio))
         .route("/ws/jobs/{id}", get(ws::job_events))
-        .route("/api/voices", get(voices::list))
+        .route(
+            "/api/voices",
+            get(voices::list)
+                .post(voices::create)
+                .layer(DefaultBodyLimit::max(upload_limit)),
+        )
+        .route("/api/voices/{id}", get(voices::get).delete(voices::delete))
         .route("/health", get(health::health))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -20,7 +20,7 @@ pub async fn synthesize(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<SynthesizeRequest>,
 ) -> Result<Response, AppError> {
-    let job = submit::validate(&state, request)?;
+    let job = submit::validate(&state, request).await?;
     let job_id = job.job_id;
     // Subscribe before queueing so that the job cannot finish unseen.
     let mut events = state

@@ -1,11 +1,430 @@
-//! `GET /api/voices`: the voices that can be used now.
+//! `/api/voices`: the stock voices of live workers and the cloned voices of the voice store;
+//! uploading a reference clip to clone a voice, and deleting a cloned voice.
 
-use axum::Json;
-use axum::extract::State;
+use std::time::Duration;
+
+use axum::extract::multipart::{Field, MultipartError, MultipartRejection};
+use axum::extract::{Multipart, Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Json, Response};
+use bytes::{Bytes, BytesMut};
+use chrono::Utc;
+use futures::StreamExt;
 use serde_json::{Value, json};
+use tts_contracts::{
+    JobEvent, JobMessage, JobSpec, JobStatus, VoiceAccepted, VoiceInfo, VoiceRecord, VoiceStatus,
+    VoiceView, subjects, upload_key, voice_prefix,
+};
+use uuid::Uuid;
 
+use super::jobs::base_url;
 use crate::AppState;
+use crate::error::AppError;
+use crate::submit;
 
-pub async fn list(State(state): State<AppState>) -> Json<Value> {
-    Json(json!({ "voices": state.registry.voices() }))
+/// Longest accepted voice name.
+const MAX_NAME_CHARS: usize = 100;
+
+/// Progress at which a worker has accepted the reference clip (its speech was checked).
+const REFERENCE_ACCEPTED: f32 = 0.05;
+
+/// A clip quieter than this (RMS of samples in [-1, 1]) is silence; no VAD is needed to say so.
+const SILENCE_RMS: f32 = 1e-4;
+
+/// Job failures that mean the clip itself is unusable: `POST /api/voices` answers them with 422.
+const CLIP_ERRORS: [&str; 4] = [
+    "invalid_audio",
+    "no_speech",
+    "too_little_speech",
+    "too_much_speech",
+];
+
+pub async fn list(State(state): State<AppState>) -> Result<Json<Value>, AppError> {
+    let mut voices: Vec<VoiceView> = state
+        .registry
+        .voices()
+        .into_iter()
+        .map(VoiceView::stock)
+        .collect();
+    voices.extend(
+        state
+            .deps
+            .voices
+            .list()
+            .await?
+            .iter()
+            .map(VoiceRecord::view),
+    );
+    Ok(Json(json!({ "voices": voices })))
+}
+
+pub async fn get(
+    State(state): State<AppState>,
+    Path(voice_id): Path<String>,
+) -> Result<Json<VoiceView>, AppError> {
+    if let Some(record) = state.deps.voices.get(&voice_id).await? {
+        return Ok(Json(record.view()));
+    }
+    state
+        .registry
+        .voice(&voice_id)
+        .map(|v| Json(VoiceView::stock(v)))
+        .ok_or_else(|| not_found(&voice_id))
+}
+
+/// Deletes the record first, so that no new job can use the voice, then its objects. A job
+/// already queued for it fails with `voice_not_found`.
+pub async fn delete(
+    State(state): State<AppState>,
+    Path(voice_id): Path<String>,
+) -> Result<StatusCode, AppError> {
+    if !state.deps.voices.delete(&voice_id).await? {
+        if state.registry.voice(&voice_id).is_some() {
+            return Err(AppError::client(
+                StatusCode::CONFLICT,
+                "stock_voice",
+                format!(
+                    "{voice_id} is a stock voice of its engine; only cloned voices can be deleted"
+                ),
+            ));
+        }
+        return Err(not_found(&voice_id));
+    }
+    remove_objects(&state, &voice_id).await?;
+    tracing::info!(%voice_id, "voice deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn not_found(voice_id: &str) -> AppError {
+    AppError::not_found("voice_not_found", format!("no voice {voice_id:?}"))
+}
+
+async fn remove_objects(state: &AppState, voice_id: &str) -> Result<(), AppError> {
+    for key in state.deps.audio.list(&voice_prefix(voice_id)).await? {
+        state.deps.audio.delete(&key).await?;
+    }
+    Ok(())
+}
+
+/// The fields of an upload.
+#[derive(Default)]
+struct UploadForm {
+    file: Option<Bytes>,
+    name: Option<String>,
+    language: Option<String>,
+    prompt_text: Option<String>,
+    engine: Option<String>,
+}
+
+/// `POST /api/voices`: checks the upload, stores it, records the voice as `enrolling` and queues
+/// its enrollment. It then waits (`voices.check_wait_secs`) for a worker to check the clip's
+/// speech, so that a clip with too little or too much speech is refused with 422 like any other
+/// bad upload; once the clip is accepted, or the wait is over, it answers 202.
+pub async fn create(
+    State(state): State<AppState>,
+    multipart: Result<Multipart, MultipartRejection>,
+) -> Result<Response, AppError> {
+    let mut multipart = multipart.map_err(|_| {
+        AppError::client(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "the body must be multipart/form-data with the clip in a field named file",
+        )
+    })?;
+    let form = read_form(&mut multipart, state.options.max_upload_bytes).await?;
+    let (info, prompt_text, upload) = check_form(&state, form).await?;
+    let voice_id = info.voice_id.clone();
+
+    let key = upload_key(&voice_id);
+    state.deps.audio.put(&key, upload).await?;
+    let job = JobMessage {
+        job_id: Uuid::new_v4(),
+        engine: info.engine.clone(),
+        created_at: Utc::now(),
+        spec: JobSpec::Enroll {
+            voice_id: voice_id.clone(),
+            upload_key: key,
+        },
+    };
+    let job_id = job.job_id;
+    let record = VoiceRecord::enrolling(info, prompt_text, job_id);
+    if let Err(e) = state.deps.voices.put(&record).await {
+        let _ = remove_objects(&state, &voice_id).await;
+        return Err(e.into());
+    }
+    // Subscribed before the job is queued, so that no verdict can be missed.
+    let events = state
+        .deps
+        .bus
+        .subscribe(subjects::job_events(&job_id))
+        .await;
+    if let Err(e) = submit::submit(&state, job, None).await {
+        forget(&state, &voice_id).await;
+        return Err(e);
+    }
+    if let Ok(events) = events
+        && let Some(failure) = wait_for_verdict(events, state.options.voice_check_wait).await
+        && let Some(code) = CLIP_ERRORS.iter().find(|c| **c == failure.error)
+    {
+        // The clip is unusable: nothing of the voice is kept, as for any other bad upload.
+        forget(&state, &voice_id).await;
+        return Err(AppError::unprocessable(code, failure.message));
+    }
+
+    let voice = state
+        .deps
+        .voices
+        .get(&voice_id)
+        .await?
+        .unwrap_or(record)
+        .view();
+    let base = base_url(&state);
+    let ws_base = base
+        .replacen("https://", "wss://", 1)
+        .replacen("http://", "ws://", 1);
+    let body = VoiceAccepted {
+        voice,
+        job_id,
+        status_url: format!("{base}/api/jobs/{job_id}"),
+        ws_url: format!("{ws_base}/ws/jobs/{job_id}"),
+    };
+    let mut response = (StatusCode::ACCEPTED, Json(body)).into_response();
+    if let Ok(location) = format!("{base}/api/voices/{voice_id}").parse() {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    Ok(response)
+}
+
+/// Waits for the enrollment job to accept the clip or fail; returns its failure, if it failed
+/// within `wait`.
+async fn wait_for_verdict(
+    mut events: futures::stream::BoxStream<'static, tts_infra::BusMessage>,
+    wait: Duration,
+) -> Option<tts_contracts::JobFailure> {
+    let verdict = async {
+        while let Some(message) = events.next().await {
+            let Ok(event) = serde_json::from_slice::<JobEvent>(&message.payload) else {
+                continue;
+            };
+            match event.status {
+                JobStatus::Failed => return event.error,
+                JobStatus::Succeeded => return None,
+                JobStatus::Running if event.progress >= REFERENCE_ACCEPTED => return None,
+                _ => {}
+            }
+        }
+        None
+    };
+    tokio::time::timeout(wait, verdict).await.ok().flatten()
+}
+
+/// Removes a voice that is refused or could not be queued: its record and its objects.
+async fn forget(state: &AppState, voice_id: &str) {
+    if let Err(e) = state.deps.voices.delete(voice_id).await {
+        tracing::warn!(%voice_id, error = %e, "could not delete a refused voice");
+    }
+    if let Err(e) = remove_objects(state, voice_id).await {
+        tracing::warn!(%voice_id, error = %e, "could not delete a refused voice's objects");
+    }
+}
+
+async fn read_form(multipart: &mut Multipart, max_upload: usize) -> Result<UploadForm, AppError> {
+    let mut form = UploadForm::default();
+    let mut too_large = false;
+    while let Some(field) = multipart.next_field().await.map_err(multipart_error)? {
+        let name = field.name().unwrap_or_default().to_string();
+        match name.as_str() {
+            "file" => {
+                if form.file.is_some() {
+                    return Err(duplicate(&name));
+                }
+                match read_file(field, max_upload).await? {
+                    Some(bytes) => form.file = Some(bytes),
+                    None => too_large = true,
+                }
+            }
+            "name" | "language" | "prompt_text" | "engine" => {
+                let text = field.text().await.map_err(multipart_error)?;
+                let slot = match name.as_str() {
+                    "name" => &mut form.name,
+                    "language" => &mut form.language,
+                    "prompt_text" => &mut form.prompt_text,
+                    _ => &mut form.engine,
+                };
+                if slot.replace(text).is_some() {
+                    return Err(duplicate(&name));
+                }
+            }
+            other => {
+                return Err(AppError::unprocessable(
+                    "unknown_field",
+                    format!(
+                        "unknown field {other:?}; the fields are file, name, language, prompt_text and engine"
+                    ),
+                ));
+            }
+        }
+    }
+    if too_large {
+        return Err(AppError::client(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "file_too_large",
+            format!("the clip is larger than {max_upload} bytes"),
+        ));
+    }
+    Ok(form)
+}
+
+/// Reads the clip; `None` when it is over `max` bytes. An oversized clip is still read to its
+/// end (and dropped) so that the client, still sending, receives the 413 rather than a reset.
+async fn read_file(mut field: Field<'_>, max: usize) -> Result<Option<Bytes>, AppError> {
+    let mut buffer = BytesMut::new();
+    let mut size = 0usize;
+    while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
+        size += chunk.len();
+        if size <= max {
+            buffer.extend_from_slice(&chunk);
+        } else {
+            buffer = BytesMut::new();
+        }
+    }
+    Ok((size <= max).then(|| buffer.freeze()))
+}
+
+fn duplicate(field: &str) -> AppError {
+    AppError::unprocessable(
+        "duplicate_field",
+        format!("the field {field:?} is given more than once"),
+    )
+}
+
+fn multipart_error(e: MultipartError) -> AppError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        AppError::client(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            "the body is too large",
+        )
+    } else {
+        AppError::client(
+            StatusCode::BAD_REQUEST,
+            "invalid_multipart",
+            format!("the multipart body could not be read: {}", e.body_text()),
+        )
+    }
+}
+
+/// Checks the form's fields and decodes the clip. Returns the new voice and the clip's bytes.
+async fn check_form(
+    state: &AppState,
+    form: UploadForm,
+) -> Result<(VoiceInfo, Option<String>, Bytes), AppError> {
+    let Some(file) = form.file else {
+        return Err(AppError::unprocessable(
+            "missing_file",
+            "the reference clip is required, in a multipart field named file",
+        ));
+    };
+    let name = form.name.unwrap_or_default().trim().to_string();
+    if name.is_empty() || name.chars().count() > MAX_NAME_CHARS {
+        return Err(AppError::unprocessable(
+            "invalid_name",
+            format!("name must be 1 to {MAX_NAME_CHARS} characters"),
+        ));
+    }
+    let language = form.language.unwrap_or_default().trim().to_string();
+    if language.is_empty() {
+        return Err(AppError::unprocessable(
+            "invalid_language",
+            "language is required (for example en or zh)",
+        ));
+    }
+    let prompt_text = form
+        .prompt_text
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty());
+    if let Some(text) = &prompt_text
+        && text.chars().count() > state.options.max_text_chars
+    {
+        return Err(AppError::unprocessable(
+            "text_too_long",
+            format!(
+                "prompt_text has more than {} characters",
+                state.options.max_text_chars
+            ),
+        ));
+    }
+    let engine = form
+        .engine
+        .map(|e| e.trim().to_string())
+        .filter(|e| !e.is_empty())
+        .unwrap_or_else(|| state.options.clone_engine.clone());
+    let languages = check_engine(state, &engine)?;
+    let Some(language) = languages
+        .iter()
+        .find(|l| tts_contracts::same_language(l, &language))
+        .cloned()
+    else {
+        return Err(AppError::unprocessable(
+            "unsupported_language",
+            format!(
+                "engine {engine} speaks {}, not {language}",
+                languages.join(", ")
+            ),
+        ));
+    };
+
+    let clip = {
+        let file = file.clone();
+        tokio::task::spawn_blocking(move || tts_audio::decode(&file))
+            .await
+            .map_err(|e| AppError::Internal(format!("decoder task: {e}")))?
+    }
+    .map_err(|e| {
+        AppError::unprocessable("invalid_audio", format!("{e}; send a WAV or MP3 clip"))
+    })?;
+    if clip.rms() < SILENCE_RMS {
+        return Err(AppError::unprocessable("no_speech", "the clip is silent"));
+    }
+
+    let info = VoiceInfo {
+        voice_id: Uuid::new_v4().to_string(),
+        name,
+        other_languages: languages.into_iter().filter(|l| *l != language).collect(),
+        language,
+        engine,
+        created_at: Utc::now(),
+        status: VoiceStatus::Enrolling,
+        sample_rate: None,
+    };
+    Ok((info, prompt_text, file))
+}
+
+/// Checks that `engine` is configured, has a live worker and clones voices; returns the
+/// languages it speaks.
+fn check_engine(state: &AppState, engine: &str) -> Result<Vec<String>, AppError> {
+    if !state.options.engines.iter().any(|e| e == engine) {
+        return Err(AppError::unprocessable(
+            "unknown_engine",
+            format!(
+                "no engine {engine:?}; configured: {}",
+                state.options.engines.join(", ")
+            ),
+        ));
+    }
+    let nodes = state.registry.engine_nodes(engine);
+    if nodes.is_empty() {
+        return Err(AppError::client(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "engine_unavailable",
+            format!("no live worker runs engine {engine}"),
+        ));
+    }
+    if !nodes.iter().any(|n| n.clones) {
+        return Err(AppError::unprocessable(
+            "cloning_unsupported",
+            format!("engine {engine} cannot clone voices"),
+        ));
+    }
+    Ok(state.registry.engine_languages(engine))
 }

@@ -18,10 +18,11 @@ use tts_contracts::{VoiceInfo, VoiceStatus};
 
 use super::espeak::{self, PhonemizedSentence};
 use super::{
-    Audio, Engine, EngineError, EngineHealth, Progress, SynthesisInput, check_voice_and_language,
-    zh,
+    Audio, Engine, EngineError, EngineHealth, EnrollInput, Enrollment, Progress, SynthesisInput,
+    check_voice_and_language, zh,
 };
 use crate::runtime::{self, Placement, SessionPool};
+use crate::voice::clone;
 
 pub const SAMPLE_RATE: u32 = 24_000;
 
@@ -227,6 +228,10 @@ impl Engine for KokoroEngine {
         progress: &mut dyn FnMut(Progress),
     ) -> Result<Audio, EngineError> {
         check_voice_and_language(self, input)?;
+        if let Some(record) = &input.voice {
+            let styles = self.cloned_styles(record)?;
+            return self.synthesize_with(input, &styles, progress);
+        }
         let styles = self.voices.get(&input.voice_id).ok_or_else(|| {
             EngineError::invalid("unknown_voice", format!("no voice {}", input.voice_id))
         })?;
@@ -236,6 +241,75 @@ impl Engine for KokoroEngine {
     fn health(&self) -> EngineHealth {
         self.placement
             .health(&format!("{} voices", self.voices.len()))
+    }
+
+    fn clones(&self) -> bool {
+        true
+    }
+
+    fn enroll(
+        &self,
+        input: &EnrollInput<'_>,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<Enrollment, EngineError> {
+        let result = clone::clone_style(
+            self,
+            &input.analysis.encoder,
+            input.reference,
+            input.settings,
+            &mut |done, total| progress(Progress { done, total }),
+        )?;
+        Ok(Enrollment {
+            similarity: Some(tts_contracts::CloneSimilarity {
+                cloned: result.cloned_similarity,
+                best_stock: result.best_stock_similarity,
+                best_stock_voice: result.base_voice.clone(),
+            }),
+            base_voice: Some(result.base_voice),
+            style_offset: Some(result.offset),
+            engine_data: None,
+        })
+    }
+}
+
+impl KokoroEngine {
+    /// The style table of a cloned voice: its base stock voice moved by its stored offset.
+    fn cloned_styles(
+        &self,
+        record: &tts_contracts::VoiceRecord,
+    ) -> Result<StyleTable, EngineError> {
+        let not_ready = || {
+            EngineError::invalid(
+                "voice_not_ready",
+                format!(
+                    "voice {} has no kokoro conditioning; it is not enrolled",
+                    record.info.voice_id
+                ),
+            )
+        };
+        let base_name = record.base_voice.as_deref().ok_or_else(not_ready)?;
+        let offset = record.style_offset.as_deref().ok_or_else(not_ready)?;
+        let base = self.voices.get(base_name).ok_or_else(|| {
+            EngineError::invalid(
+                "unknown_voice",
+                format!(
+                    "voice {} is based on {base_name}, which this model lacks",
+                    record.info.voice_id
+                ),
+            )
+        })?;
+        if offset.len() != base.shape()[2] {
+            return Err(EngineError::invalid(
+                "voice_corrupt",
+                format!(
+                    "voice {} has a {}-value style offset; the model takes {}",
+                    record.info.voice_id,
+                    offset.len(),
+                    base.shape()[2]
+                ),
+            ));
+        }
+        Ok(clone::offset_table(base, offset))
     }
 }
 

@@ -10,15 +10,50 @@ pub mod zh;
 
 use std::fmt;
 
-use tts_contracts::VoiceInfo;
+use tts_contracts::{CloneSimilarity, VoiceInfo, VoiceRecord};
+
+use crate::voice::Analysis;
+use crate::voice::clone::CloneSettings;
 
 /// What a synthesis job asks of an engine.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct SynthesisInput {
     pub text: String,
     pub voice_id: String,
     pub language: String,
     pub speed: f32,
+    /// For a cloned voice, its record: the engine reads the conditioning it stored at enrollment.
+    pub voice: Option<VoiceRecord>,
+    /// For a cloned voice of an engine that [`Engine::needs_reference`], the voice's trimmed
+    /// reference clip as WAV bytes (16 kHz mono).
+    pub reference_wav: Option<bytes::Bytes>,
+}
+
+/// What an enrollment gives an engine.
+pub struct EnrollInput<'a> {
+    pub analysis: &'a Analysis,
+    /// The voice being enrolled (name, language, transcript of the clip).
+    pub voice: &'a VoiceRecord,
+    /// The trimmed reference: mono at [`crate::voice::ANALYSIS_RATE`].
+    pub reference: &'a [f32],
+    /// The same clip as the WAV file stored for the voice.
+    pub reference_wav: &'a [u8],
+    pub settings: &'a CloneSettings,
+}
+
+/// What an engine computes for a cloned voice at enrollment, kept with the voice and reused by
+/// every synthesis.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Enrollment {
+    /// The stock voice the conditioning starts from.
+    pub base_voice: Option<String>,
+    /// An offset added to the base voice's style.
+    pub style_offset: Option<Vec<f32>>,
+    /// Cloned and best-stock similarity to the reference on a held-out sentence.
+    pub similarity: Option<CloneSimilarity>,
+    /// Anything else the engine keeps with the voice, such as an upstream server's speaker
+    /// latents or a tone-colour embedding.
+    pub engine_data: Option<serde_json::Value>,
 }
 
 /// Mono audio in [-1, 1].
@@ -127,6 +162,31 @@ pub trait Engine: Send + Sync + 'static {
     ) -> Result<Audio, EngineError>;
 
     fn health(&self) -> EngineHealth;
+
+    /// Whether [`Engine::enroll`] can clone voices.
+    fn clones(&self) -> bool {
+        false
+    }
+
+    /// Whether synthesis with a cloned voice needs the voice's reference clip
+    /// ([`SynthesisInput::reference_wav`]), as engines that hand it to an upstream server do.
+    fn needs_reference(&self) -> bool {
+        false
+    }
+
+    /// Computes the conditioning of a cloned voice from its trimmed reference, calling
+    /// `progress` after each step. Runs on a blocking thread.
+    fn enroll(
+        &self,
+        input: &EnrollInput<'_>,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<Enrollment, EngineError> {
+        let _ = (input, progress);
+        Err(EngineError::invalid(
+            "cloning_unsupported",
+            format!("engine {} cannot clone voices", self.name()),
+        ))
+    }
 }
 
 /// Checks the parts of a request every engine checks the same way.
@@ -134,6 +194,29 @@ pub fn check_voice_and_language(
     engine: &dyn Engine,
     input: &SynthesisInput,
 ) -> Result<VoiceInfo, EngineError> {
+    if let Some(record) = &input.voice {
+        if record.info.engine != engine.name() {
+            return Err(EngineError::invalid(
+                "unknown_voice",
+                format!(
+                    "voice {:?} belongs to engine {}, not {}",
+                    record.info.voice_id,
+                    record.info.engine,
+                    engine.name()
+                ),
+            ));
+        }
+        if !record.info.speaks(&input.language) {
+            return Err(EngineError::invalid(
+                "unsupported_language",
+                format!(
+                    "voice {} speaks {}, not {}",
+                    record.info.voice_id, record.info.language, input.language
+                ),
+            ));
+        }
+        return Ok(record.info.clone());
+    }
     let voice = engine
         .voices()
         .into_iter()
@@ -162,7 +245,7 @@ pub fn check_voice_and_language(
 
 /// The ONNX Runtime library to load: `models.onnxruntime_path` when set (a CUDA build, say),
 /// otherwise the one in the model cache.
-fn onnxruntime_library(
+pub(crate) fn onnxruntime_library(
     settings: &tts_config::Settings,
     cached: std::path::PathBuf,
 ) -> std::path::PathBuf {

@@ -79,6 +79,8 @@ pub fn clone_style(
             voice_id: String::new(),
             language: "en".into(),
             speed: 1.0,
+            voice: None,
+            reference_wav: None,
         };
         let audio = engine.synthesize_with(&input, table, &mut |_| {})?;
         let speech = resample(&audio.samples, audio.sample_rate, ANALYSIS_RATE)?;

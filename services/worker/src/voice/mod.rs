@@ -2,6 +2,8 @@
 //! VAD) and speaker embeddings (a d-vector encoder). Workers run these during enrollment; the
 //! gateway never does, since they need ONNX Runtime.
 
+use crate::engine::EngineError;
+
 pub mod clone;
 pub mod reference;
 pub mod resample;
@@ -10,3 +12,24 @@ pub mod vad;
 
 /// The rate every analysis model here works at.
 pub const ANALYSIS_RATE: u32 = 16_000;
+
+/// The analysis models a worker that enrols voices loads once: the VAD checks and trims the
+/// reference, the speaker encoder embeds it and scores candidate voices.
+pub struct Analysis {
+    pub vad: vad::Vad,
+    pub encoder: speaker::SpeakerEncoder,
+}
+
+impl Analysis {
+    /// Fetches the models into the cache when missing, then loads them.
+    pub fn load(settings: &tts_config::Settings) -> Result<Self, EngineError> {
+        let paths = crate::models::ensure_analysis(&settings.models.cache_dir)
+            .map_err(|e| EngineError::internal(format!("model cache: {e}")))?;
+        let library = crate::engine::onnxruntime_library(settings, paths.onnxruntime.clone());
+        let env = crate::runtime::environment(&library)?;
+        Ok(Analysis {
+            vad: vad::Vad::load(env, &paths.vad)?,
+            encoder: speaker::SpeakerEncoder::load(env, &paths.speaker_encoder)?,
+        })
+    }
+}

@@ -1,0 +1,173 @@
+//! Enrolling a cloned voice: the job that turns an uploaded clip into a voice the engine can
+//! speak with.
+//!
+//! The steps, with the job's progress: decode the upload and check its speech with the VAD (3 to
+//! 30 s), store the trimmed 16 kHz reference and report "reference accepted" (5 %), embed the
+//! speaker, run the engine's enrollment (for Kokoro the style search, one progress step per
+//! synthesis, up to 95 %), then mark the voice `ready` with its conditioning. Voice records are
+//! only updated here, never created: a voice deleted meanwhile stays deleted, and whatever this
+//! job stored for it is removed again.
+
+use bytes::Bytes;
+use chrono::Utc;
+use tts_contracts::{JobFailure, JobRecord, JobStatus, VoiceStatus, reference_key, voice_prefix};
+use tts_infra::Delivery;
+
+use crate::engine::{EngineError, EnrollInput};
+use crate::process::{JobContext, JobError, run_engine, save};
+use crate::voice::{ANALYSIS_RATE, reference};
+use crate::wav;
+
+/// Progress reported once the reference passed its checks; the gateway waits for it.
+pub const REFERENCE_ACCEPTED: f32 = 0.05;
+
+fn permanent(error: &str, message: impl Into<String>) -> JobError {
+    JobError::Permanent(JobFailure {
+        error: error.into(),
+        message: message.into(),
+    })
+}
+
+fn deleted(voice_id: &str) -> JobError {
+    permanent(
+        "voice_not_found",
+        format!("voice {voice_id} was deleted during its enrollment"),
+    )
+}
+
+pub(crate) async fn run(
+    ctx: &JobContext,
+    delivery: &dyn Delivery,
+    record: &mut JobRecord,
+    voice_id: &str,
+    upload_key: &str,
+) -> Result<(), JobError> {
+    let analysis = match (&ctx.analysis, ctx.engine.clones()) {
+        (Some(analysis), true) => analysis.clone(),
+        _ => {
+            return Err(permanent(
+                "cloning_unsupported",
+                format!("engine {} cannot clone voices", ctx.engine.name()),
+            ));
+        }
+    };
+    // Jobs name objects under their own voice only; anything else is not a job the gateway made.
+    if !upload_key.starts_with(&format!("{}/", voice_prefix(voice_id))) {
+        return Err(permanent(
+            "invalid_job",
+            format!("upload {upload_key:?} does not belong to voice {voice_id}"),
+        ));
+    }
+    let Some(mut voice) = ctx.voices.get(voice_id).await? else {
+        return Err(deleted(voice_id));
+    };
+    let Some(upload) = ctx.audio.get(upload_key).await? else {
+        return Err(permanent(
+            "upload_missing",
+            format!("the clip uploaded for voice {voice_id} is no longer stored"),
+        ));
+    };
+
+    let vad_models = analysis.clone();
+    let prepared = tokio::task::spawn_blocking(move || {
+        let clip = tts_audio::decode(&upload)
+            .map_err(|e| EngineError::invalid("invalid_audio", e.to_string()))?;
+        reference::prepare(&vad_models.vad, &clip.samples, clip.sample_rate)
+    })
+    .await
+    .map_err(|e| {
+        JobError::Transient(JobFailure {
+            error: "engine_crashed".into(),
+            message: format!("reference analysis stopped unexpectedly: {e}"),
+        })
+    })??;
+
+    let wav = Bytes::from(
+        wav::encode_pcm16(&prepared.samples, ANALYSIS_RATE).map_err(|e| {
+            JobError::Transient(JobFailure {
+                error: "encoding_failed".into(),
+                message: e.to_string(),
+            })
+        })?,
+    );
+    let key = reference_key(voice_id);
+    ctx.audio.put(&key, wav.clone()).await?;
+    voice.reference_key = Some(key);
+    voice.speech_seconds = Some(prepared.speech_seconds);
+    if !ctx.voices.update(&voice).await? {
+        remove_objects(ctx, voice_id).await;
+        return Err(deleted(voice_id));
+    }
+    record.progress = REFERENCE_ACCEPTED;
+    record.updated_at = Utc::now();
+    let note = format!(
+        "reference accepted: {:.1} s of speech",
+        prepared.speech_seconds
+    );
+    save(ctx, record, Some(note)).await?;
+
+    let samples = prepared.samples;
+    let engine = ctx.engine.clone();
+    let settings = ctx.clone_settings.clone();
+    let enrolling = voice.clone();
+    let span = (REFERENCE_ACCEPTED, 0.95);
+    let (embedding, enrollment) = run_engine(
+        ctx,
+        delivery,
+        record,
+        span,
+        "enrollment step",
+        move |progress| {
+            let embedding = analysis.encoder.embed(&samples)?;
+            let input = EnrollInput {
+                analysis: &analysis,
+                voice: &enrolling,
+                reference: &samples,
+                reference_wav: &wav,
+                settings: &settings,
+            };
+            let enrollment = engine.enroll(&input, progress)?;
+            Ok((embedding, enrollment))
+        },
+    )
+    .await?;
+
+    voice.info.status = VoiceStatus::Ready;
+    voice.embedding = Some(embedding);
+    voice.base_voice = enrollment.base_voice;
+    voice.style_offset = enrollment.style_offset;
+    voice.similarity = enrollment.similarity;
+    voice.engine_data = enrollment.engine_data;
+    voice.error = None;
+    if !ctx.voices.update(&voice).await? {
+        remove_objects(ctx, voice_id).await;
+        return Err(deleted(voice_id));
+    }
+    // The trimmed reference is what the voice keeps; the raw upload has served its purpose.
+    if let Err(e) = ctx.audio.delete(upload_key).await {
+        tracing::warn!(%voice_id, error = %e, "could not delete the upload");
+    }
+
+    let now = Utc::now();
+    record.status = JobStatus::Succeeded;
+    record.progress = 1.0;
+    record.updated_at = now;
+    record.finished_at = Some(now);
+    save(ctx, record, None).await?;
+    tracing::info!(%voice_id, similarity = ?voice.similarity, "voice enrolled");
+    Ok(())
+}
+
+/// Removes every object of a deleted voice, including any this job wrote after the deletion.
+async fn remove_objects(ctx: &JobContext, voice_id: &str) {
+    match ctx.audio.list(&voice_prefix(voice_id)).await {
+        Ok(keys) => {
+            for key in keys {
+                if let Err(e) = ctx.audio.delete(&key).await {
+                    tracing::warn!(%key, error = %e, "could not delete an object of a deleted voice");
+                }
+            }
+        }
+        Err(e) => tracing::warn!(%voice_id, error = %e, "could not list a deleted voice's objects"),
+    }
+}
