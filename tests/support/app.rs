@@ -38,6 +38,10 @@ pub fn test_settings(storage: &std::path::Path) -> Settings {
     s.gateway.host = "127.0.0.1".into();
     s.gateway.port = 0;
     s.gateway.sync_timeout_secs = 60;
+    // Tests poll often from one address; the limits have tests of their own.
+    s.gateway.global_rpm = 1_000_000;
+    s.gateway.ip_rpm = 1_000_000;
+    s.gateway.concurrent_limit = 1000;
     s.worker.heartbeat_interval = 1;
     s.worker.ack_wait_secs = 5;
     s.worker.retry_delay_secs = 1;
@@ -105,11 +109,12 @@ pub async fn spawn_engines_with(
     spawn(deployment, engines, configure).await
 }
 
-/// A stock voice of each engine, to wait for.
-fn stock_voice(engine: &str) -> &'static str {
+/// A stock voice of each engine that has them, to wait for.
+fn stock_voice(engine: &str) -> Option<&'static str> {
     match engine {
-        "kokoro" => KOKORO_VOICE,
-        _ => VOICE,
+        "kokoro" => Some(KOKORO_VOICE),
+        "piper" => Some(VOICE),
+        _ => None,
     }
 }
 
@@ -170,10 +175,31 @@ async fn spawn(
     };
     if deployment != Deployment::GatewayOnly {
         for engine in engines {
-            app.wait_for_voice(stock_voice(engine), 1).await;
+            match stock_voice(engine) {
+                Some(voice) => app.wait_for_voice(voice, 1).await,
+                None => app.wait_for_engine(engine).await,
+            }
         }
     }
     app
+}
+
+/// One more gateway beside a deployment: the same NATS, Redis prefix and storage as `settings`.
+pub async fn spawn_gateway(settings: &Settings) -> TestApp {
+    let app = Application::build(settings.clone(), Mode::Gateway)
+        .await
+        .expect("gateway builds");
+    let addr = app.gateway_addr().expect("a gateway");
+    let stop = run(app).await;
+    TestApp {
+        base_url: format!("http://{addr}"),
+        client: reqwest::Client::new(),
+        settings: settings.clone(),
+        audio: AudioStore::from_settings(&settings.storage).expect("storage opens"),
+        nats: None,
+        stops: vec![stop],
+        _storage: tempfile::tempdir().expect("a directory"),
+    }
 }
 
 impl TestApp {
@@ -197,6 +223,26 @@ impl TestApp {
             assert!(
                 Instant::now() < deadline,
                 "voice {voice} never became available"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Waits until a live worker runs `engine`.
+    pub async fn wait_for_engine(&self, engine: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let health: Value = self.get_json("/health").await;
+            let engines = &health["workers"]["engines"];
+            if engines
+                .as_array()
+                .is_some_and(|e| e.iter().any(|e| e == engine))
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no worker of engine {engine} came up: {health}"
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -437,4 +483,25 @@ pub fn spawn_worker_process(settings: &Settings, node_id: &str) -> WorkerProcess
         .spawn()
         .expect("worker process starts");
     WorkerProcess { child }
+}
+
+/// A gateway as a process of its own on a free port, on the deployment's NATS, Redis and
+/// storage (for tests that signal it). Returns the process and its base URL.
+pub fn spawn_gateway_process(settings: &Settings) -> (WorkerProcess, String) {
+    let port = crate::free_port();
+    let child = Command::new(binary())
+        .args(["gateway", "--port", &port.to_string()])
+        .env("TTS__GATEWAY__HOST", "127.0.0.1")
+        .env("TTS__NATS__URL", &settings.nats.url)
+        .env("TTS__REDIS__URL", &settings.redis.url)
+        .env("TTS__REDIS__KEY_PREFIX", &settings.redis.key_prefix)
+        .env("TTS__STORAGE__URL", &settings.storage.url)
+        .env("TTS__GATEWAY__IP_RPM", "100000")
+        .env("TTS__GATEWAY__GLOBAL_RPM", "100000")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("gateway process starts");
+    (WorkerProcess { child }, format!("http://127.0.0.1:{port}"))
 }

@@ -8,14 +8,19 @@ pub mod app;
 pub mod clips;
 pub mod engines;
 pub mod nats;
+pub mod onnx;
+pub mod redis;
 pub mod s3;
+pub mod upstream;
 pub mod wav;
 
 pub use app::{
     Deployment, KOKORO_VOICE, TestApp, WorkerProcess, spawn_app, spawn_app_with,
-    spawn_engines_with, spawn_standalone, spawn_worker_process, test_settings,
+    spawn_engines_with, spawn_gateway, spawn_gateway_process, spawn_standalone,
+    spawn_worker_process, test_settings,
 };
 pub use nats::NatsServer;
+pub use redis::RedisServer;
 pub use s3::S3Server;
 
 use std::path::PathBuf;

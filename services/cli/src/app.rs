@@ -12,7 +12,8 @@ use tts_config::Settings;
 use tts_gateway::{AppState, GatewayDeps, GatewayOptions};
 use tts_infra::{
     AudioStore, Bus, JetStreamQueue, JobSource, JobStore, LocalBus, LocalQueue, MemoryJobStore,
-    MemoryVoiceStore, NatsBus, QueueSettings, RedisJobStore, RedisVoiceStore, VoiceStore,
+    MemoryVoiceStore, NatsBus, QueueSettings, RedisJobStore, RedisRateLimiter, RedisVoiceStore,
+    VoiceStore,
 };
 use tts_worker::{Worker, WorkerDeps, WorkerOptions};
 
@@ -48,10 +49,14 @@ impl Application {
     }
 
     async fn standalone(settings: Settings, engines: Vec<String>) -> anyhow::Result<Self> {
-        let engines = if engines.is_empty() {
-            settings.workers.keys().cloned().collect()
-        } else {
+        // Engines named on the command line must start; with none named, every configured
+        // engine that can run here does, and one that cannot (no model, no upstream server) is
+        // skipped with the reason, so that the embedded defaults always start.
+        let explicit = !engines.is_empty();
+        let engines: Vec<String> = if explicit {
             engines
+        } else {
+            settings.workers.keys().cloned().collect()
         };
         let bus: Arc<dyn Bus> = Arc::new(LocalBus::default());
         let queue = LocalQueue::new(settings.worker.max_deliver as u32);
@@ -68,11 +73,24 @@ impl Application {
             bus: bus.clone(),
             audio: audio.clone(),
             voices: voices.clone(),
+            rate_limiter: None,
         };
         let (listener, state) = Self::gateway_parts(&settings, gateway).await?;
         let mut workers = Vec::new();
         for engine in engines {
-            let (engine_impl, analysis) = load_engine(&settings, &engine).await?;
+            let (engine_impl, analysis) = match load_engine(&settings, &engine).await {
+                Ok(loaded) => loaded,
+                Err(e) if !explicit => {
+                    tracing::warn!(%engine, error = %format!("{e:#}"), "engine skipped");
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            if !explicit && !engine_impl.health().ready {
+                let detail = engine_impl.health().detail;
+                tracing::warn!(%engine, %detail, "engine skipped: not ready");
+                continue;
+            }
             let deps = WorkerDeps {
                 engine: engine_impl,
                 source: Arc::new(queue.source(&engine)),
@@ -101,13 +119,14 @@ impl Application {
         let client =
             tts_infra::nats::connect(&settings.nats.url, "voice-clone-tts gateway").await?;
         let queue = JetStreamQueue::connect(client.clone(), queue_settings(&settings)).await?;
-        let (store, voices) = redis_stores(&settings).await?;
+        let (store, voices, rate_limiter) = redis_stores(&settings).await?;
         let deps = GatewayDeps {
             queue: Arc::new(queue),
             store,
             bus: Arc::new(NatsBus::new(client)),
             audio: AudioStore::from_settings(&settings.storage)?,
             voices,
+            rate_limiter: Some(rate_limiter),
         };
         let (listener, state) = Self::gateway_parts(&settings, deps).await?;
         Ok(Application {
@@ -127,7 +146,7 @@ impl Application {
         let queue = JetStreamQueue::connect(client.clone(), queue_settings(&settings)).await?;
         let source: Arc<dyn JobSource> = Arc::new(queue.source(&engine).await?);
         let (engine_impl, analysis) = load_engine(&settings, &engine).await?;
-        let (store, voices) = redis_stores(&settings).await?;
+        let (store, voices, _) = redis_stores(&settings).await?;
         let deps = WorkerDeps {
             engine: engine_impl,
             source,
@@ -165,6 +184,15 @@ impl Application {
             clone_engine: settings.voices.default_engine.clone(),
             voice_check_wait: Duration::from_secs(settings.voices.check_wait_secs),
             engines: settings.workers.keys().cloned().collect(),
+            limits: tts_gateway::limits::LimitOptions {
+                global_rpm: g.global_rpm,
+                ip_rpm: g.ip_rpm,
+                concurrent: g.concurrent_limit,
+                trusted_proxies: g.trusted_proxies.clone(),
+            },
+            max_queue_depth: g.max_queue_depth,
+            request_timeout: Duration::from_secs(g.request_timeout_secs),
+            cors_origins: g.cors_origins.clone(),
         };
         let state = AppState::start(deps, options)
             .await
@@ -224,10 +252,10 @@ fn queue_settings(settings: &Settings) -> QueueSettings {
     }
 }
 
-/// The job store and the voice store, sharing one Redis connection.
+/// The job store, the voice store and the shared rate limits, on one Redis connection.
 async fn redis_stores(
     settings: &Settings,
-) -> anyhow::Result<(Arc<dyn JobStore>, Arc<dyn VoiceStore>)> {
+) -> anyhow::Result<(Arc<dyn JobStore>, Arc<dyn VoiceStore>, RedisRateLimiter)> {
     let jobs = RedisJobStore::connect(
         &settings.redis.url,
         &settings.redis.key_prefix,
@@ -236,7 +264,8 @@ async fn redis_stores(
     )
     .await?;
     let voices = RedisVoiceStore::new(&jobs);
-    Ok((Arc::new(jobs), Arc::new(voices)))
+    let limiter = RedisRateLimiter::new(&jobs);
+    Ok((Arc::new(jobs), Arc::new(voices), limiter))
 }
 
 type LoadedEngine = (

@@ -24,6 +24,14 @@ pub enum AppError {
         error: String,
         message: String,
     },
+    /// Over a limit, or no capacity now: the client should try again after `retry_after`
+    /// seconds, which is sent as `Retry-After` too.
+    RetryLater {
+        status: StatusCode,
+        code: &'static str,
+        message: String,
+        retry_after: u64,
+    },
     /// A bug or an unexpected state.
     Internal(String),
 }
@@ -44,6 +52,35 @@ impl AppError {
     pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
         Self::client(StatusCode::NOT_FOUND, code, message)
     }
+
+    /// `429 rate_limit_exceeded`, as the origin document words it.
+    pub fn rate_limited(retry_after: std::time::Duration) -> Self {
+        AppError::RetryLater {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            code: "rate_limit_exceeded",
+            message: "Too many requests".into(),
+            retry_after: whole_seconds(retry_after),
+        }
+    }
+
+    /// `503` for work that cannot be taken now (no worker, a full queue).
+    pub fn unavailable_for_now(
+        code: &'static str,
+        message: impl Into<String>,
+        retry_after: u64,
+    ) -> Self {
+        AppError::RetryLater {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code,
+            message: message.into(),
+            retry_after,
+        }
+    }
+}
+
+/// Seconds to announce for a wait: rounded up, at least one.
+fn whole_seconds(wait: std::time::Duration) -> u64 {
+    wait.as_secs_f64().ceil().max(1.0) as u64
 }
 
 impl From<InfraError> for AppError {
@@ -62,6 +99,7 @@ impl std::fmt::Display for AppError {
             AppError::Unavailable(m) => write!(f, "unavailable: {m}"),
             AppError::Timeout(id) => write!(f, "job {id} did not finish in time"),
             AppError::JobFailed { job_id, error, .. } => write!(f, "job {job_id} failed: {error}"),
+            AppError::RetryLater { code, message, .. } => write!(f, "{code}: {message}"),
             AppError::Internal(m) => write!(f, "internal: {m}"),
         }
     }
@@ -80,6 +118,7 @@ impl IntoResponse for AppError {
                     error: code.into(),
                     message,
                     job_id: None,
+                    retry_after: None,
                 },
             ),
             AppError::Unavailable(detail) => {
@@ -90,6 +129,7 @@ impl IntoResponse for AppError {
                         error: "service_unavailable".into(),
                         message: "a backing service is unavailable; try again shortly".into(),
                         job_id: None,
+                        retry_after: None,
                     },
                 )
             }
@@ -101,6 +141,7 @@ impl IntoResponse for AppError {
                         "the job did not finish in time; it goes on: poll /api/jobs/{job_id}"
                     ),
                     job_id: Some(job_id),
+                    retry_after: None,
                 },
             ),
             AppError::JobFailed {
@@ -113,8 +154,27 @@ impl IntoResponse for AppError {
                     error: "synthesis_failed".into(),
                     message: format!("{error}: {message}"),
                     job_id: Some(job_id),
+                    retry_after: None,
                 },
             ),
+            AppError::RetryLater {
+                status,
+                code,
+                message,
+                retry_after,
+            } => {
+                let body = ApiError {
+                    error: code.into(),
+                    message,
+                    job_id: None,
+                    retry_after: Some(retry_after),
+                };
+                let mut response = (status, Json(body)).into_response();
+                response
+                    .headers_mut()
+                    .insert(axum::http::header::RETRY_AFTER, retry_after.into());
+                return response;
+            }
             AppError::Internal(detail) => {
                 tracing::error!(%detail, "internal error");
                 (
@@ -123,6 +183,7 @@ impl IntoResponse for AppError {
                         error: "internal_error".into(),
                         message: "an internal error occurred".into(),
                         job_id: None,
+                        retry_after: None,
                     },
                 )
             }

@@ -7,6 +7,7 @@
 
 pub mod error;
 pub mod extract;
+pub mod limits;
 pub mod registry;
 pub mod routes;
 pub mod submit;
@@ -17,7 +18,7 @@ use std::time::Duration;
 
 use axum::Router;
 use tokio::net::TcpListener;
-use tts_infra::{AudioStore, Bus, JobQueue, JobStore, VoiceStore};
+use tts_infra::{AudioStore, Bus, JobQueue, JobStore, RedisRateLimiter, VoiceStore};
 
 pub use error::AppError;
 pub use registry::Registry;
@@ -30,6 +31,8 @@ pub struct GatewayDeps {
     pub bus: Arc<dyn Bus>,
     pub audio: AudioStore,
     pub voices: Arc<dyn VoiceStore>,
+    /// The rate limits all gateways share; absent in standalone, where one process is all.
+    pub rate_limiter: Option<RedisRateLimiter>,
 }
 
 #[derive(Debug, Clone)]
@@ -47,6 +50,11 @@ pub struct GatewayOptions {
     pub voice_check_wait: Duration,
     /// The engines configured in `workers`, whether or not a worker runs them now.
     pub engines: Vec<String>,
+    pub limits: limits::LimitOptions,
+    /// A sync request is refused with 503 when its engine's queue holds more jobs than this.
+    pub max_queue_depth: u64,
+    pub request_timeout: Duration,
+    pub cors_origins: Vec<String>,
 }
 
 /// Shared by every request handler.
@@ -55,16 +63,23 @@ pub struct AppState {
     pub deps: GatewayDeps,
     pub options: Arc<GatewayOptions>,
     pub registry: Registry,
+    pub limits: Arc<limits::Limits>,
+    /// Becomes true when the gateway starts shutting down; WebSockets close on it.
+    pub closing: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl AppState {
     /// Builds the state and starts following worker heartbeats.
     pub async fn start(deps: GatewayDeps, options: GatewayOptions) -> Result<Self, AppError> {
         let registry = Registry::start(deps.bus.clone(), options.dead_threshold).await?;
+        let limits = limits::Limits::new(options.limits.clone(), deps.rate_limiter.clone())
+            .map_err(AppError::Internal)?;
         Ok(AppState {
             deps,
             options: Arc::new(options),
             registry,
+            limits: Arc::new(limits),
+            closing: Arc::new(tokio::sync::watch::Sender::new(false)),
         })
     }
 }
@@ -73,14 +88,20 @@ pub fn router(state: AppState) -> Router {
     routes::router(state)
 }
 
-/// Serves the API on `listener` until `shutdown` completes, then lets in-flight requests finish.
+/// Serves the API on `listener` until `shutdown` completes. Then it stops accepting
+/// connections, closes WebSockets with "going away" (they outlive HTTP's graceful shutdown
+/// otherwise), and lets in-flight requests, sync synthesis included, finish.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let closing = state.closing.clone();
     let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
     axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            closing.send_replace(true);
+        })
         .await
 }

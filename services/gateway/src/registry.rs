@@ -8,16 +8,40 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use tts_contracts::{NodeInfo, VoiceInfo, WorkerStatus, subjects};
+use tokio::sync::watch;
+use tts_contracts::{NodeInfo, NodeView, VoiceInfo, WorkerStatus, subjects};
 use tts_infra::Bus;
 
 use crate::error::AppError;
 
+/// How often dead workers are looked for, so that a death is announced promptly.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+struct Seen {
+    info: NodeInfo,
+    at: Instant,
+    at_utc: DateTime<Utc>,
+}
+
 #[derive(Clone)]
 pub struct Registry {
-    nodes: Arc<RwLock<HashMap<String, (NodeInfo, Instant)>>>,
+    nodes: Arc<RwLock<HashMap<String, Seen>>>,
     dead_threshold: Duration,
+    /// Bumped whenever the fleet as `/api/nodes` shows it changes.
+    changes: watch::Sender<u64>,
+}
+
+/// What of a heartbeat the fleet view shows; a change in any of it is announced.
+fn shown(info: &NodeInfo) -> (WorkerStatus, u32, u32, &str, u16) {
+    (
+        info.status,
+        info.current_load,
+        info.max_concurrent,
+        &info.host,
+        info.port,
+    )
 }
 
 impl Registry {
@@ -27,27 +51,30 @@ impl Registry {
         let registry = Registry {
             nodes: Arc::default(),
             dead_threshold,
+            changes: watch::Sender::new(0),
         };
         let mut heartbeats = bus
             .subscribe(subjects::HEARTBEATS_ALL.to_string())
             .await
             .map_err(AppError::from)?;
-        let nodes = registry.nodes.clone();
+        let listener = registry.clone();
         tokio::spawn(async move {
             while let Some(message) = heartbeats.next().await {
                 match serde_json::from_slice::<NodeInfo>(&message.payload) {
-                    Ok(info) => {
-                        let mut nodes = nodes.write().unwrap_or_else(|p| p.into_inner());
-                        if info.status == WorkerStatus::Offline {
-                            nodes.remove(&info.node_id);
-                        } else {
-                            nodes.insert(info.node_id.clone(), (info, Instant::now()));
-                        }
-                    }
+                    Ok(info) => listener.heard(info),
                     Err(e) => {
                         tracing::warn!(subject = %message.subject, error = %e, "ignoring malformed heartbeat")
                     }
                 }
+            }
+        });
+        let sweeper = registry.clone();
+        tokio::spawn(async move {
+            // Lives as long as the heartbeat listener above: as long as the process.
+            let mut tick = tokio::time::interval(SWEEP_EVERY);
+            loop {
+                tick.tick().await;
+                sweeper.live_nodes();
             }
         });
         bus.publish(subjects::HEARTBEAT_REQUEST.to_string(), Bytes::new())
@@ -56,12 +83,74 @@ impl Registry {
         Ok(registry)
     }
 
-    /// Live workers, oldest first.
+    fn heard(&self, info: NodeInfo) {
+        let changed = {
+            let mut nodes = self.nodes.write().unwrap_or_else(|p| p.into_inner());
+            if info.status == WorkerStatus::Offline {
+                // A worker that stops cleanly leaves at once.
+                nodes.remove(&info.node_id).is_some()
+            } else {
+                let changed = nodes
+                    .get(&info.node_id)
+                    .is_none_or(|seen| shown(&seen.info) != shown(&info));
+                nodes.insert(
+                    info.node_id.clone(),
+                    Seen {
+                        info,
+                        at: Instant::now(),
+                        at_utc: Utc::now(),
+                    },
+                );
+                changed
+            }
+        };
+        if changed {
+            self.changes.send_modify(|v| *v += 1);
+        }
+    }
+
+    /// Follows changes of the fleet: the receiver is marked changed on each.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// Live workers as `GET /api/nodes` shows them, oldest first.
+    pub fn node_views(&self) -> Vec<NodeView> {
+        self.live_nodes();
+        let nodes = self.nodes.read().unwrap_or_else(|p| p.into_inner());
+        let mut views: Vec<(DateTime<Utc>, NodeView)> = nodes
+            .values()
+            .map(|seen| {
+                let i = &seen.info;
+                (
+                    i.started_at,
+                    NodeView {
+                        node_id: i.node_id.clone(),
+                        engine: i.engine.clone(),
+                        host: i.host.clone(),
+                        port: i.port,
+                        status: i.status,
+                        current_load: i.current_load,
+                        max_concurrent: i.max_concurrent,
+                        last_seen: seen.at_utc,
+                    },
+                )
+            })
+            .collect();
+        views.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.node_id.cmp(&b.1.node_id)));
+        views.into_iter().map(|(_, v)| v).collect()
+    }
+
+    /// Live workers, oldest first. Forgets (and announces) the ones that died.
     pub fn live_nodes(&self) -> Vec<NodeInfo> {
         let now = Instant::now();
         let mut nodes = self.nodes.write().unwrap_or_else(|p| p.into_inner());
-        nodes.retain(|_, (_, seen)| now.duration_since(*seen) < self.dead_threshold);
-        let mut live: Vec<NodeInfo> = nodes.values().map(|(info, _)| info.clone()).collect();
+        let before = nodes.len();
+        nodes.retain(|_, seen| now.duration_since(seen.at) < self.dead_threshold);
+        if nodes.len() != before {
+            self.changes.send_modify(|v| *v += 1);
+        }
+        let mut live: Vec<NodeInfo> = nodes.values().map(|seen| seen.info.clone()).collect();
         live.sort_by(|a, b| {
             a.started_at
                 .cmp(&b.started_at)
@@ -92,15 +181,13 @@ impl Registry {
             .collect()
     }
 
-    /// The languages the stock voices of `engine` speak, as its live workers report them.
+    /// The languages `engine` speaks, as its live workers report them.
     pub fn engine_languages(&self, engine: &str) -> Vec<String> {
         let mut languages: Vec<String> = Vec::new();
         for node in self.engine_nodes(engine) {
-            for voice in node.voices {
-                for language in std::iter::once(voice.language).chain(voice.other_languages) {
-                    if !languages.contains(&language) {
-                        languages.push(language);
-                    }
+            for language in node.languages {
+                if !languages.contains(&language) {
+                    languages.push(language);
                 }
             }
         }

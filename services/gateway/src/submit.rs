@@ -120,16 +120,43 @@ async fn resolve_voice(state: &AppState, voice_id: &str) -> Result<VoiceInfo, Ap
         }
     }
     if state.registry.engine_nodes(&record.info.engine).is_empty() {
-        return Err(AppError::client(
-            StatusCode::SERVICE_UNAVAILABLE,
+        return Err(AppError::unavailable_for_now(
             "engine_unavailable",
             format!(
                 "no live worker runs engine {}, which voice {voice_id} needs",
                 record.info.engine
             ),
+            RETRY_AFTER_SECS,
         ));
     }
     Ok(record.info)
+}
+
+/// Seconds a client is told to wait when there is no capacity for its request now.
+const RETRY_AFTER_SECS: u64 = 5;
+
+/// Backpressure for requests that wait for their result: refused with 503 and `Retry-After`
+/// when no live worker runs the engine or its queue is deeper than `gateway.max_queue_depth`,
+/// rather than waiting for a worker that may never come.
+pub async fn check_capacity(state: &AppState, engine: &str) -> Result<(), AppError> {
+    if state.registry.engine_nodes(engine).is_empty() {
+        return Err(AppError::unavailable_for_now(
+            "engine_unavailable",
+            format!("no live worker runs engine {engine}"),
+            RETRY_AFTER_SECS,
+        ));
+    }
+    let depth = state.deps.queue.depth(engine).await?;
+    if depth >= state.options.max_queue_depth {
+        return Err(AppError::unavailable_for_now(
+            "queue_full",
+            format!(
+                "{depth} jobs are waiting for engine {engine}; try again shortly or submit with POST /api/jobs"
+            ),
+            RETRY_AFTER_SECS,
+        ));
+    }
+    Ok(())
 }
 
 pub fn check_idempotency_key(key: &str) -> Result<(), AppError> {

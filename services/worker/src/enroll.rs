@@ -82,6 +82,9 @@ pub(crate) async fn run(
         })
     })??;
 
+    let clip_seconds = prepared.samples.len() as f32 / ANALYSIS_RATE as f32;
+    ctx.engine
+        .check_reference(&voice, prepared.speech_seconds, clip_seconds)?;
     let wav = Bytes::from(
         wav::encode_pcm16(&prepared.samples, ANALYSIS_RATE).map_err(|e| {
             JobError::Transient(JobFailure {

@@ -27,7 +27,17 @@ pub fn router(state: HealthState) -> Router {
 }
 
 async fn health(State(state): State<HealthState>) -> impl IntoResponse {
-    let engine = state.node.engine.health();
+    // An engine's health may probe an upstream server, which blocks.
+    let engine = {
+        let engine = state.node.engine.clone();
+        tokio::task::spawn_blocking(move || engine.health())
+            .await
+            .unwrap_or_else(|e| crate::engine::EngineHealth {
+                ready: false,
+                device: String::new(),
+                detail: format!("health check failed: {e}"),
+            })
+    };
     let bus = state.bus.is_connected();
     let store = state.store.ping().await;
     let draining = state.node.draining.load(Ordering::Relaxed);

@@ -47,6 +47,7 @@ impl NodeState {
             max_concurrent: self.max_concurrent,
             voices: self.engine.voices(),
             clones: self.engine.clones(),
+            languages: self.engine.languages(),
             started_at: self.started_at,
             sent_at: Utc::now(),
             heartbeat_interval_secs: self.heartbeat_interval.as_secs(),

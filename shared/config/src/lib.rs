@@ -59,6 +59,27 @@ pub struct GatewaySettings {
     pub ip_rpm: u32,
     pub concurrent_limit: u32,
     pub dead_threshold: u64,
+    /// Proxies whose `X-Forwarded-For` is believed: addresses or CIDR ranges.
+    #[serde(default, deserialize_with = "list_or_string")]
+    pub trusted_proxies: Vec<String>,
+    /// A synchronous request is refused with 503 when its engine's queue holds more jobs.
+    #[serde(default = "default_queue_depth")]
+    pub max_queue_depth: u64,
+    /// Longest a plain API request may take (not sync synthesis, uploads or WebSockets).
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout_secs: u64,
+    /// Origins allowed to call the API from a browser; empty sends no CORS headers, `*` allows
+    /// any.
+    #[serde(default, deserialize_with = "list_or_string")]
+    pub cors_origins: Vec<String>,
+}
+
+fn default_queue_depth() -> u64 {
+    1000
+}
+
+fn default_request_timeout() -> u64 {
+    30
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -84,6 +105,62 @@ pub struct EngineSettings {
     pub device: String,
     #[serde(default)]
     pub threads: usize,
+    /// Upstream servers of an engine that drives one over HTTP (`gpt_sovits`, `xtts`), used in
+    /// turn.
+    #[serde(default, deserialize_with = "list_or_string")]
+    pub urls: Vec<String>,
+    /// Seconds an upstream request may take before it counts as failed (and is retried).
+    #[serde(default = "default_timeout")]
+    pub timeout_secs: u64,
+    /// A directory the worker writes reference clips into for an upstream server that reads
+    /// them from its own disk (`gpt_sovits`).
+    #[serde(default)]
+    pub shared_dir: String,
+    /// The same directory as the upstream server sees it (its mount point); empty when the
+    /// paths are the same.
+    #[serde(default)]
+    pub server_dir: String,
+    /// The engine that speaks first for a converting engine (`openvoice`): `kokoro` or `piper`.
+    #[serde(default)]
+    pub base_engine: String,
+    /// Engine-specific options passed through as they are (for `gpt_sovits`, api_v2's tuning
+    /// fields such as `top_k`, `temperature`, `seed`).
+    #[serde(default)]
+    pub options: BTreeMap<String, serde_json::Value>,
+}
+
+fn default_timeout() -> u64 {
+    120
+}
+
+fn looks_like_cidr(s: &str) -> bool {
+    match s.split_once('/') {
+        Some((addr, bits)) => {
+            addr.parse::<std::net::IpAddr>().is_ok() && bits.parse::<u8>().is_ok_and(|b| b <= 128)
+        }
+        None => false,
+    }
+}
+
+/// A list from YAML, or from one environment variable as `a,b` or `["a","b"]`.
+fn list_or_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum ListOrString {
+        List(Vec<String>),
+        String(String),
+    }
+    Ok(match ListOrString::deserialize(d)? {
+        ListOrString::List(items) => items,
+        ListOrString::String(s) if s.trim_start().starts_with('[') => {
+            serde_json::from_str(&s).map_err(serde::de::Error::custom)?
+        }
+        ListOrString::String(s) => s
+            .split(',')
+            .map(|item| item.trim().to_string())
+            .filter(|item| !item.is_empty())
+            .collect(),
+    })
 }
 
 fn default_device() -> String {
@@ -182,6 +259,19 @@ impl Settings {
         if self.worker.heartbeat_interval == 0 {
             return fail("worker.heartbeat_interval must be at least 1".into());
         }
+        if self.gateway.global_rpm == 0 || self.gateway.ip_rpm == 0 {
+            return fail("gateway.global_rpm and gateway.ip_rpm must be at least 1".into());
+        }
+        if self.gateway.concurrent_limit == 0 {
+            return fail("gateway.concurrent_limit must be at least 1".into());
+        }
+        for proxy in &self.gateway.trusted_proxies {
+            if proxy.parse::<std::net::IpAddr>().is_err() && !looks_like_cidr(proxy) {
+                return fail(format!(
+                    "gateway.trusted_proxies: {proxy:?} is neither an address nor a CIDR range"
+                ));
+            }
+        }
         if self.gateway.max_text_chars == 0 {
             return fail("gateway.max_text_chars must be at least 1".into());
         }
@@ -257,6 +347,35 @@ mod tests {
         assert_eq!(s.gateway.port, 9090);
         assert_eq!(s.workers["piper"].device, "cuda");
         assert_eq!(s.redis.url, "redis://10.0.0.1:6380");
+    }
+
+    #[test]
+    fn upstream_urls_come_from_yaml_lists_or_one_variable() {
+        let defaults = Settings::load_with_env(None, env(&[])).unwrap();
+        assert_eq!(
+            defaults.workers["gpt_sovits"].urls,
+            ["http://127.0.0.1:9880"]
+        );
+        assert_eq!(
+            defaults.workers["gpt_sovits"].options["text_split_method"],
+            "cut5"
+        );
+        for value in ["http://a:1, http://b:2", r#"["http://a:1","http://b:2"]"#] {
+            let s = Settings::load_with_env(
+                None,
+                env(&[
+                    ("TTS__WORKERS__GPT_SOVITS__URLS", value),
+                    ("TTS__WORKERS__GPT_SOVITS__OPTIONS__TOP_K", "5"),
+                ]),
+            )
+            .unwrap();
+            assert_eq!(
+                s.workers["gpt_sovits"].urls,
+                ["http://a:1", "http://b:2"],
+                "{value}"
+            );
+            assert_eq!(s.workers["gpt_sovits"].options["top_k"], 5);
+        }
     }
 
     fn tempfile_dir(name: &str) -> std::path::PathBuf {

@@ -224,6 +224,9 @@ pub struct ApiError {
     pub message: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job_id: Option<JobId>,
+    /// Seconds to wait before trying again (rate limits, backpressure), as in `Retry-After`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -423,10 +426,27 @@ pub struct NodeInfo {
     /// Whether this worker's engine can enrol cloned voices.
     #[serde(default)]
     pub clones: bool,
+    /// The languages the engine speaks (cloned voices may use any of them).
+    #[serde(default)]
+    pub languages: Vec<String>,
     pub started_at: DateTime<Utc>,
     pub sent_at: DateTime<Utc>,
     /// Seconds until this heartbeat is replaced; the gateway derives liveness from it.
     pub heartbeat_interval_secs: u64,
+}
+
+/// A worker as `GET /api/nodes` and the `/ws` fleet stream show it: the origin document's
+/// NodeInfo plus when its last heartbeat arrived.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeView {
+    pub node_id: String,
+    pub engine: String,
+    pub host: String,
+    pub port: u16,
+    pub status: WorkerStatus,
+    pub current_load: u32,
+    pub max_concurrent: u32,
+    pub last_seen: DateTime<Utc>,
 }
 
 /// Object key of a job's audio. Fixed per job so that a redelivered job overwrites, never

@@ -5,6 +5,7 @@
 //! whose worker dies is redelivered after `ack_wait`. Standalone mode keeps them in process.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -31,6 +32,9 @@ pub trait JobQueue: Send + Sync + 'static {
     /// Queues a job on its engine's subject. Enqueuing the same job id twice within the
     /// de-duplication window stores it once.
     async fn enqueue(&self, job: &JobMessage) -> Result<()>;
+
+    /// Jobs of `engine` waiting for a worker (queued, not yet handed out).
+    async fn depth(&self, engine: &str) -> Result<u64>;
 
     fn is_connected(&self) -> bool;
 }
@@ -181,6 +185,31 @@ impl JobQueue for JetStreamQueue {
         Ok(())
     }
 
+    async fn depth(&self, engine: &str) -> Result<u64> {
+        let unavailable =
+            |e: &dyn std::fmt::Display| InfraError::unavailable(format!("queue depth: {e}"));
+        let stream = self
+            .js
+            .get_stream(subjects::JOBS_STREAM)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        // Before the engine's first worker creates its consumer, its jobs wait in the stream.
+        match stream
+            .get_consumer::<jetstream::consumer::pull::Config>(&subjects::consumer(engine))
+            .await
+        {
+            Ok(mut consumer) => Ok(consumer
+                .info()
+                .await
+                .map_err(|e| unavailable(&e))?
+                .num_pending),
+            Err(_) => {
+                let info = stream.get_info().await.map_err(|e| unavailable(&e))?;
+                Ok(info.state.messages)
+            }
+        }
+    }
+
     fn is_connected(&self) -> bool {
         self.client.connection_state() == async_nats::connection::State::Connected
     }
@@ -286,6 +315,8 @@ pub struct LocalQueue {
 struct LocalChannel {
     tx: mpsc::UnboundedSender<(Bytes, u32)>,
     rx: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<(Bytes, u32)>>>,
+    /// Messages sent and not yet received (the receiver is locked while a worker waits on it).
+    pending: Arc<AtomicU64>,
 }
 
 impl LocalQueue {
@@ -305,6 +336,7 @@ impl LocalQueue {
                 LocalChannel {
                     tx,
                     rx: Arc::new(tokio::sync::Mutex::new(rx)),
+                    pending: Arc::default(),
                 }
             })
             .clone()
@@ -321,10 +353,16 @@ impl LocalQueue {
 #[async_trait]
 impl JobQueue for LocalQueue {
     async fn enqueue(&self, job: &JobMessage) -> Result<()> {
-        self.channel(&job.engine)
+        let channel = self.channel(&job.engine);
+        channel.pending.fetch_add(1, Ordering::SeqCst);
+        channel
             .tx
             .send((encode(job)?, 1))
             .map_err(|_| InfraError::unavailable("local queue closed"))
+    }
+
+    async fn depth(&self, engine: &str) -> Result<u64> {
+        Ok(self.channel(engine).pending.load(Ordering::SeqCst))
     }
 
     fn is_connected(&self) -> bool {
@@ -342,12 +380,16 @@ impl JobSource for LocalSource {
     async fn next(&self, wait: Duration) -> Result<Option<Box<dyn Delivery>>> {
         let mut rx = self.channel.rx.lock().await;
         match tokio::time::timeout(wait, rx.recv()).await {
-            Ok(Some((payload, attempt))) => Ok(Some(Box::new(LocalDelivery {
-                payload,
-                attempt,
-                max_attempts: self.max_deliver,
-                tx: self.channel.tx.clone(),
-            }))),
+            Ok(Some((payload, attempt))) => {
+                self.channel.pending.fetch_sub(1, Ordering::SeqCst);
+                Ok(Some(Box::new(LocalDelivery {
+                    payload,
+                    attempt,
+                    max_attempts: self.max_deliver,
+                    tx: self.channel.tx.clone(),
+                    pending: self.channel.pending.clone(),
+                })))
+            }
             Ok(None) | Err(_) => Ok(None),
         }
     }
@@ -358,6 +400,7 @@ struct LocalDelivery {
     attempt: u32,
     max_attempts: u32,
     tx: mpsc::UnboundedSender<(Bytes, u32)>,
+    pending: Arc<AtomicU64>,
 }
 
 #[async_trait]
@@ -382,8 +425,10 @@ impl Delivery for LocalDelivery {
         let tx = self.tx.clone();
         let payload = self.payload.clone();
         let attempt = self.attempt + 1;
+        let pending = self.pending.clone();
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
+            pending.fetch_add(1, Ordering::SeqCst);
             let _ = tx.send((payload, attempt));
         });
         Ok(())

@@ -2,42 +2,89 @@
 
 mod health;
 mod jobs;
+mod nodes;
 mod synthesize;
 mod voices;
 mod ws;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderName, HeaderValue, Method, header};
+use axum::middleware;
 use axum::routing::{get, post};
+use tower::util::option_layer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
-use crate::AppState;
 use crate::error::AppError;
+use crate::{AppState, limits};
 
 pub fn router(state: AppState) -> Router {
     let json_limit = state.options.max_json_bytes;
     // Uploads carry a clip of up to max_upload_bytes plus the form's other fields; the clip's own
     // limit is checked exactly while it is read, so that its 413 names the clip.
     let upload_limit = state.options.max_upload_bytes + 1024 * 1024;
+    // Plain requests get a deadline; sync synthesis has its own (sync_timeout_secs), and
+    // uploads and WebSockets last as long as they need.
+    let timeout = TimeoutLayer::with_status_code(
+        axum::http::StatusCode::GATEWAY_TIMEOUT,
+        state.options.request_timeout,
+    );
     Router::new()
-        .route("/api/synthesize", post(synthesize::synthesize))
-        .route("/api/jobs", post(jobs::create))
-        .route("/api/jobs/{id}", get(jobs::status))
-        .route("/api/jobs/{id}/audio", get(jobs::audio))
-        .route("/ws/jobs/{id}", get(ws::job_events))
+        .route("/api/jobs", post(jobs::create).layer(timeout))
+        .route("/api/jobs/{id}", get(jobs::status).layer(timeout))
+        .route("/api/jobs/{id}/audio", get(jobs::audio).layer(timeout))
         .route(
             "/api/voices",
             get(voices::list)
-                .post(voices::create)
-                .layer(DefaultBodyLimit::max(upload_limit)),
+                .layer(timeout)
+                .merge(post(voices::create).layer(DefaultBodyLimit::max(upload_limit))),
         )
-        .route("/api/voices/{id}", get(voices::get).delete(voices::delete))
-        .route("/health", get(health::health))
+        .route(
+            "/api/voices/{id}",
+            get(voices::get).delete(voices::delete).layer(timeout),
+        )
+        .route("/health", get(health::health).layer(timeout))
+        .route("/api/synthesize", post(synthesize::synthesize))
+        .route("/ws/jobs/{id}", get(ws::job_events))
+        .route("/api/nodes", get(nodes::list).layer(timeout))
+        .route("/ws", get(nodes::stream))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(json_limit))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            limits::enforce,
+        ))
+        .layer(option_layer(cors(&state.options.cors_origins)))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// CORS as configured: no layer at all (so no headers) when no origin is listed.
+fn cors(origins: &[String]) -> Option<CorsLayer> {
+    if origins.is_empty() {
+        return None;
+    }
+    let layer = CorsLayer::new()
+        .allow_methods([Method::GET, Method::POST, Method::DELETE])
+        .allow_headers([
+            header::CONTENT_TYPE,
+            header::AUTHORIZATION,
+            HeaderName::from_static("idempotency-key"),
+        ])
+        .expose_headers([
+            header::LOCATION,
+            header::RETRY_AFTER,
+            HeaderName::from_static("x-job-id"),
+        ]);
+    Some(if origins.iter().any(|o| o == "*") {
+        layer.allow_origin(AllowOrigin::any())
+    } else {
+        let allowed: Vec<HeaderValue> = origins.iter().filter_map(|o| o.parse().ok()).collect();
+        layer.allow_origin(AllowOrigin::list(allowed))
+    })
 }
 
 async fn not_found() -> AppError {
@@ -56,4 +103,10 @@ async fn method_not_allowed() -> AppError {
 fn parse_job_id(raw: &str) -> Result<tts_contracts::JobId, AppError> {
     raw.parse()
         .map_err(|_| AppError::not_found("job_not_found", format!("no job {raw:?}")))
+}
+
+/// Resolves once the gateway starts shutting down. (The guard `wait_for` returns is dropped
+/// here, so the caller's future stays `Send`.)
+async fn stopping(closing: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = closing.wait_for(|c| *c).await;
 }

@@ -21,6 +21,7 @@ pub async fn synthesize(
     ApiJson(request): ApiJson<SynthesizeRequest>,
 ) -> Result<Response, AppError> {
     let job = submit::validate(&state, request).await?;
+    submit::check_capacity(&state, &job.engine).await?;
     let job_id = job.job_id;
     // Subscribe before queueing so that the job cannot finish unseen.
     let mut events = state

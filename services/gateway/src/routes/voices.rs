@@ -32,11 +32,14 @@ const REFERENCE_ACCEPTED: f32 = 0.05;
 const SILENCE_RMS: f32 = 1e-4;
 
 /// Job failures that mean the clip itself is unusable: `POST /api/voices` answers them with 422.
-const CLIP_ERRORS: [&str; 4] = [
+const CLIP_ERRORS: [&str; 6] = [
     "invalid_audio",
     "no_speech",
     "too_little_speech",
     "too_much_speech",
+    // Engines' own rules on the reference (GPT-SoVITS: 3-10 s and a transcript).
+    "reference_too_long",
+    "prompt_text_required",
 ];
 
 pub async fn list(State(state): State<AppState>) -> Result<Json<Value>, AppError> {

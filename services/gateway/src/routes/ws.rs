@@ -14,7 +14,7 @@ use futures::stream::BoxStream;
 use tts_contracts::{JobEvent, JobId, JobStatus, subjects};
 use tts_infra::BusMessage;
 
-use super::parse_job_id;
+use super::{parse_job_id, stopping};
 use crate::AppState;
 use crate::error::AppError;
 
@@ -63,8 +63,19 @@ async fn stream(
     }
     let mut recheck = tokio::time::interval(RECHECK_EVERY);
     recheck.tick().await;
+    let mut closing = state.closing.subscribe();
     while !last.status.is_terminal() {
         let next = tokio::select! {
+            // The gateway is stopping: say so, so that the client reconnects to another one.
+            _ = stopping(&mut closing) => {
+                let _ = socket
+                    .send(Message::Close(Some(CloseFrame {
+                        code: close_code::AWAY,
+                        reason: "the gateway is shutting down; reconnect".into(),
+                    })))
+                    .await;
+                return;
+            }
             message = events.next() => match message {
                 Some(m) => serde_json::from_slice::<JobEvent>(&m.payload).ok(),
                 // The event bus went away (the gateway is stopping): tell the client to come back.

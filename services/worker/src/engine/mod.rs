@@ -4,8 +4,12 @@
 //! Adding an engine is one module here plus a `workers.<name>` entry in config.yaml.
 
 pub mod espeak;
+pub mod gpt_sovits;
 pub mod kokoro;
+pub mod openvoice;
 pub mod piper;
+pub mod upstream;
+pub mod xtts;
 pub mod zh;
 
 use std::fmt;
@@ -154,6 +158,20 @@ pub trait Engine: Send + Sync + 'static {
     /// The voices this engine can speak with now.
     fn voices(&self) -> Vec<VoiceInfo>;
 
+    /// The languages the engine speaks, default first. Engines without stock voices (those that
+    /// only speak cloned ones) must say; the default is the stock voices' languages.
+    fn languages(&self) -> Vec<String> {
+        let mut languages: Vec<String> = Vec::new();
+        for voice in self.voices() {
+            for language in std::iter::once(voice.language).chain(voice.other_languages) {
+                if !languages.contains(&language) {
+                    languages.push(language);
+                }
+            }
+        }
+        languages
+    }
+
     /// Synthesises `input`, calling `progress` after each sentence. Runs on a blocking thread.
     fn synthesize(
         &self,
@@ -166,6 +184,18 @@ pub trait Engine: Send + Sync + 'static {
     /// Whether [`Engine::enroll`] can clone voices.
     fn clones(&self) -> bool {
         false
+    }
+
+    /// Checks a voice and its trimmed reference before enrollment accepts it, for engines with
+    /// rules of their own (a transcript, a shorter clip). Errors here are refusals of the upload.
+    fn check_reference(
+        &self,
+        voice: &VoiceRecord,
+        speech_seconds: f32,
+        clip_seconds: f32,
+    ) -> Result<(), EngineError> {
+        let _ = (voice, speech_seconds, clip_seconds);
+        Ok(())
     }
 
     /// Whether synthesis with a cloned voice needs the voice's reference clip
@@ -306,8 +336,33 @@ pub fn build(
             })?;
             Ok(std::sync::Arc::new(engine))
         }
+        "gpt_sovits" => {
+            let engine = gpt_sovits::GptSovitsEngine::load(&gpt_sovits::GptSovitsOptions {
+                urls: engine_settings.urls.clone(),
+                timeout: std::time::Duration::from_secs(engine_settings.timeout_secs),
+                shared_dir: engine_settings.shared_dir.clone().into(),
+                server_dir: engine_settings.server_dir.clone(),
+                options: engine_settings.options.clone(),
+            })?;
+            Ok(std::sync::Arc::new(engine))
+        }
+        "xtts" => {
+            let chunk = engine_settings
+                .options
+                .get("stream_chunk_size")
+                .and_then(|v| v.as_u64())
+                .unwrap_or(20) as u32;
+            let engine = xtts::XttsEngine::load(&xtts::XttsOptions {
+                urls: engine_settings.urls.clone(),
+                timeout: std::time::Duration::from_secs(engine_settings.timeout_secs),
+                stream_chunk_size: chunk,
+            })?;
+            Ok(std::sync::Arc::new(engine))
+        }
+        // The base engine (`workers.openvoice.base_engine`) is built by this function too.
+        "openvoice" => openvoice::build(settings, sessions),
         other => Err(EngineError::internal(format!(
-            "engine {other:?} is configured but not built into this binary (available: piper, kokoro)"
+            "engine {other:?} is configured but not built into this binary (available: piper, kokoro, gpt_sovits, xtts, openvoice)"
         ))),
     }
 }

@@ -1,0 +1,72 @@
+//! The worker fleet: `GET /api/nodes`, and `GET /ws`, which pushes `{"nodes": [...]}` at once
+//! and on every change (a worker joins, changes status or load, stops or dies).
+
+use axum::Json;
+use axum::extract::State;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
+use axum::response::Response;
+use serde_json::{Value, json};
+
+use super::stopping;
+use crate::AppState;
+use crate::error::AppError;
+
+fn fleet(state: &AppState) -> Value {
+    json!({ "nodes": state.registry.node_views() })
+}
+
+pub async fn list(State(state): State<AppState>) -> Json<Value> {
+    Json(fleet(&state))
+}
+
+pub async fn stream(
+    State(state): State<AppState>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, AppError> {
+    let upgrade = upgrade.map_err(|e| {
+        AppError::client(
+            axum::http::StatusCode::BAD_REQUEST,
+            "websocket_required",
+            format!("this endpoint speaks WebSocket: {}", e.body_text()),
+        )
+    })?;
+    Ok(upgrade.on_upgrade(move |socket| push(socket, state)))
+}
+
+async fn push(mut socket: WebSocket, state: AppState) {
+    // Subscribed before the first snapshot, so that no change falls between the two.
+    let mut changes = state.registry.subscribe();
+    changes.mark_unchanged();
+    let mut closing = state.closing.subscribe();
+    loop {
+        let snapshot = fleet(&state).to_string();
+        if socket.send(Message::Text(snapshot.into())).await.is_err() {
+            return;
+        }
+        loop {
+            tokio::select! {
+                _ = stopping(&mut closing) => {
+                    let _ = socket
+                        .send(Message::Close(Some(CloseFrame {
+                            code: close_code::AWAY,
+                            reason: "the gateway is shutting down; reconnect".into(),
+                        })))
+                        .await;
+                    return;
+                }
+                changed = changes.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    break;
+                }
+                incoming = socket.recv() => match incoming {
+                    // The client has nothing to say; anything but a close is ignored.
+                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                    Some(Ok(_)) => {}
+                },
+            }
+        }
+    }
+}

@@ -1,0 +1,988 @@
+//! The `openvoice` engine: OpenVoice v2 tone-colour conversion over a native base engine.
+//!
+//! A base engine (`kokoro` or `piper`) speaks the text with its configured voice; OpenVoice v2's
+//! tone-colour converter then maps that speech from the base voice's tone colour to the cloned
+//! voice's. A voice's tone colour is extracted once, at enrollment, by the model's reference
+//! encoder and kept with the voice (`engine_data = {"tone_color": [256 floats]}`); the base
+//! voice's is extracted once when the engine loads.
+//!
+//! The model directory (`workers.openvoice.model_path`) holds two ONNX graphs exported from
+//! OpenVoice v2's `ToneColorConverter` (`SynthesizerTrn`), both at 22050 Hz:
+//!
+//! - [`EXTRACTOR_FILE`] (the reference encoder `ref_enc`): `spectrogram` f32 [1, T, 513] (time
+//!   major) → `tone_color` f32 [1, 256, 1].
+//! - [`CONVERTER_FILE`] (`voice_conversion`): `spectrogram` f32 [1, 513, T],
+//!   `spectrogram_lengths` i64 [1], `source_tone_color` f32 [1, 256, 1], `target_tone_color` f32
+//!   [1, 256, 1], `tau` f32 [1] → `audio` f32 [1, 1, S].
+//!
+//! Both take the linear magnitude spectrogram of OpenVoice's `spectrogram_torch`: a periodic Hann
+//! window of [`WIN`] samples, an [`N_FFT`]-point FFT every [`HOP`] samples, reflect padding of
+//! `(N_FFT - HOP) / 2` samples on each side, no centering, magnitude `sqrt(re² + im² + 1e-6)`.
+//!
+//! Loading checks that both files exist and that each graph has these inputs and outputs with
+//! these element types and fixed dimensions, and names what is missing or differs.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use ndarray::{Array1, Array2, Array3, Axis};
+use ort::session::Session;
+use ort::value::{Tensor, TensorElementType, ValueType};
+use realfft::{RealFftPlanner, RealToComplex};
+use tts_contracts::{VoiceInfo, VoiceRecord, same_language};
+
+use super::{
+    Audio, Engine, EngineError, EngineErrorKind, EngineHealth, EnrollInput, Enrollment, Progress,
+    SynthesisInput, check_voice_and_language,
+};
+use crate::runtime::{self, Placement, SessionPool};
+use crate::voice::ANALYSIS_RATE;
+use crate::voice::resample::resample;
+
+/// The rate both graphs work at, and the rate of the audio this engine gives.
+pub const SAMPLE_RATE: u32 = 22_050;
+/// FFT size of the spectrogram (OpenVoice's `filter_length`).
+pub const N_FFT: usize = 1024;
+/// Samples between spectrogram frames (OpenVoice's `hop_length`).
+pub const HOP: usize = 256;
+/// Window length of the spectrogram (OpenVoice's `win_length`).
+pub const WIN: usize = 1024;
+/// Frequency bins of a spectrogram frame.
+pub const BINS: usize = N_FFT / 2 + 1;
+/// Samples of reflect padding on each side, so that frame `t` starts at sample `t * HOP`.
+pub const PAD: usize = (N_FFT - HOP) / 2;
+/// Added to the power before the square root, as OpenVoice does, so that silence stays finite.
+pub const POWER_FLOOR: f32 = 1e-6;
+/// Values of a tone-colour embedding.
+pub const TONE_COLOR_DIM: usize = 256;
+
+/// The reference encoder's graph in the model directory.
+pub const EXTRACTOR_FILE: &str = "tone_color_extractor.onnx";
+/// The converter's graph in the model directory.
+pub const CONVERTER_FILE: &str = "tone_color_converter.onnx";
+
+/// The engines that can speak first.
+pub const BASE_ENGINES: [&str; 2] = ["kokoro", "piper"];
+/// OpenVoice's default `tau`: how much of the source's variation the converter keeps.
+pub const DEFAULT_TAU: f32 = 0.3;
+
+/// The code of the error a load gives when the model is not installed (no directory configured,
+/// or a graph absent), as opposed to installed wrongly. `standalone` without an explicit engine
+/// list leaves such an engine out instead of failing.
+pub const MODEL_MISSING: &str = "model_missing";
+
+/// Shortest reference a tone colour is extracted from, in seconds: the reference encoder
+/// summarises the clip's spectrum over time, which a fraction of a syllable does not show.
+pub const MIN_REFERENCE_SECS: f32 = 1.0;
+
+/// Longest stretch of base speech converted in one call, in seconds. Longer speech is cut at its
+/// quietest point so that the converter's memory stays bounded on long texts.
+pub const MAX_PIECE_SECS: f32 = 30.0;
+
+/// What the base voice says once at load, to extract its tone colour: a few seconds of ordinary
+/// speech in each language the base engines speak.
+const SOURCE_TEXT_EN: &str = "The quick brown fox jumps over the lazy dog. \
+     We walked along the river and counted the boats drifting by.";
+const SOURCE_TEXT_ZH: &str = "今天天气很好，我们一起去公园散步吧。他每天早上都会读半个小时的书。";
+
+/// One input or output a graph must have: its name, element type and shape, with `-1` for a
+/// dimension of any length.
+struct Port {
+    name: &'static str,
+    ty: TensorElementType,
+    shape: &'static [i64],
+}
+
+const EXTRACTOR_INPUTS: [Port; 1] = [Port {
+    name: "spectrogram",
+    ty: TensorElementType::Float32,
+    shape: &[1, -1, BINS as i64],
+}];
+
+const EXTRACTOR_OUTPUTS: [Port; 1] = [Port {
+    name: "tone_color",
+    ty: TensorElementType::Float32,
+    shape: &[1, TONE_COLOR_DIM as i64, 1],
+}];
+
+const CONVERTER_INPUTS: [Port; 5] = [
+    Port {
+        name: "spectrogram",
+        ty: TensorElementType::Float32,
+        shape: &[1, BINS as i64, -1],
+    },
+    Port {
+        name: "spectrogram_lengths",
+        ty: TensorElementType::Int64,
+        shape: &[1],
+    },
+    Port {
+        name: "source_tone_color",
+        ty: TensorElementType::Float32,
+        shape: &[1, TONE_COLOR_DIM as i64, 1],
+    },
+    Port {
+        name: "target_tone_color",
+        ty: TensorElementType::Float32,
+        shape: &[1, TONE_COLOR_DIM as i64, 1],
+    },
+    Port {
+        name: "tau",
+        ty: TensorElementType::Float32,
+        shape: &[1],
+    },
+];
+
+const CONVERTER_OUTPUTS: [Port; 1] = [Port {
+    name: "audio",
+    ty: TensorElementType::Float32,
+    shape: &[1, 1, -1],
+}];
+
+/// Where the graphs live and how to run them.
+#[derive(Debug, Clone)]
+pub struct OpenVoiceOptions {
+    /// The directory holding [`EXTRACTOR_FILE`] and [`CONVERTER_FILE`].
+    pub model_dir: PathBuf,
+    /// The base engine's voice that speaks first; empty takes the base engine's first voice.
+    pub base_voice: String,
+    pub tau: f32,
+    pub device: String,
+    pub threads: usize,
+    /// Converter sessions kept loaded; one synthesis runs on each at a time.
+    pub sessions: usize,
+    pub onnxruntime: PathBuf,
+}
+
+pub struct OpenVoiceEngine {
+    base: Arc<dyn Engine>,
+    base_voice: VoiceInfo,
+    source_tone_color: Vec<f32>,
+    tau: f32,
+    extractor: SessionPool,
+    converter: SessionPool,
+    placement: Placement,
+    spectrogram: Spectrogram,
+}
+
+/// Builds the engine from `workers.openvoice`, with its base engine built from
+/// `workers.<base_engine>`.
+pub fn build(
+    settings: &tts_config::Settings,
+    sessions: usize,
+) -> Result<Arc<dyn Engine>, EngineError> {
+    let own = settings
+        .engine("openvoice")
+        .map_err(|e| EngineError::internal(e.to_string()))?;
+    // The model is checked first: an engine that is not installed should say so before the base
+    // engine spends seconds loading.
+    if own.model_path.is_empty() {
+        return Err(model_missing(
+            "workers.openvoice.model_path is empty; set it to a directory holding \
+             tone_color_extractor.onnx and tone_color_converter.onnx exported from OpenVoice v2 \
+             (see docs/ENGINES.md)"
+                .into(),
+        ));
+    }
+    let model_dir = PathBuf::from(&own.model_path);
+    check_model_dir(&model_dir)?;
+    let base_name = own.base_engine.as_str();
+    if !BASE_ENGINES.contains(&base_name) {
+        return Err(EngineError::internal(format!(
+            "workers.openvoice.base_engine is {base_name:?}; it must be one of {}",
+            BASE_ENGINES.join(", ")
+        )));
+    }
+    let tau = tau_option(&own.options)?;
+    let cached = crate::models::ensure_analysis(&settings.models.cache_dir)
+        .map_err(|e| EngineError::internal(format!("model cache: {e}")))?;
+    let onnxruntime = super::onnxruntime_library(settings, cached.onnxruntime);
+    let base = super::build(base_name, settings, sessions)?;
+    let engine = OpenVoiceEngine::load(
+        &OpenVoiceOptions {
+            model_dir,
+            base_voice: own.voice.clone(),
+            tau,
+            device: own.device.clone(),
+            threads: own.threads,
+            sessions,
+            onnxruntime,
+        },
+        base,
+    )?;
+    Ok(Arc::new(engine))
+}
+
+fn model_missing(message: String) -> EngineError {
+    EngineError::new(EngineErrorKind::Internal, MODEL_MISSING, message)
+}
+
+/// Refuses a model directory that does not exist or lacks a graph, naming what is missing.
+fn check_model_dir(dir: &Path) -> Result<(), EngineError> {
+    if !dir.is_dir() {
+        return Err(model_missing(format!(
+            "openvoice model directory {} does not exist (it must hold {EXTRACTOR_FILE} and \
+             {CONVERTER_FILE})",
+            dir.display()
+        )));
+    }
+    let missing: Vec<&str> = [EXTRACTOR_FILE, CONVERTER_FILE]
+        .into_iter()
+        .filter(|file| !dir.join(file).is_file())
+        .collect();
+    if !missing.is_empty() {
+        return Err(model_missing(format!(
+            "openvoice model directory {} lacks {} (it must hold {EXTRACTOR_FILE} and \
+             {CONVERTER_FILE})",
+            dir.display(),
+            missing.join(" and ")
+        )));
+    }
+    Ok(())
+}
+
+/// `tau` from the engine's options: a number (or a number as text, as environment overrides
+/// give it) of at least 0; [`DEFAULT_TAU`] when absent.
+pub fn tau_option(options: &BTreeMap<String, serde_json::Value>) -> Result<f32, EngineError> {
+    let Some(value) = options.get("tau") else {
+        return Ok(DEFAULT_TAU);
+    };
+    let tau = match value {
+        serde_json::Value::Number(n) => n.as_f64(),
+        serde_json::Value::String(s) => s.trim().parse::<f64>().ok(),
+        _ => None,
+    };
+    match tau {
+        Some(tau) if tau.is_finite() && tau >= 0.0 => Ok(tau as f32),
+        _ => Err(EngineError::internal(format!(
+            "workers.openvoice.options.tau must be a number of at least 0, not {value}"
+        ))),
+    }
+}
+
+impl OpenVoiceEngine {
+    pub fn load(options: &OpenVoiceOptions, base: Arc<dyn Engine>) -> Result<Self, EngineError> {
+        check_model_dir(&options.model_dir)?;
+        if !options.tau.is_finite() || options.tau < 0.0 {
+            return Err(EngineError::internal(format!(
+                "openvoice tau must be a number of at least 0, not {}",
+                options.tau
+            )));
+        }
+        let env = runtime::environment(&options.onnxruntime)?;
+        let extractor_path = options.model_dir.join(EXTRACTOR_FILE);
+        let (extractor, _) = runtime::session_pool(
+            env,
+            &extractor_path,
+            &options.device,
+            options.threads,
+            1,
+            &names(&EXTRACTOR_INPUTS),
+            &names(&EXTRACTOR_OUTPUTS),
+        )?;
+        check_ports(
+            &extractor.take(),
+            &extractor_path,
+            &EXTRACTOR_INPUTS,
+            &EXTRACTOR_OUTPUTS,
+        )?;
+        let converter_path = options.model_dir.join(CONVERTER_FILE);
+        let (converter, placement) = runtime::session_pool(
+            env,
+            &converter_path,
+            &options.device,
+            options.threads,
+            options.sessions,
+            &names(&CONVERTER_INPUTS),
+            &names(&CONVERTER_OUTPUTS),
+        )?;
+        check_ports(
+            &converter.take(),
+            &converter_path,
+            &CONVERTER_INPUTS,
+            &CONVERTER_OUTPUTS,
+        )?;
+
+        let voices = base.voices();
+        let base_voice = if options.base_voice.is_empty() {
+            voices.first().cloned()
+        } else {
+            voices
+                .iter()
+                .find(|v| v.voice_id == options.base_voice)
+                .cloned()
+        }
+        .ok_or_else(|| {
+            let served: Vec<&str> = voices.iter().map(|v| v.voice_id.as_str()).collect();
+            EngineError::internal(format!(
+                "the base voice {:?} is not a voice of the base engine {} (voices: {})",
+                options.base_voice,
+                base.name(),
+                served.join(", ")
+            ))
+        })?;
+
+        let mut engine = OpenVoiceEngine {
+            base,
+            base_voice,
+            source_tone_color: Vec::new(),
+            tau: options.tau,
+            extractor,
+            converter,
+            placement,
+            spectrogram: Spectrogram::new(),
+        };
+        engine.source_tone_color = engine.base_tone_color()?;
+        Ok(engine)
+    }
+
+    /// The base voice's tone colour: the converter's starting point for every synthesis.
+    pub fn source_tone_color(&self) -> &[f32] {
+        &self.source_tone_color
+    }
+
+    /// The base engine's voice that speaks first.
+    pub fn base_voice(&self) -> &VoiceInfo {
+        &self.base_voice
+    }
+
+    fn base_tone_color(&self) -> Result<Vec<f32>, EngineError> {
+        let language = self.base_voice.language.clone();
+        let text = if same_language(&language, "zh") {
+            SOURCE_TEXT_ZH
+        } else {
+            SOURCE_TEXT_EN
+        };
+        let input = SynthesisInput {
+            text: text.into(),
+            voice_id: self.base_voice.voice_id.clone(),
+            language,
+            speed: 1.0,
+            voice: None,
+            reference_wav: None,
+        };
+        let audio = self.base.synthesize(&input, &mut |_| {}).map_err(|e| {
+            EngineError::internal(format!(
+                "the base voice {} could not speak the sentence its tone colour is taken \
+                     from: {e}",
+                self.base_voice.voice_id
+            ))
+        })?;
+        let samples = resample(&audio.samples, audio.sample_rate, SAMPLE_RATE)?;
+        self.extract(&samples)
+    }
+
+    /// The tone colour of 22050 Hz speech, from the reference encoder.
+    pub fn extract(&self, samples: &[f32]) -> Result<Vec<f32>, EngineError> {
+        let seconds = samples.len() as f32 / SAMPLE_RATE as f32;
+        if seconds < MIN_REFERENCE_SECS {
+            return Err(EngineError::invalid(
+                "audio_too_short",
+                format!(
+                    "a tone colour needs at least {MIN_REFERENCE_SECS:.1} s of speech; the clip \
+                     has {seconds:.2} s"
+                ),
+            ));
+        }
+        let spectrogram = self.spectrogram.compute(samples)?.insert_axis(Axis(0));
+        let mut session = self.extractor.take();
+        let outputs =
+            session.run(ort::inputs!["spectrogram" => Tensor::from_array(spectrogram)?])?;
+        let (shape, values) = outputs["tone_color"].try_extract_tensor::<f32>()?;
+        if values.len() != TONE_COLOR_DIM {
+            return Err(EngineError::internal(format!(
+                "{EXTRACTOR_FILE} gave a tone colour of shape {shape:?}; expected [1, \
+                 {TONE_COLOR_DIM}, 1]"
+            )));
+        }
+        if values.iter().any(|v| !v.is_finite()) {
+            return Err(EngineError::internal(format!(
+                "{EXTRACTOR_FILE} gave a tone colour with values that are not finite"
+            )));
+        }
+        Ok(values.to_vec())
+    }
+
+    /// Converts 22050 Hz speech from the base voice's tone colour to `target`. The speech is
+    /// padded to whole frames and the converted audio cut back to its length, so that the
+    /// conversion keeps the duration exactly.
+    pub fn convert(&self, samples: &[f32], target: &[f32]) -> Result<Vec<f32>, EngineError> {
+        if samples.is_empty() {
+            return Ok(Vec::new());
+        }
+        let padded_len = samples.len().div_ceil(HOP).max(N_FFT / HOP) * HOP;
+        let mut padded = samples.to_vec();
+        padded.resize(padded_len, 0.0);
+        let spectrogram = self.spectrogram.compute(&padded)?;
+        let frames = spectrogram.nrows();
+        let spectrogram = spectrogram
+            .t()
+            .as_standard_layout()
+            .into_owned()
+            .insert_axis(Axis(0));
+        let lengths = Array1::from_vec(vec![frames as i64]);
+        let embedding = |values: &[f32]| {
+            Array3::from_shape_vec((1, TONE_COLOR_DIM, 1), values.to_vec())
+                .map_err(|e| EngineError::internal(format!("tone colour: {e}")))
+        };
+        let source = embedding(&self.source_tone_color)?;
+        let target = embedding(target)?;
+        let tau = Array1::from_vec(vec![self.tau]);
+        let mut session = self.converter.take();
+        let outputs = session.run(ort::inputs![
+            "spectrogram" => Tensor::from_array(spectrogram)?,
+            "spectrogram_lengths" => Tensor::from_array(lengths)?,
+            "source_tone_color" => Tensor::from_array(source)?,
+            "target_tone_color" => Tensor::from_array(target)?,
+            "tau" => Tensor::from_array(tau)?,
+        ])?;
+        let (_, audio) = outputs["audio"].try_extract_tensor::<f32>()?;
+        if audio.iter().any(|s| !s.is_finite()) {
+            return Err(EngineError::internal(format!(
+                "{CONVERTER_FILE} gave audio with samples that are not finite"
+            )));
+        }
+        let mut audio = audio.to_vec();
+        audio.truncate(samples.len());
+        Ok(audio)
+    }
+}
+
+fn names(ports: &[Port]) -> Vec<&'static str> {
+    ports.iter().map(|p| p.name).collect()
+}
+
+/// Refuses a graph whose inputs or outputs have another element type or a fixed dimension of
+/// another length than the engine feeds and reads, naming the file, the port and both shapes.
+/// Names were checked when the sessions were built.
+fn check_ports(
+    session: &Session,
+    model: &Path,
+    inputs: &[Port],
+    outputs: &[Port],
+) -> Result<(), EngineError> {
+    let have = session
+        .inputs()
+        .iter()
+        .map(|o| ("input", o.name(), o.dtype()))
+        .chain(
+            session
+                .outputs()
+                .iter()
+                .map(|o| ("output", o.name(), o.dtype())),
+        );
+    for (kind, name, dtype) in have {
+        let expected = if kind == "input" { inputs } else { outputs };
+        let Some(port) = expected.iter().find(|p| p.name == name) else {
+            continue;
+        };
+        let mismatch = |what: String| {
+            EngineError::internal(format!("model {} {kind} {name:?} {what}", model.display()))
+        };
+        let ValueType::Tensor { ty, shape, .. } = dtype else {
+            return Err(mismatch(format!(
+                "is a {dtype}, not a tensor of {}",
+                port.ty
+            )));
+        };
+        if *ty != port.ty {
+            return Err(mismatch(format!("has type {ty}, expected {}", port.ty)));
+        }
+        // A graph that declares no shape at all leaves the check to the run.
+        if shape.is_empty() {
+            continue;
+        }
+        let fits = shape.len() == port.shape.len()
+            && shape
+                .iter()
+                .zip(port.shape)
+                .all(|(have, want)| *have < 0 || *want < 0 || have == want);
+        if !fits {
+            return Err(mismatch(format!(
+                "has shape {}, expected {}",
+                show_shape(shape),
+                show_shape(port.shape)
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A shape as `[1, T, 513]`, with `?` for a dimension of any length.
+fn show_shape(shape: &[i64]) -> String {
+    let dims: Vec<String> = shape
+        .iter()
+        .map(|d| {
+            if *d < 0 {
+                "?".to_string()
+            } else {
+                d.to_string()
+            }
+        })
+        .collect();
+    format!("[{}]", dims.join(", "))
+}
+
+/// The stored tone colour of a cloned voice: [`TONE_COLOR_DIM`] finite values under
+/// `engine_data.tone_color`.
+pub fn tone_color_of(record: &VoiceRecord) -> Result<Vec<f32>, EngineError> {
+    let not_ready = |why: &str| {
+        EngineError::invalid(
+            "voice_not_ready",
+            format!(
+                "voice {} {why}; it is not enrolled with the openvoice engine",
+                record.info.voice_id
+            ),
+        )
+    };
+    let values = record
+        .engine_data
+        .as_ref()
+        .and_then(|data| data.get("tone_color"))
+        .and_then(|v| v.as_array())
+        .ok_or_else(|| not_ready("has no tone colour"))?;
+    if values.len() != TONE_COLOR_DIM {
+        return Err(not_ready(&format!(
+            "has a tone colour of {} values instead of {TONE_COLOR_DIM}",
+            values.len()
+        )));
+    }
+    values
+        .iter()
+        .map(|v| {
+            v.as_f64()
+                .map(|x| x as f32)
+                .filter(|x| x.is_finite())
+                .ok_or_else(|| not_ready("has a tone colour with values that are not numbers"))
+        })
+        .collect()
+}
+
+/// Cuts speech longer than `max` samples into pieces of at most `max`, each cut at the quietest
+/// hop in the second half of its piece and none shorter than `min`, so that the pieces join
+/// again exactly.
+pub fn pieces(samples: &[f32], max: usize, min: usize) -> Vec<&[f32]> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let max = max.max(2 * min).max(2 * HOP);
+    while samples.len() - start > max {
+        let from = start + max / 2;
+        let to = (start + max).min(samples.len() - min);
+        let energy = |at: usize| -> f32 {
+            samples[at..(at + HOP).min(samples.len())]
+                .iter()
+                .map(|s| s * s)
+                .sum()
+        };
+        let cut = (from..to.saturating_sub(HOP).max(from + 1))
+            .step_by(HOP)
+            .min_by(|a, b| energy(*a).total_cmp(&energy(*b)))
+            .unwrap_or(from);
+        out.push(&samples[start..cut]);
+        start = cut;
+    }
+    out.push(&samples[start..]);
+    out
+}
+
+impl Engine for OpenVoiceEngine {
+    fn name(&self) -> &str {
+        "openvoice"
+    }
+
+    /// None: the engine speaks only voices cloned with it.
+    fn voices(&self) -> Vec<VoiceInfo> {
+        Vec::new()
+    }
+
+    /// The base voice's languages, since the base engine speaks the text.
+    fn languages(&self) -> Vec<String> {
+        std::iter::once(self.base_voice.language.clone())
+            .chain(self.base_voice.other_languages.iter().cloned())
+            .collect()
+    }
+
+    fn synthesize(
+        &self,
+        input: &SynthesisInput,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<Audio, EngineError> {
+        let Some(record) = &input.voice else {
+            return Err(EngineError::invalid(
+                "unknown_voice",
+                format!(
+                    "voice {:?} is not a cloned voice; engine openvoice speaks only voices \
+                     cloned with it",
+                    input.voice_id
+                ),
+            ));
+        };
+        check_voice_and_language(self, input)?;
+        if !self.base_voice.speaks(&input.language) {
+            return Err(EngineError::invalid(
+                "unsupported_language",
+                format!(
+                    "engine openvoice speaks {} (through {} voice {}), not {}",
+                    self.languages().join(", "),
+                    self.base.name(),
+                    self.base_voice.voice_id,
+                    input.language
+                ),
+            ));
+        }
+        let target = tone_color_of(record)?;
+
+        // Progress counts every sentence twice: once spoken by the base engine, once converted.
+        let base_input = SynthesisInput {
+            text: input.text.clone(),
+            voice_id: self.base_voice.voice_id.clone(),
+            language: input.language.clone(),
+            speed: input.speed,
+            voice: None,
+            reference_wav: None,
+        };
+        let mut sentences = 1;
+        let spoken = self.base.synthesize(&base_input, &mut |p| {
+            sentences = p.total.max(1);
+            progress(Progress {
+                done: p.done,
+                total: 2 * sentences,
+            });
+        })?;
+        let speech = resample(&spoken.samples, spoken.sample_rate, SAMPLE_RATE)?;
+        let max = (MAX_PIECE_SECS * SAMPLE_RATE as f32) as usize;
+        let parts = pieces(&speech, max, SAMPLE_RATE as usize);
+        let mut samples = Vec::with_capacity(speech.len());
+        for (i, part) in parts.iter().enumerate() {
+            samples.extend(self.convert(part, &target)?);
+            progress(Progress {
+                done: sentences + (sentences * (i + 1)).div_ceil(parts.len()),
+                total: 2 * sentences,
+            });
+        }
+        for s in &mut samples {
+            *s = s.clamp(-1.0, 1.0);
+        }
+        Ok(Audio {
+            samples,
+            sample_rate: SAMPLE_RATE,
+        })
+    }
+
+    fn health(&self) -> EngineHealth {
+        let base = self.base.health();
+        let own = self.placement.health(&format!(
+            "tone-colour converter over {} voice {}",
+            self.base.name(),
+            self.base_voice.voice_id
+        ));
+        EngineHealth {
+            ready: own.ready && base.ready,
+            device: own.device,
+            detail: format!("{}; base engine: {}", own.detail, base.detail),
+        }
+    }
+
+    fn clones(&self) -> bool {
+        true
+    }
+
+    fn enroll(
+        &self,
+        input: &EnrollInput<'_>,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<Enrollment, EngineError> {
+        if !self.base_voice.speaks(&input.voice.info.language) {
+            return Err(EngineError::invalid(
+                "unsupported_language",
+                format!(
+                    "engine openvoice speaks {}, not {}",
+                    self.languages().join(", "),
+                    input.voice.info.language
+                ),
+            ));
+        }
+        let samples = resample(input.reference, ANALYSIS_RATE, SAMPLE_RATE)?;
+        progress(Progress { done: 1, total: 2 });
+        let tone_color = self.extract(&samples)?;
+        progress(Progress { done: 2, total: 2 });
+        Ok(Enrollment {
+            base_voice: None,
+            style_offset: None,
+            similarity: None,
+            engine_data: Some(serde_json::json!({ "tone_color": tone_color })),
+        })
+    }
+}
+
+/// OpenVoice's linear magnitude spectrogram (`spectrogram_torch` with `center=False`).
+pub struct Spectrogram {
+    fft: Arc<dyn RealToComplex<f32>>,
+    window: Vec<f32>,
+}
+
+impl Default for Spectrogram {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Spectrogram {
+    pub fn new() -> Self {
+        // torch.hann_window is periodic: the window of one more sample, without its last.
+        let window = (0..WIN)
+            .map(|n| 0.5 - 0.5 * (2.0 * std::f32::consts::PI * n as f32 / WIN as f32).cos())
+            .collect();
+        Spectrogram {
+            fft: RealFftPlanner::<f32>::new().plan_fft_forward(N_FFT),
+            window,
+        }
+    }
+
+    /// Frames of 22050 Hz audio, time major: [frames, [`BINS`]]. Frame `t` covers samples
+    /// `t * HOP - PAD ..` of the reflect-padded signal, so there are `1 + (len - HOP) / HOP`.
+    pub fn compute(&self, samples: &[f32]) -> Result<Array2<f32>, EngineError> {
+        // Reflect padding mirrors PAD samples after the first, so the signal must be longer.
+        if samples.len() <= PAD {
+            return Err(EngineError::invalid(
+                "audio_too_short",
+                format!(
+                    "a spectrogram needs more than {PAD} samples; the audio has {}",
+                    samples.len()
+                ),
+            ));
+        }
+        let padded = reflect_pad(samples, PAD);
+        let frames = 1 + (padded.len() - N_FFT) / HOP;
+        let mut out = Array2::<f32>::zeros((frames, BINS));
+        let mut input = self.fft.make_input_vec();
+        let mut spectrum = self.fft.make_output_vec();
+        for (t, mut row) in out.axis_iter_mut(Axis(0)).enumerate() {
+            let start = t * HOP;
+            for (i, x) in input.iter_mut().enumerate() {
+                *x = padded[start + i] * self.window[i];
+            }
+            self.fft
+                .process(&mut input, &mut spectrum)
+                .map_err(|e| EngineError::internal(format!("spectrogram: {e}")))?;
+            for (value, c) in row.iter_mut().zip(&spectrum) {
+                *value = (c.norm_sqr() + POWER_FLOOR).sqrt();
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// `samples` with `pad` samples mirrored on each side, the edge samples not repeated (as
+/// torch's `reflect` mode). `samples` must be longer than `pad`.
+fn reflect_pad(samples: &[f32], pad: usize) -> Vec<f32> {
+    let n = samples.len();
+    let mut out = Vec::with_capacity(n + 2 * pad);
+    out.extend((1..=pad).rev().map(|k| samples[k]));
+    out.extend_from_slice(samples);
+    out.extend((1..=pad).map(|k| samples[n - 1 - k]));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sine(frequency: f32, len: usize) -> Vec<f32> {
+        (0..len)
+            .map(|i| (2.0 * std::f32::consts::PI * frequency * i as f32 / SAMPLE_RATE as f32).sin())
+            .collect()
+    }
+
+    #[test]
+    fn spectrogram_has_one_frame_per_hop_and_513_bins() {
+        let spectrogram = Spectrogram::new();
+        // With (N_FFT - HOP) / 2 samples of padding on each side, whole hops give one frame each.
+        let frames = spectrogram.compute(&vec![0.1; 100 * HOP]).unwrap();
+        assert_eq!(frames.dim(), (100, BINS));
+        let frames = spectrogram
+            .compute(&vec![0.1; SAMPLE_RATE as usize])
+            .unwrap();
+        assert_eq!(frames.nrows(), 1 + (SAMPLE_RATE as usize - HOP) / HOP);
+        // Silence is the floor, not zero or NaN.
+        let silent = spectrogram.compute(&vec![0.0; 10 * HOP]).unwrap();
+        assert!(silent.iter().all(|v| (v - POWER_FLOOR.sqrt()).abs() < 1e-6));
+    }
+
+    #[test]
+    fn a_sine_lands_in_its_bin_with_the_hann_windows_gain() {
+        let bin = 100;
+        let frequency = bin as f32 * SAMPLE_RATE as f32 / N_FFT as f32;
+        let frames = Spectrogram::new()
+            .compute(&sine(frequency, SAMPLE_RATE as usize))
+            .unwrap();
+        // Interior frames (the padded edges are mirrored, so not a clean sine).
+        for row in frames.rows().into_iter().skip(4).take(frames.nrows() - 8) {
+            let peak = row
+                .iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .map(|(i, _)| i)
+                .unwrap();
+            assert_eq!(peak, bin);
+            // A unit sine through a periodic Hann window of N samples peaks at N / 4.
+            assert!((row[bin] - N_FFT as f32 / 4.0).abs() < 1.0, "{}", row[bin]);
+            // Two bins away, a Hann window leaks nothing of an on-bin sine but rounding.
+            assert!(
+                row[bin + 2] < 0.5 && row[bin - 2] < 0.5,
+                "{} {}",
+                row[bin - 2],
+                row[bin + 2]
+            );
+        }
+    }
+
+    #[test]
+    fn frames_match_a_direct_dft_of_the_padded_windowed_signal() {
+        // An independent reference in f64: pad, window and transform frame by frame.
+        let samples: Vec<f32> = (0..3000)
+            .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+            .collect();
+        let frames = Spectrogram::new().compute(&samples).unwrap();
+        let padded = reflect_pad(&samples, PAD);
+        for t in [0, 5, frames.nrows() - 1] {
+            for k in [0, 1, 37, 256, BINS - 1] {
+                let (mut re, mut im) = (0.0f64, 0.0f64);
+                for n in 0..N_FFT {
+                    let w = 0.5 - 0.5 * (2.0 * std::f64::consts::PI * n as f64 / WIN as f64).cos();
+                    let x = padded[t * HOP + n] as f64 * w;
+                    let phase = -2.0 * std::f64::consts::PI * (k * n) as f64 / N_FFT as f64;
+                    re += x * phase.cos();
+                    im += x * phase.sin();
+                }
+                let want = (re * re + im * im + POWER_FLOOR as f64).sqrt();
+                let got = frames[[t, k]] as f64;
+                assert!(
+                    (got - want).abs() < 1e-3 * want.max(1.0),
+                    "frame {t} bin {k}: {got} vs {want}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn reflect_padding_mirrors_without_repeating_the_edge() {
+        let samples = [0.0, 1.0, 2.0, 3.0, 4.0];
+        assert_eq!(
+            reflect_pad(&samples, 2),
+            [2.0, 1.0, 0.0, 1.0, 2.0, 3.0, 4.0, 3.0, 2.0]
+        );
+    }
+
+    #[test]
+    fn too_little_audio_is_refused_not_a_panic() {
+        let err = Spectrogram::new().compute(&[0.5; PAD]).unwrap_err();
+        assert_eq!(err.kind(), EngineErrorKind::InvalidInput);
+        assert_eq!(err.code(), "audio_too_short");
+        assert!(Spectrogram::new().compute(&[]).is_err());
+    }
+
+    #[test]
+    fn long_speech_is_cut_at_quiet_points_into_pieces_that_join_again() {
+        // Three 10 s stretches of tone with 0.2 s pauses between them.
+        let rate = SAMPLE_RATE as usize;
+        let mut speech = Vec::new();
+        for i in 0..3 {
+            if i > 0 {
+                speech.extend(vec![0.0; rate / 5]);
+            }
+            speech.extend(sine(220.0, 10 * rate));
+        }
+        let parts = pieces(&speech, 15 * rate, rate);
+        assert_eq!(
+            parts.len(),
+            3,
+            "{:?}",
+            parts.iter().map(|p| p.len()).collect::<Vec<_>>()
+        );
+        assert!(
+            parts
+                .iter()
+                .all(|p| p.len() <= 15 * rate && p.len() >= rate)
+        );
+        assert_eq!(parts.concat(), speech);
+        // Each cut falls in a pause.
+        for part in &parts[1..] {
+            assert!(part[..HOP].iter().all(|s| *s == 0.0));
+        }
+        // Short speech stays whole, and no piece is left too short at the end.
+        assert_eq!(pieces(&speech[..rate], 15 * rate, rate).len(), 1);
+        let parts = pieces(&speech[..15 * rate + 10], 15 * rate, rate);
+        assert!(parts.iter().all(|p| p.len() >= rate), "{}", parts.len());
+        assert_eq!(parts.concat(), &speech[..15 * rate + 10]);
+    }
+
+    fn record(engine_data: Option<serde_json::Value>) -> VoiceRecord {
+        let info = VoiceInfo {
+            voice_id: "v1".into(),
+            name: "Ann".into(),
+            engine: "openvoice".into(),
+            created_at: chrono::Utc::now(),
+            language: "en".into(),
+            status: tts_contracts::VoiceStatus::Ready,
+            sample_rate: Some(SAMPLE_RATE),
+            other_languages: Vec::new(),
+        };
+        let mut record = VoiceRecord::enrolling(info, None, uuid::Uuid::new_v4());
+        record.engine_data = engine_data;
+        record
+    }
+
+    #[test]
+    fn a_stored_tone_colour_must_be_256_finite_numbers() {
+        let good: Vec<f32> = (0..TONE_COLOR_DIM).map(|i| i as f32 / 256.0).collect();
+        let stored = record(Some(serde_json::json!({ "tone_color": good })));
+        assert_eq!(tone_color_of(&stored).unwrap(), good);
+        for bad in [
+            None,
+            Some(serde_json::json!({})),
+            Some(serde_json::json!({ "tone_color": [0.5, 0.5, 0.5] })),
+            Some(serde_json::json!({ "tone_color": vec![serde_json::Value::Null; 256] })),
+        ] {
+            let err = tone_color_of(&record(bad)).unwrap_err();
+            assert_eq!(err.kind(), EngineErrorKind::InvalidInput);
+            assert_eq!(err.code(), "voice_not_ready");
+            assert!(err.message().contains("v1"), "{err}");
+        }
+    }
+
+    #[test]
+    fn tau_defaults_and_is_checked() {
+        let mut options = BTreeMap::new();
+        assert_eq!(tau_option(&options).unwrap(), DEFAULT_TAU);
+        options.insert("tau".into(), serde_json::json!(0.5));
+        assert_eq!(tau_option(&options).unwrap(), 0.5);
+        options.insert("tau".into(), serde_json::json!("0.7"));
+        assert_eq!(tau_option(&options).unwrap(), 0.7);
+        for bad in [
+            serde_json::json!(-1.0),
+            serde_json::json!("loud"),
+            serde_json::json!([1]),
+        ] {
+            options.insert("tau".into(), bad);
+            let err = tau_option(&options).unwrap_err();
+            assert!(err.message().contains("tau"), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_missing_model_directory_or_graph_is_a_missing_model() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = check_model_dir(&dir.path().join("nowhere")).unwrap_err();
+        assert_eq!(err.code(), MODEL_MISSING);
+        std::fs::write(dir.path().join(EXTRACTOR_FILE), b"").unwrap();
+        let err = check_model_dir(dir.path()).unwrap_err();
+        assert_eq!(err.code(), MODEL_MISSING);
+        assert!(err.message().contains(CONVERTER_FILE), "{err}");
+        assert!(
+            !err.message().contains(&format!("lacks {EXTRACTOR_FILE}")),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,318 @@
+//! The `xtts` engine: a Coqui XTTS-v2 streaming server (`xtts-streaming-server`) does the
+//! synthesis. At enrollment the voice's clip goes to `POST /clone_speaker` once; the speaker
+//! latents it returns are kept with the voice, and every synthesis sends them to
+//! `POST /tts_stream`, so they are never recomputed per job.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tts_contracts::{VoiceInfo, VoiceRecord};
+
+use super::upstream::Upstreams;
+use super::{
+    Audio, Engine, EngineError, EngineErrorKind, EngineHealth, EnrollInput, Enrollment, Progress,
+    SynthesisInput, check_voice_and_language,
+};
+
+/// The languages the streaming server accepts, as it spells them.
+pub const LANGUAGES: [&str; 16] = [
+    "en", "de", "fr", "es", "it", "pl", "pt", "tr", "ru", "nl", "cs", "ar", "zh", "ja", "hu", "ko",
+];
+
+/// Width of one GPT conditioning latent, as XTTS-v2 has it.
+const LATENT_WIDTH: usize = 1024;
+
+#[derive(Debug, Clone)]
+pub struct XttsOptions {
+    pub urls: Vec<String>,
+    pub timeout: Duration,
+    /// Tokens per streamed chunk (`stream_chunk_size`).
+    pub stream_chunk_size: u32,
+}
+
+/// What `/clone_speaker` returns and `/tts_stream` takes back, kept in the voice's `engine_data`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SpeakerLatents {
+    pub gpt_cond_latent: Vec<Vec<f32>>,
+    pub speaker_embedding: Vec<f32>,
+}
+
+impl SpeakerLatents {
+    fn check(&self) -> Result<(), String> {
+        if self.speaker_embedding.is_empty() {
+            return Err("speaker_embedding is empty".into());
+        }
+        if self.gpt_cond_latent.is_empty() {
+            return Err("gpt_cond_latent is empty".into());
+        }
+        if self
+            .gpt_cond_latent
+            .iter()
+            .any(|row| row.len() != LATENT_WIDTH)
+        {
+            return Err(format!(
+                "gpt_cond_latent rows must have {LATENT_WIDTH} values"
+            ));
+        }
+        let finite = |v: &f32| v.is_finite();
+        if !self.speaker_embedding.iter().all(finite)
+            || !self.gpt_cond_latent.iter().flatten().all(finite)
+        {
+            return Err("the latents hold values that are not finite".into());
+        }
+        Ok(())
+    }
+}
+
+pub struct XttsEngine {
+    upstreams: Upstreams,
+    stream_chunk_size: u32,
+}
+
+impl XttsEngine {
+    pub fn load(options: &XttsOptions) -> Result<Self, EngineError> {
+        Ok(XttsEngine {
+            upstreams: Upstreams::new("xtts", &options.urls, options.timeout)?,
+            stream_chunk_size: options.stream_chunk_size.max(1),
+        })
+    }
+}
+
+fn latents_of(voice: &VoiceRecord) -> Result<SpeakerLatents, EngineError> {
+    let not_ready = |why: String| {
+        EngineError::invalid(
+            "voice_not_ready",
+            format!(
+                "voice {} has no usable XTTS latents: {why}",
+                voice.info.voice_id
+            ),
+        )
+    };
+    let data = voice
+        .engine_data
+        .clone()
+        .ok_or_else(|| not_ready("it was not enrolled by xtts".into()))?;
+    let latents: SpeakerLatents =
+        serde_json::from_value(data).map_err(|e| not_ready(e.to_string()))?;
+    latents.check().map_err(not_ready)?;
+    Ok(latents)
+}
+
+/// Reads what `/tts_stream` sends: a WAV header whose sizes are unknown when it is written
+/// (so they are not trusted), then 16-bit PCM to the end of the body.
+pub fn read_streamed_wav(bytes: &[u8]) -> Result<Audio, String> {
+    if bytes.len() < 12 || &bytes[..4] != b"RIFF" || &bytes[8..12] != b"WAVE" {
+        return Err("the answer is not a WAV stream".into());
+    }
+    let mut pos = 12;
+    let mut format: Option<(u16, u16, u32, u16)> = None;
+    while pos + 8 <= bytes.len() {
+        let id = &bytes[pos..pos + 4];
+        let size = u32::from_le_bytes([
+            bytes[pos + 4],
+            bytes[pos + 5],
+            bytes[pos + 6],
+            bytes[pos + 7],
+        ]) as usize;
+        let body = pos + 8;
+        if id == b"fmt " {
+            if body + 16 > bytes.len() {
+                return Err("the WAV format chunk is cut short".into());
+            }
+            let u16_at = |i: usize| u16::from_le_bytes([bytes[body + i], bytes[body + i + 1]]);
+            let rate = u32::from_le_bytes([
+                bytes[body + 4],
+                bytes[body + 5],
+                bytes[body + 6],
+                bytes[body + 7],
+            ]);
+            format = Some((u16_at(0), u16_at(2), rate, u16_at(14)));
+        } else if id == b"data" {
+            let (encoding, channels, rate, bits) =
+                format.ok_or("the WAV stream has no format chunk")?;
+            if encoding != 1 || bits != 16 || channels == 0 || rate == 0 {
+                return Err(format!(
+                    "expected 16-bit PCM, got encoding {encoding}, {bits} bits, {channels} channels"
+                ));
+            }
+            let frame = 2 * channels as usize;
+            let pcm = &bytes[body..];
+            let samples = pcm
+                .chunks_exact(frame)
+                .map(|f| {
+                    let sum: f32 = f
+                        .chunks_exact(2)
+                        .map(|s| i16::from_le_bytes([s[0], s[1]]) as f32 / 32768.0)
+                        .sum();
+                    sum / channels as f32
+                })
+                .collect();
+            return Ok(Audio {
+                samples,
+                sample_rate: rate,
+            });
+        }
+        pos = body + size + (size & 1);
+    }
+    Err("the WAV stream has no data chunk".into())
+}
+
+impl Engine for XttsEngine {
+    fn name(&self) -> &str {
+        "xtts"
+    }
+
+    /// The streaming server has no voices of its own: every voice is a cloned one.
+    fn voices(&self) -> Vec<VoiceInfo> {
+        Vec::new()
+    }
+
+    fn languages(&self) -> Vec<String> {
+        LANGUAGES.iter().map(|l| l.to_string()).collect()
+    }
+
+    fn synthesize(
+        &self,
+        input: &SynthesisInput,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<Audio, EngineError> {
+        check_voice_and_language(self, input)?;
+        let voice = input.voice.as_ref().ok_or_else(|| {
+            EngineError::invalid("unknown_voice", "xtts speaks cloned voices only")
+        })?;
+        if (input.speed - 1.0).abs() > f32::EPSILON {
+            return Err(EngineError::invalid(
+                "unsupported_speed",
+                "the XTTS streaming server has no speed control; send speed 1.0",
+            ));
+        }
+        let latents = latents_of(voice)?;
+        let language = input
+            .language
+            .split(['-', '_'])
+            .next()
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        let body = json!({
+            "text": input.text,
+            "language": language,
+            "speaker_embedding": latents.speaker_embedding,
+            "gpt_cond_latent": latents.gpt_cond_latent,
+            "add_wav_header": true,
+            "stream_chunk_size": self.stream_chunk_size.to_string(),
+        });
+        let bytes = self.upstreams.with_server(|client, url| {
+            let response = client
+                .post(format!("{url}/tts_stream"))
+                .json(&body)
+                .send()
+                .map_err(|e| self.upstreams.transport_error(url, e))?;
+            if !response.status().is_success() {
+                return Err(self.upstreams.status_error(url, response));
+            }
+            response
+                .bytes()
+                .map_err(|e| self.upstreams.transport_error(url, e))
+        })?;
+        let audio = read_streamed_wav(&bytes).map_err(|e| {
+            EngineError::new(
+                EngineErrorKind::Transient,
+                "upstream_error",
+                format!("xtts server answered: {e}"),
+            )
+        })?;
+        if audio.samples.is_empty() {
+            return Err(EngineError::new(
+                EngineErrorKind::Transient,
+                "upstream_error",
+                "xtts server answered no audio",
+            ));
+        }
+        progress(Progress { done: 1, total: 1 });
+        Ok(audio)
+    }
+
+    fn health(&self) -> EngineHealth {
+        self.upstreams.health()
+    }
+
+    fn clones(&self) -> bool {
+        true
+    }
+
+    /// Sends the trimmed reference to `/clone_speaker` once and keeps the latents.
+    fn enroll(
+        &self,
+        input: &EnrollInput<'_>,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<Enrollment, EngineError> {
+        let wav = input.reference_wav.to_vec();
+        let latents: SpeakerLatents = self.upstreams.with_server(|client, url| {
+            let part = reqwest::blocking::multipart::Part::bytes(wav)
+                .file_name("reference.wav")
+                .mime_str("audio/wav")
+                .map_err(|e| EngineError::internal(e.to_string()))?;
+            let form = reqwest::blocking::multipart::Form::new().part("wav_file", part);
+            let response = client
+                .post(format!("{url}/clone_speaker"))
+                .multipart(form)
+                .send()
+                .map_err(|e| self.upstreams.transport_error(url, e))?;
+            if !response.status().is_success() {
+                return Err(self.upstreams.status_error(url, response));
+            }
+            response.json().map_err(|e| {
+                EngineError::new(
+                    EngineErrorKind::Transient,
+                    "upstream_error",
+                    format!("xtts server answered latents that do not parse: {e}"),
+                )
+            })
+        })?;
+        latents.check().map_err(|e| {
+            EngineError::new(
+                EngineErrorKind::Transient,
+                "upstream_error",
+                format!("xtts server answered unusable latents: {e}"),
+            )
+        })?;
+        progress(Progress { done: 1, total: 1 });
+        Ok(Enrollment {
+            engine_data: Some(
+                serde_json::to_value(&latents).map_err(|e| EngineError::internal(e.to_string()))?,
+            ),
+            ..Enrollment::default()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_streamed_wav_with_unknown_sizes_is_read_to_its_end() {
+        // The header as the streaming server writes it: data size 0, then PCM after it.
+        let mut bytes = Vec::new();
+        bytes.extend(b"RIFF");
+        bytes.extend(36u32.to_le_bytes());
+        bytes.extend(b"WAVEfmt ");
+        bytes.extend(16u32.to_le_bytes());
+        bytes.extend(1u16.to_le_bytes());
+        bytes.extend(1u16.to_le_bytes());
+        bytes.extend(24_000u32.to_le_bytes());
+        bytes.extend(48_000u32.to_le_bytes());
+        bytes.extend(2u16.to_le_bytes());
+        bytes.extend(16u16.to_le_bytes());
+        bytes.extend(b"data");
+        bytes.extend(0u32.to_le_bytes());
+        for v in [0i16, 16384, -16384, 32767] {
+            bytes.extend(v.to_le_bytes());
+        }
+        let audio = read_streamed_wav(&bytes).unwrap();
+        assert_eq!(audio.sample_rate, 24_000);
+        assert_eq!(audio.samples, vec![0.0, 0.5, -0.5, 32767.0 / 32768.0]);
+        assert!(read_streamed_wav(b"not a wav at all").is_err());
+    }
+}

@@ -1,0 +1,339 @@
+//! The engines that drive other servers, against servers that speak their exact HTTP contracts
+//! (tests/support/upstream.rs): GPT-SoVITS api_v2 and the XTTS streaming server.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tts_tests::clips::{self, FIRST, SECOND, THIRD};
+use tts_tests::upstream::{FakeApiV2, FakeXtts, SovitsVersion};
+use tts_tests::{Deployment, TestApp, spawn_engines_with};
+use tts_worker::engine::Engine;
+use tts_worker::engine::gpt_sovits::{GptSovitsEngine, GptSovitsOptions};
+
+async fn make<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.expect("clip made")
+}
+
+async fn error_of(response: reqwest::Response) -> (u16, String) {
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.expect("a JSON error body");
+    (
+        status,
+        body["error"].as_str().unwrap_or_default().to_string(),
+    )
+}
+
+/// Uploads `clip` as a voice and waits for its enrollment; returns the voice id.
+async fn enrol(app: &TestApp, clip: Vec<u8>, fields: &[(&str, &str)]) -> String {
+    let response = app.upload_voice(clip, "ref.wav", fields).await;
+    assert_eq!(response.status(), 202);
+    let accepted: Value = response.json().await.unwrap();
+    let job = app
+        .wait_for_job(
+            accepted["job_id"].as_str().unwrap(),
+            Duration::from_secs(60),
+        )
+        .await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    accepted["voice"]["voice_id"].as_str().unwrap().to_string()
+}
+
+async fn submit(app: &TestApp, body: Value) -> String {
+    let response = app.submit(&body, None).await;
+    assert_eq!(response.status(), 202);
+    let body: Value = response.json().await.unwrap();
+    body["job_id"].as_str().unwrap().to_string()
+}
+
+fn gpt_sovits_app(
+    urls: Vec<String>,
+    shared: &std::path::Path,
+) -> impl FnOnce(&mut tts_config::Settings) {
+    let shared = shared.display().to_string();
+    move |s| {
+        let engine = s.workers.get_mut("gpt_sovits").unwrap();
+        engine.urls = urls;
+        engine.shared_dir = shared;
+        engine.options.insert("top_k".into(), json!(7));
+        engine.options.insert("temperature".into(), json!(0.6));
+        engine.options.insert("seed".into(), json!(42));
+        s.worker.max_concurrent = 4;
+        s.worker.max_deliver = 2;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gpt_sovits_voices_speak_through_api_v2_one_request_per_server() {
+    let transcript = format!("{FIRST} {SECOND}");
+    let reference = {
+        let t = transcript.clone();
+        make(move || clips::spoken_wav(&t)).await
+    };
+    let too_long = make(|| clips::spoken_wav(&format!("{FIRST} {SECOND} {THIRD} {FIRST}"))).await;
+    let a = FakeApiV2::start(SovitsVersion::V2, Duration::from_millis(300)).await;
+    let b = FakeApiV2::start(SovitsVersion::V2, Duration::from_millis(300)).await;
+    let shared = tempfile::tempdir().unwrap();
+    let app = spawn_engines_with(
+        Deployment::Standalone,
+        &["gpt_sovits"],
+        gpt_sovits_app(vec![a.url(), b.url()], shared.path()),
+    )
+    .await;
+
+    // api_v2 needs the clip's transcript and at most 10 s of it: refused at upload.
+    let en = [
+        ("name", "Joe"),
+        ("language", "en"),
+        ("engine", "gpt_sovits"),
+    ];
+    let no_transcript = app.upload_voice(reference.clone(), "ref.wav", &en).await;
+    assert_eq!(
+        error_of(no_transcript).await,
+        (422, "prompt_text_required".into())
+    );
+    let mut with_text = en.to_vec();
+    with_text.push(("prompt_text", "a transcript"));
+    let long = app.upload_voice(too_long, "ref.wav", &with_text).await;
+    assert_eq!(error_of(long).await, (422, "reference_too_long".into()));
+
+    let mut fields = en.to_vec();
+    fields.push(("prompt_text", &transcript));
+    let voice = enrol(&app, reference, &fields).await;
+
+    // Six jobs at once on two single-request servers.
+    let mut jobs = Vec::new();
+    for i in 0..6 {
+        let speed = if i % 2 == 0 { 1.0 } else { 1.5 };
+        jobs.push(
+            submit(
+                &app,
+                json!({"text": format!("Sentence number {i} for the server."), "voice_id": voice, "speed": speed}),
+            )
+            .await,
+        );
+    }
+    jobs.push(
+        submit(
+            &app,
+            json!({"text": "你好，欢迎使用。", "voice_id": voice, "language": "zh"}),
+        )
+        .await,
+    );
+    for job in &jobs {
+        let record = app.wait_for_job(job, Duration::from_secs(60)).await;
+        assert_eq!(record["status"], "succeeded", "{record}");
+        assert_eq!(record["sample_rate"], 32_000, "{record}");
+    }
+    let audio = app.audio(&jobs[0]).await.bytes().await.unwrap();
+    let wav = tts_tests::wav::summarise(&audio);
+    assert_eq!(wav.sample_rate, 32_000);
+    assert!(wav.duration_secs > 1.0, "{wav:?}");
+
+    for server in [&a, &b] {
+        assert_eq!(
+            server.seen.max_in_flight.load(Ordering::SeqCst),
+            1,
+            "one request at a time"
+        );
+        assert!(!server.seen.requests().is_empty(), "both servers are used");
+    }
+    let requests: Vec<Value> = [a.seen.requests(), b.seen.requests()].concat();
+    assert_eq!(requests.len(), jobs.len());
+    for r in &requests {
+        assert_eq!(r["prompt_text"], transcript.as_str(), "{r}");
+        assert_eq!(r["prompt_lang"], "en", "{r}");
+        assert_eq!(r["media_type"], "wav", "{r}");
+        assert_eq!(r["streaming_mode"], false, "{r}");
+        assert_eq!(r["text_split_method"], "cut5", "{r}");
+        assert_eq!(r["top_k"], 7, "{r}");
+        assert_eq!(r["seed"], 42, "{r}");
+        assert_eq!(r["temperature"], 0.6, "{r}");
+        assert!(
+            r["ref_audio_path"]
+                .as_str()
+                .unwrap()
+                .starts_with(&shared.path().display().to_string())
+        );
+    }
+    assert!(requests.iter().any(|r| r["speed_factor"] == 1.5));
+    assert!(
+        requests
+            .iter()
+            .any(|r| r["text_lang"] == "zh" && r["text"] == "你好，欢迎使用。")
+    );
+    // Every clip written for a request was removed after it.
+    assert_eq!(std::fs::read_dir(shared.path()).unwrap().count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_v2_refusals_fail_the_job_and_unreachable_servers_are_retried() {
+    let transcript = format!("{FIRST} {SECOND}");
+    let reference = {
+        let t = transcript.clone();
+        make(move || clips::spoken_wav(&t)).await
+    };
+    // A server with a v1 model speaks no Korean: its 400 fails the job with its own message.
+    let v1 = FakeApiV2::start(SovitsVersion::V1, Duration::ZERO).await;
+    let closed = format!("http://127.0.0.1:{}", tts_tests::free_port());
+    let shared = tempfile::tempdir().unwrap();
+    let app = spawn_engines_with(
+        Deployment::Standalone,
+        &["gpt_sovits"],
+        gpt_sovits_app(vec![v1.url()], shared.path()),
+    )
+    .await;
+    let fields = [
+        ("name", "Joe"),
+        ("language", "en"),
+        ("engine", "gpt_sovits"),
+        ("prompt_text", transcript.as_str()),
+    ];
+    let voice = enrol(&app, reference.clone(), &fields).await;
+    let job = submit(
+        &app,
+        json!({"text": "안녕하세요", "voice_id": voice, "language": "ko"}),
+    )
+    .await;
+    let record = app.wait_for_job(&job, Duration::from_secs(60)).await;
+    assert_eq!(record["status"], "failed", "{record}");
+    assert_eq!(record["error"]["error"], "upstream_rejected", "{record}");
+    let message = record["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("text_lang: ko is not supported in version v1"),
+        "{message}"
+    );
+    assert_eq!(record["attempts"], 1, "a refusal is not retried: {record}");
+
+    // A server that cannot be reached: retried, then failed with the reason.
+    let unreachable = spawn_engines_with(
+        Deployment::Standalone,
+        &["gpt_sovits"],
+        gpt_sovits_app(vec![closed], shared.path()),
+    )
+    .await;
+    let voice = enrol(&unreachable, reference, &fields).await;
+    let job = submit(
+        &unreachable,
+        json!({"text": "Hello there.", "voice_id": voice}),
+    )
+    .await;
+    let record = unreachable
+        .wait_for_job(&job, Duration::from_secs(60))
+        .await;
+    assert_eq!(record["status"], "failed", "{record}");
+    assert_eq!(record["error"]["error"], "upstream_unavailable", "{record}");
+    assert_eq!(record["attempts"], 2, "retried up to max_deliver: {record}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xtts_latents_are_computed_once_per_voice_and_sent_with_every_job() {
+    let reference = make(|| clips::spoken_wav(&format!("{FIRST} {SECOND}"))).await;
+    let server = FakeXtts::start().await;
+    let url = server.url();
+    let app = spawn_engines_with(Deployment::Standalone, &["xtts"], move |s| {
+        s.workers.get_mut("xtts").unwrap().urls = vec![url];
+    })
+    .await;
+    let voice = enrol(
+        &app,
+        reference.clone(),
+        &[("name", "Joe"), ("language", "en"), ("engine", "xtts")],
+    )
+    .await;
+    assert_eq!(server.clones.load(Ordering::SeqCst), 1);
+    let expected = tts_tests::upstream::xtts_latents(
+        &tts_audio::decode(&clips_reference(&app, &voice).await).unwrap(),
+    );
+
+    for (text, language) in [
+        ("Hello from the cloned voice.", "en"),
+        ("Guten Morgen, wie geht es?", "de"),
+    ] {
+        let response = app
+            .synthesize(&json!({"text": text, "voice_id": voice, "language": language}))
+            .await;
+        assert_eq!(response.status(), 200);
+        let wav = tts_tests::wav::summarise(&response.bytes().await.unwrap());
+        assert_eq!(wav.sample_rate, 24_000);
+        assert!(wav.duration_secs > 1.0, "{wav:?}");
+    }
+    assert_eq!(
+        server.clones.load(Ordering::SeqCst),
+        1,
+        "latents are never recomputed"
+    );
+    let requests = server.seen.requests();
+    assert_eq!(requests.len(), 2);
+    // Compared as the f32 values they are; their JSON spellings may differ in the last digit.
+    let floats = |v: &Value| -> Vec<f32> {
+        let mut out = Vec::new();
+        let mut stack = vec![v.clone()];
+        while let Some(v) = stack.pop() {
+            match v {
+                Value::Array(items) => stack.extend(items.into_iter().rev()),
+                Value::Number(n) => out.push(n.as_f64().unwrap() as f32),
+                other => panic!("not a number: {other}"),
+            }
+        }
+        out
+    };
+    for r in &requests {
+        assert_eq!(
+            floats(&r["speaker_embedding"]),
+            floats(&expected["speaker_embedding"])
+        );
+        assert_eq!(
+            floats(&r["gpt_cond_latent"]),
+            floats(&expected["gpt_cond_latent"])
+        );
+        assert_eq!(r["add_wav_header"], true);
+    }
+    assert_eq!(requests[1]["language"], "de");
+
+    // The streaming server has no speed control.
+    let job = submit(
+        &app,
+        json!({"text": "Faster.", "voice_id": voice, "speed": 1.5}),
+    )
+    .await;
+    let record = app.wait_for_job(&job, Duration::from_secs(30)).await;
+    assert_eq!(record["error"]["error"], "unsupported_speed", "{record}");
+}
+
+/// The trimmed reference the worker stored for a voice (what it sent to `/clone_speaker`).
+async fn clips_reference(app: &TestApp, voice: &str) -> Vec<u8> {
+    app.audio
+        .get(&tts_contracts::reference_key(voice))
+        .await
+        .unwrap()
+        .expect("the reference is stored")
+        .to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_says_whether_the_upstream_server_answers() {
+    let server = FakeApiV2::start(SovitsVersion::V2, Duration::ZERO).await;
+    let shared = tempfile::tempdir().unwrap();
+    let options = |url: String| GptSovitsOptions {
+        urls: vec![url],
+        timeout: Duration::from_secs(5),
+        shared_dir: shared.path().to_path_buf(),
+        server_dir: String::new(),
+        options: Default::default(),
+    };
+    let (up, down) = (
+        options(server.url()),
+        options(format!("http://127.0.0.1:{}", tts_tests::free_port())),
+    );
+    // Engines are built and used off the async runtime, as workers do.
+    let (up, down) = make(move || {
+        let up = GptSovitsEngine::load(&up).unwrap().health();
+        let down = GptSovitsEngine::load(&down).unwrap().health();
+        (up, down)
+    })
+    .await;
+    assert!(up.ready, "{up:?}");
+    assert!(!down.ready, "{down:?}");
+    assert!(down.detail.contains("unreachable"), "{down:?}");
+}
