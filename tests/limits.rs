@@ -174,3 +174,106 @@ async fn requests_beyond_the_concurrent_limit_are_refused() {
         200
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_requests_get_503_when_the_queue_is_full_or_no_worker_is_left() {
+    // One slot and no room in the queue: a job waiting behind a running one fills it.
+    let app = spawn_app_with(Deployment::Distributed, |s| {
+        s.worker.max_concurrent = 1;
+        s.gateway.max_queue_depth = 0;
+    })
+    .await;
+    let long_text = "The quick brown fox jumps over the lazy dog. ".repeat(15);
+    let mut queued = Vec::new();
+    for _ in 0..3 {
+        let response = app
+            .submit(
+                &json!({"text": long_text, "voice_id": tts_tests::app::VOICE}),
+                None,
+            )
+            .await;
+        assert_eq!(response.status(), 202, "async jobs are still queued");
+        queued.push(
+            response.json::<Value>().await.unwrap()["job_id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let response = app
+        .synthesize(&json!({"text": "Hello.", "voice_id": tts_tests::app::VOICE}))
+        .await;
+    assert_eq!(response.status(), 503);
+    assert!(response.headers().contains_key("retry-after"));
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "queue_full", "{body}");
+    assert!(body["retry_after"].as_u64().unwrap() >= 1);
+    for job in &queued {
+        app.wait_for_job(job, Duration::from_secs(120)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_voice_whose_workers_are_gone_gets_503_not_a_wait() {
+    let app = spawn_engines_with(Deployment::GatewayOnly, &[], |_| {}).await;
+    let mut worker = tts_tests::spawn_worker_process(&app.settings, "leaving-worker");
+    app.wait_for_voice(tts_tests::app::VOICE, 1).await;
+    assert!(worker.terminate().success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let response = loop {
+        let response = app
+            .synthesize(&json!({"text": "Anyone there?", "voice_id": tts_tests::app::VOICE}))
+            .await;
+        if response.status() != 200 {
+            break response;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the worker never left"
+        );
+    };
+    assert_eq!(response.status(), 503);
+    assert!(response.headers().contains_key("retry-after"));
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "engine_unavailable", "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_answers_listed_origins_only() {
+    let app = spawn_engines_with(Deployment::GatewayOnly, &[], |s| {
+        s.gateway.cors_origins = vec!["https://app.example".into()];
+    })
+    .await;
+    let preflight = |origin: &str| {
+        app.client
+            .request(reqwest::Method::OPTIONS, app.url("/api/jobs"))
+            .header("origin", origin.to_string())
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "content-type,authorization",
+            )
+            .send()
+    };
+    let allowed = preflight("https://app.example").await.unwrap();
+    assert_eq!(
+        allowed.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+    let other = preflight("https://evil.example").await.unwrap();
+    assert!(!other.headers().contains_key("access-control-allow-origin"));
+    let open = spawn_engines_with(Deployment::GatewayOnly, &[], |_| {}).await;
+    let response = open
+        .client
+        .get(open.url("/api/voices"))
+        .header("origin", "https://app.example")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        !response
+            .headers()
+            .contains_key("access-control-allow-origin")
+    );
+}

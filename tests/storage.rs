@@ -119,6 +119,7 @@ mod voice_store {
             speech_seconds: None,
             engine_data: None,
             error: None,
+            tenant: None,
         }
     }
 

@@ -42,6 +42,8 @@ pub fn test_settings(storage: &std::path::Path) -> Settings {
     s.gateway.global_rpm = 1_000_000;
     s.gateway.ip_rpm = 1_000_000;
     s.gateway.concurrent_limit = 1000;
+    // Authentication has tests of its own; the others run open, in every deployment.
+    s.auth.mode = "off".into();
     s.worker.heartbeat_interval = 1;
     s.worker.ack_wait_secs = 5;
     s.worker.retry_delay_secs = 1;
@@ -452,6 +454,8 @@ pub fn spawn_worker_process(settings: &Settings, node_id: &str) -> WorkerProcess
     let child = Command::new(binary())
         .args(["worker", "--engine", "piper", "--port", "0"])
         .env("TTS__NATS__URL", &settings.nats.url)
+        .env("TTS__NATS__USER", &settings.nats.user)
+        .env("TTS__NATS__PASSWORD", &settings.nats.password)
         .env("TTS__REDIS__URL", &settings.redis.url)
         .env("TTS__REDIS__KEY_PREFIX", &settings.redis.key_prefix)
         .env("TTS__STORAGE__URL", &settings.storage.url)
@@ -497,6 +501,11 @@ pub fn spawn_gateway_process(settings: &Settings) -> (WorkerProcess, String) {
         .env("TTS__REDIS__KEY_PREFIX", &settings.redis.key_prefix)
         .env("TTS__STORAGE__URL", &settings.storage.url)
         .env("TTS__GATEWAY__IP_RPM", "100000")
+        .env("TTS__AUTH__MODE", &settings.auth.mode)
+        .env(
+            "TTS__AUTH__KEYS",
+            serde_json::to_string(&settings.auth.keys).expect("keys serialise"),
+        )
         .env("TTS__GATEWAY__GLOBAL_RPM", "100000")
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())

@@ -75,7 +75,7 @@ impl Application {
             voices: voices.clone(),
             rate_limiter: None,
         };
-        let (listener, state) = Self::gateway_parts(&settings, gateway).await?;
+        let (listener, state) = Self::gateway_parts(&settings, gateway, false).await?;
         let mut workers = Vec::new();
         for engine in engines {
             let (engine_impl, analysis) = match load_engine(&settings, &engine).await {
@@ -116,8 +116,13 @@ impl Application {
     }
 
     async fn gateway(settings: Settings) -> anyhow::Result<Self> {
-        let client =
-            tts_infra::nats::connect(&settings.nats.url, "voice-clone-tts gateway").await?;
+        let client = tts_infra::nats::connect(
+            &settings.nats.url,
+            "voice-clone-tts gateway",
+            &settings.nats.user,
+            &settings.nats.password,
+        )
+        .await?;
         let queue = JetStreamQueue::connect(client.clone(), queue_settings(&settings)).await?;
         let (store, voices, rate_limiter) = redis_stores(&settings).await?;
         let deps = GatewayDeps {
@@ -128,7 +133,7 @@ impl Application {
             voices,
             rate_limiter: Some(rate_limiter),
         };
-        let (listener, state) = Self::gateway_parts(&settings, deps).await?;
+        let (listener, state) = Self::gateway_parts(&settings, deps, true).await?;
         Ok(Application {
             gateway_addr: Some(listener.local_addr()?),
             gateway: Some((listener, state)),
@@ -141,6 +146,8 @@ impl Application {
         let client = tts_infra::nats::connect(
             &settings.nats.url,
             &format!("voice-clone-tts worker {engine}"),
+            &settings.nats.user,
+            &settings.nats.password,
         )
         .await?;
         let queue = JetStreamQueue::connect(client.clone(), queue_settings(&settings)).await?;
@@ -172,6 +179,7 @@ impl Application {
     async fn gateway_parts(
         settings: &Settings,
         deps: GatewayDeps,
+        distributed: bool,
     ) -> anyhow::Result<(TcpListener, AppState)> {
         let g = &settings.gateway;
         let options = GatewayOptions {
@@ -193,6 +201,26 @@ impl Application {
             max_queue_depth: g.max_queue_depth,
             request_timeout: Duration::from_secs(g.request_timeout_secs),
             cors_origins: g.cors_origins.clone(),
+            auth: tts_gateway::auth::AuthOptions {
+                // Distributed mode is reachable by others: keys are required there unless
+                // switched off; standalone runs open unless switched on.
+                required: match settings.auth.mode.as_str() {
+                    "on" => true,
+                    "off" => false,
+                    _ => distributed,
+                },
+                keys: settings
+                    .auth
+                    .keys
+                    .iter()
+                    .map(|k| tts_gateway::auth::ApiKey {
+                        name: k.name.clone(),
+                        tenant: k.tenant.clone(),
+                        sha256: k.sha256.clone(),
+                        admin: k.admin,
+                    })
+                    .collect(),
+            },
         };
         let state = AppState::start(deps, options)
             .await

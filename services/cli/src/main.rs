@@ -43,6 +43,9 @@ enum Command {
     /// Fetches ONNX Runtime and the models of every built-in engine into the model cache, then
     /// exits.
     FetchModels,
+    /// Prints the SHA-256 of an API key, as `auth.keys[].sha256` takes it. The key is read from
+    /// standard input (one line) so that it stays out of the shell's history.
+    HashKey,
 }
 
 #[tokio::main]
@@ -71,6 +74,14 @@ async fn main() -> anyhow::Result<()> {
                 }
             }
             Mode::Worker { engine }
+        }
+        Command::HashKey => {
+            let mut key = String::new();
+            std::io::stdin().read_line(&mut key)?;
+            let key = key.trim_end_matches(['\r', '\n']);
+            anyhow::ensure!(!key.is_empty(), "no key on standard input");
+            println!("{}", tts_gateway::auth::hash_key(key));
+            return Ok(());
         }
         Command::FetchModels => {
             let cache = settings.models.cache_dir.clone();

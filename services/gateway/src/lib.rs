@@ -5,6 +5,7 @@
 //! ONNX Runtime): the workers do, and the gateway reads what they stored. The one object it
 //! writes is a client's upload of a reference clip, which it checks decodes as audio first.
 
+pub mod auth;
 pub mod error;
 pub mod extract;
 pub mod limits;
@@ -51,6 +52,7 @@ pub struct GatewayOptions {
     /// The engines configured in `workers`, whether or not a worker runs them now.
     pub engines: Vec<String>,
     pub limits: limits::LimitOptions,
+    pub auth: auth::AuthOptions,
     /// A sync request is refused with 503 when its engine's queue holds more jobs than this.
     pub max_queue_depth: u64,
     pub request_timeout: Duration,
@@ -64,6 +66,7 @@ pub struct AppState {
     pub options: Arc<GatewayOptions>,
     pub registry: Registry,
     pub limits: Arc<limits::Limits>,
+    pub auth: Arc<auth::Auth>,
     /// Becomes true when the gateway starts shutting down; WebSockets close on it.
     pub closing: Arc<tokio::sync::watch::Sender<bool>>,
 }
@@ -74,11 +77,13 @@ impl AppState {
         let registry = Registry::start(deps.bus.clone(), options.dead_threshold).await?;
         let limits = limits::Limits::new(options.limits.clone(), deps.rate_limiter.clone())
             .map_err(AppError::Internal)?;
+        let auth = auth::Auth::new(&options.auth).map_err(AppError::Internal)?;
         Ok(AppState {
             deps,
             options: Arc::new(options),
             registry,
             limits: Arc::new(limits),
+            auth: Arc::new(auth),
             closing: Arc::new(tokio::sync::watch::Sender::new(false)),
         })
     }

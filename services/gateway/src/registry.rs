@@ -28,6 +28,9 @@ struct Seen {
 #[derive(Clone)]
 pub struct Registry {
     nodes: Arc<RwLock<HashMap<String, Seen>>>,
+    /// Every stock voice any worker has announced since this gateway started, so that a voice
+    /// whose workers are all gone is told apart from one that never existed.
+    heard_voices: Arc<RwLock<HashMap<String, VoiceInfo>>>,
     dead_threshold: Duration,
     /// Bumped whenever the fleet as `/api/nodes` shows it changes.
     changes: watch::Sender<u64>,
@@ -50,6 +53,7 @@ impl Registry {
     pub async fn start(bus: Arc<dyn Bus>, dead_threshold: Duration) -> Result<Self, AppError> {
         let registry = Registry {
             nodes: Arc::default(),
+            heard_voices: Arc::default(),
             dead_threshold,
             changes: watch::Sender::new(0),
         };
@@ -84,6 +88,12 @@ impl Registry {
     }
 
     fn heard(&self, info: NodeInfo) {
+        {
+            let mut voices = self.heard_voices.write().unwrap_or_else(|p| p.into_inner());
+            for voice in &info.voices {
+                voices.insert(voice.voice_id.clone(), voice.clone());
+            }
+        }
         let changed = {
             let mut nodes = self.nodes.write().unwrap_or_else(|p| p.into_inner());
             if info.status == WorkerStatus::Offline {
@@ -192,6 +202,15 @@ impl Registry {
             }
         }
         languages
+    }
+
+    /// A stock voice that live workers served once but none serves now.
+    pub fn departed_voice(&self, voice_id: &str) -> Option<VoiceInfo> {
+        if self.voice(voice_id).is_some() {
+            return None;
+        }
+        let voices = self.heard_voices.read().unwrap_or_else(|p| p.into_inner());
+        voices.get(voice_id).cloned()
     }
 
     pub fn voice(&self, voice_id: &str) -> Option<VoiceInfo> {

@@ -8,6 +8,7 @@ use tts_contracts::{
 use uuid::Uuid;
 
 use crate::AppState;
+use crate::auth::Caller;
 use crate::error::AppError;
 
 /// Longest accepted `Idempotency-Key`.
@@ -16,6 +17,7 @@ const MAX_IDEMPOTENCY_KEY: usize = 255;
 /// Checks a request against the API's rules and the live fleet, and builds its job.
 pub async fn validate(
     state: &AppState,
+    caller: &Caller,
     request: SynthesizeRequest,
 ) -> Result<JobMessage, AppError> {
     let text = request.text.trim();
@@ -47,7 +49,7 @@ pub async fn validate(
             "voice_id must not be empty",
         ));
     }
-    let voice = resolve_voice(state, &request.voice_id).await?;
+    let voice = resolve_voice(state, caller, &request.voice_id).await?;
     let language = match request.language {
         Some(l) if l.trim().is_empty() => {
             return Err(AppError::unprocessable(
@@ -73,6 +75,7 @@ pub async fn validate(
         job_id: Uuid::new_v4(),
         engine: voice.engine,
         created_at: Utc::now(),
+        tenant: caller.tenant.clone(),
         spec: JobSpec::Synthesize {
             text: text.to_string(),
             voice_id: voice.voice_id,
@@ -84,9 +87,25 @@ pub async fn validate(
 
 /// A stock voice of a live worker, or a cloned voice that is ready and whose engine has a live
 /// worker.
-async fn resolve_voice(state: &AppState, voice_id: &str) -> Result<VoiceInfo, AppError> {
+async fn resolve_voice(
+    state: &AppState,
+    caller: &Caller,
+    voice_id: &str,
+) -> Result<VoiceInfo, AppError> {
     if let Some(voice) = state.registry.voice(voice_id) {
         return Ok(voice);
+    }
+    // A stock voice this gateway has heard of, whose workers are all gone: come back later,
+    // rather than wait for a worker that may never come.
+    if let Some(gone) = state.registry.departed_voice(voice_id) {
+        return Err(AppError::unavailable_for_now(
+            "engine_unavailable",
+            format!(
+                "no live worker of engine {} serves voice {voice_id} now",
+                gone.engine
+            ),
+            RETRY_AFTER_SECS,
+        ));
     }
     let unknown = || {
         AppError::unprocessable(
@@ -96,7 +115,14 @@ async fn resolve_voice(state: &AppState, voice_id: &str) -> Result<VoiceInfo, Ap
             ),
         )
     };
-    let Some(record) = state.deps.voices.get(voice_id).await? else {
+    // Another tenant's voice does not exist for this caller.
+    let Some(record) = state
+        .deps
+        .voices
+        .get(voice_id)
+        .await?
+        .filter(|r| caller.owns(r.tenant.as_deref()))
+    else {
         return Err(unknown());
     };
     match record.info.status {
@@ -147,7 +173,7 @@ pub async fn check_capacity(state: &AppState, engine: &str) -> Result<(), AppErr
         ));
     }
     let depth = state.deps.queue.depth(engine).await?;
-    if depth >= state.options.max_queue_depth {
+    if depth > state.options.max_queue_depth {
         return Err(AppError::unavailable_for_now(
             "queue_full",
             format!(
@@ -186,6 +212,9 @@ pub async fn submit(
     job: JobMessage,
     idempotency_key: Option<&str>,
 ) -> Result<Submitted, AppError> {
+    // Keys are scoped to the tenant: two tenants may use the same key for different jobs.
+    let scoped = idempotency_key.map(|k| format!("{}:{k}", job.tenant.as_deref().unwrap_or("-")));
+    let idempotency_key = scoped.as_deref();
     if let Some(key) = idempotency_key
         && let Some(existing) = state
             .deps

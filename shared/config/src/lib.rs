@@ -26,8 +26,50 @@ pub struct Settings {
     pub redis: RedisSettings,
     pub storage: StorageSettings,
     pub voices: VoiceSettings,
+    pub auth: AuthSettings,
     pub models: ModelSettings,
     pub logging: LoggingSettings,
+}
+
+/// Who may call the API.
+#[derive(Debug, Clone, Deserialize)]
+pub struct AuthSettings {
+    /// `auto` (required by `gateway`, off in `standalone`), `on` or `off`.
+    pub mode: String,
+    /// API keys, stored as SHA-256 hashes. In one environment variable: a JSON list.
+    #[serde(default, deserialize_with = "list_or_json")]
+    pub keys: Vec<ApiKeySettings>,
+}
+
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+pub struct ApiKeySettings {
+    pub name: String,
+    /// Jobs, audio and cloned voices belong to the key's tenant.
+    pub tenant: String,
+    /// Lower-case hex SHA-256 of the key (`voice-clone-tts hash-key` prints it).
+    pub sha256: String,
+    /// Admin keys also see the worker fleet (`/api/nodes`, `/ws`).
+    #[serde(default)]
+    pub admin: bool,
+}
+
+/// A list of tables from YAML, or a JSON list from one environment variable.
+fn list_or_json<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::de::DeserializeOwned,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum ListOrString<T> {
+        List(Vec<T>),
+        String(String),
+    }
+    match ListOrString::<T>::deserialize(d)? {
+        ListOrString::List(items) => Ok(items),
+        ListOrString::String(s) if s.trim().is_empty() => Ok(Vec::new()),
+        ListOrString::String(s) => serde_json::from_str(&s).map_err(serde::de::Error::custom),
+    }
 }
 
 /// Voice cloning: uploads on the gateway, enrollment on the workers.
@@ -171,6 +213,12 @@ fn default_device() -> String {
 pub struct NatsSettings {
     pub url: String,
     pub replicas: usize,
+    /// The user this process connects as (nats/nats-server.conf defines `gateway` and
+    /// `worker`); empty connects without credentials.
+    #[serde(default)]
+    pub user: String,
+    #[serde(default)]
+    pub password: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -290,6 +338,12 @@ impl Settings {
         }
         if self.voices.max_upload_bytes == 0 {
             return fail("voices.max_upload_bytes must be at least 1".into());
+        }
+        if !matches!(self.auth.mode.as_str(), "auto" | "on" | "off") {
+            return fail(format!(
+                "auth.mode must be auto, on or off, not {:?}",
+                self.auth.mode
+            ));
         }
         if !matches!(self.logging.format.as_str(), "text" | "json") {
             return fail("logging.format must be text or json".into());

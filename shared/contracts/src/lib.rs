@@ -30,15 +30,17 @@ pub struct SynthesizeRequest {
     pub speed: Option<f32>,
 }
 
+/// The base language of a tag, lower case: `en` for `en-US` and `EN_us`.
+pub fn base_language(tag: &str) -> String {
+    tag.split(['-', '_'])
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase()
+}
+
 /// Whether two language tags name the same base language: `en` matches `en-US` and `EN_us`.
 pub fn same_language(a: &str, b: &str) -> bool {
-    let base = |s: &str| {
-        s.split(['-', '_'])
-            .next()
-            .unwrap_or_default()
-            .to_ascii_lowercase()
-    };
-    base(a) == base(b)
+    base_language(a) == base_language(b)
 }
 
 /// The smallest and largest accepted `speed`.
@@ -78,6 +80,9 @@ pub struct JobMessage {
     pub job_id: JobId,
     pub engine: String,
     pub created_at: DateTime<Utc>,
+    /// The tenant the job belongs to; `None` when authentication is off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
     #[serde(flatten)]
     pub spec: JobSpec,
 }
@@ -143,6 +148,9 @@ pub struct JobRecord {
     /// The node that ran the latest attempt.
     #[serde(default)]
     pub worker: Option<String>,
+    /// The tenant the job belongs to; `None` when authentication is off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
 }
 
 impl JobRecord {
@@ -163,6 +171,7 @@ impl JobRecord {
             duration_seconds: None,
             sample_rate: None,
             worker: None,
+            tenant: message.tenant.clone(),
         }
     }
 
@@ -307,6 +316,9 @@ pub struct VoiceRecord {
     pub engine_data: Option<serde_json::Value>,
     #[serde(default)]
     pub error: Option<JobFailure>,
+    /// The tenant the voice belongs to; `None` when authentication is off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
 }
 
 impl VoiceRecord {
@@ -324,6 +336,7 @@ impl VoiceRecord {
             speech_seconds: None,
             engine_data: None,
             error: None,
+            tenant: None,
         }
     }
 
@@ -465,6 +478,7 @@ mod tests {
             job_id: Uuid::nil(),
             engine: "piper".into(),
             created_at: Utc::now(),
+            tenant: None,
             spec: JobSpec::Synthesize {
                 text: "Hello.".into(),
                 voice_id: "en_US-joe-medium".into(),

@@ -4,10 +4,21 @@ use std::time::Duration;
 
 use crate::error::{InfraError, Result};
 
-/// Connects to the NATS server at `url`, naming the connection after the process's role so that
-/// the server's monitoring shows who is who. Reconnection is automatic after the first connect.
-pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client> {
-    async_nats::ConnectOptions::new()
+/// Connects to the NATS server at `url` as `user` (none when empty), naming the connection after
+/// the process's role so that the server's monitoring shows who is who. Reconnection is
+/// automatic after the first connect.
+pub async fn connect(
+    url: &str,
+    name: &str,
+    user: &str,
+    password: &str,
+) -> Result<async_nats::Client> {
+    let options = if user.is_empty() {
+        async_nats::ConnectOptions::new()
+    } else {
+        async_nats::ConnectOptions::with_user_and_password(user.into(), password.into())
+    };
+    options
         .name(name)
         .connection_timeout(Duration::from_secs(5))
         .connect(url)

@@ -1,18 +1,20 @@
 //! `POST /api/jobs`, `GET /api/jobs/{id}` and `GET /api/jobs/{id}/audio`.
 
+use axum::Extension;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
 use tts_contracts::{JobAccepted, JobRecord, JobStatus, SynthesizeRequest};
 
-use super::parse_job_id;
-use crate::AppState;
+use super::{Caller, parse_job_id};
 use crate::error::AppError;
 use crate::extract::ApiJson;
 use crate::submit;
+use crate::{AppState, auth};
 
 pub async fn create(
     State(state): State<AppState>,
+    Extension(caller): Caller,
     headers: HeaderMap,
     ApiJson(request): ApiJson<SynthesizeRequest>,
 ) -> Result<Response, AppError> {
@@ -30,7 +32,7 @@ pub async fn create(
         }
         None => None,
     };
-    let job = submit::validate(&state, request).await?;
+    let job = submit::validate(&state, &caller, request).await?;
     let submitted = submit::submit(&state, job, key.as_deref()).await?;
     let status = if submitted.replayed {
         state
@@ -69,9 +71,10 @@ pub async fn create(
 
 pub async fn status(
     State(state): State<AppState>,
+    Extension(caller): Caller,
     Path(id): Path<String>,
 ) -> Result<Json<JobView>, AppError> {
-    let record = load(&state, &id).await?;
+    let record = load(&state, &caller, &id).await?;
     // Enrollment jobs succeed without audio.
     let audio_url = (record.status == JobStatus::Succeeded && record.audio_key.is_some())
         .then(|| format!("{}/api/jobs/{}/audio", base_url(&state), record.job_id));
@@ -85,9 +88,10 @@ pub(crate) fn base_url(state: &AppState) -> &str {
 
 pub async fn audio(
     State(state): State<AppState>,
+    Extension(caller): Caller,
     Path(id): Path<String>,
 ) -> Result<Response, AppError> {
-    let record = load(&state, &id).await?;
+    let record = load(&state, &caller, &id).await?;
     let not_ready = || {
         AppError::not_found(
             "audio_not_ready",
@@ -106,13 +110,19 @@ pub async fn audio(
     Ok(([(header::CONTENT_TYPE, "audio/wav")], audio).into_response())
 }
 
-async fn load(state: &AppState, id: &str) -> Result<JobRecord, AppError> {
+/// A job the caller may see: another tenant's job is "not found", like one that never was.
+pub(crate) async fn load(
+    state: &AppState,
+    caller: &auth::Caller,
+    id: &str,
+) -> Result<JobRecord, AppError> {
     let job_id = parse_job_id(id)?;
     state
         .deps
         .store
         .get(&job_id)
         .await?
+        .filter(|r| caller.owns(r.tenant.as_deref()))
         .ok_or_else(|| AppError::not_found("job_not_found", format!("no job {job_id}")))
 }
 

@@ -18,7 +18,7 @@ use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::error::AppError;
-use crate::{AppState, limits};
+use crate::{AppState, auth, limits};
 
 pub fn router(state: AppState) -> Router {
     let json_limit = state.options.max_json_bytes;
@@ -53,6 +53,11 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(json_limit))
+        // Outermost first: CORS, then the limits (strangers count too), then who is calling.
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
+        ))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             limits::enforce,
@@ -99,10 +104,25 @@ async fn method_not_allowed() -> AppError {
     )
 }
 
+/// The caller of a request, as the auth middleware found it.
+pub(crate) type Caller = axum::Extension<auth::Caller>;
+
 /// Parses a job id from the path, answering 404 for anything that cannot be one.
 fn parse_job_id(raw: &str) -> Result<tts_contracts::JobId, AppError> {
     raw.parse()
         .map_err(|_| AppError::not_found("job_not_found", format!("no job {raw:?}")))
+}
+
+/// Closes a WebSocket with 1001 (going away) because the gateway is stopping, so that the client
+/// reconnects to another one.
+async fn close_going_away(socket: &mut axum::extract::ws::WebSocket) {
+    use axum::extract::ws::{CloseFrame, Message, close_code};
+    let _ = socket
+        .send(Message::Close(Some(CloseFrame {
+            code: close_code::AWAY,
+            reason: "the gateway is shutting down; reconnect".into(),
+        })))
+        .await;
 }
 
 /// Resolves once the gateway starts shutting down. (The guard `wait_for` returns is dropped

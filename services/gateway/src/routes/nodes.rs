@@ -4,11 +4,11 @@
 use axum::Json;
 use axum::extract::State;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
 use serde_json::{Value, json};
 
-use super::stopping;
+use super::{close_going_away, stopping};
 use crate::AppState;
 use crate::error::AppError;
 
@@ -47,12 +47,7 @@ async fn push(mut socket: WebSocket, state: AppState) {
         loop {
             tokio::select! {
                 _ = stopping(&mut closing) => {
-                    let _ = socket
-                        .send(Message::Close(Some(CloseFrame {
-                            code: close_code::AWAY,
-                            reason: "the gateway is shutting down; reconnect".into(),
-                        })))
-                        .await;
+                close_going_away(&mut socket).await;
                     return;
                 }
                 changed = changes.changed() => {

@@ -2,12 +2,14 @@
 
 use std::time::Duration;
 
+use axum::Extension;
 use axum::extract::State;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use tts_contracts::{JobEvent, JobRecord, JobStatus, SynthesizeRequest, subjects};
 
+use super::Caller;
 use crate::AppState;
 use crate::error::AppError;
 use crate::extract::ApiJson;
@@ -18,9 +20,10 @@ const POLL_EVERY: Duration = Duration::from_secs(1);
 
 pub async fn synthesize(
     State(state): State<AppState>,
+    Extension(caller): Caller,
     ApiJson(request): ApiJson<SynthesizeRequest>,
 ) -> Result<Response, AppError> {
-    let job = submit::validate(&state, request).await?;
+    let job = submit::validate(&state, &caller, request).await?;
     submit::check_capacity(&state, &job.engine).await?;
     let job_id = job.job_id;
     // Subscribe before queueing so that the job cannot finish unseen.

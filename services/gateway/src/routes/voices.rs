@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use axum::Extension;
 use axum::extract::multipart::{Field, MultipartError, MultipartRejection};
 use axum::extract::{Multipart, Path, State};
 use axum::http::{StatusCode, header};
@@ -17,10 +18,11 @@ use tts_contracts::{
 };
 use uuid::Uuid;
 
+use super::Caller;
 use super::jobs::base_url;
-use crate::AppState;
 use crate::error::AppError;
 use crate::submit;
+use crate::{AppState, auth};
 
 /// Longest accepted voice name.
 const MAX_NAME_CHARS: usize = 100;
@@ -42,7 +44,10 @@ const CLIP_ERRORS: [&str; 6] = [
     "prompt_text_required",
 ];
 
-pub async fn list(State(state): State<AppState>) -> Result<Json<Value>, AppError> {
+pub async fn list(
+    State(state): State<AppState>,
+    Extension(caller): Caller,
+) -> Result<Json<Value>, AppError> {
     let mut voices: Vec<VoiceView> = state
         .registry
         .voices()
@@ -56,6 +61,7 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<Value>, AppError
             .list()
             .await?
             .iter()
+            .filter(|r| caller.owns(r.tenant.as_deref()))
             .map(VoiceRecord::view),
     );
     Ok(Json(json!({ "voices": voices })))
@@ -63,9 +69,10 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<Value>, AppError
 
 pub async fn get(
     State(state): State<AppState>,
+    Extension(caller): Caller,
     Path(voice_id): Path<String>,
 ) -> Result<Json<VoiceView>, AppError> {
-    if let Some(record) = state.deps.voices.get(&voice_id).await? {
+    if let Some(record) = owned(&state, &caller, &voice_id).await? {
         return Ok(Json(record.view()));
     }
     state
@@ -79,9 +86,11 @@ pub async fn get(
 /// already queued for it fails with `voice_not_found`.
 pub async fn delete(
     State(state): State<AppState>,
+    Extension(caller): Caller,
     Path(voice_id): Path<String>,
 ) -> Result<StatusCode, AppError> {
-    if !state.deps.voices.delete(&voice_id).await? {
+    let mine = owned(&state, &caller, &voice_id).await?.is_some();
+    if !mine || !state.deps.voices.delete(&voice_id).await? {
         if state.registry.voice(&voice_id).is_some() {
             return Err(AppError::client(
                 StatusCode::CONFLICT,
@@ -96,6 +105,20 @@ pub async fn delete(
     remove_objects(&state, &voice_id).await?;
     tracing::info!(%voice_id, "voice deleted");
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// A cloned voice the caller may see: another tenant's voice does not exist for it.
+async fn owned(
+    state: &AppState,
+    caller: &auth::Caller,
+    voice_id: &str,
+) -> Result<Option<VoiceRecord>, AppError> {
+    Ok(state
+        .deps
+        .voices
+        .get(voice_id)
+        .await?
+        .filter(|r| caller.owns(r.tenant.as_deref())))
 }
 
 fn not_found(voice_id: &str) -> AppError {
@@ -125,6 +148,7 @@ struct UploadForm {
 /// bad upload; once the clip is accepted, or the wait is over, it answers 202.
 pub async fn create(
     State(state): State<AppState>,
+    Extension(caller): Caller,
     multipart: Result<Multipart, MultipartRejection>,
 ) -> Result<Response, AppError> {
     let mut multipart = multipart.map_err(|_| {
@@ -144,13 +168,15 @@ pub async fn create(
         job_id: Uuid::new_v4(),
         engine: info.engine.clone(),
         created_at: Utc::now(),
+        tenant: caller.tenant.clone(),
         spec: JobSpec::Enroll {
             voice_id: voice_id.clone(),
             upload_key: key,
         },
     };
     let job_id = job.job_id;
-    let record = VoiceRecord::enrolling(info, prompt_text, job_id);
+    let mut record = VoiceRecord::enrolling(info, prompt_text, job_id);
+    record.tenant = caller.tenant.clone();
     if let Err(e) = state.deps.voices.put(&record).await {
         let _ = remove_objects(&state, &voice_id).await;
         return Err(e.into());

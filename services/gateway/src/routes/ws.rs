@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use axum::Extension;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
 use axum::extract::{Path, State};
@@ -14,7 +15,7 @@ use futures::stream::BoxStream;
 use tts_contracts::{JobEvent, JobId, JobStatus, subjects};
 use tts_infra::BusMessage;
 
-use super::{parse_job_id, stopping};
+use super::{Caller, close_going_away, parse_job_id, stopping};
 use crate::AppState;
 use crate::error::AppError;
 
@@ -23,6 +24,7 @@ const RECHECK_EVERY: Duration = Duration::from_secs(2);
 
 pub async fn job_events(
     State(state): State<AppState>,
+    Extension(caller): Caller,
     Path(id): Path<String>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, AppError> {
@@ -40,12 +42,7 @@ pub async fn job_events(
         .bus
         .subscribe(subjects::job_events(&job_id))
         .await?;
-    let record = state
-        .deps
-        .store
-        .get(&job_id)
-        .await?
-        .ok_or_else(|| AppError::not_found("job_not_found", format!("no job {job_id}")))?;
+    let record = super::jobs::load(&state, &caller, &id).await?;
     let first = record.to_event();
     Ok(upgrade.on_upgrade(move |socket| stream(socket, state, job_id, first, events)))
 }
@@ -68,12 +65,7 @@ async fn stream(
         let next = tokio::select! {
             // The gateway is stopping: say so, so that the client reconnects to another one.
             _ = stopping(&mut closing) => {
-                let _ = socket
-                    .send(Message::Close(Some(CloseFrame {
-                        code: close_code::AWAY,
-                        reason: "the gateway is shutting down; reconnect".into(),
-                    })))
-                    .await;
+                close_going_away(&mut socket).await;
                 return;
             }
             message = events.next() => match message {

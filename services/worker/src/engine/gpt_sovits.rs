@@ -133,11 +133,7 @@ impl GptSovitsEngine {
 
 /// api_v2's name for a language: the base tag, lower case.
 fn api_language(language: &str) -> String {
-    language
-        .split(['-', '_'])
-        .next()
-        .unwrap_or_default()
-        .to_ascii_lowercase()
+    tts_contracts::base_language(language)
 }
 
 /// The reference clip on the shared disk for one request; removed when dropped, whatever the
@@ -206,19 +202,7 @@ impl Engine for GptSovitsEngine {
         let clip = SharedClip::write(&self.shared_dir, &voice.info.voice_id, wav)?;
         let ref_audio_path = format!("{}/{}", self.server_dir, clip.file_name());
         let body = self.request(input, voice, &ref_audio_path);
-        let bytes = self.upstreams.with_server(|client, url| {
-            let response = client
-                .post(format!("{url}/tts"))
-                .json(&body)
-                .send()
-                .map_err(|e| self.upstreams.transport_error(url, e))?;
-            if !response.status().is_success() {
-                return Err(self.upstreams.status_error(url, response));
-            }
-            response
-                .bytes()
-                .map_err(|e| self.upstreams.transport_error(url, e))
-        })?;
+        let bytes = self.upstreams.post("/tts", |r| Ok(r.json(&body)))?;
         drop(clip);
         let decoded = tts_audio::decode(&bytes).map_err(|e| {
             EngineError::new(

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, TryLockError};
 use std::time::Duration;
 
-use reqwest::blocking::{Client, Response};
+use reqwest::blocking::{Client, RequestBuilder, Response};
 
 use super::{EngineError, EngineErrorKind, EngineHealth};
 
@@ -107,6 +107,24 @@ impl Upstreams {
         }
         let _guard = self.locks[start].lock().unwrap_or_else(|p| p.into_inner());
         call(client, &self.urls[start])
+    }
+
+    /// POSTs to `path` on the next server (see [`Upstreams::with_server`]) and returns the body
+    /// of a successful answer; `request` adds the body to the request.
+    pub fn post(
+        &self,
+        path: &str,
+        request: impl FnOnce(RequestBuilder) -> Result<RequestBuilder, EngineError>,
+    ) -> Result<bytes::Bytes, EngineError> {
+        self.with_server(|client, url| {
+            let response = request(client.post(format!("{url}{path}")))?
+                .send()
+                .map_err(|e| self.transport_error(url, e))?;
+            if !response.status().is_success() {
+                return Err(self.status_error(url, response));
+            }
+            response.bytes().map_err(|e| self.transport_error(url, e))
+        })
     }
 
     /// Health: ready when at least one server accepts a connection.

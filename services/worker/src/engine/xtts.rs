@@ -188,12 +188,7 @@ impl Engine for XttsEngine {
             ));
         }
         let latents = latents_of(voice)?;
-        let language = input
-            .language
-            .split(['-', '_'])
-            .next()
-            .unwrap_or_default()
-            .to_ascii_lowercase();
+        let language = tts_contracts::base_language(&input.language);
         let body = json!({
             "text": input.text,
             "language": language,
@@ -202,19 +197,7 @@ impl Engine for XttsEngine {
             "add_wav_header": true,
             "stream_chunk_size": self.stream_chunk_size.to_string(),
         });
-        let bytes = self.upstreams.with_server(|client, url| {
-            let response = client
-                .post(format!("{url}/tts_stream"))
-                .json(&body)
-                .send()
-                .map_err(|e| self.upstreams.transport_error(url, e))?;
-            if !response.status().is_success() {
-                return Err(self.upstreams.status_error(url, response));
-            }
-            response
-                .bytes()
-                .map_err(|e| self.upstreams.transport_error(url, e))
-        })?;
+        let bytes = self.upstreams.post("/tts_stream", |r| Ok(r.json(&body)))?;
         let audio = read_streamed_wav(&bytes).map_err(|e| {
             EngineError::new(
                 EngineErrorKind::Transient,
@@ -248,27 +231,19 @@ impl Engine for XttsEngine {
         progress: &mut dyn FnMut(Progress),
     ) -> Result<Enrollment, EngineError> {
         let wav = input.reference_wav.to_vec();
-        let latents: SpeakerLatents = self.upstreams.with_server(|client, url| {
+        let answer = self.upstreams.post("/clone_speaker", |r| {
             let part = reqwest::blocking::multipart::Part::bytes(wav)
                 .file_name("reference.wav")
                 .mime_str("audio/wav")
                 .map_err(|e| EngineError::internal(e.to_string()))?;
-            let form = reqwest::blocking::multipart::Form::new().part("wav_file", part);
-            let response = client
-                .post(format!("{url}/clone_speaker"))
-                .multipart(form)
-                .send()
-                .map_err(|e| self.upstreams.transport_error(url, e))?;
-            if !response.status().is_success() {
-                return Err(self.upstreams.status_error(url, response));
-            }
-            response.json().map_err(|e| {
-                EngineError::new(
-                    EngineErrorKind::Transient,
-                    "upstream_error",
-                    format!("xtts server answered latents that do not parse: {e}"),
-                )
-            })
+            Ok(r.multipart(reqwest::blocking::multipart::Form::new().part("wav_file", part)))
+        })?;
+        let latents: SpeakerLatents = serde_json::from_slice(&answer).map_err(|e| {
+            EngineError::new(
+                EngineErrorKind::Transient,
+                "upstream_error",
+                format!("xtts server answered latents that do not parse: {e}"),
+            )
         })?;
         latents.check().map_err(|e| {
             EngineError::new(

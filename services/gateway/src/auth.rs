@@ -1,0 +1,250 @@
+//! Who is calling: API keys sent as `Authorization: Bearer <key>`, checked against the SHA-256
+//! hashes in config (keys themselves are never stored), and the tenant each key belongs to.
+//!
+//! Jobs, their audio and cloned voices belong to the tenant that made them; another tenant is
+//! told they do not exist (404), so ids reveal nothing. Admin keys also see the worker fleet
+//! (`/api/nodes`, `/ws`). With authentication off (standalone's default) every caller is the
+//! one open tenant, with admin rights.
+
+use std::collections::HashMap;
+
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use sha2::{Digest, Sha256};
+
+use crate::AppState;
+use crate::error::AppError;
+
+/// One configured key.
+#[derive(Debug, Clone)]
+pub struct ApiKey {
+    pub name: String,
+    pub tenant: String,
+    /// Lower-case hex SHA-256 of the key.
+    pub sha256: String,
+    pub admin: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuthOptions {
+    pub required: bool,
+    pub keys: Vec<ApiKey>,
+}
+
+/// The caller of a request, put in its extensions by [`authenticate`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// `None` when authentication is off: the one open tenant.
+    pub tenant: Option<String>,
+    pub admin: bool,
+}
+
+impl Caller {
+    /// Whether this caller may see something that belongs to `owner`.
+    pub fn owns(&self, owner: Option<&str>) -> bool {
+        self.admin && self.tenant.is_none() || self.tenant.as_deref() == owner
+    }
+}
+
+pub struct Auth {
+    required: bool,
+    by_hash: HashMap<String, Caller>,
+}
+
+/// The lower-case hex SHA-256 of a key, as config stores it.
+pub fn hash_key(key: &str) -> String {
+    hex::encode(Sha256::digest(key.as_bytes()))
+}
+
+impl Auth {
+    pub fn new(options: &AuthOptions) -> Result<Self, String> {
+        if options.required && options.keys.is_empty() {
+            return Err(
+                "authentication is required but no API keys are configured (auth.keys); \
+                 add keys or set auth.mode: off"
+                    .into(),
+            );
+        }
+        let mut by_hash = HashMap::new();
+        for key in &options.keys {
+            let hash = key.sha256.to_ascii_lowercase();
+            if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(format!(
+                    "auth key {:?}: sha256 must be 64 hex digits (voice-clone-tts hash-key prints it)",
+                    key.name
+                ));
+            }
+            if key.tenant.trim().is_empty() {
+                return Err(format!("auth key {:?} names no tenant", key.name));
+            }
+            by_hash.insert(
+                hash,
+                Caller {
+                    tenant: Some(key.tenant.clone()),
+                    admin: key.admin,
+                },
+            );
+        }
+        Ok(Auth {
+            required: options.required,
+            by_hash,
+        })
+    }
+
+    fn caller(&self, authorization: Option<&str>) -> Result<Caller, AppError> {
+        if !self.required {
+            return Ok(Caller {
+                tenant: None,
+                admin: true,
+            });
+        }
+        let key = authorization
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .ok_or_else(|| unauthorized("send an API key as Authorization: Bearer <key>"))?;
+        self.by_hash
+            .get(&hash_key(key))
+            .cloned()
+            .ok_or_else(|| unauthorized("the API key is not valid"))
+    }
+}
+
+fn unauthorized(message: &str) -> AppError {
+    AppError::client(StatusCode::UNAUTHORIZED, "unauthorized", message)
+}
+
+/// Paths anyone may call: the health probe.
+fn is_public(path: &str) -> bool {
+    path == "/health"
+}
+
+/// Paths only admin keys may call: the worker fleet.
+fn is_admin_only(path: &str) -> bool {
+    path == "/api/nodes" || path == "/ws"
+}
+
+/// Middleware: identifies the caller, refusing unknown keys (401) and non-admins on admin paths
+/// (403), and hands the [`Caller`] to the handlers.
+pub async fn authenticate(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let path = request.uri().path().to_string();
+    if is_public(&path) {
+        return next.run(request).await;
+    }
+    let authorization = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    // Browsers cannot set headers on WebSockets; they may pass the key as ?access_token=.
+    let from_query = request.uri().query().and_then(|q| {
+        q.split('&')
+            .find_map(|pair| pair.strip_prefix("access_token="))
+            .map(|t| format!("Bearer {t}"))
+    });
+    let caller = match state.auth.caller(authorization.or(from_query.as_deref())) {
+        Ok(c) => c,
+        Err(e) => {
+            let mut response = e.into_response();
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                "Bearer".parse().expect("valid header"),
+            );
+            return response;
+        }
+    };
+    if is_admin_only(&path) && !caller.admin {
+        return AppError::client(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "the worker fleet is visible to admin keys only",
+        )
+        .into_response();
+    }
+    request.extensions_mut().insert(caller);
+    next.run(request).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn auth() -> Auth {
+        Auth::new(&AuthOptions {
+            required: true,
+            keys: vec![ApiKey {
+                name: "acme-ci".into(),
+                tenant: "acme".into(),
+                sha256: hash_key("s3cret"),
+                admin: false,
+            }],
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn keys_are_checked_by_their_hash() {
+        let a = auth();
+        assert_eq!(
+            a.caller(Some("Bearer s3cret")).unwrap(),
+            Caller {
+                tenant: Some("acme".into()),
+                admin: false
+            }
+        );
+        assert!(a.caller(Some("Bearer wrong")).is_err());
+        assert!(a.caller(Some("s3cret")).is_err());
+        assert!(a.caller(None).is_err());
+    }
+
+    #[test]
+    fn required_auth_needs_keys_and_hashes_must_be_hashes() {
+        assert!(
+            Auth::new(&AuthOptions {
+                required: true,
+                keys: vec![]
+            })
+            .is_err()
+        );
+        let bad = ApiKey {
+            name: "x".into(),
+            tenant: "t".into(),
+            sha256: "not-a-hash".into(),
+            admin: false,
+        };
+        assert!(
+            Auth::new(&AuthOptions {
+                required: false,
+                keys: vec![bad]
+            })
+            .is_err()
+        );
+        let open = Auth::new(&AuthOptions {
+            required: false,
+            keys: vec![],
+        })
+        .unwrap();
+        assert!(open.caller(None).unwrap().admin);
+    }
+
+    #[test]
+    fn tenants_see_only_their_own() {
+        let acme = Caller {
+            tenant: Some("acme".into()),
+            admin: false,
+        };
+        assert!(acme.owns(Some("acme")));
+        assert!(!acme.owns(Some("globex")));
+        assert!(!acme.owns(None));
+        let open = Caller {
+            tenant: None,
+            admin: true,
+        };
+        assert!(open.owns(Some("acme")) && open.owns(None));
+    }
+}
