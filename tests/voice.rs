@@ -3,6 +3,7 @@
 
 use std::sync::OnceLock;
 
+use tts_tests::clips::{self, FIRST, SECOND};
 use tts_tests::engines;
 use tts_worker::engine::{Engine, SynthesisInput};
 use tts_worker::voice::ANALYSIS_RATE;
@@ -40,9 +41,6 @@ fn speak(voice: &str, text: &str) -> Vec<f32> {
     };
     resample(&audio.samples, audio.sample_rate, ANALYSIS_RATE).unwrap()
 }
-
-const FIRST: &str = "The old lighthouse keeper climbed the stairs every evening to light the lamp.";
-const SECOND: &str = "Yesterday we walked along the river and counted the boats drifting by.";
 
 #[test]
 fn speech_is_found_and_trimmed_and_silence_is_not_speech() {
@@ -105,31 +103,12 @@ fn too_short_audio_has_no_embedding() {
     assert_eq!(err.code(), "audio_too_short");
 }
 
-/// A WAV file of 16-bit mono samples.
-fn wav_bytes(samples: &[f32], rate: u32) -> Vec<u8> {
-    let mut cursor = std::io::Cursor::new(Vec::new());
-    let spec = hound::WavSpec {
-        channels: 1,
-        sample_rate: rate,
-        bits_per_sample: 16,
-        sample_format: hound::SampleFormat::Int,
-    };
-    let mut writer = hound::WavWriter::new(&mut cursor, spec).unwrap();
-    for s in samples {
-        writer
-            .write_sample((s.clamp(-1.0, 1.0) * 32767.0) as i16)
-            .unwrap();
-    }
-    writer.finalize().unwrap();
-    cursor.into_inner()
-}
-
 #[test]
 fn an_mp3_named_like_a_wav_is_decoded_as_mp3() {
     let speech = speak("en_US-joe-medium", FIRST);
     let dir = tempfile::tempdir().unwrap();
     let wav = dir.path().join("speech.wav");
-    std::fs::write(&wav, wav_bytes(&speech, ANALYSIS_RATE)).unwrap();
+    std::fs::write(&wav, clips::wav(&speech, ANALYSIS_RATE)).unwrap();
     // The upload's name says WAV; its bytes are MP3.
     let mp3 = dir.path().join("clip.wav");
     let status = std::process::Command::new("lame")
@@ -206,23 +185,12 @@ fn the_style_search_moves_kokoro_towards_the_reference_speaker() {
 fn reference_clips_need_three_to_thirty_seconds_of_speech() {
     use tts_worker::voice::reference::prepare;
     let (vad, _) = analysis();
-    let piper = engines::piper();
-    let say = |text: &str| {
-        let input = SynthesisInput {
-            text: text.into(),
-            voice_id: "en_US-joe-medium".into(),
-            language: "en".into(),
-            speed: 1.0,
-            voice: None,
-            reference_wav: None,
-        };
-        piper.synthesize(&input, &mut |_| {}).unwrap()
-    };
+    let say = |text: &str| clips::speech(text).0;
     let rate = 22_050;
     let second_of_silence = vec![0.0f32; rate as usize];
 
     // About 6 s of speech with silence around it: accepted and trimmed at 16 kHz.
-    let speech = say(&format!("{FIRST} {SECOND}")).samples;
+    let speech = say(&format!("{FIRST} {SECOND}"));
     let padded: Vec<f32> = second_of_silence
         .iter()
         .chain(&speech)
@@ -239,11 +207,11 @@ fn reference_clips_need_three_to_thirty_seconds_of_speech() {
     assert!(reference.speech_seconds >= 3.0);
 
     // One word is too little.
-    let err = prepare(vad, &say("Hello.").samples, rate).unwrap_err();
+    let err = prepare(vad, &say("Hello."), rate).unwrap_err();
     assert_eq!(err.code(), "too_little_speech", "{err}");
 
     // Forty-odd seconds is too much.
-    let long = say(&format!("{FIRST} {SECOND} ").repeat(8)).samples;
+    let long = say(&format!("{FIRST} {SECOND} ").repeat(8));
     assert!(long.len() as f32 / rate as f32 > 40.0);
     let err = prepare(vad, &long, rate).unwrap_err();
     assert_eq!(err.code(), "too_much_speech", "{err}");

@@ -113,6 +113,22 @@ fn parse_job_id(raw: &str) -> Result<tts_contracts::JobId, AppError> {
         .map_err(|_| AppError::not_found("job_not_found", format!("no job {raw:?}")))
 }
 
+/// The WebSocket handshake of a request, or `400 websocket_required` for a plain request.
+fn require_websocket(
+    upgrade: Result<
+        axum::extract::WebSocketUpgrade,
+        axum::extract::ws::rejection::WebSocketUpgradeRejection,
+    >,
+) -> Result<axum::extract::WebSocketUpgrade, AppError> {
+    upgrade.map_err(|e| {
+        AppError::client(
+            axum::http::StatusCode::BAD_REQUEST,
+            "websocket_required",
+            format!("this endpoint speaks WebSocket: {}", e.body_text()),
+        )
+    })
+}
+
 /// Closes a WebSocket with 1001 (going away) because the gateway is stopping, so that the client
 /// reconnects to another one.
 async fn close_going_away(socket: &mut axum::extract::ws::WebSocket) {

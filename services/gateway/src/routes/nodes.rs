@@ -24,13 +24,7 @@ pub async fn stream(
     State(state): State<AppState>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, AppError> {
-    let upgrade = upgrade.map_err(|e| {
-        AppError::client(
-            axum::http::StatusCode::BAD_REQUEST,
-            "websocket_required",
-            format!("this endpoint speaks WebSocket: {}", e.body_text()),
-        )
-    })?;
+    let upgrade = super::require_websocket(upgrade)?;
     Ok(upgrade.on_upgrade(move |socket| push(socket, state)))
 }
 

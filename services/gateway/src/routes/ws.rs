@@ -29,13 +29,7 @@ pub async fn job_events(
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, AppError> {
     let job_id = parse_job_id(&id)?;
-    let upgrade = upgrade.map_err(|e| {
-        AppError::client(
-            axum::http::StatusCode::BAD_REQUEST,
-            "websocket_required",
-            format!("this endpoint speaks WebSocket: {}", e.body_text()),
-        )
-    })?;
+    let upgrade = super::require_websocket(upgrade)?;
     // Subscribe before reading the record so that no change falls between the two.
     let events = state
         .deps
