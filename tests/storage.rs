@@ -31,6 +31,20 @@ async fn conformance(store: AudioStore) {
     store.delete("audio/a.wav").await.unwrap();
     assert!(!store.exists("audio/a.wav").await.unwrap());
     store.check().await.unwrap();
+    // A voice's files go together, and only they.
+    for key in [
+        "voices/v1/upload",
+        "voices/v1/reference.wav",
+        "voices/v10/upload",
+    ] {
+        store.put(key, Bytes::from_static(b"x")).await.unwrap();
+    }
+    store.delete_prefix("voices/v1").await.unwrap();
+    assert_eq!(
+        store.list("voices").await.unwrap(),
+        vec!["voices/v10/upload"]
+    );
+    store.delete_prefix("voices/nobody").await.unwrap();
     // Keys that could escape the store are refused.
     assert!(store.put("../escape", Bytes::new()).await.is_err());
     // A large object survives whole.

@@ -86,10 +86,13 @@ impl Application {
                 }
                 Err(e) => return Err(e),
             };
-            if !explicit && !engine_impl.health().ready {
-                let detail = engine_impl.health().detail;
-                tracing::warn!(%engine, %detail, "engine skipped: not ready");
-                continue;
+            if !explicit {
+                // Probes upstream servers: asked once.
+                let health = engine_impl.health();
+                if !health.ready {
+                    tracing::warn!(%engine, detail = %health.detail, "engine skipped: not ready");
+                    continue;
+                }
             }
             let deps = WorkerDeps {
                 engine: engine_impl,

@@ -78,7 +78,7 @@ impl Registry {
             let mut tick = tokio::time::interval(SWEEP_EVERY);
             loop {
                 tick.tick().await;
-                sweeper.live_nodes();
+                sweeper.sweep();
             }
         });
         bus.publish(subjects::HEARTBEAT_REQUEST.to_string(), Bytes::new())
@@ -126,7 +126,7 @@ impl Registry {
 
     /// Live workers as `GET /api/nodes` shows them, oldest first.
     pub fn node_views(&self) -> Vec<NodeView> {
-        self.live_nodes();
+        self.sweep();
         let nodes = self.nodes.read().unwrap_or_else(|p| p.into_inner());
         let mut views: Vec<(DateTime<Utc>, NodeView)> = nodes
             .values()
@@ -151,15 +151,10 @@ impl Registry {
         views.into_iter().map(|(_, v)| v).collect()
     }
 
-    /// Live workers, oldest first. Forgets (and announces) the ones that died.
+    /// Live workers, oldest first.
     pub fn live_nodes(&self) -> Vec<NodeInfo> {
-        let now = Instant::now();
-        let mut nodes = self.nodes.write().unwrap_or_else(|p| p.into_inner());
-        let before = nodes.len();
-        nodes.retain(|_, seen| now.duration_since(seen.at) < self.dead_threshold);
-        if nodes.len() != before {
-            self.changes.send_modify(|v| *v += 1);
-        }
+        self.sweep();
+        let nodes = self.nodes.read().unwrap_or_else(|p| p.into_inner());
         let mut live: Vec<NodeInfo> = nodes.values().map(|seen| seen.info.clone()).collect();
         live.sort_by(|a, b| {
             a.started_at
@@ -167,6 +162,17 @@ impl Registry {
                 .then(a.node_id.cmp(&b.node_id))
         });
         live
+    }
+
+    /// Forgets (and announces) the workers that died.
+    fn sweep(&self) {
+        let now = Instant::now();
+        let mut nodes = self.nodes.write().unwrap_or_else(|p| p.into_inner());
+        let before = nodes.len();
+        nodes.retain(|_, seen| now.duration_since(seen.at) < self.dead_threshold);
+        if nodes.len() != before {
+            self.changes.send_modify(|v| *v += 1);
+        }
     }
 
     /// Every voice a live worker serves, once each, by id.
@@ -204,11 +210,10 @@ impl Registry {
         languages
     }
 
-    /// A stock voice that live workers served once but none serves now.
-    pub fn departed_voice(&self, voice_id: &str) -> Option<VoiceInfo> {
-        if self.voice(voice_id).is_some() {
-            return None;
-        }
+    /// A stock voice some worker announced since this gateway started, whether or not one
+    /// serves it now: asked after [`Registry::voice`] found no live one, it names a voice whose
+    /// workers are gone.
+    pub fn heard_voice(&self, voice_id: &str) -> Option<VoiceInfo> {
         let voices = self.heard_voices.read().unwrap_or_else(|p| p.into_inner());
         voices.get(voice_id).cloned()
     }

@@ -97,7 +97,7 @@ async fn resolve_voice(
     }
     // A stock voice this gateway has heard of, whose workers are all gone: come back later,
     // rather than wait for a worker that may never come.
-    if let Some(gone) = state.registry.departed_voice(voice_id) {
+    if let Some(gone) = state.registry.heard_voice(voice_id) {
         return Err(AppError::unavailable_for_now(
             "engine_unavailable",
             format!(

@@ -10,16 +10,15 @@
 
 use bytes::Bytes;
 use chrono::Utc;
-use tts_contracts::{JobFailure, JobRecord, JobStatus, VoiceStatus, reference_key, voice_prefix};
+use tts_contracts::{
+    JobFailure, JobRecord, JobStatus, REFERENCE_ACCEPTED, VoiceStatus, reference_key, voice_prefix,
+};
 use tts_infra::Delivery;
 
 use crate::engine::{EngineError, EnrollInput};
 use crate::process::{JobContext, JobError, run_engine, save};
 use crate::voice::{ANALYSIS_RATE, reference};
 use crate::wav;
-
-/// Progress reported once the reference passed its checks; the gateway waits for it.
-pub const REFERENCE_ACCEPTED: f32 = 0.05;
 
 fn permanent(error: &str, message: impl Into<String>) -> JobError {
     JobError::Permanent(JobFailure {
@@ -163,14 +162,7 @@ pub(crate) async fn run(
 
 /// Removes every object of a deleted voice, including any this job wrote after the deletion.
 async fn remove_objects(ctx: &JobContext, voice_id: &str) {
-    match ctx.audio.list(&voice_prefix(voice_id)).await {
-        Ok(keys) => {
-            for key in keys {
-                if let Err(e) = ctx.audio.delete(&key).await {
-                    tracing::warn!(%key, error = %e, "could not delete an object of a deleted voice");
-                }
-            }
-        }
-        Err(e) => tracing::warn!(%voice_id, error = %e, "could not list a deleted voice's objects"),
+    if let Err(e) = ctx.audio.delete_prefix(&voice_prefix(voice_id)).await {
+        tracing::warn!(%voice_id, error = %e, "could not delete a deleted voice's objects");
     }
 }

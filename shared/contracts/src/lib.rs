@@ -396,6 +396,10 @@ pub struct VoiceAccepted {
     pub ws_url: String,
 }
 
+/// The progress an enrollment job reports once its worker has checked and accepted the clip's
+/// speech; `POST /api/voices` waits for it before answering.
+pub const REFERENCE_ACCEPTED: f32 = 0.05;
+
 /// Object keys of a cloned voice all start with this prefix, so deleting a voice deletes them.
 pub fn voice_prefix(voice_id: &str) -> String {
     format!("voices/{voice_id}")

@@ -123,6 +123,18 @@ impl AudioStore {
         }
     }
 
+    /// Deletes every object under `prefix` (all of a cloned voice's files). Every key is tried;
+    /// the first failure is returned after the rest were.
+    pub async fn delete_prefix(&self, prefix: &str) -> Result<()> {
+        let mut first_failure = None;
+        for key in self.list(prefix).await? {
+            if let Err(e) = self.delete(&key).await {
+                first_failure.get_or_insert(e);
+            }
+        }
+        first_failure.map_or(Ok(()), Err)
+    }
+
     /// Keys under a prefix, for tests and housekeeping.
     pub async fn list(&self, prefix: &str) -> Result<Vec<String>> {
         use futures::TryStreamExt;

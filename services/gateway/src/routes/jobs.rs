@@ -4,7 +4,7 @@ use axum::Extension;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
-use tts_contracts::{JobAccepted, JobRecord, JobStatus, SynthesizeRequest};
+use tts_contracts::{JobAccepted, JobId, JobRecord, JobStatus, SynthesizeRequest};
 
 use super::{Caller, parse_job_id};
 use crate::error::AppError;
@@ -111,12 +111,16 @@ pub async fn audio(
 }
 
 /// A job the caller may see: another tenant's job is "not found", like one that never was.
-pub(crate) async fn load(
+async fn load(state: &AppState, caller: &auth::Caller, id: &str) -> Result<JobRecord, AppError> {
+    load_job(state, caller, parse_job_id(id)?).await
+}
+
+/// As [`load`], for an id already parsed.
+pub(crate) async fn load_job(
     state: &AppState,
     caller: &auth::Caller,
-    id: &str,
+    job_id: JobId,
 ) -> Result<JobRecord, AppError> {
-    let job_id = parse_job_id(id)?;
     state
         .deps
         .store

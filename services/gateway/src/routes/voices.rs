@@ -13,8 +13,8 @@ use chrono::Utc;
 use futures::StreamExt;
 use serde_json::{Value, json};
 use tts_contracts::{
-    JobEvent, JobMessage, JobSpec, JobStatus, VoiceAccepted, VoiceInfo, VoiceRecord, VoiceStatus,
-    VoiceView, subjects, upload_key, voice_prefix,
+    JobEvent, JobMessage, JobSpec, JobStatus, REFERENCE_ACCEPTED, VoiceAccepted, VoiceInfo,
+    VoiceRecord, VoiceStatus, VoiceView, subjects, upload_key, voice_prefix,
 };
 use uuid::Uuid;
 
@@ -26,9 +26,6 @@ use crate::{AppState, auth};
 
 /// Longest accepted voice name.
 const MAX_NAME_CHARS: usize = 100;
-
-/// Progress at which a worker has accepted the reference clip (its speech was checked).
-const REFERENCE_ACCEPTED: f32 = 0.05;
 
 /// A clip quieter than this (RMS of samples in [-1, 1]) is silence; no VAD is needed to say so.
 const SILENCE_RMS: f32 = 1e-4;
@@ -126,10 +123,11 @@ fn not_found(voice_id: &str) -> AppError {
 }
 
 async fn remove_objects(state: &AppState, voice_id: &str) -> Result<(), AppError> {
-    for key in state.deps.audio.list(&voice_prefix(voice_id)).await? {
-        state.deps.audio.delete(&key).await?;
-    }
-    Ok(())
+    Ok(state
+        .deps
+        .audio
+        .delete_prefix(&voice_prefix(voice_id))
+        .await?)
 }
 
 /// The fields of an upload.

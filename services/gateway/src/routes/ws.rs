@@ -36,7 +36,7 @@ pub async fn job_events(
         .bus
         .subscribe(subjects::job_events(&job_id))
         .await?;
-    let record = super::jobs::load(&state, &caller, &id).await?;
+    let record = super::jobs::load_job(&state, &caller, job_id).await?;
     let first = record.to_event();
     Ok(upgrade.on_upgrade(move |socket| stream(socket, state, job_id, first, events)))
 }
