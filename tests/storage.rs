@@ -59,7 +59,7 @@ fn settings(url: &str) -> StorageSettings {
         s3_endpoint: String::new(),
         s3_region: "us-east-1".into(),
         s3_access_key_id: String::new(),
-        s3_secret_access_key: String::new(),
+        s3_secret_access_key: Default::default(),
         s3_allow_http: false,
     }
 }

@@ -455,7 +455,7 @@ pub fn spawn_worker_process(settings: &Settings, node_id: &str) -> WorkerProcess
         .args(["worker", "--engine", "piper", "--port", "0"])
         .env("TTS__NATS__URL", &settings.nats.url)
         .env("TTS__NATS__USER", &settings.nats.user)
-        .env("TTS__NATS__PASSWORD", &settings.nats.password)
+        .env("TTS__NATS__PASSWORD", settings.nats.password.expose())
         .env("TTS__REDIS__URL", &settings.redis.url)
         .env("TTS__REDIS__KEY_PREFIX", &settings.redis.key_prefix)
         .env("TTS__STORAGE__URL", &settings.storage.url)

@@ -13,6 +13,13 @@ pub struct RedisServer {
 impl RedisServer {
     pub fn start() -> Self {
         let port = super::free_port();
+        RedisServer {
+            child: Self::launch(port),
+            port,
+        }
+    }
+
+    fn launch(port: u16) -> Option<Child> {
         let child = Command::new("redis-server")
             .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
             .args(["--save", "", "--appendonly", "no"])
@@ -25,14 +32,19 @@ impl RedisServer {
             assert!(Instant::now() < deadline, "redis-server did not start");
             std::thread::sleep(Duration::from_millis(50));
         }
-        RedisServer {
-            child: Some(child),
-            port,
-        }
+        Some(child)
     }
 
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the server again on the same port after [`RedisServer::stop`], empty, as a
+    /// restarted Redis without persistence comes back.
+    pub fn restart(&mut self) {
+        self.stop();
+        let restarted = Self::launch(self.port);
+        self.child = restarted;
     }
 
     /// Kills the server, as a crash would.

@@ -123,7 +123,7 @@ impl Application {
             &settings.nats.url,
             "voice-clone-tts gateway",
             &settings.nats.user,
-            &settings.nats.password,
+            settings.nats.password.expose(),
         )
         .await?;
         let queue = JetStreamQueue::connect(client.clone(), queue_settings(&settings)).await?;
@@ -150,7 +150,7 @@ impl Application {
             &settings.nats.url,
             &format!("voice-clone-tts worker {engine}"),
             &settings.nats.user,
-            &settings.nats.password,
+            settings.nats.password.expose(),
         )
         .await?;
         let queue = JetStreamQueue::connect(client.clone(), queue_settings(&settings)).await?;

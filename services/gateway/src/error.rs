@@ -105,43 +105,45 @@ impl std::fmt::Display for AppError {
     }
 }
 
+/// Seconds a client is told to wait after a dependency did not answer: the job store's and the
+/// queue's circuits try again after about a second.
+const UNAVAILABLE_RETRY_AFTER: u64 = 1;
+
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
+        let api_error = |error: &str, message: String| ApiError {
+            error: error.into(),
+            message,
+            job_id: None,
+            retry_after: None,
+        };
         let (status, body) = match self {
             AppError::Client {
                 status,
                 code,
                 message,
-            } => (
-                status,
-                ApiError {
-                    error: code.into(),
-                    message,
-                    job_id: None,
-                    retry_after: None,
-                },
-            ),
+            } => (status, api_error(code, message)),
             AppError::Unavailable(detail) => {
                 tracing::error!(%detail, "dependency unavailable");
-                (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    ApiError {
-                        error: "service_unavailable".into(),
-                        message: "a backing service is unavailable; try again shortly".into(),
-                        job_id: None,
-                        retry_after: None,
-                    },
-                )
+                let body = ApiError {
+                    retry_after: Some(UNAVAILABLE_RETRY_AFTER),
+                    ..api_error(
+                        "service_unavailable",
+                        "a backing service is unavailable; try again shortly".into(),
+                    )
+                };
+                (StatusCode::SERVICE_UNAVAILABLE, body)
             }
             AppError::Timeout(job_id) => (
                 StatusCode::GATEWAY_TIMEOUT,
                 ApiError {
-                    error: "timeout".into(),
-                    message: format!(
-                        "the job did not finish in time; it goes on: poll /api/jobs/{job_id}"
-                    ),
                     job_id: Some(job_id),
-                    retry_after: None,
+                    ..api_error(
+                        "timeout",
+                        format!(
+                            "the job did not finish in time; it goes on: poll /api/jobs/{job_id}"
+                        ),
+                    )
                 },
             ),
             AppError::JobFailed {
@@ -151,10 +153,8 @@ impl IntoResponse for AppError {
             } => (
                 StatusCode::UNPROCESSABLE_ENTITY,
                 ApiError {
-                    error: "synthesis_failed".into(),
-                    message: format!("{error}: {message}"),
                     job_id: Some(job_id),
-                    retry_after: None,
+                    ..api_error("synthesis_failed", format!("{error}: {message}"))
                 },
             ),
             AppError::RetryLater {
@@ -162,32 +162,29 @@ impl IntoResponse for AppError {
                 code,
                 message,
                 retry_after,
-            } => {
-                let body = ApiError {
-                    error: code.into(),
-                    message,
-                    job_id: None,
+            } => (
+                status,
+                ApiError {
                     retry_after: Some(retry_after),
-                };
-                let mut response = (status, Json(body)).into_response();
-                response
-                    .headers_mut()
-                    .insert(axum::http::header::RETRY_AFTER, retry_after.into());
-                return response;
-            }
+                    ..api_error(code, message)
+                },
+            ),
             AppError::Internal(detail) => {
                 tracing::error!(%detail, "internal error");
                 (
                     StatusCode::INTERNAL_SERVER_ERROR,
-                    ApiError {
-                        error: "internal_error".into(),
-                        message: "an internal error occurred".into(),
-                        job_id: None,
-                        retry_after: None,
-                    },
+                    api_error("internal_error", "an internal error occurred".into()),
                 )
             }
         };
-        (status, Json(body)).into_response()
+        // Every answer that tells the client to wait says how long in the header too.
+        let retry_after = body.retry_after;
+        let mut response = (status, Json(body)).into_response();
+        if let Some(seconds) = retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, seconds.into());
+        }
+        response
     }
 }

@@ -6,6 +6,7 @@
 //! writes is a client's upload of a reference clip, which it checks decodes as audio first.
 
 pub mod auth;
+pub mod body;
 pub mod error;
 pub mod extract;
 pub mod limits;
@@ -69,6 +70,8 @@ pub struct AppState {
     pub auth: Arc<auth::Auth>,
     /// Becomes true when the gateway starts shutting down; WebSockets close on it.
     pub closing: Arc<tokio::sync::watch::Sender<bool>>,
+    /// The last probe of the dependencies that `/health` made.
+    pub health: Arc<routes::HealthCache>,
 }
 
 impl AppState {
@@ -85,6 +88,7 @@ impl AppState {
             limits: Arc::new(limits),
             auth: Arc::new(auth),
             closing: Arc::new(tokio::sync::watch::Sender::new(false)),
+            health: Arc::default(),
         })
     }
 }

@@ -1,6 +1,6 @@
 //! Turning a request into a queued job: validation, the job record, idempotency, the queue.
 
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use chrono::Utc;
 use tts_contracts::{
     JobId, JobMessage, JobRecord, JobSpec, SPEED_RANGE, SynthesizeRequest, VoiceInfo, VoiceStatus,
@@ -159,7 +159,7 @@ async fn resolve_voice(
 }
 
 /// Seconds a client is told to wait when there is no capacity for its request now.
-const RETRY_AFTER_SECS: u64 = 5;
+pub(crate) const RETRY_AFTER_SECS: u64 = 5;
 
 /// Backpressure for requests that wait for their result: refused with 503 and `Retry-After`
 /// when no live worker runs the engine or its queue is deeper than `gateway.max_queue_depth`,
@@ -185,18 +185,26 @@ pub async fn check_capacity(state: &AppState, engine: &str) -> Result<(), AppErr
     Ok(())
 }
 
-pub fn check_idempotency_key(key: &str) -> Result<(), AppError> {
+/// The request's `Idempotency-Key`, checked: 1 to 255 visible ASCII characters.
+pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, AppError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let invalid = || {
+        AppError::client(
+            StatusCode::BAD_REQUEST,
+            "invalid_idempotency_key",
+            format!("Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"),
+        )
+    };
+    let key = value.to_str().map_err(|_| invalid())?;
     if key.is_empty()
         || key.len() > MAX_IDEMPOTENCY_KEY
         || !key.bytes().all(|b| b.is_ascii_graphic())
     {
-        return Err(AppError::client(
-            StatusCode::BAD_REQUEST,
-            "invalid_idempotency_key",
-            format!("Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"),
-        ));
+        return Err(invalid());
     }
-    Ok(())
+    Ok(Some(key.to_string()))
 }
 
 /// The result of a submission: a new job, or the one an idempotency key already named.
@@ -205,12 +213,23 @@ pub struct Submitted {
     pub replayed: bool,
 }
 
+/// Whether a submission applies [`check_capacity`]: requests that wait for their result do, so
+/// that they are refused at once rather than wait for a worker that may never come.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backpressure {
+    Apply,
+    Skip,
+}
+
 /// Records the job as queued, then queues it. The record comes first so that a worker that
-/// takes the job at once finds it, and a client that polls at once sees `queued`.
+/// takes the job at once finds it, and a client that polls at once sees `queued`. With an
+/// idempotency key already claimed for another job, nothing is queued and that job is
+/// returned: a retry, through any gateway, finds the job its first attempt made.
 pub async fn submit(
     state: &AppState,
     job: JobMessage,
     idempotency_key: Option<&str>,
+    backpressure: Backpressure,
 ) -> Result<Submitted, AppError> {
     // Keys are scoped to the tenant: two tenants may use the same key for different jobs.
     let scoped = idempotency_key.map(|k| format!("{}:{k}", job.tenant.as_deref().unwrap_or("-")));
@@ -222,24 +241,13 @@ pub async fn submit(
             .claim_idempotency_key(key, &job.job_id)
             .await?
     {
+        tracing::info!(job_id = %existing, "idempotency key replayed");
         return Ok(Submitted {
             job_id: existing,
             replayed: true,
         });
     }
-    let record = JobRecord::queued(&job);
-    let mut queued = state.deps.store.put(&record).await.map(|_| ());
-    if queued.is_ok() {
-        queued = state.deps.queue.enqueue(&job).await;
-        if queued.is_err() {
-            // The job was recorded but never queued: record that it failed, so that nobody
-            // waits for it.
-            let mut failed = record;
-            failed.fail("queue_unavailable", "the job could not be queued");
-            let _ = state.deps.store.put(&failed).await;
-        }
-    }
-    if let Err(e) = queued {
+    if let Err(e) = record_and_queue(state, &job, backpressure).await {
         if let Some(key) = idempotency_key
             && let Err(release) = state
                 .deps
@@ -249,11 +257,32 @@ pub async fn submit(
         {
             tracing::warn!(error = %release, "could not release idempotency key");
         }
-        return Err(e.into());
+        return Err(e);
     }
     tracing::info!(job_id = %job.job_id, engine = %job.engine, "job queued");
     Ok(Submitted {
         job_id: job.job_id,
         replayed: false,
     })
+}
+
+async fn record_and_queue(
+    state: &AppState,
+    job: &JobMessage,
+    backpressure: Backpressure,
+) -> Result<(), AppError> {
+    if backpressure == Backpressure::Apply {
+        check_capacity(state, &job.engine).await?;
+    }
+    let record = JobRecord::queued(job);
+    state.deps.store.put(&record).await?;
+    if let Err(e) = state.deps.queue.enqueue(job).await {
+        // The job was recorded but never queued: record that it failed, so that nobody waits
+        // for it.
+        let mut failed = record;
+        failed.fail("queue_unavailable", "the job could not be queued");
+        let _ = state.deps.store.put(&failed).await;
+        return Err(e.into());
+    }
+    Ok(())
 }

@@ -209,6 +209,57 @@ fn default_device() -> String {
     "cpu".into()
 }
 
+/// A configured secret. It deserializes from a plain string, and `Debug` shows it as `***`, so
+/// that settings printed or logged never reveal it; [`Secret::expose`] is the one way to read it.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() { "\"\"" } else { "***" })
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(value: &str) -> Self {
+        Secret(value.to_string())
+    }
+}
+
+impl From<String> for Secret {
+    fn from(value: String) -> Self {
+        Secret(value)
+    }
+}
+
+/// A URL as it may be logged: a password in it (`redis://:pw@host`) shown as `***`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
+            let hidden = if userinfo.contains(':') { ":***" } else { "" };
+            format!("{scheme}://{user}{hidden}@{host}{path}")
+        }
+        None => url.to_string(),
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct NatsSettings {
     pub url: String,
@@ -218,14 +269,25 @@ pub struct NatsSettings {
     #[serde(default)]
     pub user: String,
     #[serde(default)]
-    pub password: String,
+    pub password: Secret,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 pub struct RedisSettings {
+    /// May carry a password (`redis://:pw@host`); `Debug` hides it.
     pub url: String,
     pub key_prefix: String,
     pub job_ttl_secs: u64,
+}
+
+impl std::fmt::Debug for RedisSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisSettings")
+            .field("url", &redact_url(&self.url))
+            .field("key_prefix", &self.key_prefix)
+            .field("job_ttl_secs", &self.job_ttl_secs)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -234,7 +296,7 @@ pub struct StorageSettings {
     pub s3_endpoint: String,
     pub s3_region: String,
     pub s3_access_key_id: String,
-    pub s3_secret_access_key: String,
+    pub s3_secret_access_key: Secret,
     pub s3_allow_http: bool,
 }
 
@@ -371,6 +433,34 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug_output() {
+        let s = Settings::load_with_env(
+            None,
+            env(&[
+                ("TTS__NATS__PASSWORD", "nats-pass-123"),
+                ("TTS__STORAGE__S3_SECRET_ACCESS_KEY", "s3-secret-456"),
+                ("TTS__REDIS__URL", "redis://app:redis-pass-789@cache:6379/0"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.nats.password.expose(), "nats-pass-123");
+        assert_eq!(s.storage.s3_secret_access_key.expose(), "s3-secret-456");
+        let printed = format!("{s:?} {s:#?}");
+        for secret in ["nats-pass-123", "s3-secret-456", "redis-pass-789"] {
+            assert!(!printed.contains(secret), "{secret} in {printed}");
+        }
+        assert!(
+            printed.contains("redis://app:***@cache:6379/0"),
+            "{printed}"
+        );
+        assert_eq!(
+            redact_url("redis://127.0.0.1:6379"),
+            "redis://127.0.0.1:6379"
+        );
+        assert_eq!(redact_url("redis://:pw@h:1/2"), "redis://:***@h:1/2");
     }
 
     #[test]

@@ -71,6 +71,7 @@ impl Bus for NatsBus {
     }
 
     async fn subscribe(&self, subject: String) -> Result<BoxStream<'static, BusMessage>> {
+        crate::nats::ensure_connected(&self.client)?;
         let sub = self
             .client
             .subscribe(subject)
@@ -87,6 +88,7 @@ impl Bus for NatsBus {
         subject: String,
         group: String,
     ) -> Result<BoxStream<'static, BusMessage>> {
+        crate::nats::ensure_connected(&self.client)?;
         let sub = self
             .client
             .queue_subscribe(subject, group)

@@ -17,6 +17,9 @@ pub enum InfraErrorKind {
 pub struct InfraError {
     kind: InfraErrorKind,
     what: String,
+    /// Why a dependency is unavailable, in words fit for anyone to read (`/health` shows it);
+    /// `what` may name hosts and is for the log only.
+    reason: Option<&'static str>,
 }
 
 impl InfraError {
@@ -24,11 +27,30 @@ impl InfraError {
         InfraError {
             kind,
             what: what.into(),
+            reason: None,
         }
     }
 
     pub fn unavailable(what: impl fmt::Display) -> Self {
         Self::new(InfraErrorKind::Unavailable, what.to_string())
+    }
+
+    /// An unavailable dependency with a public reason, such as "connection refused".
+    pub fn unavailable_because(reason: &'static str, what: impl fmt::Display) -> Self {
+        InfraError {
+            reason: Some(reason),
+            ..Self::unavailable(what)
+        }
+    }
+
+    /// Why the dependency failed, safe to show to clients: the reason given when the error was
+    /// made, or the kind in general terms.
+    pub fn reason(&self) -> &'static str {
+        self.reason.unwrap_or(match self.kind {
+            InfraErrorKind::Unavailable => "did not answer",
+            InfraErrorKind::Corrupt => "answered with data of the wrong shape",
+            InfraErrorKind::Invalid => "refused the request",
+        })
     }
 
     pub fn corrupt(what: impl fmt::Display) -> Self {

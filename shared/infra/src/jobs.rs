@@ -13,6 +13,7 @@ use redis::aio::ConnectionManager;
 use tts_contracts::{JobId, JobRecord};
 
 use crate::error::{InfraError, Result};
+use crate::redis_conn::RedisConn;
 
 #[async_trait]
 pub trait JobStore: Send + Sync + 'static {
@@ -22,8 +23,9 @@ pub trait JobStore: Send + Sync + 'static {
     /// written.
     async fn put(&self, record: &JobRecord) -> Result<bool>;
 
-    /// Maps an idempotency key to `job_id`. When the key is already mapped, nothing changes and
-    /// the job it maps to is returned.
+    /// Maps an idempotency key to `job_id`. When the key is already mapped to another job,
+    /// nothing changes and that job is returned; a key already mapped to `job_id` itself (a
+    /// retried claim whose first attempt landed) counts as claimed now.
     async fn claim_idempotency_key(&self, key: &str, job_id: &JobId) -> Result<Option<JobId>>;
 
     /// Removes a key claimed for a job that could not be queued, so that the client's retry with
@@ -37,7 +39,7 @@ pub trait JobStore: Send + Sync + 'static {
 /// Job records as JSON strings in Redis, with a TTL.
 #[derive(Clone)]
 pub struct RedisJobStore {
-    conn: ConnectionManager,
+    conn: RedisConn,
     prefix: String,
     ttl: Duration,
     idempotency_ttl: Duration,
@@ -72,14 +74,7 @@ impl RedisJobStore {
         ttl: Duration,
         idempotency_ttl: Duration,
     ) -> Result<Self> {
-        let client = redis::Client::open(url)
-            .map_err(|e| InfraError::invalid(format!("redis url {url:?}: {e}")))?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(5)))
-            .set_response_timeout(Some(Duration::from_secs(5)));
-        let conn = ConnectionManager::new_with_config(client, config)
-            .await
-            .map_err(|e| InfraError::unavailable(format!("redis at {url}: {e}")))?;
+        let conn = RedisConn::connect(url).await?;
         Ok(RedisJobStore {
             conn,
             prefix: prefix.to_string(),
@@ -97,12 +92,17 @@ impl RedisJobStore {
     }
 
     async fn run<T: redis::FromRedisValue + Send>(&self, cmd: &redis::Cmd) -> Result<T> {
-        query_with_retry(&self.conn, cmd).await
+        self.conn.query(cmd).await
     }
 
-    /// The connection, for other stores that share it.
+    /// The connection with its circuit breaker, for other stores that share it.
+    pub fn redis(&self) -> &RedisConn {
+        &self.conn
+    }
+
+    /// The raw connection, for callers with their own deadline and fallback (the rate limits).
     pub fn connection(&self) -> ConnectionManager {
-        self.conn.clone()
+        self.conn.manager()
     }
 
     pub fn prefix(&self) -> &str {
@@ -166,6 +166,8 @@ impl JobStore for RedisJobStore {
         }
         let existing: Option<String> = self.run(redis::cmd("GET").arg(&redis_key)).await?;
         match existing {
+            // A retried SET NX whose first attempt landed finds its own id: the key is ours.
+            Some(s) if s == job_id.to_string() => Ok(None),
             Some(s) => s.parse().map(Some).map_err(InfraError::corrupt),
             // The key expired between the two commands: claim it again.
             None => Box::pin(self.claim_idempotency_key(key, job_id)).await,
@@ -186,23 +188,6 @@ impl JobStore for RedisJobStore {
     async fn ping(&self) -> Result<()> {
         let _: String = self.run(&redis::cmd("PING")).await?;
         Ok(())
-    }
-}
-
-/// Runs a command, once more if the first attempt fails on the connection: after a Redis
-/// restart the connection manager reports the broken connection once, then reconnects.
-pub(crate) async fn query_with_retry<T: redis::FromRedisValue + Send>(
-    conn: &ConnectionManager,
-    cmd: &redis::Cmd,
-) -> Result<T> {
-    let mut conn = conn.clone();
-    match cmd.query_async(&mut conn).await {
-        Ok(v) => Ok(v),
-        Err(e) if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() => cmd
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| InfraError::unavailable(format!("redis: {e}"))),
-        Err(e) => Err(InfraError::unavailable(format!("redis: {e}"))),
     }
 }
 
@@ -269,6 +254,7 @@ impl JobStore for MemoryJobStore {
         let mut inner = self.lock();
         if let Some((existing, expires)) = inner.keys.get(key)
             && *expires > now
+            && existing != job_id
         {
             return Ok(Some(*existing));
         }

@@ -5,11 +5,13 @@
 //! written against the traits only, so both modes run the same HTTP and engine code.
 
 pub mod bus;
+pub mod circuit;
 pub mod error;
 pub mod jobs;
 pub mod limits;
 pub mod nats;
 pub mod queue;
+pub mod redis_conn;
 pub mod storage;
 pub mod voices;
 

@@ -25,3 +25,17 @@ pub async fn connect(
         .await
         .map_err(|e| InfraError::unavailable(format!("nats at {url}: {e}")))
 }
+
+/// Fails at once while the client is not connected. A disconnected client buffers requests
+/// until it reconnects, so without this a caller waits out the request's whole timeout while
+/// NATS is down; with it the gateway answers 503 at once, and recovers with the connection.
+pub(crate) fn ensure_connected(client: &async_nats::Client) -> Result<()> {
+    if client.connection_state() == async_nats::connection::State::Connected {
+        Ok(())
+    } else {
+        Err(InfraError::unavailable_because(
+            "not connected",
+            "nats: not connected",
+        ))
+    }
+}

@@ -171,6 +171,7 @@ impl JetStreamQueue {
 #[async_trait]
 impl JobQueue for JetStreamQueue {
     async fn enqueue(&self, job: &JobMessage) -> Result<()> {
+        crate::nats::ensure_connected(&self.client)?;
         let publish = jetstream::message::PublishMessage::build()
             .payload(encode(job)?)
             .message_id(job.job_id.to_string());
@@ -188,6 +189,7 @@ impl JobQueue for JetStreamQueue {
     async fn depth(&self, engine: &str) -> Result<u64> {
         let unavailable =
             |e: &dyn std::fmt::Display| InfraError::unavailable(format!("queue depth: {e}"));
+        crate::nats::ensure_connected(&self.client)?;
         let stream = self
             .js
             .get_stream(subjects::JOBS_STREAM)

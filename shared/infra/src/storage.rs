@@ -62,7 +62,7 @@ impl AudioStore {
             if !settings.s3_access_key_id.is_empty() {
                 builder = builder
                     .with_access_key_id(&settings.s3_access_key_id)
-                    .with_secret_access_key(&settings.s3_secret_access_key);
+                    .with_secret_access_key(settings.s3_secret_access_key.expose());
             }
             let s3 = builder
                 .build()

@@ -4,11 +4,11 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
-use redis::aio::ConnectionManager;
 use tts_contracts::VoiceRecord;
 
 use crate::error::{InfraError, Result};
 use crate::jobs::RedisJobStore;
+use crate::redis_conn::RedisConn;
 
 #[async_trait]
 pub trait VoiceStore: Send + Sync + 'static {
@@ -27,15 +27,15 @@ pub trait VoiceStore: Send + Sync + 'static {
 /// Voice records as JSON in Redis, with a set indexing them. Cloned voices do not expire.
 #[derive(Clone)]
 pub struct RedisVoiceStore {
-    conn: ConnectionManager,
+    conn: RedisConn,
     prefix: String,
 }
 
 impl RedisVoiceStore {
-    /// Shares the job store's connection.
+    /// Shares the job store's connection (and so its circuit breaker).
     pub fn new(jobs: &RedisJobStore) -> Self {
         RedisVoiceStore {
-            conn: jobs.connection(),
+            conn: jobs.redis().clone(),
             prefix: jobs.prefix().to_string(),
         }
     }
@@ -49,7 +49,7 @@ impl RedisVoiceStore {
     }
 
     async fn run<T: redis::FromRedisValue + Send>(&self, cmd: &redis::Cmd) -> Result<T> {
-        crate::jobs::query_with_retry(&self.conn, cmd).await
+        self.conn.query(cmd).await
     }
 }
 
@@ -68,10 +68,7 @@ impl VoiceStore for RedisVoiceStore {
             .arg(self.index())
             .arg(id)
             .ignore();
-        let mut conn = self.conn.clone();
-        pipe.query_async::<()>(&mut conn)
-            .await
-            .map_err(|e| InfraError::unavailable(format!("redis: {e}")))
+        self.conn.query_pipeline(&pipe).await
     }
 
     async fn update(&self, record: &VoiceRecord) -> Result<bool> {

@@ -18,22 +18,9 @@ pub async fn create(
     headers: HeaderMap,
     ApiJson(request): ApiJson<SynthesizeRequest>,
 ) -> Result<Response, AppError> {
-    let key = match headers.get("idempotency-key") {
-        Some(v) => {
-            let key = v.to_str().map_err(|_| {
-                AppError::client(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_idempotency_key",
-                    "Idempotency-Key must be visible ASCII",
-                )
-            })?;
-            submit::check_idempotency_key(key)?;
-            Some(key.to_string())
-        }
-        None => None,
-    };
+    let key = submit::idempotency_key(&headers)?;
     let job = submit::validate(&state, &caller, request).await?;
-    let submitted = submit::submit(&state, job, key.as_deref()).await?;
+    let submitted = submit::submit(&state, job, key.as_deref(), submit::Backpressure::Skip).await?;
     let status = if submitted.replayed {
         state
             .deps

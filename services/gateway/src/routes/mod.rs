@@ -7,6 +7,8 @@ mod synthesize;
 mod voices;
 mod ws;
 
+pub use health::HealthCache;
+
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, HeaderValue, Method, header};
@@ -18,13 +20,13 @@ use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::error::AppError;
-use crate::{AppState, auth, limits};
+use crate::{AppState, auth, body, limits};
 
 pub fn router(state: AppState) -> Router {
     let json_limit = state.options.max_json_bytes;
     // Uploads carry a clip of up to max_upload_bytes plus the form's other fields; the clip's own
     // limit is checked exactly while it is read, so that its 413 names the clip.
-    let upload_limit = state.options.max_upload_bytes + 1024 * 1024;
+    let upload_limit = body::limit(&state, &Method::POST, "/api/voices");
     // Plain requests get a deadline; sync synthesis has its own (sync_timeout_secs), and
     // uploads and WebSockets last as long as they need.
     let timeout = TimeoutLayer::with_status_code(
@@ -63,8 +65,16 @@ pub fn router(state: AppState) -> Router {
             limits::enforce,
         ))
         .layer(option_layer(cors(&state.options.cors_origins)))
-        .layer(TraceLayer::new_for_http())
+        // Outside everything that may refuse a request, so that every refusal drains the body.
+        .layer(middleware::from_fn_with_state(state.clone(), body::guard))
+        .layer(TraceLayer::new_for_http().make_span_with(request_span))
         .with_state(state)
+}
+
+/// The span of a request: its method and path, never its query string, which may carry a
+/// WebSocket client's `access_token`.
+fn request_span(request: &axum::http::Request<axum::body::Body>) -> tracing::Span {
+    tracing::info_span!("request", method = %request.method(), path = %request.uri().path())
 }
 
 /// CORS as configured: no layer at all (so no headers) when no origin is listed.

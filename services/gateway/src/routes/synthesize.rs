@@ -4,10 +4,13 @@ use std::time::Duration;
 
 use axum::Extension;
 use axum::extract::State;
-use axum::http::{HeaderValue, header};
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
-use tts_contracts::{JobEvent, JobRecord, JobStatus, SynthesizeRequest, subjects};
+use futures::stream::BoxStream;
+use tokio::time::Instant;
+use tts_contracts::{JobEvent, JobId, JobRecord, JobStatus, SynthesizeRequest, subjects};
+use tts_infra::{BusMessage, JobStore};
 
 use super::Caller;
 use crate::AppState;
@@ -18,43 +21,30 @@ use crate::submit;
 /// How often the wait re-reads the job record, in case an event was missed.
 const POLL_EVERY: Duration = Duration::from_secs(1);
 
+/// Queues the job (or, with an `Idempotency-Key` already used, finds the job it names) and
+/// answers with its audio once it is done.
 pub async fn synthesize(
     State(state): State<AppState>,
     Extension(caller): Caller,
+    headers: HeaderMap,
     ApiJson(request): ApiJson<SynthesizeRequest>,
 ) -> Result<Response, AppError> {
+    let key = submit::idempotency_key(&headers)?;
     let job = submit::validate(&state, &caller, request).await?;
-    submit::check_capacity(&state, &job.engine).await?;
-    let job_id = job.job_id;
+    let bus = &state.deps.bus;
     // Subscribe before queueing so that the job cannot finish unseen.
-    let mut events = state
-        .deps
-        .bus
-        .subscribe(subjects::job_events(&job_id))
-        .await?;
-    submit::submit(&state, job, None).await?;
-
-    let deadline = tokio::time::Instant::now() + state.options.sync_timeout;
-    let mut poll = tokio::time::interval(POLL_EVERY);
-    let record = loop {
-        tokio::select! {
-            _ = tokio::time::sleep_until(deadline) => return Err(AppError::Timeout(job_id)),
-            event = events.next() => {
-                let terminal = event
-                    .and_then(|m| serde_json::from_slice::<JobEvent>(&m.payload).ok())
-                    .is_some_and(|e| e.status.is_terminal());
-                if terminal && let Some(r) = terminal_record(&state, &job_id).await? {
-                    break r;
-                }
-            }
-            _ = poll.tick() => {
-                if let Some(r) = terminal_record(&state, &job_id).await? {
-                    break r;
-                }
-            }
-        }
-    };
-    match record.status {
+    let mut events = bus.subscribe(subjects::job_events(&job.job_id)).await?;
+    let submitted =
+        submit::submit(&state, job, key.as_deref(), submit::Backpressure::Apply).await?;
+    let job_id = submitted.job_id;
+    if submitted.replayed {
+        // The wait reads the store first, so whatever the job did before this subscription
+        // is seen all the same.
+        events = bus.subscribe(subjects::job_events(&job_id)).await?;
+    }
+    let deadline = Instant::now() + state.options.sync_timeout;
+    let record = wait_for_end(state.deps.store.as_ref(), job_id, events, deadline).await?;
+    let mut response = match record.status {
         JobStatus::Succeeded => {
             let key = record.audio_key.ok_or_else(|| {
                 AppError::Internal(format!("job {job_id} succeeded without audio"))
@@ -63,35 +53,104 @@ pub async fn synthesize(
                 state.deps.audio.get(&key).await?.ok_or_else(|| {
                     AppError::Internal(format!("audio of job {job_id} is missing"))
                 })?;
-            let mut response = ([(header::CONTENT_TYPE, "audio/wav")], audio).into_response();
-            response.headers_mut().insert(
-                "x-job-id",
-                HeaderValue::from_str(&job_id.to_string()).expect("a uuid is a valid header"),
-            );
-            Ok(response)
+            ([(header::CONTENT_TYPE, "audio/wav")], audio).into_response()
         }
         _ => {
             let failure = record.error.unwrap_or(tts_contracts::JobFailure {
                 error: "job_failed".into(),
                 message: "the job failed".into(),
             });
-            Err(AppError::JobFailed {
+            return Err(AppError::JobFailed {
                 job_id,
                 error: failure.error,
                 message: failure.message,
-            })
+            });
+        }
+    };
+    let headers = response.headers_mut();
+    headers.insert(
+        "x-job-id",
+        HeaderValue::from_str(&job_id.to_string()).expect("a uuid is a valid header"),
+    );
+    if submitted.replayed {
+        headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    Ok(response)
+}
+
+/// Waits until the job's record is terminal and returns it, or answers `504` with the job id at
+/// `deadline`. An event only says "look": the record is read on each terminal event and every
+/// [`POLL_EVERY`], so a missed event costs a second at most. When the event stream ends (the bus
+/// went away), the wait goes on by polling alone.
+async fn wait_for_end(
+    store: &dyn JobStore,
+    job_id: JobId,
+    mut events: BoxStream<'static, BusMessage>,
+    deadline: Instant,
+) -> Result<JobRecord, AppError> {
+    let mut events_open = true;
+    let mut poll = tokio::time::interval(POLL_EVERY);
+    loop {
+        let look = tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => return Err(AppError::Timeout(job_id)),
+            event = events.next(), if events_open => match event {
+                Some(m) => serde_json::from_slice::<JobEvent>(&m.payload)
+                    .is_ok_and(|e| e.status.is_terminal()),
+                None => {
+                    events_open = false;
+                    false
+                }
+            },
+            _ = poll.tick() => true,
+        };
+        if look && let Some(record) = store.get(&job_id).await?.filter(|r| r.status.is_terminal()) {
+            return Ok(record);
         }
     }
 }
 
-async fn terminal_record(
-    state: &AppState,
-    job_id: &tts_contracts::JobId,
-) -> Result<Option<JobRecord>, AppError> {
-    Ok(state
-        .deps
-        .store
-        .get(job_id)
-        .await?
-        .filter(|r| r.status.is_terminal()))
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tts_contracts::{JobMessage, JobSpec};
+    use tts_infra::MemoryJobStore;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_wait_whose_event_stream_ends_polls_the_store_without_spinning() {
+        let store = MemoryJobStore::new(Duration::from_secs(60), Duration::from_secs(60));
+        let job = JobMessage {
+            job_id: uuid::Uuid::new_v4(),
+            engine: "piper".into(),
+            created_at: chrono::Utc::now(),
+            tenant: None,
+            spec: JobSpec::Synthesize {
+                text: "Hello.".into(),
+                voice_id: "v".into(),
+                language: "en".into(),
+                speed: 1.0,
+            },
+        };
+        store.put(&JobRecord::queued(&job)).await.unwrap();
+        // A stream that has ended and counts how often it is asked for more.
+        let polls = Arc::new(AtomicUsize::new(0));
+        let counted = polls.clone();
+        let events = futures::stream::poll_fn(move |_| {
+            counted.fetch_add(1, Ordering::Relaxed);
+            std::task::Poll::<Option<BusMessage>>::Ready(None)
+        })
+        .boxed();
+
+        let deadline = Instant::now() + Duration::from_millis(300);
+        let answer = wait_for_end(&store, job.job_id, events, deadline).await;
+        assert!(matches!(answer, Err(AppError::Timeout(id)) if id == job.job_id));
+        assert_eq!(
+            polls.load(Ordering::Relaxed),
+            1,
+            "the ended stream was polled again"
+        );
+    }
 }

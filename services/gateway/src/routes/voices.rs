@@ -185,7 +185,7 @@ pub async fn create(
         .bus
         .subscribe(subjects::job_events(&job_id))
         .await;
-    if let Err(e) = submit::submit(&state, job, None).await {
+    if let Err(e) = submit::submit(&state, job, None, submit::Backpressure::Skip).await {
         forget(&state, &voice_id).await;
         return Err(e);
     }
@@ -441,10 +441,10 @@ fn check_engine(state: &AppState, engine: &str) -> Result<Vec<String>, AppError>
     }
     let nodes = state.registry.engine_nodes(engine);
     if nodes.is_empty() {
-        return Err(AppError::client(
-            StatusCode::SERVICE_UNAVAILABLE,
+        return Err(AppError::unavailable_for_now(
             "engine_unavailable",
             format!("no live worker runs engine {engine}"),
+            submit::RETRY_AFTER_SECS,
         ));
     }
     if !nodes.iter().any(|n| n.clones) {
