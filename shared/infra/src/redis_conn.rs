@@ -13,8 +13,9 @@ use crate::error::{InfraError, Result};
 /// How long connecting to Redis may take. Redis is on the local network: longer means down.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// How long one command may take. Generous next to Redis's usual sub-millisecond answers, so
-/// that a busy server is not taken for a dead one.
-const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// that a busy server (or a starved runtime) is not taken for a dead one; only the first call
+/// into a hung Redis waits this long, the circuit answers the others.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long calls fail at once after Redis did not answer, before one call tries again.
 const COOLDOWN: Duration = Duration::from_secs(1);
 
@@ -79,8 +80,10 @@ impl RedisConn {
     }
 }
 
+/// A connection that broke (a restarted server), worth one more try on a new one. A timeout is
+/// not: trying again would only double the wait.
 fn is_connection_error(e: &redis::RedisError) -> bool {
-    e.is_io_error() || e.is_connection_dropped() || e.is_timeout()
+    (e.is_io_error() || e.is_connection_dropped()) && !e.is_timeout()
 }
 
 /// An unavailable error whose public reason says what kind of failure it was.
