@@ -140,6 +140,7 @@ fn record(voice_id: &str, language: &str, engine_data: Option<serde_json::Value>
         status: VoiceStatus::Ready,
         sample_rate: Some(SAMPLE_RATE),
         other_languages: Vec::new(),
+        speed_range: None,
     };
     let mut record = VoiceRecord::enrolling(info, None, uuid::Uuid::new_v4());
     record.engine_data = engine_data;

@@ -122,6 +122,7 @@ mod voice_store {
                 status: VoiceStatus::Enrolling,
                 sample_rate: None,
                 other_languages: vec!["en".into()],
+                speed_range: None,
             },
             prompt_text: Some("你好".into()),
             reference_key: Some(format!("voices/{id}/reference.wav")),

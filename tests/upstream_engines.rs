@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use tts_tests::clips::{self, FIRST, SECOND, THIRD};
-use tts_tests::upstream::{FakeApiV2, FakeXtts, SovitsVersion};
+use tts_tests::upstream::{Answer, ClosedPort, FakeApiV2, FakeXtts, SovitsVersion};
 use tts_tests::{Deployment, TestApp, spawn_engines_with};
 use tts_worker::engine::Engine;
 use tts_worker::engine::gpt_sovits::{GptSovitsEngine, GptSovitsOptions};
@@ -167,7 +167,7 @@ async fn gpt_sovits_voices_speak_through_api_v2_one_request_per_server() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn api_v2_refusals_fail_the_job_and_unreachable_servers_are_retried() {
+async fn api_v2_refusals_fail_the_job_at_once() {
     let transcript = format!("{FIRST} {SECOND}");
     let reference = {
         let t = transcript.clone();
@@ -175,7 +175,6 @@ async fn api_v2_refusals_fail_the_job_and_unreachable_servers_are_retried() {
     };
     // A server with a v1 model speaks no Korean: its 400 fails the job with its own message.
     let v1 = FakeApiV2::start(SovitsVersion::V1, Duration::ZERO).await;
-    let closed = format!("http://127.0.0.1:{}", tts_tests::free_port());
     let shared = tempfile::tempdir().unwrap();
     let app = spawn_engines_with(
         Deployment::Standalone,
@@ -189,7 +188,7 @@ async fn api_v2_refusals_fail_the_job_and_unreachable_servers_are_retried() {
         ("engine", "gpt_sovits"),
         ("prompt_text", transcript.as_str()),
     ];
-    let voice = enrol(&app, reference.clone(), &fields).await;
+    let voice = enrol(&app, reference, &fields).await;
     let job = submit(
         &app,
         json!({"text": "안녕하세요", "voice_id": voice, "language": "ko"}),
@@ -204,26 +203,229 @@ async fn api_v2_refusals_fail_the_job_and_unreachable_servers_are_retried() {
         "{message}"
     );
     assert_eq!(record["attempts"], 1, "a refusal is not retried: {record}");
+}
 
-    // A server that cannot be reached: retried, then failed with the reason.
-    let unreachable = spawn_engines_with(
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_is_down_costs_no_job_an_attempt_while_another_is_up() {
+    let transcript = format!("{FIRST} {SECOND}");
+    let reference = {
+        let t = transcript.clone();
+        make(move || clips::spoken_wav(&t)).await
+    };
+    let live = FakeApiV2::start(SovitsVersion::V2, Duration::from_millis(50)).await;
+    let dead = ClosedPort::new();
+    let shared = tempfile::tempdir().unwrap();
+    let app = spawn_engines_with(
         Deployment::Standalone,
         &["gpt_sovits"],
-        gpt_sovits_app(vec![closed], shared.path()),
+        gpt_sovits_app(vec![dead.url(), live.url()], shared.path()),
     )
     .await;
-    let voice = enrol(&unreachable, reference, &fields).await;
-    let job = submit(
-        &unreachable,
-        json!({"text": "Hello there.", "voice_id": voice}),
+    let fields = [
+        ("name", "Joe"),
+        ("language", "en"),
+        ("engine", "gpt_sovits"),
+        ("prompt_text", transcript.as_str()),
+    ];
+    let voice = enrol(&app, reference, &fields).await;
+    // Ten jobs at once, four running at a time: the live server is busy most of the time, and
+    // the dead one would look free.
+    let mut jobs = Vec::new();
+    for i in 0..10 {
+        jobs.push(
+            submit(
+                &app,
+                json!({"text": format!("Sentence number {i} for the live server."), "voice_id": voice}),
+            )
+            .await,
+        );
+    }
+    for job in &jobs {
+        let record = app.wait_for_job(job, Duration::from_secs(60)).await;
+        assert_eq!(record["status"], "succeeded", "{record}");
+        assert_eq!(
+            record["attempts"], 1,
+            "succeeded on the first attempt: {record}"
+        );
+    }
+    assert_eq!(live.seen.requests().len(), jobs.len());
+    assert_eq!(live.seen.max_in_flight.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audio_of_unknown_length_is_read_and_audio_that_does_not_decode_fails_at_once() {
+    let transcript = format!("{FIRST} {SECOND}");
+    let reference = {
+        let t = transcript.clone();
+        make(move || clips::spoken_wav(&t)).await
+    };
+    let server = FakeApiV2::start(SovitsVersion::V2, Duration::ZERO).await;
+    let shared = tempfile::tempdir().unwrap();
+    let app = spawn_engines_with(
+        Deployment::Standalone,
+        &["gpt_sovits"],
+        gpt_sovits_app(vec![server.url()], shared.path()),
     )
     .await;
-    let record = unreachable
-        .wait_for_job(&job, Duration::from_secs(60))
-        .await;
+    let fields = [
+        ("name", "Joe"),
+        ("language", "en"),
+        ("engine", "gpt_sovits"),
+        ("prompt_text", transcript.as_str()),
+    ];
+    let voice = enrol(&app, reference, &fields).await;
+
+    server.answer_with(Answer::UnknownLength);
+    let text = "A header written before its length was known.";
+    let job = submit(&app, json!({"text": text, "voice_id": voice})).await;
+    let record = app.wait_for_job(&job, Duration::from_secs(60)).await;
+    assert_eq!(record["status"], "succeeded", "{record}");
+    assert_eq!(record["sample_rate"], 32_000, "{record}");
+    let wav = tts_tests::wav::summarise(&app.audio(&job).await.bytes().await.unwrap());
+    // Every sample the server sent, to the end of its answer.
+    let frames = (text.chars().count() as f32 * 0.06 * 32_000.0) as usize;
+    let sent = frames as f32 / 32_000.0;
+    assert!(
+        (wav.duration_secs - sent).abs() < 0.01,
+        "{wav:?}, sent {sent} s"
+    );
+
+    server.answer_with(Answer::Garbage);
+    let before = server.seen.requests().len();
+    let job = submit(&app, json!({"text": "Anything.", "voice_id": voice})).await;
+    let record = app.wait_for_job(&job, Duration::from_secs(60)).await;
     assert_eq!(record["status"], "failed", "{record}");
-    assert_eq!(record["error"]["error"], "upstream_unavailable", "{record}");
-    assert_eq!(record["attempts"], 2, "retried up to max_deliver: {record}");
+    assert_eq!(record["error"]["error"], "upstream_bad_audio", "{record}");
+    assert_eq!(record["attempts"], 1, "not synthesised again: {record}");
+    assert_eq!(server.seen.requests().len(), before + 1);
+}
+
+/// The gpt_sovits node of a deployment with one worker, as `GET /api/nodes` shows it.
+async fn node(app: &TestApp) -> Value {
+    let nodes: Value = app.get_json("/api/nodes").await;
+    let nodes = nodes["nodes"].as_array().cloned().unwrap_or_default();
+    assert!(nodes.len() <= 1, "{nodes:?}");
+    nodes.into_iter().next().unwrap_or(Value::Null)
+}
+
+/// Polls `GET /api/nodes` until the worker shows `status`.
+async fn wait_for_status(app: &TestApp, status: &str) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let node = node(app).await;
+        if node["status"] == status {
+            return node;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the worker never became {status}: {node}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Reads the `/ws` fleet stream until a snapshot shows the worker with `status`.
+async fn ws_shows(app: &TestApp, status: &str) {
+    use futures::StreamExt;
+    let url = format!("{}/ws", app.base_url.replacen("http", "ws", 1));
+    let (mut socket, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("websocket connects");
+    let seen = async {
+        while let Some(message) = socket.next().await {
+            if let tokio_tungstenite::tungstenite::Message::Text(text) = message.unwrap() {
+                let fleet: Value = serde_json::from_str(&text).unwrap();
+                if fleet["nodes"][0]["status"] == status {
+                    return;
+                }
+            }
+        }
+        panic!("the fleet stream closed");
+    };
+    tokio::time::timeout(Duration::from_secs(30), seen)
+        .await
+        .unwrap_or_else(|_| panic!("/ws never showed the worker {status}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_whose_servers_are_all_down_is_degraded_until_one_answers() {
+    let transcript = format!("{FIRST} {SECOND}");
+    let reference = {
+        let t = transcript.clone();
+        make(move || clips::spoken_wav(&t)).await
+    };
+    // Down when the service starts.
+    let server = FakeApiV2::down(SovitsVersion::V2, Duration::ZERO);
+    let shared = tempfile::tempdir().unwrap();
+    let configure = gpt_sovits_app(vec![server.url()], shared.path());
+    // Standalone with no engine named starts every configured one that loads: here only
+    // gpt_sovits, whose server does not answer yet.
+    let app = spawn_engines_with(Deployment::Standalone, &[], move |s| {
+        s.workers.retain(|name, _| name == "gpt_sovits");
+        configure(s);
+    })
+    .await;
+    wait_for_status(&app, "degraded").await;
+    server.accept_connections();
+    wait_for_status(&app, "online").await;
+
+    let fields = [
+        ("name", "Joe"),
+        ("language", "en"),
+        ("engine", "gpt_sovits"),
+        ("prompt_text", transcript.as_str()),
+    ];
+    let voice = enrol(&app, reference, &fields).await;
+
+    // The server goes down: the worker says so and takes no jobs.
+    server.refuse_connections().await;
+    ws_shows(&app, "degraded").await;
+    let degraded = wait_for_status(&app, "degraded").await;
+    let mut jobs = Vec::new();
+    for i in 0..3 {
+        jobs.push(
+            submit(
+                &app,
+                json!({"text": format!("Waiting sentence {i}."), "voice_id": voice}),
+            )
+            .await,
+        );
+    }
+    // Nobody would answer a request that waits for its result.
+    let response = app
+        .synthesize(&json!({"text": "Now, please.", "voice_id": voice}))
+        .await;
+    assert!(response.headers().contains_key("retry-after"));
+    assert_eq!(error_of(response).await, (503, "engine_unavailable".into()));
+    // Two more heartbeats later, the jobs are still waiting in the queue, untouched.
+    let mut last_seen = degraded["last_seen"].clone();
+    for _ in 0..2 {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let node = node(&app).await;
+            assert_eq!(node["status"], "degraded", "{node}");
+            if node["last_seen"] != last_seen {
+                last_seen = node["last_seen"].clone();
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "no heartbeat: {node}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    for job in &jobs {
+        let record = app.job(job).await;
+        assert_eq!(record["status"], "queued", "{record}");
+        assert_eq!(record["attempts"], 0, "{record}");
+    }
+
+    // The server is back: the worker takes the jobs, which succeed at their first attempt.
+    server.accept_connections();
+    ws_shows(&app, "online").await;
+    for job in &jobs {
+        let record = app.wait_for_job(job, Duration::from_secs(60)).await;
+        assert_eq!(record["status"], "succeeded", "{record}");
+        assert_eq!(record["attempts"], 1, "{record}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -291,14 +493,17 @@ async fn xtts_latents_are_computed_once_per_voice_and_sent_with_every_job() {
     }
     assert_eq!(requests[1]["language"], "de");
 
-    // The streaming server has no speed control.
-    let job = submit(
-        &app,
-        json!({"text": "Faster.", "voice_id": voice, "speed": 1.5}),
-    )
-    .await;
-    let record = app.wait_for_job(&job, Duration::from_secs(30)).await;
-    assert_eq!(record["error"]["error"], "unsupported_speed", "{record}");
+    // The streaming server has no speed control: refused at submit, as a language would be.
+    let faster = json!({"text": "Faster.", "voice_id": voice, "speed": 1.5});
+    let response = app.submit(&faster, None).await;
+    assert_eq!(error_of(response).await, (422, "unsupported_speed".into()));
+    let response = app.synthesize(&faster).await;
+    assert_eq!(error_of(response).await, (422, "unsupported_speed".into()));
+    assert_eq!(
+        server.seen.requests().len(),
+        2,
+        "nothing reached the server"
+    );
 }
 
 /// The trimmed reference the worker stored for a voice (what it sent to `/clone_speaker`).
@@ -322,10 +527,8 @@ async fn health_says_whether_the_upstream_server_answers() {
         server_dir: String::new(),
         options: Default::default(),
     };
-    let (up, down) = (
-        options(server.url()),
-        options(format!("http://127.0.0.1:{}", tts_tests::free_port())),
-    );
+    let closed = ClosedPort::new();
+    let (up, down) = (options(server.url()), options(closed.url()));
     // Engines are built and used off the async runtime, as workers do.
     let (up, down) = make(move || {
         let up = GptSovitsEngine::load(&up).unwrap().health();

@@ -6,7 +6,12 @@
 //! the reference clip from its own disk; the XTTS server's pydantic models) and answer with
 //! audio in the real servers' formats, so the engines are tested against the exact contract.
 //! They do not synthesise speech: the answer is a tone whose length follows the text and speed.
+//!
+//! Each server keeps its port for its whole life, listening or not: a test can make it refuse
+//! connections, as a server that is down does, and accept them again, without another process
+//! taking the port in between.
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -17,7 +22,9 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde_json::{Value, json};
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 
 /// Seconds of audio per character of text at speed 1, for the answers' length.
 const SECS_PER_CHAR: f32 = 0.06;
@@ -45,26 +52,106 @@ fn wav_bytes(samples: &[i16], rate: u32) -> Vec<u8> {
     cursor.into_inner()
 }
 
-/// A server on a free port, stopped on drop.
+/// A loopback port that refuses connections for as long as this lives: its socket is bound, so
+/// nothing else can take the port, but never listens. It is bound with `SO_REUSEPORT`, so that a
+/// listener of the test's own can share the port.
+pub struct ClosedPort {
+    _socket: TcpSocket,
+    addr: SocketAddr,
+}
+
+impl ClosedPort {
+    pub fn new() -> Self {
+        let socket = Self::socket();
+        socket
+            .bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .expect("a free port");
+        let addr = socket.local_addr().expect("an address");
+        ClosedPort {
+            _socket: socket,
+            addr,
+        }
+    }
+
+    fn socket() -> TcpSocket {
+        let socket = TcpSocket::new_v4().expect("a socket");
+        socket.set_reuseport(true).expect("SO_REUSEPORT");
+        socket
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A listener on this port, beside the socket that keeps it.
+    fn listen(&self) -> TcpListener {
+        let socket = Self::socket();
+        socket.bind(self.addr).expect("the kept port");
+        socket.listen(1024).expect("listening")
+    }
+}
+
+impl Default for ClosedPort {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A server on a port of its own that it keeps whether or not it listens; stopped on drop.
 struct Serving {
-    url: String,
-    _stop: oneshot::Sender<()>,
+    port: ClosedPort,
+    app: axum::Router,
+    running: Mutex<Option<(oneshot::Sender<()>, JoinHandle<()>)>>,
+}
+
+impl Serving {
+    fn url(&self) -> String {
+        self.port.url()
+    }
+
+    /// Starts listening, if it is not.
+    fn accept(&self) {
+        let mut running = self.running.lock().unwrap();
+        if running.is_some() {
+            return;
+        }
+        let listener = self.port.listen();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let app = self.app.clone();
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        *running = Some((stop, task));
+    }
+
+    /// Stops listening and returns once the listener is closed (connections are refused from
+    /// then on); requests in progress finish first.
+    async fn refuse(&self) {
+        let running = self.running.lock().unwrap().take();
+        if let Some((stop, task)) = running {
+            let _ = stop.send(());
+            let _ = task.await;
+        }
+    }
+}
+
+/// A server that refuses connections until [`Serving::accept`].
+fn closed(app: axum::Router) -> Serving {
+    Serving {
+        port: ClosedPort::new(),
+        app,
+        running: Mutex::new(None),
+    }
 }
 
 async fn serve(app: axum::Router) -> Serving {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("a free port");
-    let url = format!("http://{}", listener.local_addr().expect("an address"));
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = stopped.await;
-            })
-            .await;
-    });
-    Serving { url, _stop: stop }
+    let serving = closed(app);
+    serving.accept();
+    serving
 }
 
 /// What a server saw, for the tests' assertions.
@@ -116,39 +203,97 @@ impl SovitsVersion {
     }
 }
 
+/// How a fake api_v2 writes the audio of a synthesis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// A WAV file with its sizes, as api_v2 writes one.
+    Wav,
+    /// A WAV whose header says "unknown length" (sizes 0xFFFFFFFF), as a pipe or a stream
+    /// writes one, followed by the samples.
+    UnknownLength,
+    /// Bytes that are not audio at all.
+    Garbage,
+}
+
 struct ApiV2 {
     version: SovitsVersion,
     delay: Duration,
     seen: Arc<Seen>,
+    answer: Mutex<Answer>,
 }
 
 /// A GPT-SoVITS api_v2 server.
 pub struct FakeApiV2 {
     pub seen: Arc<Seen>,
+    state: Arc<ApiV2>,
     serving: Serving,
 }
 
 impl FakeApiV2 {
     /// Starts one; each synthesis takes `delay`, so that overlapping requests would show.
     pub async fn start(version: SovitsVersion, delay: Duration) -> Self {
+        let server = Self::down(version, delay);
+        server.accept_connections();
+        server
+    }
+
+    /// One whose port refuses connections until [`FakeApiV2::accept_connections`].
+    pub fn down(version: SovitsVersion, delay: Duration) -> Self {
         let seen = Arc::new(Seen::default());
         let state = Arc::new(ApiV2 {
             version,
             delay,
             seen: seen.clone(),
+            answer: Mutex::new(Answer::Wav),
         });
         let app = axum::Router::new()
             .route("/tts", post(api_v2_tts))
-            .with_state(state);
+            .with_state(state.clone());
         FakeApiV2 {
             seen,
-            serving: serve(app).await,
+            state,
+            serving: closed(app),
         }
     }
 
     pub fn url(&self) -> String {
-        self.serving.url.clone()
+        self.serving.url()
     }
+
+    /// Answers later syntheses this way.
+    pub fn answer_with(&self, answer: Answer) {
+        *self.state.answer.lock().unwrap() = answer;
+    }
+
+    /// Listens (again) on the server's port.
+    pub fn accept_connections(&self) {
+        self.serving.accept();
+    }
+
+    /// Stops listening, as a server that went down: connections to its port are refused from
+    /// the moment this returns.
+    pub async fn refuse_connections(&self) {
+        self.serving.refuse().await;
+    }
+}
+
+/// A 16-bit mono WAV whose RIFF and data sizes say "unknown" (0xFFFFFFFF).
+fn unknown_length_wav(samples: &[i16], rate: u32) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    bytes.extend(b"RIFF");
+    bytes.extend(u32::MAX.to_le_bytes());
+    bytes.extend(b"WAVEfmt ");
+    bytes.extend(16u32.to_le_bytes());
+    bytes.extend(1u16.to_le_bytes());
+    bytes.extend(1u16.to_le_bytes());
+    bytes.extend(rate.to_le_bytes());
+    bytes.extend((rate * 2).to_le_bytes());
+    bytes.extend(2u16.to_le_bytes());
+    bytes.extend(16u16.to_le_bytes());
+    bytes.extend(b"data");
+    bytes.extend(u32::MAX.to_le_bytes());
+    bytes.extend(samples.iter().flat_map(|s| s.to_le_bytes()));
+    bytes
 }
 
 fn api_v2_error(message: String) -> Response {
@@ -236,7 +381,13 @@ async fn api_v2_tts(State(state): State<Arc<ApiV2>>, Json(req): Json<Value>) -> 
         let speed = req["speed_factor"].as_f64().unwrap_or(1.0) as f32;
         let chars = req["text"].as_str().unwrap_or_default().chars().count() as f32;
         // v2 models answer at 32 kHz.
-        let wav = wav_bytes(&tone(chars * SECS_PER_CHAR / speed, 32_000), 32_000);
+        let samples = tone(chars * SECS_PER_CHAR / speed, 32_000);
+        let answer = *state.answer.lock().unwrap();
+        let wav = match answer {
+            Answer::Wav => wav_bytes(&samples, 32_000),
+            Answer::UnknownLength => unknown_length_wav(&samples, 32_000),
+            Answer::Garbage => b"<html><body>502 Bad Gateway</body></html>".repeat(50),
+        };
         ([("content-type", "audio/wav")], wav).into_response()
     }
     .await;
@@ -279,7 +430,7 @@ impl FakeXtts {
     }
 
     pub fn url(&self) -> String {
-        self.serving.url.clone()
+        self.serving.url()
     }
 }
 

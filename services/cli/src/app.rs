@@ -50,8 +50,10 @@ impl Application {
 
     async fn standalone(settings: Settings, engines: Vec<String>) -> anyhow::Result<Self> {
         // Engines named on the command line must start; with none named, every configured
-        // engine that can run here does, and one that cannot (no model, no upstream server) is
-        // skipped with the reason, so that the embedded defaults always start.
+        // engine that can run here does, and one that cannot load (no model) is skipped with
+        // the reason, so that the embedded defaults always start. An engine whose upstream
+        // servers do not answer yet still starts: its worker is `degraded` and takes jobs once
+        // one answers.
         let explicit = !engines.is_empty();
         let engines: Vec<String> = if explicit {
             engines
@@ -86,14 +88,6 @@ impl Application {
                 }
                 Err(e) => return Err(e),
             };
-            if !explicit {
-                // Probes upstream servers: asked once.
-                let health = engine_impl.health();
-                if !health.ready {
-                    tracing::warn!(%engine, detail = %health.detail, "engine skipped: not ready");
-                    continue;
-                }
-            }
             let deps = WorkerDeps {
                 engine: engine_impl,
                 source: Arc::new(queue.source(&engine)),

@@ -1,7 +1,9 @@
 //! The fleet as seen from heartbeats: which workers are live and which voices they serve.
 //!
 //! A worker is live from its first heartbeat until `dead_threshold` after its last one, or until
-//! it says it is offline. Voices are routable only while a live worker serves them.
+//! it says it is offline. Voices are routable only while a live worker serves them. A `degraded`
+//! worker (its engine's servers cannot be reached) is live and keeps its voices routable, so
+//! that jobs queue for it, but it serves nobody who waits: sync requests see no worker.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
@@ -11,7 +13,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use tokio::sync::watch;
-use tts_contracts::{NodeInfo, NodeView, VoiceInfo, WorkerStatus, subjects};
+use tts_contracts::{NodeInfo, NodeView, SpeedRange, VoiceInfo, WorkerStatus, subjects};
 use tts_infra::Bus;
 
 use crate::error::AppError;
@@ -195,6 +197,22 @@ impl Registry {
             .into_iter()
             .filter(|n| n.engine == engine && n.status != WorkerStatus::Draining)
             .collect()
+    }
+
+    /// Live workers of `engine` that are taking jobs now: neither draining nor degraded.
+    pub fn serving_nodes(&self, engine: &str) -> Vec<NodeInfo> {
+        self.engine_nodes(engine)
+            .into_iter()
+            .filter(|n| n.status != WorkerStatus::Degraded)
+            .collect()
+    }
+
+    /// The speeds every live worker of `engine` honours; `None` when it has none.
+    pub fn engine_speed_range(&self, engine: &str) -> Option<SpeedRange> {
+        self.engine_nodes(engine)
+            .iter()
+            .map(|n| n.speed_range)
+            .reduce(|a, b| a.intersect(&b))
     }
 
     /// The languages `engine` speaks, as its live workers report them.

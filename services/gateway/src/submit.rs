@@ -71,6 +71,28 @@ pub async fn validate(
         }
         None => voice.language.clone(),
     };
+    // A stock voice carries the range its engine announced; a cloned one takes its engine's,
+    // as the live workers announce it.
+    let speeds = voice
+        .speed_range
+        .or_else(|| state.registry.engine_speed_range(&voice.engine))
+        .unwrap_or_default();
+    if !speeds.contains(speed) {
+        return Err(AppError::unprocessable(
+            "unsupported_speed",
+            if speeds.min == speeds.max {
+                format!(
+                    "voice {} can only be spoken at speed {}, not {speed}",
+                    voice.voice_id, speeds.min
+                )
+            } else {
+                format!(
+                    "voice {} can be spoken at speeds {} to {}, not {speed}",
+                    voice.voice_id, speeds.min, speeds.max
+                )
+            },
+        ));
+    }
     Ok(JobMessage {
         job_id: Uuid::new_v4(),
         engine: voice.engine,
@@ -165,10 +187,11 @@ pub(crate) const RETRY_AFTER_SECS: u64 = 5;
 /// when no live worker runs the engine or its queue is deeper than `gateway.max_queue_depth`,
 /// rather than waiting for a worker that may never come.
 pub async fn check_capacity(state: &AppState, engine: &str) -> Result<(), AppError> {
-    if state.registry.engine_nodes(engine).is_empty() {
+    // A degraded worker (its engine's servers unreachable) takes no jobs, so it does not count.
+    if state.registry.serving_nodes(engine).is_empty() {
         return Err(AppError::unavailable_for_now(
             "engine_unavailable",
-            format!("no live worker runs engine {engine}"),
+            format!("no live worker of engine {engine} is taking jobs now"),
             RETRY_AFTER_SECS,
         ));
     }

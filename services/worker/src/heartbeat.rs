@@ -25,13 +25,19 @@ pub struct NodeState {
     pub engine: Arc<dyn Engine>,
     pub load: AtomicU32,
     pub draining: AtomicBool,
+    /// Set while none of the servers the engine depends on can be reached; the worker takes
+    /// no jobs meanwhile.
+    pub degraded: AtomicBool,
 }
 
 impl NodeState {
     pub fn info(&self, status: Option<WorkerStatus>) -> NodeInfo {
         let load = self.load.load(Ordering::Relaxed);
+        let speed_range = self.engine.speed_range();
         let status = status.unwrap_or(if self.draining.load(Ordering::Relaxed) {
             WorkerStatus::Draining
+        } else if self.degraded.load(Ordering::Relaxed) {
+            WorkerStatus::Degraded
         } else if load >= self.max_concurrent {
             WorkerStatus::Busy
         } else {
@@ -45,9 +51,18 @@ impl NodeState {
             status,
             current_load: load,
             max_concurrent: self.max_concurrent,
-            voices: self.engine.voices(),
+            voices: self
+                .engine
+                .voices()
+                .into_iter()
+                .map(|mut voice| {
+                    voice.speed_range.get_or_insert(speed_range);
+                    voice
+                })
+                .collect(),
             clones: self.engine.clones(),
             languages: self.engine.languages(),
+            speed_range,
             started_at: self.started_at,
             sent_at: Utc::now(),
             heartbeat_interval_secs: self.heartbeat_interval.as_secs(),

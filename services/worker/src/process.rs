@@ -72,7 +72,9 @@ impl From<EngineError> for JobError {
             message: e.message().into(),
         };
         match e.kind() {
-            EngineErrorKind::InvalidInput => JobError::Permanent(failure),
+            EngineErrorKind::InvalidInput | EngineErrorKind::Unusable => {
+                JobError::Permanent(failure)
+            }
             EngineErrorKind::Transient | EngineErrorKind::Internal => JobError::Transient(failure),
         }
     }

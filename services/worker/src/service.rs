@@ -1,5 +1,5 @@
-//! The worker's life: pull jobs while there are free slots, stop pulling on shutdown, finish
-//! and ack what is in flight, say goodbye.
+//! The worker's life: pull jobs while there are free slots and the engine's servers can be
+//! reached, stop pulling on shutdown, finish and ack what is in flight, say goodbye.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -10,7 +10,7 @@ use chrono::Utc;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tts_contracts::WorkerStatus;
-use tts_infra::{AudioStore, Bus, JetStreamQueue, JobSource, JobStore, VoiceStore};
+use tts_infra::{AudioStore, Bus, Delivery, JetStreamQueue, JobSource, JobStore, VoiceStore};
 
 use crate::engine::Engine;
 use crate::heartbeat::{self, NodeState};
@@ -21,6 +21,10 @@ use crate::{health, reaper};
 
 /// How long one pull waits for a job before the loop checks for shutdown again.
 const PULL_WAIT: Duration = Duration::from_secs(2);
+
+/// How often the worker checks that its engine's servers can be reached: how soon it stops
+/// taking jobs after the last one goes away, and resumes after one comes back.
+const REACHABILITY_CHECK_EVERY: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone)]
 pub struct WorkerOptions {
@@ -67,6 +71,7 @@ impl Worker {
             engine: deps.engine.clone(),
             load: Default::default(),
             draining: Default::default(),
+            degraded: Default::default(),
         });
         Worker {
             options,
@@ -101,6 +106,23 @@ impl Worker {
             node_id: options.node_id.clone(),
         };
 
+        // Checked before the first heartbeat and the first pull, so that a worker whose servers
+        // are all down at start never claims to be online or takes a job.
+        let reachable = reachable(&deps.engine).await;
+        if !reachable {
+            tracing::warn!(
+                engine = deps.engine.name(),
+                "no server of the engine can be reached; taking no jobs until one answers"
+            );
+        }
+        node.degraded.store(!reachable, Ordering::Relaxed);
+        let (reachable_tx, mut reachable_rx) = watch::channel(reachable);
+        let watcher = tokio::spawn(watch_reachability(
+            deps.bus.clone(),
+            node.clone(),
+            reachable_tx,
+            stop_rx.clone(),
+        ));
         let heartbeats = tokio::spawn(heartbeat::run(
             deps.bus.clone(),
             node.clone(),
@@ -133,9 +155,21 @@ impl Worker {
         // Each job task holds a clone of `done_tx`; when all are dropped, `done_rx` yields None
         // and every in-flight job has been settled.
         let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
+        // Turns true when the worker starts draining: jobs held for want of a server give up.
+        let (drain_tx, drain_rx) = watch::channel(false);
+        let keepalive = (options.ack_wait / 3).max(Duration::from_millis(100));
         let slots = Arc::new(Semaphore::new(options.max_concurrent as usize));
         tokio::pin!(shutdown);
         loop {
+            // While the engine's servers cannot be reached, jobs would only fail: the worker
+            // leaves them in the queue (for other workers, or for later) until one answers.
+            if !*reachable_rx.borrow() {
+                tokio::select! {
+                    biased;
+                    _ = &mut shutdown => break,
+                    _ = reachable_again(&mut reachable_rx) => {}
+                }
+            }
             let permit = tokio::select! {
                 biased;
                 _ = &mut shutdown => break,
@@ -150,7 +184,17 @@ impl Worker {
                     let ctx = ctx.clone();
                     let node = node.clone();
                     let done = done_tx.clone();
+                    let reachable = reachable_rx.clone();
+                    let drain = drain_rx.clone();
                     tokio::spawn(async move {
+                        let Some(delivery) =
+                            hold_while_unreachable(delivery, reachable, drain, keepalive).await
+                        else {
+                            node.load.fetch_sub(1, Ordering::Relaxed);
+                            drop(permit);
+                            drop(done);
+                            return;
+                        };
                         let outcome = process::handle(&ctx, delivery).await;
                         tracing::debug!(?outcome, "delivery settled");
                         node.load.fetch_sub(1, Ordering::Relaxed);
@@ -172,6 +216,7 @@ impl Worker {
 
         tracing::info!(node_id = %options.node_id, "worker draining");
         node.draining.store(true, Ordering::Relaxed);
+        let _ = drain_tx.send(true);
         heartbeat::publish(deps.bus.as_ref(), &node, Some(WorkerStatus::Draining)).await;
         drop(done_tx);
         if tokio::time::timeout(options.shutdown_grace, done_rx.recv())
@@ -183,7 +228,9 @@ impl Worker {
             );
         }
         let _ = stop_tx.send(true);
+        // Both publish heartbeats: they are done before the last one says `offline`.
         let _ = heartbeats.await;
+        let _ = watcher.await;
         heartbeat::publish(deps.bus.as_ref(), &node, Some(WorkerStatus::Offline)).await;
         if let Err(e) = deps.bus.flush().await {
             tracing::warn!(error = %e, "the offline heartbeat may not have been sent");
@@ -193,5 +240,94 @@ impl Worker {
         }
         tracing::info!(node_id = %options.node_id, "worker stopped");
         Ok(())
+    }
+}
+
+/// Whether the engine's servers can be reached; the check may connect to them, so it runs on a
+/// blocking thread.
+async fn reachable(engine: &Arc<dyn Engine>) -> bool {
+    let engine = engine.clone();
+    tokio::task::spawn_blocking(move || engine.reachable())
+        .await
+        // A check that panicked says nothing about the servers; the jobs will.
+        .unwrap_or(true)
+}
+
+/// A pull that was already waiting when the engine's servers went away may still bring a job.
+/// Rather than run it to fail, the worker holds it (keeping it from redelivery, as a running job
+/// is kept) until a server answers, and gives it back to the queue if the worker drains first.
+/// `None` when it was given back.
+async fn hold_while_unreachable(
+    delivery: Box<dyn Delivery>,
+    mut reachable: watch::Receiver<bool>,
+    mut drain: watch::Receiver<bool>,
+    keepalive: Duration,
+) -> Option<Box<dyn Delivery>> {
+    if *reachable.borrow() {
+        return Some(delivery);
+    }
+    let mut ticker = tokio::time::interval(keepalive);
+    ticker.tick().await;
+    loop {
+        tokio::select! {
+            _ = reachable_again(&mut reachable) => return Some(delivery),
+            _ = heartbeat::stopped(&mut drain) => {
+                if let Err(e) = delivery.nak(Duration::ZERO).await {
+                    tracing::warn!(error = %e, "a held job could not be given back; the queue will redeliver it");
+                }
+                return None;
+            }
+            _ = ticker.tick() => {
+                if let Err(e) = delivery.in_progress().await {
+                    tracing::warn!(error = %e, "progress ack of a held job failed");
+                }
+            }
+        }
+    }
+}
+
+/// Completes once the engine's servers can be reached again (or the watcher is gone).
+async fn reachable_again(reachable: &mut watch::Receiver<bool>) {
+    // The guard wait_for returns is dropped here, so the future stays Send.
+    let _ = reachable.wait_for(|r| *r).await;
+}
+
+/// Checks the engine's servers every [`REACHABILITY_CHECK_EVERY`] until `stop`. When none can
+/// be reached the worker is `degraded`, and when one can again it is back; each change is
+/// heartbeated at once, so that gateways stop (or resume) counting on this worker without
+/// waiting for the next interval.
+async fn watch_reachability(
+    bus: Arc<dyn Bus>,
+    node: Arc<NodeState>,
+    reachable_tx: watch::Sender<bool>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut ticker = tokio::time::interval(REACHABILITY_CHECK_EVERY);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first tick is immediate, and the state at start is already known.
+    ticker.tick().await;
+    loop {
+        tokio::select! {
+            _ = heartbeat::stopped(&mut stop) => return,
+            _ = ticker.tick() => {}
+        }
+        let now = reachable(&node.engine).await;
+        if now == *reachable_tx.borrow() {
+            continue;
+        }
+        node.degraded.store(!now, Ordering::Relaxed);
+        if now {
+            tracing::info!(
+                engine = node.engine.name(),
+                "a server of the engine answers again; taking jobs"
+            );
+        } else {
+            tracing::warn!(
+                engine = node.engine.name(),
+                "no server of the engine can be reached; taking no jobs until one answers"
+            );
+        }
+        heartbeat::publish(bus.as_ref(), &node, None).await;
+        let _ = reachable_tx.send(now);
     }
 }

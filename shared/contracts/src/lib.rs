@@ -46,6 +46,45 @@ pub fn same_language(a: &str, b: &str) -> bool {
 /// The smallest and largest accepted `speed`.
 pub const SPEED_RANGE: (f32, f32) = (0.25, 4.0);
 
+/// The speeds an engine or a voice can honour, inclusive, within [`SPEED_RANGE`].
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct SpeedRange {
+    pub min: f32,
+    pub max: f32,
+}
+
+impl Default for SpeedRange {
+    /// The whole range the API accepts.
+    fn default() -> Self {
+        SpeedRange {
+            min: SPEED_RANGE.0,
+            max: SPEED_RANGE.1,
+        }
+    }
+}
+
+impl SpeedRange {
+    /// Exactly one speed.
+    pub fn only(speed: f32) -> Self {
+        SpeedRange {
+            min: speed,
+            max: speed,
+        }
+    }
+
+    pub fn contains(&self, speed: f32) -> bool {
+        (self.min..=self.max).contains(&speed)
+    }
+
+    /// The speeds both ranges honour; empty (min above max) when they share none.
+    pub fn intersect(&self, other: &SpeedRange) -> SpeedRange {
+        SpeedRange {
+            min: self.min.max(other.min),
+            max: self.max.min(other.max),
+        }
+    }
+}
+
 /// What a job asks a worker to do. Tagged so that other kinds of work (voice enrollment) can join
 /// the same queue without breaking workers that read this one.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -260,6 +299,10 @@ pub struct VoiceInfo {
     /// Languages the voice speaks besides `language` (its default).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub other_languages: Vec<String>,
+    /// The speeds the voice can be spoken at. Absent in records written before engines said,
+    /// and for cloned voices, which take their engine's range as its workers announce it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub speed_range: Option<SpeedRange>,
 }
 
 impl VoiceInfo {
@@ -426,6 +469,9 @@ pub enum WorkerStatus {
     Draining,
     /// Stopped cleanly; sent once as the last heartbeat.
     Offline,
+    /// Running, but none of the servers its engine depends on can be reached: takes no jobs
+    /// until one answers again.
+    Degraded,
 }
 
 /// A worker's heartbeat, published on `tts.heartbeat.<engine>.<node_id>`: the origin document's
@@ -446,6 +492,10 @@ pub struct NodeInfo {
     /// The languages the engine speaks (cloned voices may use any of them).
     #[serde(default)]
     pub languages: Vec<String>,
+    /// The speeds the engine can honour (cloned voices take this range); the whole API range
+    /// from a worker that does not say.
+    #[serde(default)]
+    pub speed_range: SpeedRange,
     pub started_at: DateTime<Utc>,
     pub sent_at: DateTime<Utc>,
     /// Seconds until this heartbeat is replaced; the gateway derives liveness from it.
@@ -475,6 +525,7 @@ pub fn audio_key(job_id: &JobId) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn job_message_round_trips_with_kind_tag() {
@@ -510,6 +561,24 @@ mod tests {
         assert!(same_language("en", "en-US"));
         assert!(same_language("en_US", "EN"));
         assert!(!same_language("en", "zh"));
+    }
+
+    #[test]
+    fn heartbeats_without_speed_ranges_still_parse() {
+        let voice = json!({"voice_id": "v", "name": "v", "engine": "piper",
+            "created_at": "2025-01-01T00:00:00Z", "language": "en", "status": "ready"});
+        let node = json!({"node_id": "n", "engine": "piper", "host": "h", "port": 1,
+            "status": "degraded", "current_load": 0, "max_concurrent": 1, "voices": [voice],
+            "started_at": "2025-01-01T00:00:00Z", "sent_at": "2025-01-01T00:00:00Z",
+            "heartbeat_interval_secs": 10});
+        let node: NodeInfo = serde_json::from_value(node).unwrap();
+        assert_eq!(node.status, WorkerStatus::Degraded);
+        assert_eq!(node.speed_range, SpeedRange::default());
+        assert_eq!(node.voices[0].speed_range, None);
+        assert!(SpeedRange::only(1.0).contains(1.0));
+        assert!(!SpeedRange::only(1.0).contains(1.5));
+        let none = SpeedRange::only(1.0).intersect(&SpeedRange::only(2.0));
+        assert!(!none.contains(1.0) && !none.contains(2.0));
     }
 
     #[test]

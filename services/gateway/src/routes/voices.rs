@@ -418,6 +418,7 @@ async fn check_form(
         voice_id: Uuid::new_v4().to_string(),
         name,
         other_languages: languages.into_iter().filter(|l| *l != language).collect(),
+        speed_range: None,
         language,
         engine,
         created_at: Utc::now(),

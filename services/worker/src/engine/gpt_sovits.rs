@@ -204,22 +204,17 @@ impl Engine for GptSovitsEngine {
         let body = self.request(input, voice, &ref_audio_path);
         let bytes = self.upstreams.post("/tts", |r| Ok(r.json(&body)))?;
         drop(clip);
-        let decoded = tts_audio::decode(&bytes).map_err(|e| {
-            EngineError::new(
-                super::EngineErrorKind::Transient,
-                "upstream_error",
-                format!("gpt_sovits server answered audio that does not decode: {e}"),
-            )
-        })?;
+        let audio = self.upstreams.audio(&bytes)?;
         progress(Progress { done: 1, total: 1 });
-        Ok(Audio {
-            samples: decoded.samples,
-            sample_rate: decoded.sample_rate,
-        })
+        Ok(audio)
     }
 
     fn health(&self) -> EngineHealth {
         self.upstreams.health()
+    }
+
+    fn reachable(&self) -> bool {
+        self.upstreams.check()
     }
 
     fn clones(&self) -> bool {

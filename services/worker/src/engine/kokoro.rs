@@ -218,6 +218,7 @@ impl Engine for KokoroEngine {
                 status: VoiceStatus::Ready,
                 sample_rate: Some(SAMPLE_RATE),
                 other_languages: LANGUAGES[1..].iter().map(|l| l.to_string()).collect(),
+                speed_range: None,
             })
             .collect()
     }

@@ -14,7 +14,7 @@ pub mod zh;
 
 use std::fmt;
 
-use tts_contracts::{CloneSimilarity, VoiceInfo, VoiceRecord};
+use tts_contracts::{CloneSimilarity, SpeedRange, VoiceInfo, VoiceRecord};
 
 use crate::voice::Analysis;
 use crate::voice::clone::CloneSettings;
@@ -89,6 +89,9 @@ pub enum EngineErrorKind {
     Transient,
     /// A fault in the model or the runtime. Retried in case it is local to one machine.
     Internal,
+    /// The engine's answer for this job cannot be used (an upstream server's audio that does not
+    /// decode). The same input would bring the same answer, so retrying is pointless.
+    Unusable,
 }
 
 #[derive(Debug, Clone)]
@@ -180,6 +183,19 @@ pub trait Engine: Send + Sync + 'static {
     ) -> Result<Audio, EngineError>;
 
     fn health(&self) -> EngineHealth;
+
+    /// The speeds the engine can honour. Workers announce it with their voices, so that the
+    /// gateway refuses other speeds at submit instead of queueing a job that must fail.
+    fn speed_range(&self) -> SpeedRange {
+        SpeedRange::default()
+    }
+
+    /// Whether the servers the engine sends its work to can be reached now. Checking may
+    /// connect to each of them (so it runs on a blocking thread), and what it finds also steers
+    /// the engine's next requests. An engine that runs in this process is always reachable.
+    fn reachable(&self) -> bool {
+        true
+    }
 
     /// Whether [`Engine::enroll`] can clone voices.
     fn clones(&self) -> bool {

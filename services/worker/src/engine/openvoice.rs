@@ -928,6 +928,7 @@ mod tests {
             status: tts_contracts::VoiceStatus::Ready,
             sample_rate: Some(SAMPLE_RATE),
             other_languages: Vec::new(),
+            speed_range: None,
         };
         let mut record = VoiceRecord::enrolling(info, None, uuid::Uuid::new_v4());
         record.engine_data = engine_data;

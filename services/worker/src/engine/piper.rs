@@ -106,6 +106,7 @@ impl PiperEngine {
             status: VoiceStatus::Ready,
             sample_rate: Some(config.audio.sample_rate),
             other_languages: Vec::new(),
+            speed_range: None,
         };
         Ok(PiperEngine {
             voice,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use tts_contracts::{VoiceInfo, VoiceRecord};
+use tts_contracts::{SpeedRange, VoiceInfo, VoiceRecord};
 
 use super::upstream::Upstreams;
 use super::{
@@ -99,65 +99,6 @@ fn latents_of(voice: &VoiceRecord) -> Result<SpeakerLatents, EngineError> {
     Ok(latents)
 }
 
-/// Reads what `/tts_stream` sends: a WAV header whose sizes are unknown when it is written
-/// (so they are not trusted), then 16-bit PCM to the end of the body.
-pub fn read_streamed_wav(bytes: &[u8]) -> Result<Audio, String> {
-    if bytes.len() < 12 || &bytes[..4] != b"RIFF" || &bytes[8..12] != b"WAVE" {
-        return Err("the answer is not a WAV stream".into());
-    }
-    let mut pos = 12;
-    let mut format: Option<(u16, u16, u32, u16)> = None;
-    while pos + 8 <= bytes.len() {
-        let id = &bytes[pos..pos + 4];
-        let size = u32::from_le_bytes([
-            bytes[pos + 4],
-            bytes[pos + 5],
-            bytes[pos + 6],
-            bytes[pos + 7],
-        ]) as usize;
-        let body = pos + 8;
-        if id == b"fmt " {
-            if body + 16 > bytes.len() {
-                return Err("the WAV format chunk is cut short".into());
-            }
-            let u16_at = |i: usize| u16::from_le_bytes([bytes[body + i], bytes[body + i + 1]]);
-            let rate = u32::from_le_bytes([
-                bytes[body + 4],
-                bytes[body + 5],
-                bytes[body + 6],
-                bytes[body + 7],
-            ]);
-            format = Some((u16_at(0), u16_at(2), rate, u16_at(14)));
-        } else if id == b"data" {
-            let (encoding, channels, rate, bits) =
-                format.ok_or("the WAV stream has no format chunk")?;
-            if encoding != 1 || bits != 16 || channels == 0 || rate == 0 {
-                return Err(format!(
-                    "expected 16-bit PCM, got encoding {encoding}, {bits} bits, {channels} channels"
-                ));
-            }
-            let frame = 2 * channels as usize;
-            let pcm = &bytes[body..];
-            let samples = pcm
-                .chunks_exact(frame)
-                .map(|f| {
-                    let sum: f32 = f
-                        .chunks_exact(2)
-                        .map(|s| i16::from_le_bytes([s[0], s[1]]) as f32 / 32768.0)
-                        .sum();
-                    sum / channels as f32
-                })
-                .collect();
-            return Ok(Audio {
-                samples,
-                sample_rate: rate,
-            });
-        }
-        pos = body + size + (size & 1);
-    }
-    Err("the WAV stream has no data chunk".into())
-}
-
 impl Engine for XttsEngine {
     fn name(&self) -> &str {
         "xtts"
@@ -181,7 +122,8 @@ impl Engine for XttsEngine {
         let voice = input.voice.as_ref().ok_or_else(|| {
             EngineError::invalid("unknown_voice", "xtts speaks cloned voices only")
         })?;
-        if (input.speed - 1.0).abs() > f32::EPSILON {
+        // The gateway refuses such jobs at submit; this catches one queued before it knew.
+        if !self.speed_range().contains(input.speed) {
             return Err(EngineError::invalid(
                 "unsupported_speed",
                 "the XTTS streaming server has no speed control; send speed 1.0",
@@ -198,26 +140,23 @@ impl Engine for XttsEngine {
             "stream_chunk_size": self.stream_chunk_size.to_string(),
         });
         let bytes = self.upstreams.post("/tts_stream", |r| Ok(r.json(&body)))?;
-        let audio = read_streamed_wav(&bytes).map_err(|e| {
-            EngineError::new(
-                EngineErrorKind::Transient,
-                "upstream_error",
-                format!("xtts server answered: {e}"),
-            )
-        })?;
-        if audio.samples.is_empty() {
-            return Err(EngineError::new(
-                EngineErrorKind::Transient,
-                "upstream_error",
-                "xtts server answered no audio",
-            ));
-        }
+        // The server writes the WAV header before it knows the length, then streams PCM.
+        let audio = self.upstreams.audio(&bytes)?;
         progress(Progress { done: 1, total: 1 });
         Ok(audio)
     }
 
     fn health(&self) -> EngineHealth {
         self.upstreams.health()
+    }
+
+    fn reachable(&self) -> bool {
+        self.upstreams.check()
+    }
+
+    /// The streaming server has no speed control.
+    fn speed_range(&self) -> SpeedRange {
+        SpeedRange::only(1.0)
     }
 
     fn clones(&self) -> bool {
@@ -232,7 +171,7 @@ impl Engine for XttsEngine {
     ) -> Result<Enrollment, EngineError> {
         let wav = input.reference_wav.to_vec();
         let answer = self.upstreams.post("/clone_speaker", |r| {
-            let part = reqwest::blocking::multipart::Part::bytes(wav)
+            let part = reqwest::blocking::multipart::Part::bytes(wav.clone())
                 .file_name("reference.wav")
                 .mime_str("audio/wav")
                 .map_err(|e| EngineError::internal(e.to_string()))?;
@@ -259,35 +198,5 @@ impl Engine for XttsEngine {
             ),
             ..Enrollment::default()
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_streamed_wav_with_unknown_sizes_is_read_to_its_end() {
-        // The header as the streaming server writes it: data size 0, then PCM after it.
-        let mut bytes = Vec::new();
-        bytes.extend(b"RIFF");
-        bytes.extend(36u32.to_le_bytes());
-        bytes.extend(b"WAVEfmt ");
-        bytes.extend(16u32.to_le_bytes());
-        bytes.extend(1u16.to_le_bytes());
-        bytes.extend(1u16.to_le_bytes());
-        bytes.extend(24_000u32.to_le_bytes());
-        bytes.extend(48_000u32.to_le_bytes());
-        bytes.extend(2u16.to_le_bytes());
-        bytes.extend(16u16.to_le_bytes());
-        bytes.extend(b"data");
-        bytes.extend(0u32.to_le_bytes());
-        for v in [0i16, 16384, -16384, 32767] {
-            bytes.extend(v.to_le_bytes());
-        }
-        let audio = read_streamed_wav(&bytes).unwrap();
-        assert_eq!(audio.sample_rate, 24_000);
-        assert_eq!(audio.samples, vec![0.0, 0.5, -0.5, 32767.0 / 32768.0]);
-        assert!(read_streamed_wav(b"not a wav at all").is_err());
     }
 }
