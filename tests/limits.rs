@@ -226,6 +226,36 @@ fn assert_too_many_websockets(refusal: axum::http::Response<Option<Vec<u8>>>) {
     assert_eq!(body["retry_after"], retry_after);
 }
 
+/// A job that stays queued: its record alone, written to the deployment's Redis, with no worker
+/// to take it. Its WebSocket stays open for as long as the client keeps it.
+async fn waiting_job(app: &TestApp) -> String {
+    let message = tts_contracts::JobMessage {
+        job_id: uuid::Uuid::new_v4(),
+        engine: "piper".into(),
+        created_at: chrono::Utc::now(),
+        tenant: None,
+        spec: tts_contracts::JobSpec::Synthesize {
+            text: "Waiting.".into(),
+            voice_id: tts_tests::app::VOICE.into(),
+            language: "en".into(),
+            speed: 1.0,
+        },
+    };
+    let record = tts_contracts::JobRecord::queued(&message);
+    let redis = redis::Client::open(app.settings.redis.url.as_str()).unwrap();
+    let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
+    let key = format!("{}:job:{}", app.settings.redis.key_prefix, message.job_id);
+    let _: () = redis::cmd("SET")
+        .arg(key)
+        .arg(serde_json::to_string(&record).unwrap())
+        .arg("EX")
+        .arg(600)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    format!("/ws/jobs/{}", message.job_id)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn open_websockets_are_capped_per_address_and_per_gateway() {
     let app = spawn_engines_with(Deployment::GatewayOnly, &[], |s| {
@@ -235,12 +265,13 @@ async fn open_websockets_are_capped_per_address_and_per_gateway() {
     })
     .await;
     let (a, b) = ("198.51.100.1", "198.51.100.2");
-    let mut first = open_socket(&app, "/ws", a).await.expect("first accepted");
+    let job = waiting_job(&app).await;
+    // Both kinds of socket count while they are open.
+    let mut first = open_socket(&app, &job, a).await.expect("first accepted");
     let _second = open_socket(&app, "/ws", a).await.expect("second accepted");
     // The address has two open: a third is refused before the upgrade, on either endpoint.
     assert_too_many_websockets(open_socket(&app, "/ws", a).await.unwrap_err());
-    let job = "/ws/jobs/00000000-0000-4000-8000-000000000000";
-    assert_too_many_websockets(open_socket(&app, job, a).await.unwrap_err());
+    assert_too_many_websockets(open_socket(&app, &job, a).await.unwrap_err());
     // Another address has its own two, but the gateway only three in all.
     let _third = open_socket(&app, "/ws", b).await.expect("third accepted");
     assert_too_many_websockets(open_socket(&app, "/ws", b).await.unwrap_err());
