@@ -503,6 +503,17 @@ mod tests {
         let err = Settings::load_with_env(Some(&path), env(&[])).unwrap_err();
         assert!(err.to_string().contains("engine names"), "{err}");
         std::fs::remove_dir_all(dir).ok();
+        for percent in ["0", "101"] {
+            let err = Settings::load_with_env(
+                None,
+                env(&[("TTS__GATEWAY__RATE_BURST_PERCENT", percent)]),
+            )
+            .unwrap_err();
+            assert!(err.to_string().contains("rate_burst_percent"), "{err}");
+        }
+        let err = Settings::load_with_env(None, env(&[("TTS__GATEWAY__MAX_WEBSOCKETS", "0")]))
+            .unwrap_err();
+        assert!(err.to_string().contains("max_websockets"), "{err}");
         let err = Settings::load(Some(Path::new("/nonexistent/c.yaml"))).unwrap_err();
         assert!(err.to_string().contains("does not exist"));
     }
