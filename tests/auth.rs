@@ -25,6 +25,7 @@ fn keys() -> Vec<ApiKeySettings> {
         tenant: tenant.into(),
         sha256: hash_key(key),
         admin,
+        rpm: None,
     })
     .collect()
 }

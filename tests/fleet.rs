@@ -104,6 +104,8 @@ async fn two_gateways_and_three_workers_share_the_jobs_and_the_limits() {
     let first = spawn_engines_with(Deployment::GatewayOnly, &[], |s| {
         s.gateway.trusted_proxies = vec!["127.0.0.1".into()];
         s.gateway.ip_rpm = 40;
+        // The whole minute's quota at once: the clients below send theirs in one go.
+        s.gateway.rate_burst_percent = 100;
         s.worker.max_concurrent = 2;
     })
     .await;

@@ -192,7 +192,11 @@ impl Application {
             limits: tts_gateway::limits::LimitOptions {
                 global_rpm: g.global_rpm,
                 ip_rpm: g.ip_rpm,
+                unauthenticated_rpm: g.unauthenticated_rpm,
+                burst_percent: g.rate_burst_percent,
                 concurrent: g.concurrent_limit,
+                max_websockets: g.max_websockets,
+                max_websockets_per_ip: g.max_websockets_per_ip,
                 trusted_proxies: g.trusted_proxies.clone(),
             },
             max_queue_depth: g.max_queue_depth,
@@ -215,6 +219,7 @@ impl Application {
                         tenant: k.tenant.clone(),
                         sha256: k.sha256.clone(),
                         admin: k.admin,
+                        rpm: k.rpm,
                     })
                     .collect(),
             },

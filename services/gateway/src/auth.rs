@@ -5,6 +5,10 @@
 //! told they do not exist (404), so ids reveal nothing. Admin keys also see the worker fleet
 //! (`/api/nodes`, `/ws`). With authentication off (standalone's default) every caller is the
 //! one open tenant, with admin rights.
+//!
+//! Callers are identified before any limit is applied: a request without a valid key counts
+//! against its address and the quota for the unauthenticated only, so strangers cannot use up
+//! the quota that tenants share.
 
 use std::collections::HashMap;
 
@@ -16,6 +20,7 @@ use sha2::{Digest, Sha256};
 
 use crate::AppState;
 use crate::error::AppError;
+use crate::limits::ClientIp;
 
 /// One configured key.
 #[derive(Debug, Clone)]
@@ -25,6 +30,8 @@ pub struct ApiKey {
     /// Lower-case hex SHA-256 of the key.
     pub sha256: String,
     pub admin: bool,
+    /// The tenant's own requests per minute; `None`: the global limit alone.
+    pub rpm: Option<u32>,
 }
 
 #[derive(Debug, Clone)]
@@ -51,6 +58,8 @@ impl Caller {
 pub struct Auth {
     required: bool,
     by_hash: HashMap<String, Caller>,
+    /// Requests per minute of the tenants whose keys set one.
+    tenant_rpm: HashMap<String, u32>,
 }
 
 /// The lower-case hex SHA-256 of a key, as config stores it.
@@ -68,6 +77,7 @@ impl Auth {
             );
         }
         let mut by_hash = HashMap::new();
+        let mut tenant_rpm: HashMap<String, u32> = HashMap::new();
         for key in &options.keys {
             let hash = key.sha256.to_ascii_lowercase();
             if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -78,6 +88,23 @@ impl Auth {
             }
             if key.tenant.trim().is_empty() {
                 return Err(format!("auth key {:?} names no tenant", key.name));
+            }
+            if let Some(rpm) = key.rpm {
+                if rpm == 0 {
+                    return Err(format!("auth key {:?}: rpm must be at least 1", key.name));
+                }
+                // One quota per tenant: keys that disagree about it would make it depend on
+                // which key a request happens to carry.
+                match tenant_rpm.insert(key.tenant.clone(), rpm) {
+                    Some(other) if other != rpm => {
+                        return Err(format!(
+                            "auth keys of tenant {:?} give different rpm ({other} and {rpm}); \
+                             its keys share one quota",
+                            key.tenant
+                        ));
+                    }
+                    _ => {}
+                }
             }
             by_hash.insert(
                 hash,
@@ -90,7 +117,13 @@ impl Auth {
         Ok(Auth {
             required: options.required,
             by_hash,
+            tenant_rpm,
         })
+    }
+
+    /// Requests per minute of each tenant that has a quota of its own.
+    pub fn tenant_quotas(&self) -> &HashMap<String, u32> {
+        &self.tenant_rpm
     }
 
     fn caller(&self, authorization: Option<&str>) -> Result<Caller, AppError> {
@@ -126,17 +159,19 @@ fn is_admin_only(path: &str) -> bool {
     path == "/api/nodes" || path == "/ws"
 }
 
-/// Middleware: identifies the caller, refusing unknown keys (401) and non-admins on admin paths
-/// (403), and hands the [`Caller`] to the handlers.
+/// Middleware: identifies the caller and hands the [`Caller`] (and the client's address) to the
+/// limits and the handlers. A request without a valid key is counted against its address and the
+/// unauthenticated quota, then refused with 401 (or 429 when over those).
 pub async fn authenticate(
     State(state): State<AppState>,
     mut request: Request,
     next: Next,
 ) -> Response {
-    let path = request.uri().path().to_string();
-    if is_public(&path) {
+    if is_public(request.uri().path()) {
         return next.run(request).await;
     }
+    let ip = state.limits.client_ip_of(&request);
+    request.extensions_mut().insert(ClientIp(ip));
     let authorization = request
         .headers()
         .get(header::AUTHORIZATION)
@@ -150,6 +185,10 @@ pub async fn authenticate(
     let caller = match state.auth.caller(authorization.or(from_query.as_deref())) {
         Ok(c) => c,
         Err(e) => {
+            if let Err(limited) = state.limits.admit_unauthenticated(ip).await {
+                tracing::info!(%ip, "unauthenticated request refused: {limited}");
+                return limited.into_response();
+            }
             let mut response = e.into_response();
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
@@ -158,7 +197,18 @@ pub async fn authenticate(
             return response;
         }
     };
-    if is_admin_only(&path) && !caller.admin {
+    request.extensions_mut().insert(caller);
+    next.run(request).await
+}
+
+/// Middleware inside the limits: refuses non-admins on admin paths (403). It runs after the
+/// limits so that a tenant's forbidden requests count against its quotas like any other.
+pub async fn authorize(request: Request, next: Next) -> Response {
+    let admin = request
+        .extensions()
+        .get::<Caller>()
+        .is_none_or(|caller| caller.admin);
+    if is_admin_only(request.uri().path()) && !admin {
         return AppError::client(
             StatusCode::FORBIDDEN,
             "forbidden",
@@ -166,7 +216,6 @@ pub async fn authenticate(
         )
         .into_response();
     }
-    request.extensions_mut().insert(caller);
     next.run(request).await
 }
 
@@ -182,6 +231,7 @@ mod tests {
                 tenant: "acme".into(),
                 sha256: hash_key("s3cret"),
                 admin: false,
+                rpm: None,
             }],
         })
         .unwrap()
@@ -216,6 +266,7 @@ mod tests {
             tenant: "t".into(),
             sha256: "not-a-hash".into(),
             admin: false,
+            rpm: None,
         };
         assert!(
             Auth::new(&AuthOptions {
@@ -230,6 +281,35 @@ mod tests {
         })
         .unwrap();
         assert!(open.caller(None).unwrap().admin);
+    }
+
+    #[test]
+    fn keys_of_a_tenant_share_one_quota() {
+        let key = |name: &str, tenant: &str, rpm: Option<u32>| ApiKey {
+            name: name.into(),
+            tenant: tenant.into(),
+            sha256: hash_key(name),
+            admin: false,
+            rpm,
+        };
+        let auth = Auth::new(&AuthOptions {
+            required: true,
+            keys: vec![
+                key("a1", "acme", Some(30)),
+                key("a2", "acme", None),
+                key("g1", "globex", None),
+            ],
+        })
+        .unwrap();
+        assert_eq!(
+            auth.tenant_quotas(),
+            &HashMap::from([("acme".to_string(), 30)])
+        );
+        let disagreeing = Auth::new(&AuthOptions {
+            required: true,
+            keys: vec![key("a1", "acme", Some(30)), key("a2", "acme", Some(60))],
+        });
+        assert!(disagreeing.is_err_and(|e| e.contains("different rpm")));
     }
 
     #[test]

@@ -78,9 +78,13 @@ impl AppState {
     /// Builds the state and starts following worker heartbeats.
     pub async fn start(deps: GatewayDeps, options: GatewayOptions) -> Result<Self, AppError> {
         let registry = Registry::start(deps.bus.clone(), options.dead_threshold).await?;
-        let limits = limits::Limits::new(options.limits.clone(), deps.rate_limiter.clone())
-            .map_err(AppError::Internal)?;
         let auth = auth::Auth::new(&options.auth).map_err(AppError::Internal)?;
+        let limits = limits::Limits::new(
+            options.limits.clone(),
+            auth.tenant_quotas(),
+            deps.rate_limiter.clone(),
+        )
+        .map_err(AppError::Internal)?;
         Ok(AppState {
             deps,
             options: Arc::new(options),

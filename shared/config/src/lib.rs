@@ -51,6 +51,10 @@ pub struct ApiKeySettings {
     /// Admin keys also see the worker fleet (`/api/nodes`, `/ws`).
     #[serde(default)]
     pub admin: bool,
+    /// Requests a minute for the key's tenant, on top of the global limit; absent: the global
+    /// limit alone. Keys of one tenant share the quota, so they must agree on it.
+    #[serde(default)]
+    pub rpm: Option<u32>,
 }
 
 /// A list of tables from YAML, or a JSON list from one environment variable.
@@ -99,7 +103,16 @@ pub struct GatewaySettings {
     pub idempotency_ttl_secs: u64,
     pub global_rpm: u32,
     pub ip_rpm: u32,
+    /// Requests a minute from callers without a valid API key, all together; they count against
+    /// this and their address only, never against tenants' quotas.
+    pub unauthenticated_rpm: u32,
+    /// Each rate limit admits this percentage of its requests per minute at once (at least one
+    /// request); in any 60 s a limit of N a minute admits at most N plus that burst.
+    pub rate_burst_percent: u32,
     pub concurrent_limit: u32,
+    /// WebSockets open at once on one gateway, and from one client address.
+    pub max_websockets: u32,
+    pub max_websockets_per_ip: u32,
     pub dead_threshold: u64,
     /// Proxies whose `X-Forwarded-For` is believed: addresses or CIDR ranges.
     #[serde(default, deserialize_with = "list_or_string")]
@@ -369,8 +382,32 @@ impl Settings {
         if self.worker.heartbeat_interval == 0 {
             return fail("worker.heartbeat_interval must be at least 1".into());
         }
-        if self.gateway.global_rpm == 0 || self.gateway.ip_rpm == 0 {
-            return fail("gateway.global_rpm and gateway.ip_rpm must be at least 1".into());
+        if self.gateway.global_rpm == 0
+            || self.gateway.ip_rpm == 0
+            || self.gateway.unauthenticated_rpm == 0
+        {
+            return fail(
+                "gateway.global_rpm, gateway.ip_rpm and gateway.unauthenticated_rpm must be at \
+                 least 1"
+                    .into(),
+            );
+        }
+        if !(1..=100).contains(&self.gateway.rate_burst_percent) {
+            return fail("gateway.rate_burst_percent must be between 1 and 100".into());
+        }
+        if self.gateway.max_websockets == 0 || self.gateway.max_websockets_per_ip == 0 {
+            return fail(
+                "gateway.max_websockets and gateway.max_websockets_per_ip must be at least 1"
+                    .into(),
+            );
+        }
+        for key in &self.auth.keys {
+            if key.rpm == Some(0) {
+                return fail(format!(
+                    "auth.keys: rpm of key {:?} must be at least 1",
+                    key.name
+                ));
+            }
         }
         if self.gateway.concurrent_limit == 0 {
             return fail("gateway.concurrent_limit must be at least 1".into());
@@ -470,6 +507,10 @@ mod tests {
         assert_eq!(s.gateway.global_rpm, 1000);
         assert_eq!(s.gateway.ip_rpm, 100);
         assert_eq!(s.gateway.concurrent_limit, 50);
+        assert_eq!(s.gateway.rate_burst_percent, 10);
+        assert_eq!(s.gateway.unauthenticated_rpm, 1000);
+        assert_eq!(s.gateway.max_websockets, 1000);
+        assert_eq!(s.gateway.max_websockets_per_ip, 20);
         assert_eq!(s.worker.heartbeat_interval, 10);
         assert_eq!(s.gateway.dead_threshold, 30);
         assert_eq!(s.gateway.max_text_chars, 5000);
@@ -552,6 +593,17 @@ mod tests {
         let err = Settings::load_with_env(Some(&path), env(&[])).unwrap_err();
         assert!(err.to_string().contains("engine names"), "{err}");
         std::fs::remove_dir_all(dir).ok();
+        for percent in ["0", "101"] {
+            let err = Settings::load_with_env(
+                None,
+                env(&[("TTS__GATEWAY__RATE_BURST_PERCENT", percent)]),
+            )
+            .unwrap_err();
+            assert!(err.to_string().contains("rate_burst_percent"), "{err}");
+        }
+        let err = Settings::load_with_env(None, env(&[("TTS__GATEWAY__MAX_WEBSOCKETS", "0")]))
+            .unwrap_err();
+        assert!(err.to_string().contains("max_websockets"), "{err}");
         let err = Settings::load(Some(Path::new("/nonexistent/c.yaml"))).unwrap_err();
         assert!(err.to_string().contains("does not exist"));
     }

@@ -18,7 +18,7 @@ pub mod voices;
 pub use bus::{Bus, BusMessage, LocalBus, NatsBus};
 pub use error::{InfraError, InfraErrorKind};
 pub use jobs::{JobStore, MemoryJobStore, RedisJobStore};
-pub use limits::{RedisRateLimiter, Verdict};
+pub use limits::{RateBucket, RedisRateLimiter, Verdict};
 pub use queue::{Delivery, JetStreamQueue, JobQueue, JobSource, LocalQueue, QueueSettings};
 pub use storage::AudioStore;
 pub use voices::{MemoryVoiceStore, RedisVoiceStore, VoiceStore};

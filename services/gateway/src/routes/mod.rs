@@ -55,14 +55,17 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(json_limit))
-        // Outermost first: CORS, then the limits (strangers count too), then who is calling.
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            auth::authenticate,
-        ))
+        // Outermost first: CORS, then who is calling (a caller without a valid key is counted
+        // against its address and the unauthenticated quota there, and refused), then the
+        // limits of identified callers, then the admin-only paths.
+        .layer(middleware::from_fn(auth::authorize))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             limits::enforce,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
         ))
         .layer(option_layer(cors(&state.options.cors_origins)))
         // Outside everything that may refuse a request, so that every refusal drains the body.
@@ -122,6 +125,9 @@ fn parse_job_id(raw: &str) -> Result<tts_contracts::JobId, AppError> {
     raw.parse()
         .map_err(|_| AppError::not_found("job_not_found", format!("no job {raw:?}")))
 }
+
+/// The client's address, as the middleware found it.
+pub(crate) type ClientIp = axum::Extension<crate::limits::ClientIp>;
 
 /// The WebSocket handshake of a request, or `400 websocket_required` for a plain request.
 fn require_websocket(

@@ -2,15 +2,16 @@
 //! and on every change (a worker joins, changes status or load, stops or dies).
 
 use axum::Json;
-use axum::extract::State;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Extension, State};
 use axum::response::Response;
 use serde_json::{Value, json};
 
-use super::{close_going_away, stopping};
+use super::{ClientIp, close_going_away, stopping};
 use crate::AppState;
 use crate::error::AppError;
+use crate::limits::WebSocketPermit;
 
 fn fleet(state: &AppState) -> Value {
     json!({ "nodes": state.registry.node_views() })
@@ -22,13 +23,17 @@ pub async fn list(State(state): State<AppState>) -> Json<Value> {
 
 pub async fn stream(
     State(state): State<AppState>,
+    Extension(client): ClientIp,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, AppError> {
     let upgrade = super::require_websocket(upgrade)?;
-    Ok(upgrade.on_upgrade(move |socket| push(socket, state)))
+    // An open socket holds no request permit, so it takes a place of its own, before the upgrade.
+    let permit = state.limits.open_websocket(client.0)?;
+    Ok(upgrade.on_upgrade(move |socket| push(socket, state, permit)))
 }
 
-async fn push(mut socket: WebSocket, state: AppState) {
+/// Runs the socket; `_permit` keeps its place in the WebSocket caps until it ends.
+async fn push(mut socket: WebSocket, state: AppState, _permit: WebSocketPermit) {
     // Subscribed before the first snapshot, so that no change falls between the two.
     let mut changes = state.registry.subscribe();
     changes.mark_unchanged();

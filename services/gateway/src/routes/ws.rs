@@ -15,9 +15,10 @@ use futures::stream::BoxStream;
 use tts_contracts::{JobEvent, JobId, JobStatus, subjects};
 use tts_infra::BusMessage;
 
-use super::{Caller, close_going_away, parse_job_id, stopping};
+use super::{Caller, ClientIp, close_going_away, parse_job_id, stopping};
 use crate::AppState;
 use crate::error::AppError;
+use crate::limits::WebSocketPermit;
 
 /// How often the stream re-reads the record, in case an event was missed.
 const RECHECK_EVERY: Duration = Duration::from_secs(2);
@@ -25,11 +26,14 @@ const RECHECK_EVERY: Duration = Duration::from_secs(2);
 pub async fn job_events(
     State(state): State<AppState>,
     Extension(caller): Caller,
+    Extension(client): ClientIp,
     Path(id): Path<String>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, AppError> {
     let job_id = parse_job_id(&id)?;
     let upgrade = super::require_websocket(upgrade)?;
+    // An open socket holds no request permit, so it takes a place of its own, before the upgrade.
+    let permit = state.limits.open_websocket(client.0)?;
     // Subscribe before reading the record so that no change falls between the two.
     let events = state
         .deps
@@ -38,15 +42,17 @@ pub async fn job_events(
         .await?;
     let record = super::jobs::load_job(&state, &caller, job_id).await?;
     let first = record.to_event();
-    Ok(upgrade.on_upgrade(move |socket| stream(socket, state, job_id, first, events)))
+    Ok(upgrade.on_upgrade(move |socket| stream(socket, state, job_id, first, events, permit)))
 }
 
+/// Runs the socket; `_permit` keeps its place in the WebSocket caps until it ends.
 async fn stream(
     mut socket: WebSocket,
     state: AppState,
     job_id: JobId,
     first: JobEvent,
     mut events: BoxStream<'static, BusMessage>,
+    _permit: WebSocketPermit,
 ) {
     let mut last = first.clone();
     if send(&mut socket, &first).await.is_err() {
