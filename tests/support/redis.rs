@@ -1,9 +1,18 @@
 //! A `redis-server` that a test owns, for tests that stop it: its own port, no persistence,
 //! killed on drop. Other tests share the machine's Redis under their own key prefix.
+//!
+//! redis-server cannot pick a port itself (`--port 0` turns TCP off), so the test offers it one
+//! that was free a moment ago; should another process take it first, the server says so and
+//! exits, and the test offers another. Readiness is the server's own "Ready to accept
+//! connections" line, never a successful connect, which could reach someone else's server.
 
-use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::process::{Lines, block_on};
+
+/// How many ports to offer before giving up.
+const TRIES: usize = 10;
 
 pub struct RedisServer {
     child: Option<Child>,
@@ -11,24 +20,46 @@ pub struct RedisServer {
 }
 
 impl RedisServer {
+    /// As [`RedisServer::start_async`], for synchronous callers and multi-threaded runtimes.
     pub fn start() -> Self {
-        let port = super::free_port();
-        let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start redis-server (install redis-server): {e}"));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(50));
+        block_on(Self::start_async())
+    }
+
+    pub async fn start_async() -> Self {
+        for _ in 0..TRIES {
+            let port = candidate_port();
+            let mut child = Command::new("redis-server")
+                .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+                .args(["--save", "", "--appendonly", "no"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| {
+                    panic!("cannot start redis-server (install redis-server): {e}")
+                });
+            let mut log = Lines::follow(child.stdout.take().expect("stdout is piped"), false);
+            let ready = log
+                .wait_for(Duration::from_secs(10), |line| {
+                    line.contains("Ready to accept connections").then_some(())
+                })
+                .await;
+            match ready {
+                Ok(()) => {
+                    return RedisServer {
+                        child: Some(child),
+                        port,
+                    };
+                }
+                Err(printed) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    if !printed.contains("Address already in use") {
+                        panic!("redis-server did not start: {printed}");
+                    }
+                }
+            }
         }
-        RedisServer {
-            child: Some(child),
-            port,
-        }
+        panic!("redis-server found no free port in {TRIES} tries");
     }
 
     pub fn url(&self) -> String {
@@ -48,4 +79,13 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// A port nothing listened on a moment ago. Only a candidate: another process may bind it
+/// before redis-server does, which `start_async` notices and answers with another.
+fn candidate_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a port")
 }
