@@ -390,6 +390,18 @@ impl Drop for TestApp {
     }
 }
 
+/// What `cargo test` sets for the test crate alone (by name or prefix), not for a build.
+const INHERITED_FROM_CARGO_TEST: &[&str] = &[
+    "CARGO_PKG_",
+    "CARGO_MANIFEST_",
+    "CARGO_CRATE_",
+    "CARGO_BIN_",
+    "CARGO_PRIMARY_PACKAGE",
+    "CARGO_TARGET_TMPDIR",
+    "CARGO_RUSTC_CURRENT_DIR",
+    "OUT_DIR",
+];
+
 /// The service binary, built once per test run. The build blocks (see [`blocking`]).
 pub fn binary() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
@@ -397,6 +409,18 @@ pub fn binary() -> PathBuf {
         .get_or_init(|| {
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
             let mut build = Command::new(cargo);
+            // Cargo describes the test crate to this process in variables that build scripts
+            // (ring's, for one) watch: passed on, they would rebuild those crates here, and the
+            // next `cargo test` would rebuild them back.
+            for (name, _) in std::env::vars_os() {
+                let name = name.to_string_lossy();
+                if INHERITED_FROM_CARGO_TEST
+                    .iter()
+                    .any(|prefix| name.starts_with(prefix))
+                {
+                    build.env_remove(name.as_ref());
+                }
+            }
             build
                 .args([
                     "build",
