@@ -225,7 +225,7 @@ async fn a_gateway_on_sigterm_finishes_sync_requests_closes_websockets_and_exits
     .await;
 
     // The sync request is in flight once its job runs, which the worker announces on the job's
-    // events: listen to every job's before asking.
+    // events: listen to the events of every job before sending it.
     let nats = async_nats::connect(&app.settings.nats.url).await.unwrap();
     let mut events = nats.subscribe(subjects::job_events(&"*")).await.unwrap();
     nats.flush().await.unwrap();

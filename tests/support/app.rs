@@ -32,8 +32,8 @@ pub enum Deployment {
     GatewayOnly,
 }
 
-/// Settings for a test: ports the services pick (0), a temporary storage directory, a Redis prefix of its own, the
-/// shared model cache, and short intervals.
+/// Settings for a test: ports the services pick themselves (0), a temporary storage directory, a
+/// Redis prefix of its own, the shared model cache, and short intervals.
 pub fn test_settings(storage: &std::path::Path) -> Settings {
     let mut s = Settings::load_with_env(None, Vec::new()).expect("embedded defaults load");
     s.gateway.host = "127.0.0.1".into();
@@ -390,7 +390,8 @@ impl Drop for TestApp {
     }
 }
 
-/// What `cargo test` sets for the test crate alone (by name or prefix), not for a build.
+/// Variables (by name or prefix) that `cargo test` sets to describe the test crate to the test
+/// process; a build started from the test must not inherit them.
 const INHERITED_FROM_CARGO_TEST: &[&str] = &[
     "CARGO_PKG_",
     "CARGO_MANIFEST_",
