@@ -26,8 +26,12 @@ impl RedisServer {
     }
 
     pub async fn start_async() -> Self {
-        for _ in 0..TRIES {
-            let port = candidate_port();
+        Self::start_on(std::iter::repeat_with(candidate_port)).await
+    }
+
+    /// Offers `ports` in turn until the server binds one.
+    async fn start_on(ports: impl IntoIterator<Item = u16>) -> Self {
+        for port in ports.into_iter().take(TRIES) {
             let mut child = Command::new("redis-server")
                 .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
                 .args(["--save", "", "--appendonly", "no"])
@@ -88,4 +92,30 @@ fn candidate_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("a port")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_port_someone_else_holds_is_passed_over() {
+        let holder = std::net::TcpListener::bind("127.0.0.1:0").expect("a listener");
+        let taken = holder.local_addr().expect("its address").port();
+        let server = RedisServer::start_on(
+            std::iter::once(taken).chain(std::iter::repeat_with(candidate_port)),
+        )
+        .await;
+        assert_ne!(server.port, taken);
+        let client = redis::Client::open(server.url()).expect("a client");
+        let mut connection = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("the server answers on the port it bound");
+        let pong: String = redis::cmd("PING")
+            .query_async(&mut connection)
+            .await
+            .expect("PING");
+        assert_eq!(pong, "PONG");
+    }
 }
