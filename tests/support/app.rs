@@ -541,7 +541,7 @@ pub async fn spawn_gateway_process(settings: &Settings) -> (WorkerProcess, Strin
         .stderr(Stdio::inherit())
         .spawn()
         .expect("gateway process starts");
-    let mut log = Lines::follow(child.stdout.take().expect("stdout is piped"), false);
+    let mut log = Lines::follow(child.stdout.take().expect("stdout is piped"));
     let mut process = WorkerProcess { child };
     let addr = log
         .wait_for(Duration::from_secs(60), listening_addr)

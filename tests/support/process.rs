@@ -17,8 +17,8 @@ pub struct Lines {
 }
 
 impl Lines {
-    /// Follows `stream`; with `echo`, every line also goes to this process's stderr.
-    pub fn follow(stream: impl Read + Send + 'static, echo: bool) -> Self {
+    /// Follows `stream`.
+    pub fn follow(stream: impl Read + Send + 'static) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         std::thread::spawn(move || {
             let mut reader = BufReader::new(stream);
@@ -29,9 +29,6 @@ impl Lines {
                     Ok(0) | Err(_) => return,
                     Ok(_) => {
                         let line = String::from_utf8_lossy(&buffer).trim_end().to_string();
-                        if echo {
-                            eprintln!("{line}");
-                        }
                         // Nobody may be listening any more; reading on keeps the pipe flowing.
                         let _ = tx.send(line);
                     }

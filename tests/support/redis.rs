@@ -41,7 +41,7 @@ impl RedisServer {
                 .unwrap_or_else(|e| {
                     panic!("cannot start redis-server (install redis-server): {e}")
                 });
-            let mut log = Lines::follow(child.stdout.take().expect("stdout is piped"), false);
+            let mut log = Lines::follow(child.stdout.take().expect("stdout is piped"));
             let ready = log
                 .wait_for(Duration::from_secs(10), |line| {
                     line.contains("Ready to accept connections").then_some(())

@@ -59,7 +59,7 @@ impl S3Server {
                     binary.display()
                 )
             });
-        let mut log = Lines::follow(child.stdout.take().expect("stdout is piped"), false);
+        let mut log = Lines::follow(child.stdout.take().expect("stdout is piped"));
         let running = log
             .wait_for(Duration::from_secs(10), |line| {
                 let line = strip_ansi(line);
