@@ -329,7 +329,7 @@ async fn health_reports_a_dependency_that_goes_down_and_comes_back() {
     assert_eq!(body["dependencies"]["job_store"]["status"], "up", "{body}");
 
     // Back again, the gateway reconnects by itself and synthesis works.
-    app.nats.as_mut().unwrap().restart();
+    app.nats.as_mut().unwrap().restart().await;
     wait_for_health(&app, 200).await;
     app.wait_for_voice(VOICE, 1).await;
     let response = app
@@ -393,7 +393,7 @@ async fn a_job_the_engine_cannot_do_fails_with_the_reason(app: TestApp) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn distributed_deployment_keeps_audio_in_an_s3_bucket() {
-    let s3 = tts_tests::S3Server::start();
+    let s3 = tts_tests::S3Server::start().await;
     let storage = s3.settings();
     let app = spawn_app_with(Deployment::Distributed, |s| s.storage = storage).await;
     let response = app

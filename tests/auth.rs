@@ -151,7 +151,7 @@ async fn tenants_see_only_their_own_jobs_and_strangers_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_distributed_gateway_without_keys_refuses_to_start_unless_told() {
-    let nats = tts_tests::NatsServer::start();
+    let nats = tts_tests::NatsServer::start().await;
     let storage = tempfile::tempdir().unwrap();
     let mut settings = tts_tests::test_settings(storage.path());
     settings.nats.url = nats.url();
@@ -178,7 +178,8 @@ async fn nats_users_keep_strangers_out_and_workers_from_queueing_jobs() {
             ("TTS_NATS_GATEWAY_PASSWORD", "gateway-secret"),
             ("TTS_NATS_WORKER_PASSWORD", "worker-secret"),
         ],
-    );
+    )
+    .await;
     // A stranger cannot even connect.
     assert!(
         async_nats::ConnectOptions::new()
@@ -227,20 +228,35 @@ async fn nats_users_keep_strangers_out_and_workers_from_queueing_jobs() {
     };
     assert_eq!(response.status(), 200);
 
-    // The worker's user may not queue jobs: the stream never stores its message.
+    // The worker's user may not queue jobs: the server refuses the message, and says so to the
+    // client, instead of passing it on to the stream.
+    let (errors_tx, mut errors) = tokio::sync::mpsc::unbounded_channel();
     let as_worker =
         async_nats::ConnectOptions::with_user_and_password("worker".into(), "worker-secret".into())
+            .event_callback(move |event| {
+                let errors_tx = errors_tx.clone();
+                async move {
+                    if let async_nats::Event::ServerError(error) = event {
+                        let _ = errors_tx.send(error.to_string());
+                    }
+                }
+            })
             .connect(nats.url())
             .await
             .unwrap();
     let js = async_nats::jetstream::new(as_worker);
-    let stored = tokio::time::timeout(Duration::from_secs(5), async {
-        js.publish("tts.jobs.piper", "{}".into()).await?.await
-    })
-    .await;
+    // Sent, but its ack never comes: the refusal is the answer to wait for.
+    let _ack = js
+        .publish("tts.jobs.piper", "{}".into())
+        .await
+        .expect("the message is sent");
+    let refusal = tokio::time::timeout(Duration::from_secs(30), errors.recv())
+        .await
+        .expect("the server answers the publish")
+        .expect("the connection reports errors");
     assert!(
-        !matches!(stored, Ok(Ok(_))),
-        "a worker's job was stored: {stored:?}"
+        refusal.contains("Permissions Violation for Publish") && refusal.contains("tts.jobs.piper"),
+        "{refusal}"
     );
     let _ = stop.send(());
 }

@@ -343,7 +343,7 @@ async fn wait_for_health(app: &TestApp, want: u16) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_redis_down_the_api_answers_503_at_once_and_recovers_by_itself() {
-    let mut redis = RedisServer::start();
+    let mut redis = RedisServer::start_async().await;
     let url = redis.url();
     let app = spawn_app_with(Deployment::Distributed, |s| s.redis.url = url).await;
     let accepted: Value = app
@@ -397,7 +397,7 @@ async fn with_redis_down_the_api_answers_503_at_once_and_recovers_by_itself() {
 
     // Back again (empty, as a Redis without persistence restarts): the gateway and the worker
     // reconnect by themselves.
-    redis.restart();
+    redis.restart().await;
     wait_for_health(&app, 200).await;
     let response = app
         .synthesize(&json!({"text": "After the outage.", "voice_id": VOICE}))
@@ -407,7 +407,7 @@ async fn with_redis_down_the_api_answers_503_at_once_and_recovers_by_itself() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_probes_its_dependencies_about_once_a_second_however_often_asked() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start_async().await;
     let url = redis.url();
     let app = spawn_app_with(Deployment::Distributed, |s| s.redis.url = url).await;
     let mut conn = redis::Client::open(redis.url())
@@ -469,7 +469,7 @@ async fn with_nats_down_sync_requests_answer_503_at_once_and_recover() {
         assert_eq!(response.status(), 503, "{path}");
         assert!(response.headers().contains_key("retry-after"), "{path}");
     }
-    app.nats.as_mut().unwrap().restart();
+    app.nats.as_mut().unwrap().restart().await;
     wait_for_health(&app, 200).await;
     app.wait_for_voice(VOICE, 1).await;
     let response = app

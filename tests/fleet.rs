@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
+use tts_contracts::{JobEvent, JobStatus, subjects};
 use tts_infra::{JobStore, RedisJobStore};
 use tts_tests::app::VOICE;
 use tts_tests::{Deployment, spawn_engines_with, spawn_gateway, spawn_worker_process};
@@ -69,6 +70,18 @@ async fn the_fleet_stream_follows_workers_joining_leaving_and_dying() {
         for field in ["node_id", "host", "port", "current_load", "last_seen"] {
             assert!(node.get(field).is_some(), "{field} missing: {node}");
         }
+        // Each worker's health server took a port of its own choosing; the heartbeat says which.
+        let port = node["port"].as_u64().unwrap();
+        let health: Value = app
+            .client
+            .get(format!("http://127.0.0.1:{port}/health"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(health["node"]["node_id"], node["node_id"], "{health}");
     }
     let listed = app.get_json("/api/nodes").await;
     let ids: BTreeSet<&str> = listed["nodes"]
@@ -184,7 +197,7 @@ async fn two_gateways_and_three_workers_share_the_jobs_and_the_limits() {
 async fn a_gateway_on_sigterm_finishes_sync_requests_closes_websockets_and_exits_cleanly() {
     let app = spawn_engines_with(Deployment::GatewayOnly, &[], |_| {}).await;
     let _worker = spawn_worker_process(&app.settings, "sigterm-worker");
-    let (mut gateway, url) = tts_tests::spawn_gateway_process(&app.settings);
+    let (mut gateway, url) = tts_tests::spawn_gateway_process(&app.settings).await;
     let client = reqwest::Client::new();
     // Ready once it serves the voice.
     let deadline = Instant::now() + Duration::from_secs(90);
@@ -213,6 +226,12 @@ async fn a_gateway_on_sigterm_finishes_sync_requests_closes_websockets_and_exits
     })
     .await;
 
+    // The sync request is in flight once its job runs, which the worker announces on the job's
+    // events: listen to the events of every job before sending it.
+    let nats = async_nats::connect(&app.settings.nats.url).await.unwrap();
+    let mut events = nats.subscribe(subjects::job_events(&"*")).await.unwrap();
+    nats.flush().await.unwrap();
+
     let long_text = "The quick brown fox jumps over the lazy dog. ".repeat(10);
     let sync = {
         let client = client.clone();
@@ -226,7 +245,17 @@ async fn a_gateway_on_sigterm_finishes_sync_requests_closes_websockets_and_exits
                 .expect("the in-flight request is answered")
         })
     };
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(message) = events.next().await {
+            let event: JobEvent = serde_json::from_slice(&message.payload).expect("an event");
+            if event.status == JobStatus::Running {
+                return;
+            }
+        }
+        panic!("the event subscription ended");
+    })
+    .await
+    .expect("the job of the sync request runs");
     let status = tokio::task::spawn_blocking(move || gateway.terminate());
 
     // The WebSocket is told the gateway is going away.

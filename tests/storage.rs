@@ -78,13 +78,13 @@ async fn local_directory_backend() {
 
 #[tokio::test]
 async fn s3_backend() {
-    let server = S3Server::start();
+    let server = S3Server::start().await;
     conformance(AudioStore::from_settings(&server.settings()).unwrap()).await;
 }
 
 #[tokio::test]
 async fn s3_with_wrong_credentials_is_reported_down() {
-    let server = S3Server::start();
+    let server = S3Server::start().await;
     let mut wrong = server.settings();
     wrong.s3_secret_access_key = "not-the-secret".into();
     let store = AudioStore::from_settings(&wrong).unwrap();

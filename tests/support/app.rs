@@ -14,6 +14,7 @@ use tts_contracts::JobEvent;
 use tts_infra::AudioStore;
 use voice_clone_tts::{Application, Mode};
 
+use crate::process::{Lines, blocking, strip_ansi};
 use crate::{NatsServer, redis_url, workspace_root};
 
 /// The voice every test speaks with.
@@ -31,8 +32,8 @@ pub enum Deployment {
     GatewayOnly,
 }
 
-/// Settings for a test: free ports, a temporary storage directory, a Redis prefix of its own, the
-/// shared model cache, and short intervals.
+/// Settings for a test: ports the services pick themselves (0), a temporary storage directory, a
+/// Redis prefix of its own, the shared model cache, and short intervals.
 pub fn test_settings(storage: &std::path::Path) -> Settings {
     let mut s = Settings::load_with_env(None, Vec::new()).expect("embedded defaults load");
     s.gateway.host = "127.0.0.1".into();
@@ -143,7 +144,7 @@ async fn spawn(
             (app, None)
         }
         Deployment::Distributed | Deployment::GatewayOnly => {
-            let nats = NatsServer::start();
+            let nats = NatsServer::start().await;
             settings.nats.url = nats.url();
             let gateway = Application::build(settings.clone(), Mode::Gateway)
                 .await
@@ -389,13 +390,39 @@ impl Drop for TestApp {
     }
 }
 
-/// The service binary, built once per test run.
+/// Variables (by name or prefix) that `cargo test` sets to describe the test crate to the test
+/// process; a build started from the test must not inherit them.
+const INHERITED_FROM_CARGO_TEST: &[&str] = &[
+    "CARGO_PKG_",
+    "CARGO_MANIFEST_",
+    "CARGO_CRATE_",
+    "CARGO_BIN_",
+    "CARGO_PRIMARY_PACKAGE",
+    "CARGO_TARGET_TMPDIR",
+    "CARGO_RUSTC_CURRENT_DIR",
+    "OUT_DIR",
+];
+
+/// The service binary, built once per test run. The build blocks (see [`blocking`]).
 pub fn binary() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT
         .get_or_init(|| {
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let status = Command::new(cargo)
+            let mut build = Command::new(cargo);
+            // Cargo describes the test crate to this process in variables that build scripts
+            // (ring's, for one) watch: passed on, they would rebuild those crates here, and the
+            // next `cargo test` would rebuild them back.
+            for (name, _) in std::env::vars_os() {
+                let name = name.to_string_lossy();
+                if INHERITED_FROM_CARGO_TEST
+                    .iter()
+                    .any(|prefix| name.starts_with(prefix))
+                {
+                    build.env_remove(name.as_ref());
+                }
+            }
+            build
                 .args([
                     "build",
                     "--quiet",
@@ -404,9 +431,8 @@ pub fn binary() -> PathBuf {
                     "--bin",
                     "voice-clone-tts",
                 ])
-                .current_dir(workspace_root())
-                .status()
-                .expect("cargo runs");
+                .current_dir(workspace_root());
+            let status = blocking(|| build.status()).expect("cargo runs");
             assert!(status.success(), "the service binary builds");
             let target = std::env::var("CARGO_TARGET_DIR")
                 .map(PathBuf::from)
@@ -432,12 +458,13 @@ impl WorkerProcess {
         let _ = self.child.wait();
     }
 
-    /// SIGTERM, then waits for the exit status.
+    /// SIGTERM, then waits for the exit status, which takes as long as the process drains (see
+    /// [`blocking`]).
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
-        self.child.wait().expect("worker exits")
+        blocking(|| self.child.wait()).expect("worker exits")
     }
 }
 
@@ -489,12 +516,12 @@ pub fn spawn_worker_process(settings: &Settings, node_id: &str) -> WorkerProcess
     WorkerProcess { child }
 }
 
-/// A gateway as a process of its own on a free port, on the deployment's NATS, Redis and
-/// storage (for tests that signal it). Returns the process and its base URL.
-pub fn spawn_gateway_process(settings: &Settings) -> (WorkerProcess, String) {
-    let port = crate::free_port();
-    let child = Command::new(binary())
-        .args(["gateway", "--port", &port.to_string()])
+/// A gateway as a process of its own, on the deployment's NATS, Redis and storage (for tests
+/// that signal it). It listens on a port it picks itself, read back from its "gateway
+/// listening" log line. Returns the process and its base URL.
+pub async fn spawn_gateway_process(settings: &Settings) -> (WorkerProcess, String) {
+    let mut child = Command::new(binary())
+        .args(["gateway", "--port", "0"])
         .env("TTS__GATEWAY__HOST", "127.0.0.1")
         .env("TTS__NATS__URL", &settings.nats.url)
         .env("TTS__REDIS__URL", &settings.redis.url)
@@ -507,10 +534,33 @@ pub fn spawn_gateway_process(settings: &Settings) -> (WorkerProcess, String) {
             serde_json::to_string(&settings.auth.keys).expect("keys serialise"),
         )
         .env("TTS__GATEWAY__GLOBAL_RPM", "100000")
+        // The address is read from the text log.
+        .env("TTS__LOGGING__FORMAT", "text")
         .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
         .expect("gateway process starts");
-    (WorkerProcess { child }, format!("http://127.0.0.1:{port}"))
+    let mut log = Lines::follow(child.stdout.take().expect("stdout is piped"));
+    let mut process = WorkerProcess { child };
+    let addr = log
+        .wait_for(Duration::from_secs(60), listening_addr)
+        .await
+        .unwrap_or_else(|printed| {
+            process.kill();
+            panic!("the gateway process never listened: {printed}")
+        });
+    (process, format!("http://{addr}"))
+}
+
+/// The address in the gateway's "gateway listening addr=..." log line.
+fn listening_addr(line: &str) -> Option<std::net::SocketAddr> {
+    let line = strip_ansi(line);
+    if !line.contains("gateway listening") {
+        return None;
+    }
+    line.split_whitespace()
+        .find_map(|word| word.strip_prefix("addr="))?
+        .parse()
+        .ok()
 }

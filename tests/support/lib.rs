@@ -1,4 +1,5 @@
-//! Test support: real servers on free ports, the service in both modes, and typed requests.
+//! Test support: real servers on ports they pick themselves, the service in both modes, and
+//! typed requests.
 //!
 //! Every distributed test gets its own `nats-server` (own port, own JetStream directory, killed
 //! on drop) and its own Redis key prefix on the machine's Redis, so tests never see each
@@ -9,6 +10,7 @@ pub mod clips;
 pub mod engines;
 pub mod nats;
 pub mod onnx;
+pub mod process;
 pub mod redis;
 pub mod s3;
 pub mod upstream;
@@ -31,14 +33,6 @@ pub fn workspace_root() -> PathBuf {
         .parent()
         .expect("tests/ is inside the workspace")
         .to_path_buf()
-}
-
-/// A free TCP port on the loopback interface.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
 }
 
 /// The Redis the tests use: `TTS_TEST_REDIS_URL`, or the machine's default one.

@@ -1,12 +1,14 @@
 //! An S3-compatible server a test owns (`s3s-fs`, which checks SigV4 signatures like a real
-//! one), on a free port with a temporary directory; killed on drop.
+//! one), on a port of its own choosing with a temporary directory; killed on drop.
 
-use std::net::TcpStream;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tts_config::StorageSettings;
+
+use crate::process::{Lines, strip_ansi};
 
 pub const BUCKET: &str = "voice-clone-tts";
 const ACCESS_KEY: &str = "test-access-key";
@@ -14,7 +16,7 @@ const SECRET_KEY: &str = "test-secret-key";
 
 pub struct S3Server {
     child: Child,
-    port: u16,
+    addr: SocketAddr,
     _dir: tempfile::TempDir,
 }
 
@@ -34,17 +36,20 @@ fn binary() -> PathBuf {
 }
 
 impl S3Server {
-    pub fn start() -> Self {
+    /// Starts the server on a port it picks itself (`--port 0`), read back from the line in which
+    /// it says where it is running.
+    pub async fn start() -> Self {
         let dir = tempfile::tempdir().expect("a directory for the buckets");
         // s3s-fs serves each sub-directory as a bucket.
         std::fs::create_dir(dir.path().join(BUCKET)).expect("the bucket directory");
-        let port = super::free_port();
         let binary = binary();
-        let child = Command::new(&binary)
-            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        let mut child = Command::new(&binary)
+            .args(["--host", "127.0.0.1", "--port", "0"])
             .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
             .arg(dir.path())
-            .stdout(Stdio::null())
+            // The line with the address is logged at info.
+            .env("RUST_LOG", "s3s_fs=info")
+            .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| {
@@ -54,14 +59,25 @@ impl S3Server {
                     binary.display()
                 )
             });
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "s3s-fs did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let mut log = Lines::follow(child.stdout.take().expect("stdout is piped"));
+        let running = log
+            .wait_for(Duration::from_secs(10), |line| {
+                let line = strip_ansi(line);
+                let (_, rest) = line.split_once("server is running at http://")?;
+                rest.split_whitespace().next()?.parse::<SocketAddr>().ok()
+            })
+            .await;
+        let addr = match running {
+            Ok(addr) => addr,
+            Err(printed) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("s3s-fs did not start: {printed}");
+            }
+        };
         S3Server {
             child,
-            port,
+            addr,
             _dir: dir,
         }
     }
@@ -70,7 +86,7 @@ impl S3Server {
     pub fn settings(&self) -> StorageSettings {
         StorageSettings {
             url: format!("s3://{BUCKET}"),
-            s3_endpoint: format!("http://127.0.0.1:{}", self.port),
+            s3_endpoint: format!("http://{}", self.addr),
             s3_region: "us-east-1".into(),
             s3_access_key_id: ACCESS_KEY.into(),
             s3_secret_access_key: SECRET_KEY.into(),
