@@ -9,24 +9,7 @@ use tts_tests::app::VOICE;
 use tts_tests::wav::assert_plausible_speech;
 use tts_tests::{Deployment, TestApp, spawn_app, spawn_app_with, spawn_standalone};
 
-/// Generates one test per deployment for a scenario.
-macro_rules! in_both_deployments {
-    ($($scenario:ident),* $(,)?) => {$(
-        mod $scenario {
-            use super::*;
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn standalone() {
-                super::$scenario(spawn_app(Deployment::Standalone).await).await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn distributed() {
-                super::$scenario(spawn_app(Deployment::Distributed).await).await;
-            }
-        }
-    )*};
-}
-
-in_both_deployments!(
+tts_tests::in_both_deployments!(
     sync_synthesis_returns_speech,
     async_job_is_polled_and_streamed_to_success,
     idempotency_key_gives_one_job,
@@ -319,40 +302,22 @@ async fn sync_wait_limit_answers_504_with_the_job_id_and_the_job_completes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_reports_a_dependency_that_goes_down_and_comes_back() {
     let mut app = spawn_app(Deployment::Distributed).await;
-    wait_for_health(&app, 200).await;
+    app.wait_for_health(200).await;
 
     app.nats.as_mut().unwrap().stop();
-    let (code, body) = wait_for_health(&app, 503).await;
-    assert_eq!(code, 503);
+    let body = app.wait_for_health(503).await;
     assert_eq!(body["status"], "unavailable");
     assert_eq!(body["dependencies"]["queue"]["status"], "down", "{body}");
     assert_eq!(body["dependencies"]["job_store"]["status"], "up", "{body}");
 
     // Back again, the gateway reconnects by itself and synthesis works.
     app.nats.as_mut().unwrap().restart().await;
-    wait_for_health(&app, 200).await;
+    app.wait_for_health(200).await;
     app.wait_for_voice(VOICE, 1).await;
     let response = app
         .synthesize(&json!({"text": "Back again.", "voice_id": VOICE}))
         .await;
     assert_eq!(response.status(), 200);
-}
-
-async fn wait_for_health(app: &TestApp, want: u16) -> (u16, Value) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let response = app.client.get(app.url("/health")).send().await.unwrap();
-        let code = response.status().as_u16();
-        let body: Value = response.json().await.unwrap();
-        if code == want {
-            return (code, body);
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "health stayed {code}: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 async fn a_job_the_engine_cannot_do_fails_with_the_reason(app: TestApp) {

@@ -11,24 +11,7 @@ use tts_infra::{JobStore, MemoryJobStore, RedisJobStore};
 use tts_tests::app::VOICE;
 use tts_tests::{Deployment, RedisServer, TestApp, spawn_app, spawn_app_with};
 
-/// Generates one test per deployment for a scenario.
-macro_rules! in_both_deployments {
-    ($($scenario:ident),* $(,)?) => {$(
-        mod $scenario {
-            use super::*;
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn standalone() {
-                super::$scenario(spawn_app(Deployment::Standalone).await).await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn distributed() {
-                super::$scenario(spawn_app(Deployment::Distributed).await).await;
-            }
-        }
-    )*};
-}
-
-in_both_deployments!(
+tts_tests::in_both_deployments!(
     over_long_bodies_are_refused_unread_and_drained,
     sync_synthesis_takes_an_idempotency_key,
 );
@@ -327,20 +310,6 @@ async fn timed(request: reqwest::RequestBuilder) -> (reqwest::Response, Duration
 /// (10 to 20 s), with room for a loaded machine.
 const PROMPT: Duration = Duration::from_secs(3);
 
-async fn wait_for_health(app: &TestApp, want: u16) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let response = app.client.get(app.url("/health")).send().await.unwrap();
-        let code = response.status().as_u16();
-        let body: Value = response.json().await.unwrap();
-        if code == want {
-            return body;
-        }
-        assert!(Instant::now() < deadline, "health stayed {code}: {body}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_redis_down_the_api_answers_503_at_once_and_recovers_by_itself() {
     let mut redis = RedisServer::start_async().await;
@@ -359,7 +328,7 @@ async fn with_redis_down_the_api_answers_503_at_once_and_recovers_by_itself() {
     app.wait_for_job(&job_id, Duration::from_secs(60)).await;
 
     redis.stop();
-    let health = wait_for_health(&app, 503).await;
+    let health = app.wait_for_health(503).await;
     assert_eq!(
         health["dependencies"]["job_store"]["status"], "down",
         "{health}"
@@ -398,7 +367,7 @@ async fn with_redis_down_the_api_answers_503_at_once_and_recovers_by_itself() {
     // Back again (empty, as a Redis without persistence restarts): the gateway and the worker
     // reconnect by themselves.
     redis.restart().await;
-    wait_for_health(&app, 200).await;
+    app.wait_for_health(200).await;
     let response = app
         .synthesize(&json!({"text": "After the outage.", "voice_id": VOICE}))
         .await;
@@ -449,7 +418,7 @@ async fn health_probes_its_dependencies_about_once_a_second_however_often_asked(
 async fn with_nats_down_sync_requests_answer_503_at_once_and_recover() {
     let mut app = spawn_app(Deployment::Distributed).await;
     app.nats.as_mut().unwrap().stop();
-    let health = wait_for_health(&app, 503).await;
+    let health = app.wait_for_health(503).await;
     assert_eq!(
         health["dependencies"]["queue"]["status"], "down",
         "{health}"
@@ -470,7 +439,7 @@ async fn with_nats_down_sync_requests_answer_503_at_once_and_recover() {
         assert!(response.headers().contains_key("retry-after"), "{path}");
     }
     app.nats.as_mut().unwrap().restart().await;
-    wait_for_health(&app, 200).await;
+    app.wait_for_health(200).await;
     app.wait_for_voice(VOICE, 1).await;
     let response = app
         .synthesize(&json!({"text": "Back again.", "voice_id": VOICE}))

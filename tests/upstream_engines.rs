@@ -63,23 +63,44 @@ fn gpt_sovits_app(
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn gpt_sovits_voices_speak_through_api_v2_one_request_per_server() {
+/// A clip of two sentences of speech, with its transcript.
+async fn spoken_reference() -> (String, Vec<u8>) {
     let transcript = format!("{FIRST} {SECOND}");
-    let reference = {
-        let t = transcript.clone();
-        make(move || clips::spoken_wav(&t)).await
-    };
-    let too_long = make(|| clips::spoken_wav(&format!("{FIRST} {SECOND} {THIRD} {FIRST}"))).await;
-    let a = FakeApiV2::start(SovitsVersion::V2, Duration::from_millis(300)).await;
-    let b = FakeApiV2::start(SovitsVersion::V2, Duration::from_millis(300)).await;
+    let t = transcript.clone();
+    (transcript, make(move || clips::spoken_wav(&t)).await)
+}
+
+/// Enrols `reference` for gpt_sovits with its transcript; returns the voice id.
+async fn enrol_for_gpt_sovits(app: &TestApp, reference: Vec<u8>, transcript: &str) -> String {
+    let fields = [
+        ("name", "Joe"),
+        ("language", "en"),
+        ("engine", "gpt_sovits"),
+        ("prompt_text", transcript),
+    ];
+    enrol(app, reference, &fields).await
+}
+
+/// Standalone with a gpt_sovits worker driving the servers at `urls`, and the directory it
+/// shares clips through (kept alive by the caller).
+async fn gpt_sovits_standalone(urls: Vec<String>) -> (TestApp, tempfile::TempDir) {
     let shared = tempfile::tempdir().unwrap();
     let app = spawn_engines_with(
         Deployment::Standalone,
         &["gpt_sovits"],
-        gpt_sovits_app(vec![a.url(), b.url()], shared.path()),
+        gpt_sovits_app(urls, shared.path()),
     )
     .await;
+    (app, shared)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gpt_sovits_voices_speak_through_api_v2_one_request_per_server() {
+    let (transcript, reference) = spoken_reference().await;
+    let too_long = make(|| clips::spoken_wav(&format!("{FIRST} {SECOND} {THIRD} {FIRST}"))).await;
+    let a = FakeApiV2::start(SovitsVersion::V2, Duration::from_millis(300)).await;
+    let b = FakeApiV2::start(SovitsVersion::V2, Duration::from_millis(300)).await;
+    let (app, shared) = gpt_sovits_standalone(vec![a.url(), b.url()]).await;
 
     // api_v2 needs the clip's transcript and at most 10 s of it: refused at upload.
     let en = [
@@ -168,27 +189,11 @@ async fn gpt_sovits_voices_speak_through_api_v2_one_request_per_server() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_v2_refusals_fail_the_job_at_once() {
-    let transcript = format!("{FIRST} {SECOND}");
-    let reference = {
-        let t = transcript.clone();
-        make(move || clips::spoken_wav(&t)).await
-    };
+    let (transcript, reference) = spoken_reference().await;
     // A server with a v1 model speaks no Korean: its 400 fails the job with its own message.
     let v1 = FakeApiV2::start(SovitsVersion::V1, Duration::ZERO).await;
-    let shared = tempfile::tempdir().unwrap();
-    let app = spawn_engines_with(
-        Deployment::Standalone,
-        &["gpt_sovits"],
-        gpt_sovits_app(vec![v1.url()], shared.path()),
-    )
-    .await;
-    let fields = [
-        ("name", "Joe"),
-        ("language", "en"),
-        ("engine", "gpt_sovits"),
-        ("prompt_text", transcript.as_str()),
-    ];
-    let voice = enrol(&app, reference, &fields).await;
+    let (app, _shared) = gpt_sovits_standalone(vec![v1.url()]).await;
+    let voice = enrol_for_gpt_sovits(&app, reference, &transcript).await;
     let job = submit(
         &app,
         json!({"text": "안녕하세요", "voice_id": voice, "language": "ko"}),
@@ -207,27 +212,11 @@ async fn api_v2_refusals_fail_the_job_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_that_is_down_costs_no_job_an_attempt_while_another_is_up() {
-    let transcript = format!("{FIRST} {SECOND}");
-    let reference = {
-        let t = transcript.clone();
-        make(move || clips::spoken_wav(&t)).await
-    };
+    let (transcript, reference) = spoken_reference().await;
     let live = FakeApiV2::start(SovitsVersion::V2, Duration::from_millis(50)).await;
     let dead = ClosedPort::new();
-    let shared = tempfile::tempdir().unwrap();
-    let app = spawn_engines_with(
-        Deployment::Standalone,
-        &["gpt_sovits"],
-        gpt_sovits_app(vec![dead.url(), live.url()], shared.path()),
-    )
-    .await;
-    let fields = [
-        ("name", "Joe"),
-        ("language", "en"),
-        ("engine", "gpt_sovits"),
-        ("prompt_text", transcript.as_str()),
-    ];
-    let voice = enrol(&app, reference, &fields).await;
+    let (app, _shared) = gpt_sovits_standalone(vec![dead.url(), live.url()]).await;
+    let voice = enrol_for_gpt_sovits(&app, reference, &transcript).await;
     // Ten jobs at once, four running at a time: the live server is busy most of the time, and
     // the dead one would look free.
     let mut jobs = Vec::new();
@@ -254,26 +243,10 @@ async fn a_server_that_is_down_costs_no_job_an_attempt_while_another_is_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audio_of_unknown_length_is_read_and_audio_that_does_not_decode_fails_at_once() {
-    let transcript = format!("{FIRST} {SECOND}");
-    let reference = {
-        let t = transcript.clone();
-        make(move || clips::spoken_wav(&t)).await
-    };
+    let (transcript, reference) = spoken_reference().await;
     let server = FakeApiV2::start(SovitsVersion::V2, Duration::ZERO).await;
-    let shared = tempfile::tempdir().unwrap();
-    let app = spawn_engines_with(
-        Deployment::Standalone,
-        &["gpt_sovits"],
-        gpt_sovits_app(vec![server.url()], shared.path()),
-    )
-    .await;
-    let fields = [
-        ("name", "Joe"),
-        ("language", "en"),
-        ("engine", "gpt_sovits"),
-        ("prompt_text", transcript.as_str()),
-    ];
-    let voice = enrol(&app, reference, &fields).await;
+    let (app, _shared) = gpt_sovits_standalone(vec![server.url()]).await;
+    let voice = enrol_for_gpt_sovits(&app, reference, &transcript).await;
 
     server.answer_with(Answer::UnknownLength);
     let text = "A header written before its length was known.";
@@ -349,11 +322,7 @@ async fn ws_shows(app: &TestApp, status: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_whose_servers_are_all_down_is_degraded_until_one_answers() {
-    let transcript = format!("{FIRST} {SECOND}");
-    let reference = {
-        let t = transcript.clone();
-        make(move || clips::spoken_wav(&t)).await
-    };
+    let (transcript, reference) = spoken_reference().await;
     // Down when the service starts.
     let server = FakeApiV2::down(SovitsVersion::V2, Duration::ZERO);
     let shared = tempfile::tempdir().unwrap();
@@ -369,13 +338,7 @@ async fn a_worker_whose_servers_are_all_down_is_degraded_until_one_answers() {
     server.accept_connections();
     wait_for_status(&app, "online").await;
 
-    let fields = [
-        ("name", "Joe"),
-        ("language", "en"),
-        ("engine", "gpt_sovits"),
-        ("prompt_text", transcript.as_str()),
-    ];
-    let voice = enrol(&app, reference, &fields).await;
+    let voice = enrol_for_gpt_sovits(&app, reference, &transcript).await;
 
     // The server goes down: the worker says so and takes no jobs.
     server.refuse_connections().await;

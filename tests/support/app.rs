@@ -251,6 +251,25 @@ impl TestApp {
         }
     }
 
+    /// Polls `GET /health` until it answers `want`; returns that answer's body.
+    pub async fn wait_for_health(&self, want: u16) -> Value {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let response = self.client.get(self.url("/health")).send().await;
+            let response = response.expect("the gateway answers");
+            let code = response.status().as_u16();
+            let body: Value = response.json().await.expect("a JSON body");
+            if code == want {
+                return body;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "health stayed {code}: {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     pub async fn get_json(&self, path: &str) -> Value {
         self.client
             .get(self.url(path))

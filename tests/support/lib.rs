@@ -39,3 +39,21 @@ pub fn workspace_root() -> PathBuf {
 pub fn redis_url() -> String {
     std::env::var("TTS_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
+
+/// Generates one test per deployment, standalone and distributed, for each scenario: an async
+/// function that takes the [`TestApp`] it runs against.
+#[macro_export]
+macro_rules! in_both_deployments {
+    ($($scenario:ident),* $(,)?) => {$(
+        mod $scenario {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn standalone() {
+                super::$scenario($crate::spawn_app($crate::Deployment::Standalone).await).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn distributed() {
+                super::$scenario($crate::spawn_app($crate::Deployment::Distributed).await).await;
+            }
+        }
+    )*};
+}
