@@ -32,7 +32,7 @@ async fn health(State(state): State<HealthState>) -> impl IntoResponse {
         let engine = state.node.engine.clone();
         tokio::task::spawn_blocking(move || engine.health())
             .await
-            .unwrap_or_else(|e| crate::engine::EngineHealth {
+            .unwrap_or_else(|e| crate::error::EngineHealth {
                 ready: false,
                 device: String::new(),
                 detail: format!("health check failed: {e}"),

@@ -6,6 +6,7 @@
 
 pub mod engine;
 pub mod enroll;
+pub mod error;
 pub mod health;
 pub mod heartbeat;
 pub mod models;

@@ -8,7 +8,7 @@ use ort::environment::Environment;
 use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
 
-use crate::engine::EngineError;
+use crate::error::{EngineError, EngineHealth};
 
 static ENVIRONMENT: OnceLock<Result<(Environment, PathBuf), String>> = OnceLock::new();
 
@@ -52,8 +52,8 @@ pub struct Placement {
 impl Placement {
     /// An engine's health: ready, on this device, with `what` it has loaded and why it is not on
     /// the configured device when it is not.
-    pub fn health(&self, what: &str) -> crate::engine::EngineHealth {
-        crate::engine::EngineHealth {
+    pub fn health(&self, what: &str) -> EngineHealth {
+        EngineHealth {
             ready: true,
             device: self.device.clone(),
             detail: match &self.fallback_reason {
@@ -236,4 +236,17 @@ pub(crate) fn check_signature(
         }
     }
     Ok(())
+}
+
+/// The ONNX Runtime library to load: `models.onnxruntime_path` when set (a CUDA build, say),
+/// otherwise the one in the model cache.
+pub(crate) fn onnxruntime_library(
+    settings: &tts_config::Settings,
+    cached: std::path::PathBuf,
+) -> std::path::PathBuf {
+    if settings.models.onnxruntime_path.is_empty() {
+        cached
+    } else {
+        settings.models.onnxruntime_path.clone().into()
+    }
 }

@@ -12,10 +12,9 @@ pub mod upstream;
 pub mod xtts;
 pub mod zh;
 
-use std::fmt;
-
 use tts_contracts::{CloneSimilarity, SpeedRange, VoiceInfo, VoiceRecord};
 
+pub use crate::error::{EngineError, EngineErrorKind, EngineHealth};
 use crate::voice::Analysis;
 use crate::voice::clone::CloneSettings;
 
@@ -78,80 +77,6 @@ impl Audio {
 pub struct Progress {
     pub done: usize,
     pub total: usize,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EngineErrorKind {
-    /// The job cannot succeed as asked (unknown voice, unsupported language, text the engine
-    /// cannot speak). Retrying is pointless.
-    InvalidInput,
-    /// Something that may pass (an upstream server busy or unreachable, resources exhausted).
-    Transient,
-    /// A fault in the model or the runtime. Retried in case it is local to one machine.
-    Internal,
-    /// The engine's answer for this job cannot be used (an upstream server's audio that does not
-    /// decode). The same input would bring the same answer, so retrying is pointless.
-    Unusable,
-}
-
-#[derive(Debug, Clone)]
-pub struct EngineError {
-    kind: EngineErrorKind,
-    code: &'static str,
-    message: String,
-}
-
-impl EngineError {
-    pub fn new(kind: EngineErrorKind, code: &'static str, message: impl Into<String>) -> Self {
-        EngineError {
-            kind,
-            code,
-            message: message.into(),
-        }
-    }
-
-    pub fn invalid(code: &'static str, message: impl Into<String>) -> Self {
-        Self::new(EngineErrorKind::InvalidInput, code, message)
-    }
-
-    pub fn internal(message: impl Into<String>) -> Self {
-        Self::new(EngineErrorKind::Internal, "engine_error", message)
-    }
-
-    pub fn kind(&self) -> EngineErrorKind {
-        self.kind
-    }
-
-    /// A stable machine-readable code, reported to clients as the job's `error`.
-    pub fn code(&self) -> &'static str {
-        self.code
-    }
-
-    pub fn message(&self) -> &str {
-        &self.message
-    }
-}
-
-impl fmt::Display for EngineError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.code, self.message)
-    }
-}
-
-impl std::error::Error for EngineError {}
-
-impl From<ort::Error> for EngineError {
-    fn from(e: ort::Error) -> Self {
-        EngineError::internal(format!("onnx runtime: {e}"))
-    }
-}
-
-/// What an engine reports about itself for `/health`.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct EngineHealth {
-    pub ready: bool,
-    pub device: String,
-    pub detail: String,
 }
 
 pub trait Engine: Send + Sync + 'static {
@@ -289,19 +214,6 @@ pub fn check_voice_and_language(
     Ok(voice)
 }
 
-/// The ONNX Runtime library to load: `models.onnxruntime_path` when set (a CUDA build, say),
-/// otherwise the one in the model cache.
-pub(crate) fn onnxruntime_library(
-    settings: &tts_config::Settings,
-    cached: std::path::PathBuf,
-) -> std::path::PathBuf {
-    if settings.models.onnxruntime_path.is_empty() {
-        cached
-    } else {
-        settings.models.onnxruntime_path.clone().into()
-    }
-}
-
 /// Builds the engine named `name` from its `workers.<name>` settings. `sessions` is how many
 /// syntheses it must be able to run at once.
 pub fn build(
@@ -322,7 +234,7 @@ pub fn build(
             } else {
                 engine_settings.model_path.clone().into()
             };
-            let onnxruntime = onnxruntime_library(settings, paths.onnxruntime);
+            let onnxruntime = crate::runtime::onnxruntime_library(settings, paths.onnxruntime);
             let engine = piper::PiperEngine::load(&piper::PiperOptions {
                 model_dir,
                 voice: engine_settings.voice.clone(),
@@ -338,7 +250,7 @@ pub fn build(
                 .map_err(|e| EngineError::internal(format!("model cache: {e}")))?;
             let dir: Option<std::path::PathBuf> = (!engine_settings.model_path.is_empty())
                 .then(|| engine_settings.model_path.clone().into());
-            let onnxruntime = onnxruntime_library(settings, paths.onnxruntime);
+            let onnxruntime = crate::runtime::onnxruntime_library(settings, paths.onnxruntime);
             let engine = kokoro::KokoroEngine::load(&kokoro::KokoroOptions {
                 model: dir
                     .as_ref()

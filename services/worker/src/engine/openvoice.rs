@@ -197,7 +197,7 @@ pub fn build(
     let tau = tau_option(&own.options)?;
     let cached = crate::models::ensure_analysis(&settings.models.cache_dir)
         .map_err(|e| EngineError::internal(format!("model cache: {e}")))?;
-    let onnxruntime = super::onnxruntime_library(settings, cached.onnxruntime);
+    let onnxruntime = crate::runtime::onnxruntime_library(settings, cached.onnxruntime);
     let base = super::build(base_name, settings, sessions)?;
     let engine = OpenVoiceEngine::load(
         &OpenVoiceOptions {

@@ -2,7 +2,7 @@
 //! VAD) and speaker embeddings (a d-vector encoder). Workers run these during enrollment; the
 //! gateway never does, since they need ONNX Runtime.
 
-use crate::engine::EngineError;
+use crate::error::EngineError;
 
 pub mod clone;
 pub mod reference;
@@ -25,7 +25,7 @@ impl Analysis {
     pub fn load(settings: &tts_config::Settings) -> Result<Self, EngineError> {
         let paths = crate::models::ensure_analysis(&settings.models.cache_dir)
             .map_err(|e| EngineError::internal(format!("model cache: {e}")))?;
-        let library = crate::engine::onnxruntime_library(settings, paths.onnxruntime.clone());
+        let library = crate::runtime::onnxruntime_library(settings, paths.onnxruntime.clone());
         let env = crate::runtime::environment(&library)?;
         Ok(Analysis {
             vad: vad::Vad::load(env, &paths.vad)?,

@@ -4,7 +4,7 @@
 use super::ANALYSIS_RATE;
 use super::resample::resample;
 use super::vad::Vad;
-use crate::engine::EngineError;
+use crate::error::EngineError;
 
 /// Seconds of speech a reference clip must hold.
 pub const MIN_SPEECH_SECS: f32 = 3.0;

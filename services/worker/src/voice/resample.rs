@@ -3,7 +3,7 @@
 use rubato::audioadapter_buffers::owned::InterleavedOwned;
 use rubato::{Fft, FixedSync, Resampler};
 
-use crate::engine::EngineError;
+use crate::error::EngineError;
 
 /// Converts mono `samples` from `from` Hz to `to` Hz with an FFT resampler (band-limited, so
 /// downsampling does not alias).

@@ -14,7 +14,7 @@ use ort::value::Tensor;
 use realfft::{RealFftPlanner, RealToComplex};
 
 use super::ANALYSIS_RATE;
-use crate::engine::EngineError;
+use crate::error::EngineError;
 use crate::runtime::{self, SessionPool};
 
 const N_FFT: usize = 512;

@@ -10,7 +10,7 @@ use ndarray::{Array2, Array3, arr0};
 use ort::value::Tensor;
 
 use super::ANALYSIS_RATE;
-use crate::engine::EngineError;
+use crate::error::EngineError;
 use crate::runtime::{self, SessionPool};
 
 const WINDOW: usize = 512;
