@@ -20,7 +20,7 @@ use tts_worker::engine::{
     Audio, Engine, EngineError, EngineErrorKind, EngineHealth, EnrollInput, Progress,
     SynthesisInput,
 };
-use tts_worker::voice::clone::CloneSettings;
+use tts_worker::engine::CloneSettings;
 use tts_worker::voice::resample::resample;
 use tts_worker::voice::{ANALYSIS_RATE, Analysis};
 

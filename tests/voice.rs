@@ -138,7 +138,8 @@ fn an_mp3_named_like_a_wav_is_decoded_as_mp3() {
 
 #[test]
 fn the_style_search_moves_kokoro_towards_the_reference_speaker() {
-    use tts_worker::voice::clone::{CloneSettings, clone_style};
+    use tts_worker::engine::CloneSettings;
+    use tts_worker::engine::kokoro::style_search::clone_style;
     let engine = engines::kokoro();
     let (_, encoder) = analysis();
     // The reference speaker is the Piper voice, which Kokoro has never seen.

@@ -344,7 +344,7 @@ fn worker_options(settings: &Settings, engine: &str) -> anyhow::Result<WorkerOpt
         ack_wait: Duration::from_secs(w.ack_wait_secs),
         retry_delay: Duration::from_secs(w.retry_delay_secs),
         shutdown_grace: Duration::from_secs(w.shutdown_grace_secs),
-        clone_settings: tts_worker::voice::clone::CloneSettings {
+        clone_settings: tts_worker::engine::CloneSettings {
             evaluations: settings.voices.search_evaluations,
             seed: settings.voices.search_seed,
         },

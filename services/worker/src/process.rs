@@ -18,7 +18,7 @@ use tts_infra::{AudioStore, Bus, Delivery, InfraError, JobStore, VoiceStore};
 
 use crate::engine::{Engine, EngineError, EngineErrorKind, Progress, SynthesisInput};
 use crate::voice::Analysis;
-use crate::voice::clone::CloneSettings;
+use crate::engine::CloneSettings;
 use crate::{enroll, wav};
 
 /// What a job handler needs from its worker.

@@ -16,7 +16,7 @@ use crate::engine::Engine;
 use crate::heartbeat::{self, NodeState};
 use crate::process::{self, JobContext};
 use crate::voice::Analysis;
-use crate::voice::clone::CloneSettings;
+use crate::engine::CloneSettings;
 use crate::{health, reaper};
 
 /// How long one pull waits for a job before the loop checks for shutdown again.

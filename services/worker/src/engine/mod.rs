@@ -16,7 +16,6 @@ use tts_contracts::{CloneSimilarity, SpeedRange, VoiceInfo, VoiceRecord};
 
 pub use crate::error::{EngineError, EngineErrorKind, EngineHealth};
 use crate::voice::Analysis;
-use crate::voice::clone::CloneSettings;
 
 /// What a synthesis job asks of an engine.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -30,6 +29,16 @@ pub struct SynthesisInput {
     /// For a cloned voice of an engine that [`Engine::needs_reference`], the voice's trimmed
     /// reference clip as WAV bytes (16 kHz mono).
     pub reference_wav: Option<bytes::Bytes>,
+}
+
+/// The budget and seed of voice enrollment, the same for every voice a worker enrols.
+#[derive(Debug, Clone)]
+pub struct CloneSettings {
+    /// Syntheses a search-based enrollment (Kokoro's style search) may spend after scoring the
+    /// stock voices.
+    pub evaluations: usize,
+    /// Seed of the search, so that enrolling the same clip twice gives the same voice.
+    pub seed: u64,
 }
 
 /// What an enrollment gives an engine.

@@ -4,7 +4,6 @@
 
 use crate::error::EngineError;
 
-pub mod clone;
 pub mod reference;
 pub mod resample;
 pub mod speaker;

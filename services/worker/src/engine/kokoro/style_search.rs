@@ -1,4 +1,4 @@
-//! Cloning a voice for Kokoro: search a style so that the speaker encoder hears the reference
+//! Kokoro's style search, how the engine clones a voice: search a style so that the speaker encoder hears the reference
 //! speaker in Kokoro's speech.
 //!
 //! No zero-shot cloning weights can be had, so the voice is found by search. Every stock voice
@@ -13,11 +13,11 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand_distr::{Distribution, StandardNormal};
 
-use super::ANALYSIS_RATE;
-use super::resample::resample;
-use super::speaker::{SpeakerEncoder, cosine};
-use crate::engine::kokoro::{KokoroEngine, StyleTable};
-use crate::engine::{EngineError, SynthesisInput};
+use super::{KokoroEngine, StyleTable};
+use crate::engine::{CloneSettings, EngineError, SynthesisInput};
+use crate::voice::ANALYSIS_RATE;
+use crate::voice::resample::resample;
+use crate::voice::speaker::{SpeakerEncoder, cosine};
 
 /// The sentence every candidate speaks during the search.
 pub const SEARCH_TEXT: &str =
@@ -25,14 +25,6 @@ pub const SEARCH_TEXT: &str =
 /// The sentence the result is judged on; never used in the search.
 pub const HOLDOUT_TEXT: &str =
     "Please remember to close the windows before you leave, because a storm is coming tonight.";
-
-#[derive(Debug, Clone)]
-pub struct CloneSettings {
-    /// Syntheses the search may spend after scoring the stock voices.
-    pub evaluations: usize,
-    /// Seed of the search, so that enrolling the same clip twice gives the same voice.
-    pub seed: u64,
-}
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct CloneResult {

@@ -22,7 +22,8 @@ use super::{
     check_voice_and_language, zh,
 };
 use crate::runtime::{self, Placement, SessionPool};
-use crate::voice::clone;
+
+pub mod style_search;
 
 pub const SAMPLE_RATE: u32 = 24_000;
 
@@ -253,7 +254,7 @@ impl Engine for KokoroEngine {
         input: &EnrollInput<'_>,
         progress: &mut dyn FnMut(Progress),
     ) -> Result<Enrollment, EngineError> {
-        let result = clone::clone_style(
+        let result = style_search::clone_style(
             self,
             &input.analysis.encoder,
             input.reference,
@@ -310,7 +311,7 @@ impl KokoroEngine {
                 ),
             ));
         }
-        Ok(clone::offset_table(base, offset))
+        Ok(style_search::offset_table(base, offset))
     }
 }
 
