@@ -5,12 +5,11 @@
 //! only then acknowledges the job. It heartbeats its NodeInfo so gateways know what it serves.
 
 pub mod engine;
-pub mod enroll;
 pub mod error;
 pub mod health;
 pub mod heartbeat;
+pub mod job;
 pub mod models;
-pub mod process;
 pub mod reaper;
 pub mod runtime;
 pub mod service;

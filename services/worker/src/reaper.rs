@@ -10,7 +10,7 @@ use tts_contracts::{JobMessage, subjects};
 use tts_infra::JetStreamQueue;
 
 use crate::heartbeat::stopped;
-use crate::process::{self, JobContext};
+use crate::job::{self, JobContext};
 
 #[derive(Deserialize)]
 struct MaxDeliveriesAdvisory {
@@ -39,7 +39,7 @@ pub async fn run(queue: JetStreamQueue, ctx: JobContext, mut shutdown: watch::Re
         };
         match queue.take_exhausted(advisory.stream_seq).await {
             Ok(Some(payload)) => match serde_json::from_slice::<JobMessage>(&payload) {
-                Ok(job) => match process::fail_exhausted(&ctx, &job).await {
+                Ok(job) => match job::fail_exhausted(&ctx, &job).await {
                     Ok(_) => {
                         tracing::warn!(job_id = %job.job_id, "job failed after its last delivery")
                     }

@@ -12,11 +12,11 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tts_contracts::WorkerStatus;
 use tts_infra::{AudioStore, Bus, Delivery, JetStreamQueue, JobSource, JobStore, VoiceStore};
 
+use crate::engine::CloneSettings;
 use crate::engine::Engine;
 use crate::heartbeat::{self, NodeState};
-use crate::process::{self, JobContext};
+use crate::job::{self, JobContext};
 use crate::voice::Analysis;
-use crate::engine::CloneSettings;
 use crate::{health, reaper};
 
 /// How long one pull waits for a job before the loop checks for shutdown again.
@@ -195,7 +195,7 @@ impl Worker {
                             drop(done);
                             return;
                         };
-                        let outcome = process::handle(&ctx, delivery).await;
+                        let outcome = job::handle(&ctx, delivery).await;
                         tracing::debug!(?outcome, "delivery settled");
                         node.load.fetch_sub(1, Ordering::Relaxed);
                         drop(permit);

@@ -1,0 +1,189 @@
+//! What synthesis and enrollment jobs share: the worker's context, the ways a job fails, running
+//! the engine on a blocking thread while its progress is recorded, and saving the record.
+//!
+//! Both job bodies use this module and neither uses the other, so each can change alone.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::Utc;
+use tokio::sync::mpsc;
+use tts_contracts::{JobFailure, JobRecord, JobStatus, subjects};
+use tts_infra::{AudioStore, Bus, Delivery, InfraError, JobStore, VoiceStore};
+
+use crate::engine::{CloneSettings, Engine, EngineError, EngineErrorKind, Progress};
+use crate::voice::Analysis;
+
+/// What a job handler needs from its worker.
+#[derive(Clone)]
+pub struct JobContext {
+    pub engine: Arc<dyn Engine>,
+    pub store: Arc<dyn JobStore>,
+    pub bus: Arc<dyn Bus>,
+    pub audio: AudioStore,
+    pub voices: Arc<dyn VoiceStore>,
+    /// Loaded when the engine clones voices.
+    pub analysis: Option<Arc<Analysis>>,
+    pub clone_settings: CloneSettings,
+    pub ack_wait: Duration,
+    pub retry_delay: Duration,
+    pub node_id: String,
+}
+
+pub(crate) enum JobError {
+    /// Another delivery already finished the job; this one only needs its ack.
+    AlreadyFinished,
+    /// The job can never succeed.
+    Permanent(JobFailure),
+    /// The job may succeed on another attempt.
+    Transient(JobFailure),
+}
+
+impl JobError {
+    pub(crate) fn permanent(error: &str, message: impl Into<String>) -> Self {
+        JobError::Permanent(JobFailure {
+            error: error.into(),
+            message: message.into(),
+        })
+    }
+
+    pub(crate) fn transient(error: &str, message: impl Into<String>) -> Self {
+        JobError::Transient(JobFailure {
+            error: error.into(),
+            message: message.into(),
+        })
+    }
+}
+
+impl From<InfraError> for JobError {
+    fn from(e: InfraError) -> Self {
+        JobError::transient("infrastructure_unavailable", e.to_string())
+    }
+}
+
+impl From<EngineError> for JobError {
+    fn from(e: EngineError) -> Self {
+        let failure = JobFailure {
+            error: e.code().into(),
+            message: e.message().into(),
+        };
+        match e.kind() {
+            EngineErrorKind::InvalidInput | EngineErrorKind::Unusable => {
+                JobError::Permanent(failure)
+            }
+            EngineErrorKind::Transient | EngineErrorKind::Internal => JobError::Transient(failure),
+        }
+    }
+}
+
+/// Marks the record finished: `succeeded`, complete, now. The caller adds what the job made
+/// and saves it.
+pub(crate) fn mark_succeeded(record: &mut JobRecord) {
+    let now = Utc::now();
+    record.status = JobStatus::Succeeded;
+    record.progress = 1.0;
+    record.updated_at = now;
+    record.finished_at = Some(now);
+}
+
+/// Runs `work` (an engine call) on a blocking thread while this task records its progress,
+/// scaled into `span` of the job, and keeps the delivery alive with progress acks, so that a long
+/// job is not redelivered while it runs. `unit` names a step in progress messages.
+pub(crate) async fn run_engine<T: Send + 'static>(
+    ctx: &JobContext,
+    delivery: &dyn Delivery,
+    record: &mut JobRecord,
+    span: (f32, f32),
+    unit: &'static str,
+    work: impl FnOnce(&mut dyn FnMut(Progress)) -> Result<T, EngineError> + Send + 'static,
+) -> Result<T, JobError> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Progress>();
+    let mut task = tokio::task::spawn_blocking(move || {
+        work(&mut |p| {
+            let _ = tx.send(p);
+        })
+    });
+    let mut keepalive = tokio::time::interval(ctx.ack_wait / 3);
+    keepalive.tick().await;
+    loop {
+        tokio::select! {
+            joined = &mut task => {
+                // Report progress that arrived just before the engine returned.
+                while let Ok(p) = rx.try_recv() {
+                    report(ctx, record, span, unit, p).await;
+                }
+                return match joined {
+                    Ok(result) => result.map_err(JobError::from),
+                    Err(e) => Err(JobError::transient(
+                        "engine_crashed",
+                        format!("the engine stopped unexpectedly: {e}"),
+                    )),
+                };
+            }
+            Some(p) = rx.recv() => report(ctx, record, span, unit, p).await,
+            _ = keepalive.tick() => settle(delivery.in_progress().await, "progress ack"),
+        }
+    }
+}
+
+/// Records progress. A failed write is only logged: the engine keeps its session until it
+/// returns, so giving up on the job here would not free anything, and the final write decides.
+async fn report(
+    ctx: &JobContext,
+    record: &mut JobRecord,
+    (from, to): (f32, f32),
+    unit: &str,
+    p: Progress,
+) {
+    // Progress stops short of the span's end until the step after it is done.
+    let fraction = (p.done as f32 / p.total.max(1) as f32).min(1.0);
+    record.progress = from + (to - from) * fraction;
+    record.updated_at = Utc::now();
+    let message = format!("{unit} {} of {}", p.done, p.total);
+    if let Err(JobError::Transient(f) | JobError::Permanent(f)) =
+        save(ctx, record, Some(message)).await
+    {
+        tracing::warn!(job_id = %record.job_id, error = %f.message, "progress not recorded");
+    }
+}
+
+/// Writes the record, then announces it. The store is the truth and is written first; the event
+/// only tells listeners to look. Returns false, announcing nothing, when the stored record is
+/// already terminal.
+pub(crate) async fn save(
+    ctx: &JobContext,
+    record: &JobRecord,
+    message: Option<String>,
+) -> Result<bool, JobError> {
+    if !ctx.store.put(record).await? {
+        return Ok(false);
+    }
+    publish(ctx, record, message).await;
+    Ok(true)
+}
+
+/// Announces the record on the job's event subject. Best effort: listeners re-read the store.
+pub(crate) async fn publish(ctx: &JobContext, record: &JobRecord, message: Option<String>) {
+    let mut event = record.to_event();
+    event.message = message;
+    match serde_json::to_vec(&event) {
+        Ok(payload) => {
+            if let Err(e) = ctx
+                .bus
+                .publish(subjects::job_events(&record.job_id), Bytes::from(payload))
+                .await
+            {
+                tracing::warn!(job_id = %record.job_id, error = %e, "could not publish job event");
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "could not encode job event"),
+    }
+}
+
+/// Logs a failed settle. A lost ack only means a redelivery, which the job handles as a duplicate.
+pub(crate) fn settle(result: Result<(), InfraError>, what: &str) {
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "{what} failed");
+    }
+}

@@ -1,0 +1,243 @@
+//! Handling one delivery of a job, from the message to a settled ack.
+//!
+//! The order of effects is what makes a job survive any crash: the audio is written first, then
+//! the record says `succeeded`, and only then is the delivery acked. A worker that dies anywhere
+//! before the ack leaves the job to be redelivered, and the redelivery overwrites the same audio
+//! object and record, so a job ends with exactly one audio object.
+//!
+//! This module settles deliveries and dispatches on the job's kind; `synthesize` and `enroll`
+//! are the two bodies, and `context` is what they share. Nothing here is imported by them.
+
+mod context;
+mod enroll;
+mod synthesize;
+
+use chrono::Utc;
+use tts_contracts::{JobFailure, JobMessage, JobRecord, JobSpec, JobStatus, VoiceStatus};
+use tts_infra::{Delivery, InfraError};
+
+pub use context::JobContext;
+use context::{JobError, publish, save, settle};
+
+/// How a delivery ended, for logs and tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Succeeded,
+    /// Already finished by an earlier delivery.
+    Duplicate,
+    Failed(String),
+    Retrying(String),
+}
+
+/// Handles one delivery: runs the job unless an earlier delivery finished it, then acks, naks
+/// or terminates the delivery as the result says.
+pub async fn handle(ctx: &JobContext, delivery: Box<dyn Delivery>) -> Outcome {
+    let message: JobMessage = match serde_json::from_slice(delivery.payload()) {
+        Ok(m) => m,
+        Err(e) => return reject_unreadable(ctx, delivery.as_ref(), e).await,
+    };
+    let job_id = message.job_id;
+    let mut record = match ctx.store.get(&job_id).await {
+        Ok(Some(r)) => r,
+        // The record may have expired while the job waited; the message has all it needs.
+        Ok(None) => JobRecord::queued(&message),
+        Err(e) => {
+            return retry_or_fail(ctx, delivery.as_ref(), &message, None, JobError::from(e)).await;
+        }
+    };
+    if record.status.is_terminal() {
+        // An earlier delivery finished the job but its ack was lost.
+        settle(delivery.ack().await, "ack");
+        return Outcome::Duplicate;
+    }
+    let result = run(ctx, delivery.as_ref(), &message, &mut record).await;
+    match result {
+        Ok(()) => {
+            settle(delivery.ack().await, "ack");
+            tracing::info!(%job_id, attempt = delivery.attempt(), "job succeeded");
+            Outcome::Succeeded
+        }
+        Err(JobError::AlreadyFinished) => {
+            settle(delivery.ack().await, "ack");
+            Outcome::Duplicate
+        }
+        Err(e) => retry_or_fail(ctx, delivery.as_ref(), &message, Some(record), e).await,
+    }
+}
+
+/// Marks the job running, then runs the body of its kind.
+async fn run(
+    ctx: &JobContext,
+    delivery: &dyn Delivery,
+    message: &JobMessage,
+    record: &mut JobRecord,
+) -> Result<(), JobError> {
+    start(ctx, delivery, message, record).await?;
+    match &message.spec {
+        JobSpec::Synthesize {
+            text,
+            voice_id,
+            language,
+            speed,
+        } => {
+            let request = synthesize::Request {
+                text,
+                voice_id,
+                language,
+                speed: *speed,
+            };
+            synthesize::run(ctx, delivery, record, request).await
+        }
+        JobSpec::Enroll {
+            voice_id,
+            upload_key,
+        } => enroll::run(ctx, delivery, record, voice_id, upload_key).await,
+    }
+}
+
+/// Refuses a job for another engine, then records this attempt as `running` on this worker.
+async fn start(
+    ctx: &JobContext,
+    delivery: &dyn Delivery,
+    message: &JobMessage,
+    record: &mut JobRecord,
+) -> Result<(), JobError> {
+    if message.engine != ctx.engine.name() {
+        return Err(JobError::permanent(
+            "wrong_engine",
+            format!(
+                "job for engine {} reached a {} worker",
+                message.engine,
+                ctx.engine.name()
+            ),
+        ));
+    }
+    let now = Utc::now();
+    record.status = JobStatus::Running;
+    record.attempts = delivery.attempt();
+    record.progress = 0.0;
+    record.started_at.get_or_insert(now);
+    record.updated_at = now;
+    record.error = None;
+    record.worker = Some(ctx.node_id.clone());
+    if !save(ctx, record, None).await? {
+        return Err(JobError::AlreadyFinished);
+    }
+    Ok(())
+}
+
+async fn retry_or_fail(
+    ctx: &JobContext,
+    delivery: &dyn Delivery,
+    message: &JobMessage,
+    record: Option<JobRecord>,
+    error: JobError,
+) -> Outcome {
+    let (failure, permanent) = match error {
+        JobError::Permanent(f) => (f, true),
+        JobError::Transient(f) => (f, false),
+        JobError::AlreadyFinished => {
+            settle(delivery.ack().await, "ack");
+            return Outcome::Duplicate;
+        }
+    };
+    let last_attempt = delivery.attempt() >= delivery.max_attempts();
+    // Without a record (the store did not answer) the failure could not be written, so the job
+    // goes back to the queue even on its last attempt: the queue then reports it exhausted and
+    // the failure is recorded from that report.
+    if !permanent && (!last_attempt || record.is_none()) {
+        tracing::warn!(
+            job_id = ?record.as_ref().map(|r| r.job_id),
+            attempt = delivery.attempt(),
+            error = %failure.message,
+            "job hit a transient error; it will be retried"
+        );
+        if let Some(mut record) = record {
+            record.status = JobStatus::Queued;
+            record.updated_at = Utc::now();
+            let note = format!("retrying after: {}", failure.message);
+            // Best effort: the retry happens whether or not the store answers.
+            let _ = save(ctx, &record, Some(note)).await;
+        }
+        settle(delivery.nak(ctx.retry_delay).await, "nak");
+        return Outcome::Retrying(failure.message);
+    }
+    // The voice learns of a failed enrollment before the job's failure is announced, so that a
+    // client that reads the voice on that announcement sees it failed.
+    fail_enrolling_voice(ctx, &message.spec, &failure).await;
+    if let Some(mut record) = record {
+        record.fail(&failure.error, failure.message.clone());
+        if let Err(JobError::Transient(f) | JobError::Permanent(f)) = save(ctx, &record, None).await
+        {
+            // The failure could not be recorded: leave the job to the queue, which redelivers
+            // it (or reports it exhausted) so that it is not left running for ever.
+            tracing::error!(job_id = %record.job_id, error = %f.message, "could not record job failure");
+            settle(delivery.nak(ctx.retry_delay).await, "nak");
+            return Outcome::Retrying(f.message);
+        }
+        tracing::warn!(job_id = %record.job_id, error = %failure.message, "job failed");
+    }
+    settle(delivery.term().await, "term");
+    Outcome::Failed(failure.message)
+}
+
+/// A message that is not a job: mark it failed if its id can be read, and drop it.
+async fn reject_unreadable(
+    ctx: &JobContext,
+    delivery: &dyn Delivery,
+    error: serde_json::Error,
+) -> Outcome {
+    let message = format!("the job message is not valid: {error}");
+    let id = serde_json::from_slice::<serde_json::Value>(delivery.payload())
+        .ok()
+        .and_then(|v| v.get("job_id")?.as_str()?.parse().ok());
+    if let Some(job_id) = id
+        && let Ok(Some(mut record)) = ctx.store.get(&job_id).await
+    {
+        record.fail("invalid_job", message.clone());
+        let _ = save(ctx, &record, None).await;
+    }
+    tracing::error!(%message, "dropping an invalid job message");
+    settle(delivery.term().await, "term");
+    Outcome::Failed(message)
+}
+
+/// Marks a job failed after the queue gave up on it (its deliveries are used up), unless it
+/// already finished.
+pub async fn fail_exhausted(ctx: &JobContext, message: &JobMessage) -> Result<bool, InfraError> {
+    let mut record = match ctx.store.get(&message.job_id).await? {
+        Some(r) => r,
+        None => JobRecord::queued(message),
+    };
+    if record.status.is_terminal() {
+        return Ok(false);
+    }
+    let failure = JobFailure {
+        error: "max_deliveries_exceeded".into(),
+        message: "the job was delivered the maximum number of times without finishing".into(),
+    };
+    fail_enrolling_voice(ctx, &message.spec, &failure).await;
+    record.fail(&failure.error, failure.message);
+    let written = ctx.store.put(&record).await?;
+    publish(ctx, &record, None).await;
+    Ok(written)
+}
+
+/// Marks the voice of a failed enrollment job failed with the job's reason. Best effort: a voice
+/// that was deleted stays deleted, and one already enrolled is left alone.
+async fn fail_enrolling_voice(ctx: &JobContext, spec: &JobSpec, failure: &JobFailure) {
+    let JobSpec::Enroll { voice_id, .. } = spec else {
+        return;
+    };
+    match ctx.voices.get(voice_id).await {
+        Ok(Some(mut voice)) if voice.info.status == VoiceStatus::Enrolling => {
+            voice.info.status = VoiceStatus::Failed;
+            voice.error = Some(failure.clone());
+            if let Err(e) = ctx.voices.update(&voice).await {
+                tracing::warn!(%voice_id, error = %e, "could not record the voice's failure");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(%voice_id, error = %e, "could not read the voice"),
+    }
+}

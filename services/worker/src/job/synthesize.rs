@@ -1,0 +1,124 @@
+//! The synthesis job's body: text in, audio object and a `succeeded` record out.
+//!
+//! The audio is written before the record says `succeeded`, so that a record never points at
+//! audio that is not there.
+
+use bytes::Bytes;
+use tts_contracts::{JobFailure, JobRecord, VoiceRecord, VoiceStatus, audio_key};
+use tts_infra::Delivery;
+
+use super::context::{JobContext, JobError, mark_succeeded, run_engine, save};
+use crate::engine::{Audio, SynthesisInput};
+use crate::wav;
+
+/// What a synthesis job asks for, as its message says it.
+pub(crate) struct Request<'a> {
+    pub text: &'a str,
+    pub voice_id: &'a str,
+    pub language: &'a str,
+    pub speed: f32,
+}
+
+/// Speaks the request and stores the audio; `record` is already `running`.
+pub(crate) async fn run(
+    ctx: &JobContext,
+    delivery: &dyn Delivery,
+    record: &mut JobRecord,
+    request: Request<'_>,
+) -> Result<(), JobError> {
+    let input = engine_input(ctx, request).await?;
+    let audio = speak(ctx, delivery, record, input).await?;
+    let key = store_audio(ctx, record, &audio).await?;
+    mark_succeeded(record);
+    record.audio_key = Some(key);
+    record.duration_seconds = Some(audio.duration_seconds());
+    record.sample_rate = Some(audio.sample_rate);
+    save(ctx, record, None).await?;
+    Ok(())
+}
+
+/// The engine's input: the request with the cloned voice's record and, for an engine that
+/// needs it, its reference clip.
+async fn engine_input(ctx: &JobContext, request: Request<'_>) -> Result<SynthesisInput, JobError> {
+    let voice = cloned_voice(ctx, request.voice_id).await?;
+    let reference_wav = match &voice {
+        Some(record) if ctx.engine.needs_reference() => Some(reference_clip(ctx, record).await?),
+        _ => None,
+    };
+    Ok(SynthesisInput {
+        text: request.text.to_owned(),
+        voice_id: request.voice_id.to_owned(),
+        language: request.language.to_owned(),
+        speed: request.speed,
+        voice,
+        reference_wav,
+    })
+}
+
+/// Runs the engine, its sentences taking the job's progress up to 95 %.
+async fn speak(
+    ctx: &JobContext,
+    delivery: &dyn Delivery,
+    record: &mut JobRecord,
+    input: SynthesisInput,
+) -> Result<Audio, JobError> {
+    let engine = ctx.engine.clone();
+    run_engine(
+        ctx,
+        delivery,
+        record,
+        (0.0, 0.95),
+        "sentence",
+        move |progress| engine.synthesize(&input, progress),
+    )
+    .await
+}
+
+/// Encodes the audio as WAV and writes it under the job's fixed key, which it returns.
+async fn store_audio(
+    ctx: &JobContext,
+    record: &JobRecord,
+    audio: &Audio,
+) -> Result<String, JobError> {
+    let wav = wav::encode_pcm16(&audio.samples, audio.sample_rate)
+        .map_err(|e| JobError::transient("encoding_failed", e.to_string()))?;
+    let key = audio_key(&record.job_id);
+    ctx.audio.put(&key, Bytes::from(wav)).await?;
+    Ok(key)
+}
+
+/// The record of a cloned voice the job speaks with; `None` for the engine's stock voices. A
+/// voice deleted after the job was queued fails the job: it can never succeed.
+async fn cloned_voice(ctx: &JobContext, voice_id: &str) -> Result<Option<VoiceRecord>, JobError> {
+    if ctx.engine.voices().iter().any(|v| v.voice_id == voice_id) {
+        return Ok(None);
+    }
+    match ctx.voices.get(voice_id).await? {
+        Some(record) if record.info.status == VoiceStatus::Ready => Ok(Some(record)),
+        Some(record) => Err(JobError::Permanent(JobFailure {
+            error: "voice_not_ready".into(),
+            message: format!("voice {voice_id} is {:?}, not ready", record.info.status)
+                .to_lowercase(),
+        })),
+        None => Err(JobError::permanent(
+            "voice_not_found",
+            format!("voice {voice_id} does not exist; it may have been deleted"),
+        )),
+    }
+}
+
+/// The stored reference clip of a cloned voice. A voice whose clip is gone cannot be spoken
+/// with by an engine that needs it.
+async fn reference_clip(ctx: &JobContext, record: &VoiceRecord) -> Result<Bytes, JobError> {
+    let missing = || {
+        JobError::permanent(
+            "voice_not_found",
+            format!(
+                "the reference clip of voice {} is no longer stored",
+                record.info.voice_id
+            ),
+        )
+    };
+    let key = record.reference_key.as_deref().ok_or_else(missing)?;
+    ctx.audio.get(key).await?.ok_or_else(missing)
+}
