@@ -12,6 +12,7 @@ use tts_contracts::{VoiceInfo, VoiceRecord, VoiceStatus};
 use tts_tests::clips::{self, FIRST, SECOND, THIRD};
 use tts_tests::onnx::{self, ConverterNames};
 use tts_tests::{Deployment, KOKORO_VOICE, engines, spawn_engines_with, test_settings};
+use tts_worker::engine::CloneSettings;
 use tts_worker::engine::openvoice::{
     BINS, CONVERTER_FILE, DEFAULT_TAU, EXTRACTOR_FILE, HOP, MODEL_MISSING, OpenVoiceEngine,
     OpenVoiceOptions, SAMPLE_RATE, Spectrogram, TONE_COLOR_DIM,
@@ -20,7 +21,6 @@ use tts_worker::engine::{
     Audio, Engine, EngineError, EngineErrorKind, EngineHealth, EnrollInput, Progress,
     SynthesisInput,
 };
-use tts_worker::engine::CloneSettings;
 use tts_worker::voice::resample::resample;
 use tts_worker::voice::{ANALYSIS_RATE, Analysis};
 

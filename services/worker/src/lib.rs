@@ -9,6 +9,8 @@ pub mod error;
 pub mod health;
 pub mod heartbeat;
 pub mod job;
+#[cfg(test)]
+mod layering;
 pub mod models;
 pub mod reaper;
 pub mod runtime;
