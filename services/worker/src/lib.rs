@@ -15,6 +15,7 @@ pub mod models;
 pub mod reaper;
 pub mod runtime;
 pub mod service;
+pub mod stft;
 pub mod text;
 pub mod voice;
 pub mod wav;

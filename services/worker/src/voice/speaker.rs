@@ -7,15 +7,14 @@
 //! taken and normalised again.
 
 use std::path::Path;
-use std::sync::Arc;
 
 use ndarray::Array3;
 use ort::value::Tensor;
-use realfft::{RealFftPlanner, RealToComplex};
 
 use super::ANALYSIS_RATE;
 use crate::error::EngineError;
 use crate::runtime::{self, SessionPool};
+use crate::stft::{Stft, periodic_hamming};
 
 const N_FFT: usize = 512;
 const WIN: usize = 400;
@@ -27,52 +26,35 @@ const STRIDE: usize = 40;
 pub struct SpeakerEncoder {
     sessions: SessionPool,
     mel: Vec<Vec<f32>>,
-    window: Vec<f32>,
-    fft: Arc<dyn RealToComplex<f32>>,
+    stft: Stft,
 }
 
 impl SpeakerEncoder {
     pub fn load(env: &ort::environment::Environment, model: &Path) -> Result<Self, EngineError> {
         let (sessions, _) =
             runtime::session_pool(env, model, "cpu", 0, 1, &["mel_window"], &["embedding"])?;
-        let window = (0..WIN)
-            .map(|n| 0.54 - 0.46 * (2.0 * std::f32::consts::PI * n as f32 / WIN as f32).cos())
-            .collect();
         Ok(SpeakerEncoder {
             sessions,
             mel: slaney_mel_filters(ANALYSIS_RATE as f32, N_FFT, N_MELS),
-            window,
-            fft: RealFftPlanner::<f32>::new().plan_fft_forward(N_FFT),
+            stft: Stft::new(N_FFT, periodic_hamming(WIN), HOP),
         })
     }
 
     /// Log-mel frames of 16 kHz audio, each of [`N_MELS`] values.
     pub fn log_mel(&self, samples: &[f32]) -> Vec<[f32; N_MELS]> {
-        if samples.len() < WIN {
-            return Vec::new();
-        }
-        let mut input = self.fft.make_input_vec();
-        let mut spectrum = self.fft.make_output_vec();
-        let count = 1 + (samples.len() - WIN) / HOP;
-        let mut frames = Vec::with_capacity(count);
-        for f in 0..count {
-            let start = f * HOP;
-            input.iter_mut().for_each(|x| *x = 0.0);
-            for (i, x) in input.iter_mut().take(WIN).enumerate() {
-                *x = samples[start + i] * self.window[i];
-            }
-            self.fft
-                .process(&mut input, &mut spectrum)
-                .expect("buffers come from the same plan");
-            let power: Vec<f32> = spectrum.iter().map(|c| c.norm_sqr()).collect();
-            let mut frame = [0.0f32; N_MELS];
-            for (m, filter) in self.mel.iter().enumerate() {
-                let energy: f32 = filter.iter().zip(&power).map(|(w, p)| w * p).sum();
-                frame[m] = (energy + 1e-10).log10();
-            }
-            frames.push(frame);
-        }
-        frames
+        self.stft
+            .power(samples)
+            .rows()
+            .into_iter()
+            .map(|power| {
+                let mut frame = [0.0f32; N_MELS];
+                for (m, filter) in self.mel.iter().enumerate() {
+                    let energy: f32 = filter.iter().zip(&power).map(|(w, p)| w * p).sum();
+                    frame[m] = (energy + 1e-10).log10();
+                }
+                frame
+            })
+            .collect()
     }
 
     /// The speaker embedding of 16 kHz speech: 256 values of unit length.
