@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use chrono::Utc;
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::task::JoinHandle;
 use tts_contracts::WorkerStatus;
 use tts_infra::{AudioStore, Bus, Delivery, JetStreamQueue, JobSource, JobStore, VoiceStore};
 
@@ -92,31 +93,86 @@ impl Worker {
             deps,
             node,
         } = self;
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let ctx = JobContext {
-            engine: deps.engine.clone(),
-            store: deps.store.clone(),
-            bus: deps.bus.clone(),
-            audio: deps.audio.clone(),
-            voices: deps.voices.clone(),
-            analysis: deps.analysis.clone(),
-            clone_settings: options.clone_settings.clone(),
-            ack_wait: options.ack_wait,
-            retry_delay: options.retry_delay,
-            node_id: options.node_id.clone(),
-        };
+        let ctx = job_context(&options, &deps);
+        let reachable = first_reachability(&node).await;
+        let (reachable_tx, reachable_rx) = watch::channel(reachable);
+        let background = Background::start(&deps, &node, &ctx, reachable_tx, health);
+        tracing::info!(
+            node_id = %options.node_id,
+            engine = deps.engine.name(),
+            max_concurrent = options.max_concurrent,
+            "worker started"
+        );
 
-        // Checked before the first heartbeat and the first pull, so that a worker whose servers
-        // are all down at start never claims to be online or takes a job.
-        let reachable = reachable(&deps.engine).await;
-        if !reachable {
+        // Turns true when the worker starts draining: jobs held for want of a server give up.
+        let (drain_tx, drain_rx) = watch::channel(false);
+        let mut jobs = Jobs::new(&options, ctx, node.clone(), reachable_rx, drain_rx);
+        jobs.pull_until(deps.source.as_ref(), shutdown).await;
+
+        tracing::info!(node_id = %options.node_id, "worker draining");
+        node.draining.store(true, Ordering::Relaxed);
+        let _ = drain_tx.send(true);
+        heartbeat::publish(deps.bus.as_ref(), &node, Some(WorkerStatus::Draining)).await;
+        if !jobs.settled_within(options.shutdown_grace).await {
             tracing::warn!(
-                engine = deps.engine.name(),
-                "no server of the engine can be reached; taking no jobs until one answers"
+                "in-flight jobs did not finish within the shutdown grace; the queue will redeliver them"
             );
         }
-        node.degraded.store(!reachable, Ordering::Relaxed);
-        let (reachable_tx, mut reachable_rx) = watch::channel(reachable);
+        background.stop(deps.bus.as_ref(), &node).await;
+        tracing::info!(node_id = %options.node_id, "worker stopped");
+        Ok(())
+    }
+}
+
+/// What a job handler needs, from the worker's options and dependencies.
+fn job_context(options: &WorkerOptions, deps: &WorkerDeps) -> JobContext {
+    JobContext {
+        engine: deps.engine.clone(),
+        store: deps.store.clone(),
+        bus: deps.bus.clone(),
+        audio: deps.audio.clone(),
+        voices: deps.voices.clone(),
+        analysis: deps.analysis.clone(),
+        clone_settings: options.clone_settings.clone(),
+        ack_wait: options.ack_wait,
+        retry_delay: options.retry_delay,
+        node_id: options.node_id.clone(),
+    }
+}
+
+/// Whether the engine's servers can be reached at start, recorded as the node's `degraded`
+/// flag. It is checked before the first heartbeat and the first pull, so that a worker whose
+/// servers are all down at start never claims to be online or takes a job.
+async fn first_reachability(node: &NodeState) -> bool {
+    let reachable = reachable(&node.engine).await;
+    if !reachable {
+        tracing::warn!(
+            engine = node.engine.name(),
+            "no server of the engine can be reached; taking no jobs until one answers"
+        );
+    }
+    node.degraded.store(!reachable, Ordering::Relaxed);
+    reachable
+}
+
+/// The tasks that run beside the pull loop for the worker's whole life: the reachability
+/// watcher, heartbeats, the reaper (distributed mode) and the `/health` server.
+struct Background {
+    stop_tx: watch::Sender<bool>,
+    watcher: JoinHandle<()>,
+    heartbeats: JoinHandle<()>,
+    health_server: Option<JoinHandle<()>>,
+}
+
+impl Background {
+    fn start(
+        deps: &WorkerDeps,
+        node: &Arc<NodeState>,
+        ctx: &JobContext,
+        reachable_tx: watch::Sender<bool>,
+        health: Option<TcpListener>,
+    ) -> Self {
+        let (stop_tx, stop_rx) = watch::channel(false);
         let watcher = tokio::spawn(watch_reachability(
             deps.bus.clone(),
             node.clone(),
@@ -144,64 +200,88 @@ impl Worker {
                     .await;
             })
         });
+        Background {
+            stop_tx,
+            watcher,
+            heartbeats,
+            health_server,
+        }
+    }
 
-        tracing::info!(
-            node_id = %options.node_id,
-            engine = deps.engine.name(),
-            max_concurrent = options.max_concurrent,
-            "worker started"
-        );
+    /// Stops every task and says `offline` last.
+    async fn stop(self, bus: &dyn Bus, node: &NodeState) {
+        let _ = self.stop_tx.send(true);
+        // Both publish heartbeats: they are done before the last one says `offline`.
+        let _ = self.heartbeats.await;
+        let _ = self.watcher.await;
+        heartbeat::publish(bus, node, Some(WorkerStatus::Offline)).await;
+        if let Err(e) = bus.flush().await {
+            tracing::warn!(error = %e, "the offline heartbeat may not have been sent");
+        }
+        if let Some(server) = self.health_server {
+            let _ = server.await;
+        }
+    }
+}
 
-        // Each job task holds a clone of `done_tx`; when all are dropped, `done_rx` yields None
-        // and every in-flight job has been settled.
-        let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
-        // Turns true when the worker starts draining: jobs held for want of a server give up.
-        let (drain_tx, drain_rx) = watch::channel(false);
-        let keepalive = (options.ack_wait / 3).max(Duration::from_millis(100));
-        let slots = Arc::new(Semaphore::new(options.max_concurrent as usize));
+/// The jobs this worker runs: a slot each, a task each, and a channel that closes once the last
+/// of them is settled.
+struct Jobs {
+    ctx: JobContext,
+    node: Arc<NodeState>,
+    slots: Arc<Semaphore>,
+    /// Each job task holds a clone of `done_tx`; when all are dropped, `done_rx` yields None and
+    /// every in-flight job has been settled.
+    done_tx: mpsc::Sender<()>,
+    done_rx: mpsc::Receiver<()>,
+    reachable: watch::Receiver<bool>,
+    drain: watch::Receiver<bool>,
+    keepalive: Duration,
+}
+
+impl Jobs {
+    fn new(
+        options: &WorkerOptions,
+        ctx: JobContext,
+        node: Arc<NodeState>,
+        reachable: watch::Receiver<bool>,
+        drain: watch::Receiver<bool>,
+    ) -> Self {
+        let (done_tx, done_rx) = mpsc::channel::<()>(1);
+        Jobs {
+            ctx,
+            node,
+            slots: Arc::new(Semaphore::new(options.max_concurrent as usize)),
+            done_tx,
+            done_rx,
+            reachable,
+            drain,
+            keepalive: (options.ack_wait / 3).max(Duration::from_millis(100)),
+        }
+    }
+
+    /// Pulls a job for every free slot and runs each on its own task, until `shutdown`.
+    async fn pull_until(&mut self, source: &dyn JobSource, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
         loop {
             // While the engine's servers cannot be reached, jobs would only fail: the worker
             // leaves them in the queue (for other workers, or for later) until one answers.
-            if !*reachable_rx.borrow() {
+            if !*self.reachable.borrow() {
                 tokio::select! {
                     biased;
                     _ = &mut shutdown => break,
-                    _ = reachable_again(&mut reachable_rx) => {}
+                    _ = reachable_again(&mut self.reachable) => {}
                 }
             }
             let permit = tokio::select! {
                 biased;
                 _ = &mut shutdown => break,
-                permit = slots.clone().acquire_owned() => permit.expect("semaphore is never closed"),
+                permit = self.slots.clone().acquire_owned() => permit.expect("semaphore is never closed"),
             };
             // A pull is never cancelled half-way, so a job the server handed over is never
             // dropped unseen; the wait is short, so shutdown is noticed soon after.
-            let next = deps.source.next(PULL_WAIT).await;
-            match next {
-                Ok(Some(delivery)) => {
-                    node.load.fetch_add(1, Ordering::Relaxed);
-                    let ctx = ctx.clone();
-                    let node = node.clone();
-                    let done = done_tx.clone();
-                    let reachable = reachable_rx.clone();
-                    let drain = drain_rx.clone();
-                    tokio::spawn(async move {
-                        let Some(delivery) =
-                            hold_while_unreachable(delivery, reachable, drain, keepalive).await
-                        else {
-                            node.load.fetch_sub(1, Ordering::Relaxed);
-                            drop(permit);
-                            drop(done);
-                            return;
-                        };
-                        let outcome = job::handle(&ctx, delivery).await;
-                        tracing::debug!(?outcome, "delivery settled");
-                        node.load.fetch_sub(1, Ordering::Relaxed);
-                        drop(permit);
-                        drop(done);
-                    });
-                }
+            match source.next(PULL_WAIT).await {
+                Ok(Some(delivery)) => self.spawn(delivery, permit),
                 Ok(None) => drop(permit),
                 Err(e) => {
                     drop(permit);
@@ -213,33 +293,40 @@ impl Worker {
                 }
             }
         }
+    }
 
-        tracing::info!(node_id = %options.node_id, "worker draining");
-        node.draining.store(true, Ordering::Relaxed);
-        let _ = drain_tx.send(true);
-        heartbeat::publish(deps.bus.as_ref(), &node, Some(WorkerStatus::Draining)).await;
+    /// Runs one delivery on its own task, which holds `permit` and a completion sender until the
+    /// delivery is settled.
+    fn spawn(&self, delivery: Box<dyn Delivery>, permit: OwnedSemaphorePermit) {
+        self.node.load.fetch_add(1, Ordering::Relaxed);
+        let ctx = self.ctx.clone();
+        let node = self.node.clone();
+        let done = self.done_tx.clone();
+        let reachable = self.reachable.clone();
+        let drain = self.drain.clone();
+        let keepalive = self.keepalive;
+        tokio::spawn(async move {
+            if let Some(delivery) =
+                hold_while_unreachable(delivery, reachable, drain, keepalive).await
+            {
+                let outcome = job::handle(&ctx, delivery).await;
+                tracing::debug!(?outcome, "delivery settled");
+            }
+            node.load.fetch_sub(1, Ordering::Relaxed);
+            drop(permit);
+            drop(done);
+        });
+    }
+
+    /// Waits up to `grace` for every job in flight to be settled; false when some were not.
+    async fn settled_within(self, grace: Duration) -> bool {
+        let Jobs {
+            done_tx,
+            mut done_rx,
+            ..
+        } = self;
         drop(done_tx);
-        if tokio::time::timeout(options.shutdown_grace, done_rx.recv())
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                "in-flight jobs did not finish within the shutdown grace; the queue will redeliver them"
-            );
-        }
-        let _ = stop_tx.send(true);
-        // Both publish heartbeats: they are done before the last one says `offline`.
-        let _ = heartbeats.await;
-        let _ = watcher.await;
-        heartbeat::publish(deps.bus.as_ref(), &node, Some(WorkerStatus::Offline)).await;
-        if let Err(e) = deps.bus.flush().await {
-            tracing::warn!(error = %e, "the offline heartbeat may not have been sent");
-        }
-        if let Some(server) = health_server {
-            let _ = server.await;
-        }
-        tracing::info!(node_id = %options.node_id, "worker stopped");
-        Ok(())
+        tokio::time::timeout(grace, done_rx.recv()).await.is_ok()
     }
 }
 
