@@ -61,7 +61,6 @@ fn is_ident(c: char) -> bool {
 fn use_tree(text: &str) -> (Vec<Vec<String>>, usize) {
     let mut segments = Vec::new();
     let mut at = 0;
-    let bytes = text.as_bytes();
     loop {
         let rest = &text[at..];
         if rest.starts_with('{') {
@@ -99,7 +98,6 @@ fn use_tree(text: &str) -> (Vec<Vec<String>>, usize) {
             break;
         }
     }
-    let _ = bytes;
     (vec![segments], at)
 }
 

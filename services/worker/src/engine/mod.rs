@@ -12,6 +12,8 @@ pub mod upstream;
 pub mod xtts;
 pub mod zh;
 
+use std::sync::Arc;
+
 use tts_contracts::{CloneSimilarity, SpeedRange, VoiceInfo, VoiceRecord};
 
 pub use crate::error::{EngineError, EngineErrorKind, EngineHealth};
@@ -229,50 +231,13 @@ pub fn build(
     name: &str,
     settings: &tts_config::Settings,
     sessions: usize,
-) -> Result<std::sync::Arc<dyn Engine>, EngineError> {
+) -> Result<Arc<dyn Engine>, EngineError> {
     let engine_settings = settings
         .engine(name)
         .map_err(|e| EngineError::internal(e.to_string()))?;
     match name {
-        "piper" => {
-            let cache = &settings.models.cache_dir;
-            let paths = crate::models::ensure(cache)
-                .map_err(|e| EngineError::internal(format!("model cache: {e}")))?;
-            let model_dir = if engine_settings.model_path.is_empty() {
-                paths.piper_dir
-            } else {
-                engine_settings.model_path.clone().into()
-            };
-            let onnxruntime = crate::runtime::onnxruntime_library(settings, paths.onnxruntime);
-            let engine = piper::PiperEngine::load(&piper::PiperOptions {
-                model_dir,
-                voice: engine_settings.voice.clone(),
-                device: engine_settings.device.clone(),
-                threads: engine_settings.threads,
-                sessions,
-                onnxruntime,
-            })?;
-            Ok(std::sync::Arc::new(engine))
-        }
-        "kokoro" => {
-            let paths = crate::models::ensure_kokoro(&settings.models.cache_dir)
-                .map_err(|e| EngineError::internal(format!("model cache: {e}")))?;
-            let dir: Option<std::path::PathBuf> = (!engine_settings.model_path.is_empty())
-                .then(|| engine_settings.model_path.clone().into());
-            let onnxruntime = crate::runtime::onnxruntime_library(settings, paths.onnxruntime);
-            let engine = kokoro::KokoroEngine::load(&kokoro::KokoroOptions {
-                model: dir
-                    .as_ref()
-                    .map_or(paths.model, |d| d.join("kokoro-v1.0.int8.onnx")),
-                vocab: dir.as_ref().map_or(paths.vocab, |d| d.join("vocab.json")),
-                voices: dir.as_ref().map_or(paths.voices, |d| d.join("voices.npz")),
-                device: engine_settings.device.clone(),
-                threads: engine_settings.threads,
-                sessions,
-                onnxruntime,
-            })?;
-            Ok(std::sync::Arc::new(engine))
-        }
+        "piper" => build_piper(settings, engine_settings, sessions),
+        "kokoro" => build_kokoro(settings, engine_settings, sessions),
         "gpt_sovits" => {
             let engine = gpt_sovits::GptSovitsEngine::load(&gpt_sovits::GptSovitsOptions {
                 urls: engine_settings.urls.clone(),
@@ -281,7 +246,7 @@ pub fn build(
                 server_dir: engine_settings.server_dir.clone(),
                 options: engine_settings.options.clone(),
             })?;
-            Ok(std::sync::Arc::new(engine))
+            Ok(Arc::new(engine))
         }
         "xtts" => {
             let chunk = engine_settings
@@ -294,7 +259,7 @@ pub fn build(
                 timeout: std::time::Duration::from_secs(engine_settings.timeout_secs),
                 stream_chunk_size: chunk,
             })?;
-            Ok(std::sync::Arc::new(engine))
+            Ok(Arc::new(engine))
         }
         // The base engine (`workers.openvoice.base_engine`) is built by this function too.
         "openvoice" => openvoice::build(settings, sessions),
@@ -302,4 +267,55 @@ pub fn build(
             "engine {other:?} is configured but not built into this binary (available: piper, kokoro, gpt_sovits, xtts, openvoice)"
         ))),
     }
+}
+
+/// Piper with the voices of `model_path`, or the cached stock voice.
+fn build_piper(
+    settings: &tts_config::Settings,
+    engine_settings: &tts_config::EngineSettings,
+    sessions: usize,
+) -> Result<Arc<dyn Engine>, EngineError> {
+    let cache = &settings.models.cache_dir;
+    let paths = crate::models::ensure(cache)
+        .map_err(|e| EngineError::internal(format!("model cache: {e}")))?;
+    let model_dir = if engine_settings.model_path.is_empty() {
+        paths.piper_dir
+    } else {
+        engine_settings.model_path.clone().into()
+    };
+    let onnxruntime = crate::runtime::onnxruntime_library(settings, paths.onnxruntime);
+    let engine = piper::PiperEngine::load(&piper::PiperOptions {
+        model_dir,
+        voice: engine_settings.voice.clone(),
+        device: engine_settings.device.clone(),
+        threads: engine_settings.threads,
+        sessions,
+        onnxruntime,
+    })?;
+    Ok(Arc::new(engine))
+}
+
+/// Kokoro from the files in `model_path`, or the cached model.
+fn build_kokoro(
+    settings: &tts_config::Settings,
+    engine_settings: &tts_config::EngineSettings,
+    sessions: usize,
+) -> Result<Arc<dyn Engine>, EngineError> {
+    let paths = crate::models::ensure_kokoro(&settings.models.cache_dir)
+        .map_err(|e| EngineError::internal(format!("model cache: {e}")))?;
+    let dir: Option<std::path::PathBuf> =
+        (!engine_settings.model_path.is_empty()).then(|| engine_settings.model_path.clone().into());
+    let onnxruntime = crate::runtime::onnxruntime_library(settings, paths.onnxruntime);
+    let engine = kokoro::KokoroEngine::load(&kokoro::KokoroOptions {
+        model: dir
+            .as_ref()
+            .map_or(paths.model, |d| d.join("kokoro-v1.0.int8.onnx")),
+        vocab: dir.as_ref().map_or(paths.vocab, |d| d.join("vocab.json")),
+        voices: dir.as_ref().map_or(paths.voices, |d| d.join("voices.npz")),
+        device: engine_settings.device.clone(),
+        threads: engine_settings.threads,
+        sessions,
+        onnxruntime,
+    })?;
+    Ok(Arc::new(engine))
 }
