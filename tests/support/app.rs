@@ -497,7 +497,27 @@ impl Drop for WorkerProcess {
 /// Starts `voice-clone-tts worker --engine piper` with the test's settings, passed as the
 /// environment overrides an operator would use.
 pub fn spawn_worker_process(settings: &Settings, node_id: &str) -> WorkerProcess {
-    let child = Command::new(binary())
+    let child = worker_command(settings, node_id)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("worker process starts");
+    WorkerProcess { child }
+}
+
+/// As [`spawn_worker_process`], logging JSON lines, which the returned [`Lines`] follow.
+pub fn spawn_worker_process_logged(settings: &Settings, node_id: &str) -> (WorkerProcess, Lines) {
+    let mut child = worker_command(settings, node_id)
+        .env("TTS__LOGGING__FORMAT", "json")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("worker process starts");
+    let logs = Lines::follow(child.stdout.take().expect("stdout is piped"));
+    (WorkerProcess { child }, logs)
+}
+
+fn worker_command(settings: &Settings, node_id: &str) -> Command {
+    let mut command = Command::new(binary());
+    command
         .args(["worker", "--engine", "piper", "--port", "0"])
         .env("TTS__NATS__URL", &settings.nats.url)
         .env("TTS__NATS__USER", &settings.nats.user)
@@ -528,11 +548,8 @@ pub fn spawn_worker_process(settings: &Settings, node_id: &str) -> WorkerProcess
             settings.worker.max_deliver.to_string(),
         )
         .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("worker process starts");
-    WorkerProcess { child }
+        .stderr(Stdio::inherit());
+    command
 }
 
 /// A gateway as a process of its own, on the deployment's NATS, Redis and storage (for tests

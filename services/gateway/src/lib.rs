@@ -13,6 +13,7 @@ pub mod limits;
 pub mod registry;
 pub mod routes;
 pub mod submit;
+pub mod trace;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -3,7 +3,8 @@
 use axum::http::{HeaderMap, StatusCode};
 use chrono::Utc;
 use tts_contracts::{
-    JobId, JobMessage, JobRecord, JobSpec, SPEED_RANGE, SynthesizeRequest, VoiceInfo, VoiceStatus,
+    JobId, JobMessage, JobRecord, JobSpec, SPEED_RANGE, SynthesizeRequest, TraceParent, VoiceInfo,
+    VoiceStatus,
 };
 use uuid::Uuid;
 
@@ -253,6 +254,7 @@ pub async fn submit(
     job: JobMessage,
     idempotency_key: Option<&str>,
     backpressure: Backpressure,
+    trace: &TraceParent,
 ) -> Result<Submitted, AppError> {
     // Keys are scoped to the tenant: two tenants may use the same key for different jobs.
     let scoped = idempotency_key.map(|k| format!("{}:{k}", job.tenant.as_deref().unwrap_or("-")));
@@ -270,7 +272,7 @@ pub async fn submit(
             replayed: true,
         });
     }
-    if let Err(e) = record_and_queue(state, &job, backpressure).await {
+    if let Err(e) = record_and_queue(state, &job, backpressure, trace).await {
         if let Some(key) = idempotency_key
             && let Err(release) = state
                 .deps
@@ -293,13 +295,14 @@ async fn record_and_queue(
     state: &AppState,
     job: &JobMessage,
     backpressure: Backpressure,
+    trace: &TraceParent,
 ) -> Result<(), AppError> {
     if backpressure == Backpressure::Apply {
         check_capacity(state, &job.engine).await?;
     }
     let record = JobRecord::queued(job);
     state.deps.store.put(&record).await?;
-    if let Err(e) = state.deps.queue.enqueue(job).await {
+    if let Err(e) = state.deps.queue.enqueue(job, Some(trace)).await {
         // The job was recorded but never queued: record that it failed, so that nobody waits
         // for it.
         let mut failed = record;

@@ -7,6 +7,9 @@
 //! only (no tokio, no async-nats): a client library can reuse it without pulling in a runtime.
 
 pub mod subjects;
+pub mod trace;
+
+pub use trace::TraceParent;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};

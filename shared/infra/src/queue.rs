@@ -14,7 +14,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
 use tokio::sync::mpsc;
-use tts_contracts::{JobMessage, subjects};
+use tts_contracts::trace::TRACEPARENT;
+use tts_contracts::{JobMessage, TraceParent, subjects};
 
 use crate::error::{InfraError, Result};
 
@@ -29,9 +30,9 @@ pub struct QueueSettings {
 
 #[async_trait]
 pub trait JobQueue: Send + Sync + 'static {
-    /// Queues a job on its engine's subject. Enqueuing the same job id twice within the
-    /// de-duplication window stores it once.
-    async fn enqueue(&self, job: &JobMessage) -> Result<()>;
+    /// Queues a job on its engine's subject, with the trace it belongs to in the message's
+    /// headers. Enqueuing the same job id twice within the de-duplication window stores it once.
+    async fn enqueue(&self, job: &JobMessage, trace: Option<&TraceParent>) -> Result<()>;
 
     /// Jobs of `engine` waiting for a worker (queued, not yet handed out).
     async fn depth(&self, engine: &str) -> Result<u64>;
@@ -54,6 +55,8 @@ pub trait Delivery: Send + Sync {
     fn attempt(&self) -> u32;
     /// The attempt after which the queue gives up.
     fn max_attempts(&self) -> u32;
+    /// The trace of the request that queued the job, when it sent one.
+    fn trace(&self) -> Option<TraceParent>;
     /// The job is done: remove it from the queue.
     async fn ack(&self) -> Result<()>;
     /// The job failed for a reason that may pass: deliver it again after `delay`.
@@ -170,11 +173,14 @@ impl JetStreamQueue {
 
 #[async_trait]
 impl JobQueue for JetStreamQueue {
-    async fn enqueue(&self, job: &JobMessage) -> Result<()> {
+    async fn enqueue(&self, job: &JobMessage, trace: Option<&TraceParent>) -> Result<()> {
         crate::nats::ensure_connected(&self.client)?;
-        let publish = jetstream::message::PublishMessage::build()
+        let mut publish = jetstream::message::PublishMessage::build()
             .payload(encode(job)?)
             .message_id(job.job_id.to_string());
+        if let Some(trace) = trace {
+            publish = publish.header(TRACEPARENT, trace.to_string().as_str());
+        }
         let ack = self
             .js
             .send_publish(subjects::jobs(&job.engine), publish)
@@ -284,6 +290,11 @@ impl Delivery for JetStreamDelivery {
         self.max_attempts
     }
 
+    fn trace(&self) -> Option<TraceParent> {
+        let headers = self.message.headers.as_ref()?;
+        TraceParent::parse(headers.get(TRACEPARENT)?.as_str())
+    }
+
     async fn ack(&self) -> Result<()> {
         // The double ack waits for the server's confirmation, so a job is never reported as
         // settled while the ack could still be lost.
@@ -306,6 +317,13 @@ impl Delivery for JetStreamDelivery {
     }
 }
 
+/// A job in the in-process queue: its message, its delivery count and its trace.
+struct LocalMessage {
+    payload: Bytes,
+    attempt: u32,
+    trace: Option<TraceParent>,
+}
+
 /// Jobs in process memory, for standalone mode: one channel per engine.
 #[derive(Clone)]
 pub struct LocalQueue {
@@ -315,8 +333,8 @@ pub struct LocalQueue {
 
 #[derive(Clone)]
 struct LocalChannel {
-    tx: mpsc::UnboundedSender<(Bytes, u32)>,
-    rx: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<(Bytes, u32)>>>,
+    tx: mpsc::UnboundedSender<LocalMessage>,
+    rx: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<LocalMessage>>>,
     /// Messages sent and not yet received (the receiver is locked while a worker waits on it).
     pending: Arc<AtomicU64>,
 }
@@ -354,12 +372,16 @@ impl LocalQueue {
 
 #[async_trait]
 impl JobQueue for LocalQueue {
-    async fn enqueue(&self, job: &JobMessage) -> Result<()> {
+    async fn enqueue(&self, job: &JobMessage, trace: Option<&TraceParent>) -> Result<()> {
         let channel = self.channel(&job.engine);
         channel.pending.fetch_add(1, Ordering::SeqCst);
         channel
             .tx
-            .send((encode(job)?, 1))
+            .send(LocalMessage {
+                payload: encode(job)?,
+                attempt: 1,
+                trace: trace.cloned(),
+            })
             .map_err(|_| InfraError::unavailable("local queue closed"))
     }
 
@@ -382,11 +404,16 @@ impl JobSource for LocalSource {
     async fn next(&self, wait: Duration) -> Result<Option<Box<dyn Delivery>>> {
         let mut rx = self.channel.rx.lock().await;
         match tokio::time::timeout(wait, rx.recv()).await {
-            Ok(Some((payload, attempt))) => {
+            Ok(Some(LocalMessage {
+                payload,
+                attempt,
+                trace,
+            })) => {
                 self.channel.pending.fetch_sub(1, Ordering::SeqCst);
                 Ok(Some(Box::new(LocalDelivery {
                     payload,
                     attempt,
+                    trace,
                     max_attempts: self.max_deliver,
                     tx: self.channel.tx.clone(),
                     pending: self.channel.pending.clone(),
@@ -400,8 +427,9 @@ impl JobSource for LocalSource {
 struct LocalDelivery {
     payload: Bytes,
     attempt: u32,
+    trace: Option<TraceParent>,
     max_attempts: u32,
-    tx: mpsc::UnboundedSender<(Bytes, u32)>,
+    tx: mpsc::UnboundedSender<LocalMessage>,
     pending: Arc<AtomicU64>,
 }
 
@@ -419,19 +447,26 @@ impl Delivery for LocalDelivery {
         self.max_attempts
     }
 
+    fn trace(&self) -> Option<TraceParent> {
+        self.trace.clone()
+    }
+
     async fn ack(&self) -> Result<()> {
         Ok(())
     }
 
     async fn nak(&self, delay: Duration) -> Result<()> {
         let tx = self.tx.clone();
-        let payload = self.payload.clone();
-        let attempt = self.attempt + 1;
+        let message = LocalMessage {
+            payload: self.payload.clone(),
+            attempt: self.attempt + 1,
+            trace: self.trace.clone(),
+        };
         let pending = self.pending.clone();
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
             pending.fetch_add(1, Ordering::SeqCst);
-            let _ = tx.send((payload, attempt));
+            let _ = tx.send(message);
         });
         Ok(())
     }

@@ -10,17 +10,26 @@ use super::{Caller, parse_job_id};
 use crate::error::AppError;
 use crate::extract::ApiJson;
 use crate::submit;
+use crate::trace::RequestContext;
 use crate::{AppState, auth};
 
 pub async fn create(
     State(state): State<AppState>,
     Extension(caller): Caller,
+    Extension(context): Extension<RequestContext>,
     headers: HeaderMap,
     ApiJson(request): ApiJson<SynthesizeRequest>,
 ) -> Result<Response, AppError> {
     let key = submit::idempotency_key(&headers)?;
     let job = submit::validate(&state, &caller, request).await?;
-    let submitted = submit::submit(&state, job, key.as_deref(), submit::Backpressure::Skip).await?;
+    let submitted = submit::submit(
+        &state,
+        job,
+        key.as_deref(),
+        submit::Backpressure::Skip,
+        &context.trace,
+    )
+    .await?;
     let status = if submitted.replayed {
         state
             .deps

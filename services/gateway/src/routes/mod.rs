@@ -20,7 +20,7 @@ use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::error::AppError;
-use crate::{AppState, auth, body, limits};
+use crate::{AppState, auth, body, limits, trace};
 
 pub fn router(state: AppState) -> Router {
     let json_limit = state.options.max_json_bytes;
@@ -70,14 +70,13 @@ pub fn router(state: AppState) -> Router {
         .layer(option_layer(cors(&state.options.cors_origins)))
         // Outside everything that may refuse a request, so that every refusal drains the body.
         .layer(middleware::from_fn_with_state(state.clone(), body::guard))
-        .layer(TraceLayer::new_for_http().make_span_with(request_span))
+        // The request's own span (trace::context) is current here: its events go into it.
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|_: &axum::http::Request<_>| tracing::Span::current()),
+        )
+        .layer(middleware::from_fn(trace::context))
         .with_state(state)
-}
-
-/// The span of a request: its method and path, never its query string, which may carry a
-/// WebSocket client's `access_token`.
-fn request_span(request: &axum::http::Request<axum::body::Body>) -> tracing::Span {
-    tracing::info_span!("request", method = %request.method(), path = %request.uri().path())
 }
 
 /// CORS as configured: no layer at all (so no headers) when no origin is listed.
@@ -91,11 +90,14 @@ fn cors(origins: &[String]) -> Option<CorsLayer> {
             header::CONTENT_TYPE,
             header::AUTHORIZATION,
             HeaderName::from_static("idempotency-key"),
+            HeaderName::from_static(trace::REQUEST_ID),
+            HeaderName::from_static(tts_contracts::trace::TRACEPARENT),
         ])
         .expose_headers([
             header::LOCATION,
             header::RETRY_AFTER,
             HeaderName::from_static("x-job-id"),
+            HeaderName::from_static(trace::REQUEST_ID),
         ]);
     Some(if origins.iter().any(|o| o == "*") {
         layer.allow_origin(AllowOrigin::any())

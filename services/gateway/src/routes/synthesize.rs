@@ -17,6 +17,7 @@ use crate::AppState;
 use crate::error::AppError;
 use crate::extract::ApiJson;
 use crate::submit;
+use crate::trace::RequestContext;
 
 /// How often the wait re-reads the job record, in case an event was missed.
 const POLL_EVERY: Duration = Duration::from_secs(1);
@@ -26,6 +27,7 @@ const POLL_EVERY: Duration = Duration::from_secs(1);
 pub async fn synthesize(
     State(state): State<AppState>,
     Extension(caller): Caller,
+    Extension(context): Extension<RequestContext>,
     headers: HeaderMap,
     ApiJson(request): ApiJson<SynthesizeRequest>,
 ) -> Result<Response, AppError> {
@@ -34,8 +36,14 @@ pub async fn synthesize(
     let bus = &state.deps.bus;
     // Subscribe before queueing so that the job cannot finish unseen.
     let mut events = bus.subscribe(subjects::job_events(&job.job_id)).await?;
-    let submitted =
-        submit::submit(&state, job, key.as_deref(), submit::Backpressure::Apply).await?;
+    let submitted = submit::submit(
+        &state,
+        job,
+        key.as_deref(),
+        submit::Backpressure::Apply,
+        &context.trace,
+    )
+    .await?;
     let job_id = submitted.job_id;
     if submitted.replayed {
         // The wait reads the store first, so whatever the job did before this subscription

@@ -22,6 +22,7 @@ use super::Caller;
 use super::jobs::base_url;
 use crate::error::AppError;
 use crate::submit;
+use crate::trace::RequestContext;
 use crate::{AppState, auth};
 
 /// Longest accepted voice name.
@@ -147,6 +148,7 @@ struct UploadForm {
 pub async fn create(
     State(state): State<AppState>,
     Extension(caller): Caller,
+    Extension(context): Extension<RequestContext>,
     multipart: Result<Multipart, MultipartRejection>,
 ) -> Result<Response, AppError> {
     let mut multipart = multipart.map_err(|_| {
@@ -185,7 +187,15 @@ pub async fn create(
         .bus
         .subscribe(subjects::job_events(&job_id))
         .await;
-    if let Err(e) = submit::submit(&state, job, None, submit::Backpressure::Skip).await {
+    if let Err(e) = submit::submit(
+        &state,
+        job,
+        None,
+        submit::Backpressure::Skip,
+        &context.trace,
+    )
+    .await
+    {
         forget(&state, &voice_id).await;
         return Err(e);
     }
