@@ -99,7 +99,10 @@ pub(crate) async fn run_engine<T: Send + 'static>(
     work: impl FnOnce(&mut dyn FnMut(Progress)) -> Result<T, EngineError> + Send + 'static,
 ) -> Result<T, JobError> {
     let (tx, mut rx) = mpsc::unbounded_channel::<Progress>();
+    // The engine's own log lines belong to the job attempt too.
+    let attempt_span = tracing::Span::current();
     let mut task = tokio::task::spawn_blocking(move || {
+        let _attempt = attempt_span.enter();
         work(&mut |p| {
             let _ = tx.send(p);
         })

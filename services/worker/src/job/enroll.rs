@@ -103,7 +103,9 @@ async fn load(
 /// Decodes the upload and checks and trims its speech with the VAD, on a blocking thread.
 async fn prepare_reference(analysis: &Arc<Analysis>, upload: Bytes) -> Result<Reference, JobError> {
     let vad_models = analysis.clone();
+    let span = tracing::Span::current();
     let prepared = tokio::task::spawn_blocking(move || {
+        let _attempt = span.enter();
         let clip = tts_audio::decode(&upload)
             .map_err(|e| EngineError::invalid("invalid_audio", e.to_string()))?;
         reference::prepare(&vad_models.vad, &clip.samples, clip.sample_rate)

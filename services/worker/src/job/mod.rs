@@ -13,6 +13,7 @@ mod enroll;
 mod synthesize;
 
 use chrono::Utc;
+use tracing::Instrument;
 use tts_contracts::{JobFailure, JobMessage, JobRecord, JobSpec, JobStatus, VoiceStatus};
 use tts_infra::{Delivery, InfraError};
 
@@ -30,12 +31,27 @@ pub enum Outcome {
 }
 
 /// Handles one delivery: runs the job unless an earlier delivery finished it, then acks, naks
-/// or terminates the delivery as the result says.
+/// or terminates the delivery as the result says. Everything it does, and every log line of it,
+/// is inside a span of the attempt that names the job, the engine, the attempt, this node and
+/// the trace of the request that queued the job.
 pub async fn handle(ctx: &JobContext, delivery: Box<dyn Delivery>) -> Outcome {
     let message: JobMessage = match serde_json::from_slice(delivery.payload()) {
         Ok(m) => m,
         Err(e) => return reject_unreadable(ctx, delivery.as_ref(), e).await,
     };
+    let trace = delivery.trace();
+    let span = tracing::info_span!(
+        "job",
+        job_id = %message.job_id,
+        engine = %message.engine,
+        attempt = delivery.attempt(),
+        node = %ctx.node_id,
+        trace_id = trace.as_ref().map(|t| t.trace_id().to_string()),
+    );
+    attempt(ctx, delivery, message).instrument(span).await
+}
+
+async fn attempt(ctx: &JobContext, delivery: Box<dyn Delivery>, message: JobMessage) -> Outcome {
     let job_id = message.job_id;
     let mut record = match ctx.store.get(&job_id).await {
         Ok(Some(r)) => r,
