@@ -524,16 +524,18 @@ impl Engine for OpenVoiceEngine {
     }
 }
 
+/// A pure tone at the converter's rate, for the tests of this module and its front end.
+#[cfg(test)]
+fn sine(frequency: f32, len: usize) -> Vec<f32> {
+    (0..len)
+        .map(|i| (2.0 * std::f32::consts::PI * frequency * i as f32 / SAMPLE_RATE as f32).sin())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::error::EngineErrorKind;
-
-    fn sine(frequency: f32, len: usize) -> Vec<f32> {
-        (0..len)
-            .map(|i| (2.0 * std::f32::consts::PI * frequency * i as f32 / SAMPLE_RATE as f32).sin())
-            .collect()
-    }
 
     #[test]
     fn long_speech_is_cut_at_quiet_points_into_pieces_that_join_again() {

@@ -72,15 +72,9 @@ fn reflect_pad(samples: &[f32], pad: usize) -> Vec<f32> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::SAMPLE_RATE;
+    use super::super::{SAMPLE_RATE, sine};
     use super::*;
     use crate::error::EngineErrorKind;
-
-    fn sine(frequency: f32, len: usize) -> Vec<f32> {
-        (0..len)
-            .map(|i| (2.0 * std::f32::consts::PI * frequency * i as f32 / SAMPLE_RATE as f32).sin())
-            .collect()
-    }
 
     #[test]
     fn spectrogram_has_one_frame_per_hop_and_513_bins() {
