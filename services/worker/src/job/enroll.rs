@@ -105,7 +105,7 @@ async fn prepare_reference(analysis: &Arc<Analysis>, upload: Bytes) -> Result<Re
     let prepared = tokio::task::spawn_blocking(move || {
         let _attempt = span.enter();
         let clip = tts_audio::decode(&upload)
-            .map_err(|e| EngineError::invalid("invalid_audio", e.to_string()))?;
+            .map_err(|e| EngineError::invalid("invalid_audio", e.to_string()).with_source(e))?;
         reference::prepare(&vad_models.vad, &clip.samples, clip.sample_rate)
     })
     .await
