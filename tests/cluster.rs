@@ -161,3 +161,40 @@ async fn a_job_that_uses_up_its_deliveries_is_marked_failed() {
     assert_eq!(job["attempts"], 2, "{job}");
     assert_eq!(app.audio(&job_id).await.status(), 404);
 }
+
+/// The reaper takes a job that used up its deliveries out of the stream by its sequence. A
+/// sequence that is no longer there (taken already, or never stored) answers "nothing to fail",
+/// which the queue tells from a failure by the server's error kind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exhausted_job_is_taken_once_and_a_missing_one_is_nothing() {
+    use tts_contracts::{JobMessage, JobSpec};
+    use tts_infra::{JetStreamQueue, JobQueue, QueueSettings};
+
+    let nats = tts_tests::NatsServer::start().await;
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let settings = QueueSettings {
+        ack_wait: Duration::from_secs(30),
+        max_deliver: 3,
+        replicas: 1,
+    };
+    let queue = JetStreamQueue::connect(client, settings).await.unwrap();
+    let job = JobMessage {
+        job_id: uuid::Uuid::new_v4(),
+        engine: "piper".into(),
+        created_at: chrono::Utc::now(),
+        tenant: None,
+        spec: JobSpec::Synthesize {
+            text: "Hello.".into(),
+            voice_id: VOICE.into(),
+            language: "en".into(),
+            speed: 1.0,
+        },
+    };
+    queue.enqueue(&job, None).await.unwrap();
+
+    // The new stream's first message has sequence 1.
+    let taken = queue.take_exhausted(1).await.unwrap().expect("the job");
+    assert_eq!(serde_json::from_slice::<JobMessage>(&taken).unwrap(), job);
+    assert!(queue.take_exhausted(1).await.unwrap().is_none());
+    assert!(queue.take_exhausted(99).await.unwrap().is_none());
+}

@@ -4,7 +4,7 @@ use axum::http::{HeaderMap, StatusCode};
 use chrono::Utc;
 use tts_contracts::{
     JobId, JobMessage, JobRecord, JobSpec, SPEED_RANGE, SynthesizeRequest, TraceParent, VoiceInfo,
-    VoiceStatus,
+    VoiceStatus, failure,
 };
 use uuid::Uuid;
 
@@ -306,8 +306,9 @@ async fn record_and_queue(
         // The job was recorded but never queued: record that it failed, so that nobody waits
         // for it.
         let mut failed = record;
-        failed.fail("queue_unavailable", "the job could not be queued");
-        let _ = state.deps.store.put(&failed).await;
+        if failed.fail(failure::QUEUE_UNAVAILABLE, "the job could not be queued") {
+            let _ = state.deps.store.put(&failed).await;
+        }
         return Err(e.into());
     }
     Ok(())

@@ -86,6 +86,7 @@ pub fn session(
     let load = |mut b: ort::session::builder::SessionBuilder| {
         b.commit_from_file(model).map_err(|e| {
             EngineError::internal(format!("cannot load model {}: {e}", model.display()))
+                .with_source(e)
         })
     };
     if device == "cuda" {

@@ -6,6 +6,7 @@
 //! these types and nothing else, which is why this crate depends on serde and plain data crates
 //! only (no tokio, no async-nats): a client library can reuse it without pulling in a runtime.
 
+pub mod failure;
 pub mod subjects;
 pub mod trace;
 
@@ -161,7 +162,19 @@ pub struct JobFailure {
     pub message: String,
 }
 
+/// What a synthesis job made, as its `succeeded` record names it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobAudio {
+    /// Object key of the WAV, stored before the record says so.
+    pub key: String,
+    pub duration_seconds: f32,
+    pub sample_rate: u32,
+}
+
 /// The state of a job as the state store keeps it and `GET /api/jobs/{id}` returns it.
+///
+/// Its fields are public for reading; it changes only through its methods (`start`, `progress`,
+/// `succeed`, `requeue`, `fail`), which leave a terminal record (`succeeded`, `failed`) as it is.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobRecord {
     pub job_id: JobId,
@@ -217,8 +230,77 @@ impl JobRecord {
         }
     }
 
-    /// Marks the job failed now, with `error` as its machine-readable reason.
-    pub fn fail(&mut self, error: &str, message: impl Into<String>) {
+    /// Records a new attempt as `running` on `worker`: progress starts over and the error of
+    /// an earlier attempt is cleared, while the time of the first start is kept. Returns false,
+    /// changing nothing, when the record is terminal.
+    #[must_use = "a terminal record refuses the change"]
+    pub fn start(&mut self, attempt: u32, worker: &str) -> bool {
+        if self.status.is_terminal() {
+            return false;
+        }
+        let now = Utc::now();
+        self.status = JobStatus::Running;
+        self.attempts = attempt;
+        self.progress = 0.0;
+        self.started_at.get_or_insert(now);
+        self.updated_at = now;
+        self.error = None;
+        self.worker = Some(worker.to_owned());
+        true
+    }
+
+    /// Records how far the job is, from 0.0 to 1.0 (clamped). Returns false, changing nothing,
+    /// when the record is terminal.
+    #[must_use = "a terminal record refuses the change"]
+    pub fn progress(&mut self, fraction: f32) -> bool {
+        if self.status.is_terminal() {
+            return false;
+        }
+        self.progress = fraction.clamp(0.0, 1.0);
+        self.updated_at = Utc::now();
+        true
+    }
+
+    /// Marks the job `succeeded`, complete, now, with the audio it made (an enrollment makes
+    /// none). Returns false, changing nothing, when the record is already terminal.
+    #[must_use = "a terminal record refuses the change"]
+    pub fn succeed(&mut self, audio: Option<JobAudio>) -> bool {
+        if self.status.is_terminal() {
+            return false;
+        }
+        let now = Utc::now();
+        self.status = JobStatus::Succeeded;
+        self.progress = 1.0;
+        self.updated_at = now;
+        self.finished_at = Some(now);
+        if let Some(audio) = audio {
+            self.audio_key = Some(audio.key);
+            self.duration_seconds = Some(audio.duration_seconds);
+            self.sample_rate = Some(audio.sample_rate);
+        }
+        true
+    }
+
+    /// Puts the job back to `queued` for another attempt. Returns false, changing nothing, when
+    /// the record is terminal.
+    #[must_use = "a terminal record refuses the change"]
+    pub fn requeue(&mut self) -> bool {
+        if self.status.is_terminal() {
+            return false;
+        }
+        self.status = JobStatus::Queued;
+        self.updated_at = Utc::now();
+        true
+    }
+
+    /// Marks the job failed now, with `error` (one of [`failure`]'s codes or an engine's) as its
+    /// machine-readable reason. Returns false, changing nothing, when the record is already
+    /// terminal: a job that succeeded stays succeeded, and the first failure is the one kept.
+    #[must_use = "a terminal record refuses the change"]
+    pub fn fail(&mut self, error: &str, message: impl Into<String>) -> bool {
+        if self.status.is_terminal() {
+            return false;
+        }
         let now = Utc::now();
         self.status = JobStatus::Failed;
         self.updated_at = now;
@@ -227,6 +309,7 @@ impl JobRecord {
             error: error.into(),
             message: message.into(),
         });
+        true
     }
 
     /// The event that announces this record's current state.
@@ -529,6 +612,121 @@ pub fn audio_key(job_id: &JobId) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    fn record() -> JobRecord {
+        JobRecord::queued(&JobMessage {
+            job_id: Uuid::nil(),
+            engine: "piper".into(),
+            created_at: Utc::now(),
+            tenant: None,
+            spec: JobSpec::Synthesize {
+                text: "Hello.".into(),
+                voice_id: "en_US-joe-medium".into(),
+                language: "en".into(),
+                speed: 1.0,
+            },
+        })
+    }
+
+    fn audio() -> JobAudio {
+        JobAudio {
+            key: "audio/x.wav".into(),
+            duration_seconds: 1.5,
+            sample_rate: 22050,
+        }
+    }
+
+    /// A change to a record, by its method's name.
+    type Change = (&'static str, fn(&mut JobRecord) -> bool);
+
+    /// Every method that changes a record, applied to a copy of it; true when it reported a change.
+    fn every_change(record: &JobRecord) -> Vec<(&'static str, bool, JobRecord)> {
+        let calls: [Change; 5] = [
+            ("start", |r| r.start(3, "other-node")),
+            ("progress", |r| r.progress(0.5)),
+            ("succeed", |r| r.succeed(Some(audio()))),
+            ("requeue", |r| r.requeue()),
+            ("fail", |r| r.fail(failure::ENGINE_CRASHED, "late")),
+        ];
+        calls
+            .into_iter()
+            .map(|(name, call)| {
+                let mut copy = record.clone();
+                let changed = call(&mut copy);
+                (name, changed, copy)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_job_runs_through_its_states() {
+        let mut r = record();
+        assert!(r.start(1, "node-a"));
+        assert_eq!(r.status, JobStatus::Running);
+        assert_eq!((r.attempts, r.worker.as_deref()), (1, Some("node-a")));
+        let first_start = r.started_at.expect("started");
+        assert!(r.progress(0.4));
+        assert_eq!(r.progress, 0.4);
+        assert!(r.requeue());
+        assert_eq!(r.status, JobStatus::Queued);
+        assert!(r.start(2, "node-b"));
+        assert_eq!(r.progress, 0.0, "a new attempt starts over");
+        assert_eq!(r.started_at, Some(first_start), "the first start is kept");
+        assert!(r.succeed(Some(audio())));
+        assert_eq!(r.status, JobStatus::Succeeded);
+        assert_eq!(r.progress, 1.0);
+        assert!(r.finished_at.is_some());
+        assert_eq!(r.audio_key.as_deref(), Some("audio/x.wav"));
+        assert_eq!(
+            (r.duration_seconds, r.sample_rate),
+            (Some(1.5), Some(22050))
+        );
+    }
+
+    #[test]
+    fn a_terminal_record_stays_terminal_whatever_is_called() {
+        let mut succeeded = record();
+        assert!(succeeded.succeed(None));
+        let mut failed = record();
+        assert!(failed.fail(failure::INVALID_JOB, "first"));
+        for terminal in [succeeded, failed] {
+            for (name, changed, after) in every_change(&terminal) {
+                assert!(
+                    !changed,
+                    "{name} reported a change to a {:?} record",
+                    terminal.status
+                );
+                assert_eq!(
+                    after, terminal,
+                    "{name} changed a {:?} record",
+                    terminal.status
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn every_change_applies_to_a_live_record() {
+        for live in [record(), {
+            let mut r = record();
+            assert!(r.start(1, "node-a"));
+            r
+        }] {
+            for (name, changed, _) in every_change(&live) {
+                assert!(changed, "{name} refused a {:?} record", live.status);
+            }
+        }
+    }
+
+    #[test]
+    fn a_failure_keeps_its_code_on_the_wire() {
+        let mut r = record();
+        assert!(r.fail(failure::MAX_DELIVERIES_EXCEEDED, "used up"));
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["status"], "failed");
+        assert_eq!(json["error"]["error"], "max_deliveries_exceeded");
+        assert_eq!(json["error"]["message"], "used up");
+    }
 
     #[test]
     fn job_message_round_trips_with_kind_tag() {

@@ -11,7 +11,7 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 use tokio::sync::broadcast;
 
-use crate::error::{InfraError, Result};
+use crate::error::{InfraError, InfraErrorKind, Result};
 
 #[derive(Debug, Clone)]
 pub struct BusMessage {
@@ -67,7 +67,7 @@ impl Bus for NatsBus {
         self.client
             .publish(subject, payload)
             .await
-            .map_err(InfraError::unavailable)
+            .map_err(|e| InfraError::wrap(InfraErrorKind::Unavailable, e))
     }
 
     async fn subscribe(&self, subject: String) -> Result<BoxStream<'static, BusMessage>> {
@@ -76,10 +76,13 @@ impl Bus for NatsBus {
             .client
             .subscribe(subject)
             .await
-            .map_err(InfraError::unavailable)?;
+            .map_err(|e| InfraError::wrap(InfraErrorKind::Unavailable, e))?;
         // The flush round-trip makes sure the server has registered the subscription before
         // the caller goes on to read state that later events would update.
-        self.client.flush().await.map_err(InfraError::unavailable)?;
+        self.client
+            .flush()
+            .await
+            .map_err(|e| InfraError::wrap(InfraErrorKind::Unavailable, e))?;
         Ok(sub.map(to_bus_message).boxed())
     }
 
@@ -93,13 +96,19 @@ impl Bus for NatsBus {
             .client
             .queue_subscribe(subject, group)
             .await
-            .map_err(InfraError::unavailable)?;
-        self.client.flush().await.map_err(InfraError::unavailable)?;
+            .map_err(|e| InfraError::wrap(InfraErrorKind::Unavailable, e))?;
+        self.client
+            .flush()
+            .await
+            .map_err(|e| InfraError::wrap(InfraErrorKind::Unavailable, e))?;
         Ok(sub.map(to_bus_message).boxed())
     }
 
     async fn flush(&self) -> Result<()> {
-        self.client.flush().await.map_err(InfraError::unavailable)
+        self.client
+            .flush()
+            .await
+            .map_err(|e| InfraError::wrap(InfraErrorKind::Unavailable, e))
     }
 
     fn is_connected(&self) -> bool {

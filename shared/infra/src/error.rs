@@ -1,7 +1,11 @@
 //! One error type for every adapter, with a kind that callers match on to decide between
-//! retrying (the dependency is unavailable) and giving up.
+//! retrying (the dependency is unavailable) and giving up, and the error that caused it.
 
+use std::error::Error as StdError;
 use std::fmt;
+
+/// The error an adapter's dependency gave, kept whole so that callers and logs can follow it.
+pub type Source = Box<dyn StdError + Send + Sync + 'static>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InfraErrorKind {
@@ -16,10 +20,11 @@ pub enum InfraErrorKind {
 #[derive(Debug)]
 pub struct InfraError {
     kind: InfraErrorKind,
+    /// What the adapter was doing; may name hosts and keys, so it is for the log only.
     what: String,
-    /// Why a dependency is unavailable, in words fit for anyone to read (`/health` shows it);
-    /// `what` may name hosts and is for the log only.
+    /// Why a dependency is unavailable, in words fit for anyone to read (`/health` shows it).
     reason: Option<&'static str>,
+    source: Option<Source>,
 }
 
 impl InfraError {
@@ -28,7 +33,19 @@ impl InfraError {
             kind,
             what: what.into(),
             reason: None,
+            source: None,
         }
+    }
+
+    /// An error that is only its cause: its message is the cause's own.
+    pub fn wrap(kind: InfraErrorKind, source: impl Into<Source>) -> Self {
+        Self::new(kind, String::new()).with_source(source)
+    }
+
+    /// Keeps `source` as the cause of this error.
+    pub fn with_source(mut self, source: impl Into<Source>) -> Self {
+        self.source = Some(source.into());
+        self
     }
 
     pub fn unavailable(what: impl fmt::Display) -> Self {
@@ -66,6 +83,8 @@ impl InfraError {
     }
 }
 
+/// "kind: what: cause". The cause's text is part of the message because a failed job's record
+/// and most log lines carry this message alone; `source()` still hands out the cause itself.
 impl fmt::Display for InfraError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let kind = match self.kind {
@@ -73,10 +92,62 @@ impl fmt::Display for InfraError {
             InfraErrorKind::Corrupt => "corrupt data",
             InfraErrorKind::Invalid => "invalid",
         };
-        write!(f, "{kind}: {}", self.what)
+        f.write_str(kind)?;
+        if !self.what.is_empty() {
+            write!(f, ": {}", self.what)?;
+        }
+        if let Some(source) = &self.source {
+            write!(f, ": {source}")?;
+        }
+        Ok(())
     }
 }
 
-impl std::error::Error for InfraError {}
+impl StdError for InfraError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        self.source
+            .as_deref()
+            .map(|s| s as &(dyn StdError + 'static))
+    }
+}
 
 pub type Result<T> = std::result::Result<T, InfraError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cause_is_kept_and_named_in_the_message() {
+        let cause = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let e = InfraError::unavailable_because("connection refused", "redis").with_source(cause);
+        assert_eq!(e.to_string(), "unavailable: redis: refused");
+        assert_eq!(e.reason(), "connection refused");
+        assert_eq!(e.kind(), InfraErrorKind::Unavailable);
+        let source = e.source().expect("a source");
+        let io = source
+            .downcast_ref::<std::io::Error>()
+            .expect("the io error");
+        assert_eq!(io.kind(), std::io::ErrorKind::ConnectionRefused);
+    }
+
+    #[test]
+    fn a_wrapped_error_speaks_as_its_cause() {
+        let cause = serde_json::from_str::<u32>("x").unwrap_err();
+        let text = cause.to_string();
+        let e = InfraError::wrap(InfraErrorKind::Corrupt, cause);
+        assert_eq!(e.to_string(), format!("corrupt data: {text}"));
+        assert!(e.source().unwrap().is::<serde_json::Error>());
+        assert_eq!(e.reason(), "answered with data of the wrong shape");
+    }
+
+    #[test]
+    fn an_error_without_a_cause_has_no_source() {
+        let e = InfraError::invalid("storage.url s3:// needs a bucket name");
+        assert!(e.source().is_none());
+        assert_eq!(
+            e.to_string(),
+            "invalid: storage.url s3:// needs a bucket name"
+        );
+    }
+}

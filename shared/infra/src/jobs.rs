@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use redis::aio::ConnectionManager;
 use tts_contracts::{JobId, JobRecord};
 
-use crate::error::{InfraError, Result};
+use crate::error::{InfraError, InfraErrorKind, Result};
 use crate::redis_conn::RedisConn;
 
 #[async_trait]
@@ -133,12 +133,15 @@ impl JobStore for RedisJobStore {
         let raw: Option<String> = self
             .run(redis::cmd("GET").arg(self.job_key(job_id)))
             .await?;
-        raw.map(|s| serde_json::from_str(&s).map_err(InfraError::corrupt))
-            .transpose()
+        raw.map(|s| {
+            serde_json::from_str(&s).map_err(|e| InfraError::wrap(InfraErrorKind::Corrupt, e))
+        })
+        .transpose()
     }
 
     async fn put(&self, record: &JobRecord) -> Result<bool> {
-        let json = serde_json::to_string(record).map_err(InfraError::corrupt)?;
+        let json = serde_json::to_string(record)
+            .map_err(|e| InfraError::wrap(InfraErrorKind::Corrupt, e))?;
         let written: i64 = self
             .run_script(
                 PUT_UNLESS_TERMINAL,
@@ -168,7 +171,10 @@ impl JobStore for RedisJobStore {
         match existing {
             // A retried SET NX whose first attempt landed finds its own id: the key is ours.
             Some(s) if s == job_id.to_string() => Ok(None),
-            Some(s) => s.parse().map(Some).map_err(InfraError::corrupt),
+            Some(s) => s
+                .parse()
+                .map(Some)
+                .map_err(|e| InfraError::wrap(InfraErrorKind::Corrupt, e)),
             // The key expired between the two commands: claim it again.
             None => Box::pin(self.claim_idempotency_key(key, job_id)).await,
         }

@@ -97,7 +97,7 @@ impl RedisRateLimiter {
         let answer: (i64, i64) = tokio::time::timeout(self.deadline, cmd.query_async(&mut conn))
             .await
             .map_err(|_| InfraError::unavailable("redis: rate limit check timed out"))?
-            .map_err(|e| InfraError::unavailable(format!("redis: {e}")))?;
+            .map_err(|e| InfraError::unavailable("redis").with_source(e))?;
         Ok(match answer {
             (1, _) => Verdict::Allowed,
             (_, wait_us) => Verdict::Limited(Duration::from_micros(wait_us.max(1) as u64)),

@@ -23,7 +23,7 @@ pub async fn connect(
         .connection_timeout(Duration::from_secs(5))
         .connect(url)
         .await
-        .map_err(|e| InfraError::unavailable(format!("nats at {url}: {e}")))
+        .map_err(|e| InfraError::unavailable(format!("nats at {url}")).with_source(e))
 }
 
 /// Fails at once while the client is not connected. A disconnected client buffers requests

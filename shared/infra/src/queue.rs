@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use async_nats::jetstream::stream::RawMessageErrorKind;
 use async_nats::jetstream::{self, AckKind};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -17,7 +18,7 @@ use tokio::sync::mpsc;
 use tts_contracts::trace::TRACEPARENT;
 use tts_contracts::{JobMessage, TraceParent, subjects};
 
-use crate::error::{InfraError, Result};
+use crate::error::{InfraError, InfraErrorKind, Result, Source};
 
 #[derive(Debug, Clone)]
 pub struct QueueSettings {
@@ -70,7 +71,7 @@ pub trait Delivery: Send + Sync {
 fn encode(job: &JobMessage) -> Result<Bytes> {
     serde_json::to_vec(job)
         .map(Bytes::from)
-        .map_err(InfraError::invalid)
+        .map_err(|e| InfraError::wrap(InfraErrorKind::Invalid, e))
 }
 
 /// Jobs in NATS JetStream.
@@ -95,7 +96,7 @@ impl JetStreamQueue {
             ..Default::default()
         })
         .await
-        .map_err(|e| InfraError::unavailable(format!("jobs stream: {e}")))?;
+        .map_err(|e| InfraError::unavailable("jobs stream").with_source(e))?;
         Ok(JetStreamQueue {
             client,
             js,
@@ -107,7 +108,7 @@ impl JetStreamQueue {
         self.js
             .get_stream(subjects::JOBS_STREAM)
             .await
-            .map_err(|e| InfraError::unavailable(format!("jobs stream: {e}")))
+            .map_err(|e| InfraError::unavailable("jobs stream").with_source(e))
     }
 
     /// The engine's shared durable consumer, created on first use.
@@ -128,7 +129,7 @@ impl JetStreamQueue {
                 },
             )
             .await
-            .map_err(|e| InfraError::unavailable(format!("consumer {name}: {e}")))?;
+            .map_err(|e| InfraError::unavailable(format!("consumer {name}")).with_source(e))?;
         // An existing consumer keeps the settings it was created with; the server's are the ones
         // that decide when it gives up on a job, so they are the ones workers go by.
         let config = &consumer.cached_info().config;
@@ -153,11 +154,10 @@ impl JetStreamQueue {
         let stream = self.stream().await?;
         let message = match stream.get_raw_message(stream_seq).await {
             Ok(m) => m,
-            Err(e) if e.to_string().contains("not found") => return Ok(None),
+            // The message has left the stream already: there is no job left to fail.
+            Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => return Ok(None),
             Err(e) => {
-                return Err(InfraError::unavailable(format!(
-                    "get job {stream_seq}: {e}"
-                )));
+                return Err(InfraError::unavailable(format!("get job {stream_seq}")).with_source(e));
             }
         };
         if let Err(e) = stream.delete_message(stream_seq).await {
@@ -185,22 +185,20 @@ impl JobQueue for JetStreamQueue {
             .js
             .send_publish(subjects::jobs(&job.engine), publish)
             .await
-            .map_err(|e| InfraError::unavailable(format!("publish job: {e}")))?;
+            .map_err(|e| InfraError::unavailable("publish job").with_source(e))?;
         // Waiting for the server's ack makes the job durable before the client hears about it.
         ack.await
-            .map_err(|e| InfraError::unavailable(format!("job not stored: {e}")))?;
+            .map_err(|e| InfraError::unavailable("job not stored").with_source(e))?;
         Ok(())
     }
 
     async fn depth(&self, engine: &str) -> Result<u64> {
-        let unavailable =
-            |e: &dyn std::fmt::Display| InfraError::unavailable(format!("queue depth: {e}"));
         crate::nats::ensure_connected(&self.client)?;
         let stream = self
             .js
             .get_stream(subjects::JOBS_STREAM)
             .await
-            .map_err(|e| unavailable(&e))?;
+            .map_err(depth_unavailable)?;
         // Before the engine's first worker creates its consumer, its jobs wait in the stream.
         match stream
             .get_consumer::<jetstream::consumer::pull::Config>(&subjects::consumer(engine))
@@ -209,10 +207,10 @@ impl JobQueue for JetStreamQueue {
             Ok(mut consumer) => Ok(consumer
                 .info()
                 .await
-                .map_err(|e| unavailable(&e))?
+                .map_err(depth_unavailable)?
                 .num_pending),
             Err(_) => {
-                let info = stream.get_info().await.map_err(|e| unavailable(&e))?;
+                let info = stream.get_info().await.map_err(depth_unavailable)?;
                 Ok(info.state.messages)
             }
         }
@@ -221,6 +219,10 @@ impl JobQueue for JetStreamQueue {
     fn is_connected(&self) -> bool {
         self.client.connection_state() == async_nats::connection::State::Connected
     }
+}
+
+fn depth_unavailable(e: impl Into<Source>) -> InfraError {
+    InfraError::unavailable("queue depth").with_source(e)
 }
 
 pub struct JetStreamSource {
@@ -240,12 +242,12 @@ impl JobSource for JetStreamSource {
             .expires(wait)
             .messages()
             .await
-            .map_err(|e| InfraError::unavailable(format!("pull: {e}")))?;
+            .map_err(|e| InfraError::unavailable("pull").with_source(e))?;
         match batch.next().await {
             None => Ok(None),
             // A pull that expires with no message ends the batch without an item; an error here
             // is a real one (the consumer was deleted, the server is changing leaders).
-            Some(Err(e)) => Err(InfraError::unavailable(format!("pull: {e}"))),
+            Some(Err(e)) => Err(InfraError::unavailable("pull").with_source(e)),
             Some(Ok(message)) => {
                 let attempt = message
                     .info()
@@ -272,7 +274,7 @@ impl JetStreamDelivery {
         self.message
             .ack_with(kind)
             .await
-            .map_err(|e| InfraError::unavailable(format!("ack: {e}")))
+            .map_err(|e| InfraError::unavailable("ack").with_source(e))
     }
 }
 
@@ -301,7 +303,7 @@ impl Delivery for JetStreamDelivery {
         self.message
             .double_ack()
             .await
-            .map_err(|e| InfraError::unavailable(format!("ack: {e}")))
+            .map_err(|e| InfraError::unavailable("ack").with_source(e))
     }
 
     async fn nak(&self, delay: Duration) -> Result<()> {

@@ -27,8 +27,8 @@ pub struct RedisConn {
 
 impl RedisConn {
     pub async fn connect(url: &str) -> Result<Self> {
-        let client =
-            redis::Client::open(url).map_err(|e| InfraError::invalid(format!("redis url: {e}")))?;
+        let client = redis::Client::open(url)
+            .map_err(|e| InfraError::invalid("redis url").with_source(e))?;
         // One connection attempt per reconnect: the circuit, not the connection manager's
         // back-off, decides when to try again, so no caller waits through a series of retries.
         let config = redis::aio::ConnectionManagerConfig::new()
@@ -37,7 +37,7 @@ impl RedisConn {
             .set_number_of_retries(0);
         let conn = ConnectionManager::new_with_config(client, config)
             .await
-            .map_err(|e| unavailable(&e))?;
+            .map_err(unavailable)?;
         Ok(RedisConn {
             conn,
             circuit: Arc::new(Circuit::new("redis", COOLDOWN)),
@@ -57,11 +57,10 @@ impl RedisConn {
         let mut conn = self.conn.clone();
         let result = match cmd.query_async(&mut conn).await {
             Ok(v) => Ok(v),
-            Err(e) if is_connection_error(&e) => cmd
-                .query_async(&mut conn)
-                .await
-                .map_err(|e| unavailable(&e)),
-            Err(e) => Err(unavailable(&e)),
+            Err(e) if is_connection_error(&e) => {
+                cmd.query_async(&mut conn).await.map_err(unavailable)
+            }
+            Err(e) => Err(unavailable(e)),
         };
         self.circuit.record(&result);
         result
@@ -71,10 +70,7 @@ impl RedisConn {
     pub async fn query_pipeline(&self, pipe: &redis::Pipeline) -> Result<()> {
         self.circuit.check()?;
         let mut conn = self.conn.clone();
-        let result = pipe
-            .query_async::<()>(&mut conn)
-            .await
-            .map_err(|e| unavailable(&e));
+        let result = pipe.query_async::<()>(&mut conn).await.map_err(unavailable);
         self.circuit.record(&result);
         result
     }
@@ -87,7 +83,7 @@ fn is_connection_error(e: &redis::RedisError) -> bool {
 }
 
 /// An unavailable error whose public reason says what kind of failure it was.
-fn unavailable(e: &redis::RedisError) -> InfraError {
+fn unavailable(e: redis::RedisError) -> InfraError {
     let reason = if e.is_connection_refusal() {
         "connection refused"
     } else if e.is_timeout() {
@@ -97,5 +93,5 @@ fn unavailable(e: &redis::RedisError) -> InfraError {
     } else {
         "command failed"
     };
-    InfraError::unavailable_because(reason, format!("redis: {e}"))
+    InfraError::unavailable_because(reason, "redis").with_source(e)
 }

@@ -42,10 +42,12 @@ impl AudioStore {
             if dir.is_empty() {
                 return Err(InfraError::invalid("storage.url file:// needs a directory"));
             }
-            std::fs::create_dir_all(dir)
-                .map_err(|e| InfraError::invalid(format!("storage directory {dir}: {e}")))?;
-            let fs = LocalFileSystem::new_with_prefix(dir)
-                .map_err(|e| InfraError::invalid(format!("storage directory {dir}: {e}")))?;
+            std::fs::create_dir_all(dir).map_err(|e| {
+                InfraError::invalid(format!("storage directory {dir}")).with_source(e)
+            })?;
+            let fs = LocalFileSystem::new_with_prefix(dir).map_err(|e| {
+                InfraError::invalid(format!("storage directory {dir}")).with_source(e)
+            })?;
             Ok(Self::new(Arc::new(fs), format!("local directory {dir}")))
         } else if let Some(bucket) = url.strip_prefix("s3://") {
             let bucket = bucket.trim_end_matches('/');
@@ -66,7 +68,7 @@ impl AudioStore {
             }
             let s3 = builder
                 .build()
-                .map_err(|e| InfraError::invalid(format!("s3 storage: {e}")))?;
+                .map_err(|e| InfraError::invalid("s3 storage").with_source(e))?;
             Ok(Self::new(Arc::new(s3), format!("bucket {bucket}")))
         } else if url == "memory://" {
             Ok(Self::in_memory())
@@ -82,7 +84,8 @@ impl AudioStore {
     }
 
     fn path(key: &str) -> Result<Path> {
-        Path::parse(key).map_err(|e| InfraError::invalid(format!("object key {key:?}: {e}")))
+        Path::parse(key)
+            .map_err(|e| InfraError::invalid(format!("object key {key:?}")).with_source(e))
     }
 
     /// Writes an object whole; readers see either the old object or the new one, never a part.
@@ -91,7 +94,7 @@ impl AudioStore {
             .put(&Self::path(key)?, PutPayload::from_bytes(data))
             .await
             .map(|_| ())
-            .map_err(|e| InfraError::unavailable(format!("store {key}: {e}")))
+            .map_err(|e| InfraError::unavailable(format!("store {key}")).with_source(e))
     }
 
     /// Reads an object; `None` when there is none at `key`.
@@ -101,9 +104,9 @@ impl AudioStore {
                 .bytes()
                 .await
                 .map(Some)
-                .map_err(|e| InfraError::unavailable(format!("read {key}: {e}"))),
+                .map_err(|e| InfraError::unavailable(format!("read {key}")).with_source(e)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(InfraError::unavailable(format!("read {key}: {e}"))),
+            Err(e) => Err(InfraError::unavailable(format!("read {key}")).with_source(e)),
         }
     }
 
@@ -111,7 +114,7 @@ impl AudioStore {
         match self.inner.head(&Self::path(key)?).await {
             Ok(_) => Ok(true),
             Err(object_store::Error::NotFound { .. }) => Ok(false),
-            Err(e) => Err(InfraError::unavailable(format!("head {key}: {e}"))),
+            Err(e) => Err(InfraError::unavailable(format!("head {key}")).with_source(e)),
         }
     }
 
@@ -119,7 +122,7 @@ impl AudioStore {
     pub async fn delete(&self, key: &str) -> Result<()> {
         match self.inner.delete(&Self::path(key)?).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(InfraError::unavailable(format!("delete {key}: {e}"))),
+            Err(e) => Err(InfraError::unavailable(format!("delete {key}")).with_source(e)),
         }
     }
 
@@ -144,7 +147,7 @@ impl AudioStore {
             .list(Some(&prefix))
             .try_collect()
             .await
-            .map_err(|e| InfraError::unavailable(format!("list {prefix}: {e}")))?;
+            .map_err(|e| InfraError::unavailable(format!("list {prefix}")).with_source(e))?;
         Ok(metas.into_iter().map(|m| m.location.to_string()).collect())
     }
 

@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use tts_contracts::VoiceRecord;
 
-use crate::error::{InfraError, Result};
+use crate::error::{InfraError, InfraErrorKind, Result};
 use crate::jobs::RedisJobStore;
 use crate::redis_conn::RedisConn;
 
@@ -56,7 +56,8 @@ impl RedisVoiceStore {
 #[async_trait]
 impl VoiceStore for RedisVoiceStore {
     async fn put(&self, record: &VoiceRecord) -> Result<()> {
-        let json = serde_json::to_string(record).map_err(InfraError::corrupt)?;
+        let json = serde_json::to_string(record)
+            .map_err(|e| InfraError::wrap(InfraErrorKind::Corrupt, e))?;
         let id = &record.info.voice_id;
         let mut pipe = redis::pipe();
         pipe.atomic()
@@ -72,7 +73,8 @@ impl VoiceStore for RedisVoiceStore {
     }
 
     async fn update(&self, record: &VoiceRecord) -> Result<bool> {
-        let json = serde_json::to_string(record).map_err(InfraError::corrupt)?;
+        let json = serde_json::to_string(record)
+            .map_err(|e| InfraError::wrap(InfraErrorKind::Corrupt, e))?;
         // SET XX writes only over an existing key, atomically.
         let written: Option<String> = self
             .run(
@@ -87,8 +89,10 @@ impl VoiceStore for RedisVoiceStore {
 
     async fn get(&self, voice_id: &str) -> Result<Option<VoiceRecord>> {
         let raw: Option<String> = self.run(redis::cmd("GET").arg(self.key(voice_id))).await?;
-        raw.map(|s| serde_json::from_str(&s).map_err(InfraError::corrupt))
-            .transpose()
+        raw.map(|s| {
+            serde_json::from_str(&s).map_err(|e| InfraError::wrap(InfraErrorKind::Corrupt, e))
+        })
+        .transpose()
     }
 
     async fn delete(&self, voice_id: &str) -> Result<bool> {

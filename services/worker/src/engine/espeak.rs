@@ -21,7 +21,9 @@ pub fn check_available() -> Result<String, EngineError> {
     let out = Command::new("espeak-ng")
         .arg("--version")
         .output()
-        .map_err(|e| EngineError::internal(format!("espeak-ng is not installed: {e}")))?;
+        .map_err(|e| {
+            EngineError::internal(format!("espeak-ng is not installed: {e}")).with_source(e)
+        })?;
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
@@ -34,16 +36,16 @@ pub fn phonemize_clause(voice: &str, text: &str) -> Result<String, EngineError> 
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| EngineError::internal(format!("cannot run espeak-ng: {e}")))?;
+        .map_err(|e| EngineError::internal(format!("cannot run espeak-ng: {e}")).with_source(e))?;
     {
         let mut stdin = child.stdin.take().expect("stdin is piped");
         stdin
             .write_all(text.as_bytes())
-            .map_err(|e| EngineError::internal(format!("espeak-ng stdin: {e}")))?;
+            .map_err(|e| EngineError::internal(format!("espeak-ng stdin: {e}")).with_source(e))?;
     }
     let out = child
         .wait_with_output()
-        .map_err(|e| EngineError::internal(format!("espeak-ng: {e}")))?;
+        .map_err(|e| EngineError::internal(format!("espeak-ng: {e}")).with_source(e))?;
     if !out.status.success() {
         return Err(EngineError::internal(format!(
             "espeak-ng failed: {}",

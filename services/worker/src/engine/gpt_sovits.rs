@@ -74,6 +74,7 @@ impl GptSovitsEngine {
                 "cannot create workers.gpt_sovits.shared_dir {}: {e}",
                 options.shared_dir.display()
             ))
+            .with_source(e)
         })?;
         let mut passed = Map::new();
         for (key, value) in &options.options {
@@ -150,6 +151,7 @@ impl SharedClip {
                 "shared_dir_unavailable",
                 format!("cannot write the reference clip to {}: {e}", path.display()),
             )
+            .with_source(e)
         })?;
         Ok(SharedClip(path))
     }

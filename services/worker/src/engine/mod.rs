@@ -234,7 +234,7 @@ pub fn build(
 ) -> Result<Arc<dyn Engine>, EngineError> {
     let engine_settings = settings
         .engine(name)
-        .map_err(|e| EngineError::internal(e.to_string()))?;
+        .map_err(|e| EngineError::internal(e.to_string()).with_source(e))?;
     match name {
         "piper" => build_piper(settings, engine_settings, sessions),
         "kokoro" => build_kokoro(settings, engine_settings, sessions),
@@ -277,7 +277,7 @@ fn build_piper(
 ) -> Result<Arc<dyn Engine>, EngineError> {
     let cache = &settings.models.cache_dir;
     let paths = crate::models::ensure(cache)
-        .map_err(|e| EngineError::internal(format!("model cache: {e}")))?;
+        .map_err(|e| EngineError::internal(format!("model cache: {e}")).with_source(e))?;
     let model_dir = if engine_settings.model_path.is_empty() {
         paths.piper_dir
     } else {
@@ -302,7 +302,7 @@ fn build_kokoro(
     sessions: usize,
 ) -> Result<Arc<dyn Engine>, EngineError> {
     let paths = crate::models::ensure_kokoro(&settings.models.cache_dir)
-        .map_err(|e| EngineError::internal(format!("model cache: {e}")))?;
+        .map_err(|e| EngineError::internal(format!("model cache: {e}")).with_source(e))?;
     let dir: Option<std::path::PathBuf> =
         (!engine_settings.model_path.is_empty()).then(|| engine_settings.model_path.clone().into());
     let onnxruntime = crate::runtime::onnxruntime_library(settings, paths.onnxruntime);

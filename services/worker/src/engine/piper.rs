@@ -143,7 +143,7 @@ impl PiperEngine {
         let inf = &self.config.inference;
         let len = ids.len();
         let input = Array2::from_shape_vec((1, len), ids)
-            .map_err(|e| EngineError::internal(e.to_string()))?;
+            .map_err(|e| EngineError::internal(e.to_string()).with_source(e))?;
         let lengths = Array1::from_vec(vec![len as i64]);
         let scales = Array1::from_vec(vec![inf.noise_scale, inf.length_scale / speed, inf.noise_w]);
         let mut session = self.pool.take();
@@ -207,9 +207,11 @@ impl Engine for PiperEngine {
 fn read_config(path: &Path) -> Result<VoiceConfig, EngineError> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         EngineError::internal(format!("cannot read voice config {}: {e}", path.display()))
+            .with_source(e)
     })?;
     let config: VoiceConfig = serde_json::from_str(&text).map_err(|e| {
         EngineError::internal(format!("voice config {} is invalid: {e}", path.display()))
+            .with_source(e)
     })?;
     for symbol in ["_", "^", "$"] {
         if !config.phoneme_id_map.contains_key(symbol) {

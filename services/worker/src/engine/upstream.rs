@@ -105,6 +105,7 @@ impl Upstreams {
         for url in &urls {
             let parsed = reqwest::Url::parse(url).map_err(|e| {
                 EngineError::internal(format!("workers.{engine}.urls: {url:?} is not a URL: {e}"))
+                    .with_source(e)
             })?;
             if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
                 return Err(EngineError::internal(format!(
@@ -116,7 +117,7 @@ impl Upstreams {
             .timeout(timeout)
             .connect_timeout(Duration::from_secs(5))
             .build()
-            .map_err(|e| EngineError::internal(format!("HTTP client: {e}")))?;
+            .map_err(|e| EngineError::internal(format!("HTTP client: {e}")).with_source(e))?;
         Ok(Upstreams {
             engine,
             servers: urls
@@ -266,6 +267,7 @@ impl Upstreams {
             "upstream_unavailable",
             format!("{} server {url} {what}: {e}", self.engine),
         )
+        .with_source(e)
     }
 
     /// Turns a non-success answer into the job's error: 4xx fails the job with the server's own

@@ -174,7 +174,7 @@ impl Engine for XttsEngine {
             let part = reqwest::blocking::multipart::Part::bytes(wav.clone())
                 .file_name("reference.wav")
                 .mime_str("audio/wav")
-                .map_err(|e| EngineError::internal(e.to_string()))?;
+                .map_err(|e| EngineError::internal(e.to_string()).with_source(e))?;
             Ok(r.multipart(reqwest::blocking::multipart::Form::new().part("wav_file", part)))
         })?;
         let latents: SpeakerLatents = serde_json::from_slice(&answer).map_err(|e| {
@@ -183,6 +183,7 @@ impl Engine for XttsEngine {
                 "upstream_error",
                 format!("xtts server answered latents that do not parse: {e}"),
             )
+            .with_source(e)
         })?;
         latents.check().map_err(|e| {
             EngineError::new(
@@ -190,11 +191,13 @@ impl Engine for XttsEngine {
                 "upstream_error",
                 format!("xtts server answered unusable latents: {e}"),
             )
+            .with_source(e)
         })?;
         progress(Progress { done: 1, total: 1 });
         Ok(Enrollment {
             engine_data: Some(
-                serde_json::to_value(&latents).map_err(|e| EngineError::internal(e.to_string()))?,
+                serde_json::to_value(&latents)
+                    .map_err(|e| EngineError::internal(e.to_string()).with_source(e))?,
             ),
             ..Enrollment::default()
         })

@@ -7,9 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use chrono::Utc;
 use tokio::sync::mpsc;
-use tts_contracts::{JobFailure, JobRecord, JobStatus, subjects};
+use tts_contracts::{JobAudio, JobFailure, JobRecord, failure, subjects};
 use tts_infra::{AudioStore, Bus, Delivery, InfraError, JobStore, VoiceStore};
 
 use crate::engine::{CloneSettings, Engine, EngineError, EngineErrorKind, Progress};
@@ -58,7 +57,7 @@ impl JobError {
 
 impl From<InfraError> for JobError {
     fn from(e: InfraError) -> Self {
-        JobError::transient("infrastructure_unavailable", e.to_string())
+        JobError::transient(failure::INFRASTRUCTURE_UNAVAILABLE, e.to_string())
     }
 }
 
@@ -77,14 +76,18 @@ impl From<EngineError> for JobError {
     }
 }
 
-/// Marks the record finished: `succeeded`, complete, now. The caller adds what the job made
-/// and saves it.
-pub(crate) fn mark_succeeded(record: &mut JobRecord) {
-    let now = Utc::now();
-    record.status = JobStatus::Succeeded;
-    record.progress = 1.0;
-    record.updated_at = now;
-    record.finished_at = Some(now);
+/// Marks the record `succeeded` with what the job made (`audio`, for a synthesis) and saves it.
+/// The job's outputs must already be stored: the record is what says they are there.
+pub(crate) async fn finish(
+    ctx: &JobContext,
+    record: &mut JobRecord,
+    audio: Option<JobAudio>,
+) -> Result<(), JobError> {
+    if !record.succeed(audio) {
+        return Err(JobError::AlreadyFinished);
+    }
+    save(ctx, record, None).await?;
+    Ok(())
 }
 
 /// Runs `work` (an engine call) on a blocking thread while this task records its progress,
@@ -119,7 +122,7 @@ pub(crate) async fn run_engine<T: Send + 'static>(
                 return match joined {
                     Ok(result) => result.map_err(JobError::from),
                     Err(e) => Err(JobError::transient(
-                        "engine_crashed",
+                        failure::ENGINE_CRASHED,
                         format!("the engine stopped unexpectedly: {e}"),
                     )),
                 };
@@ -141,8 +144,9 @@ async fn report(
 ) {
     // Progress stops short of the span's end until the step after it is done.
     let fraction = (p.done as f32 / p.total.max(1) as f32).min(1.0);
-    record.progress = from + (to - from) * fraction;
-    record.updated_at = Utc::now();
+    if !record.progress(from + (to - from) * fraction) {
+        return;
+    }
     let message = format!("{unit} {} of {}", p.done, p.total);
     if let Err(JobError::Transient(f) | JobError::Permanent(f)) =
         save(ctx, record, Some(message)).await

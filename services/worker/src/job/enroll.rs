@@ -11,13 +11,12 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use chrono::Utc;
 use tts_contracts::{
-    JobRecord, REFERENCE_ACCEPTED, VoiceRecord, VoiceStatus, reference_key, voice_prefix,
+    JobRecord, REFERENCE_ACCEPTED, VoiceRecord, VoiceStatus, failure, reference_key, voice_prefix,
 };
 use tts_infra::Delivery;
 
-use super::context::{JobContext, JobError, mark_succeeded, run_engine, save};
+use super::context::{JobContext, JobError, finish, run_engine, save};
 use crate::engine::{EngineError, EnrollInput, Enrollment};
 use crate::voice::reference::{self, Reference};
 use crate::voice::{ANALYSIS_RATE, Analysis};
@@ -25,7 +24,7 @@ use crate::wav;
 
 fn deleted(voice_id: &str) -> JobError {
     JobError::permanent(
-        "voice_not_found",
+        failure::VOICE_NOT_FOUND,
         format!("voice {voice_id} was deleted during its enrollment"),
     )
 }
@@ -54,8 +53,7 @@ pub(crate) async fn run(
     )
     .await?;
     make_ready(ctx, voice_id, &mut voice, upload_key, embedding, enrollment).await?;
-    mark_succeeded(record);
-    save(ctx, record, None).await?;
+    finish(ctx, record, None).await?;
     tracing::info!(%voice_id, similarity = ?voice.similarity, "voice enrolled");
     Ok(())
 }
@@ -65,7 +63,7 @@ fn analysis(ctx: &JobContext) -> Result<Arc<Analysis>, JobError> {
     match (&ctx.analysis, ctx.engine.clones()) {
         (Some(analysis), true) => Ok(analysis.clone()),
         _ => Err(JobError::permanent(
-            "cloning_unsupported",
+            failure::CLONING_UNSUPPORTED,
             format!("engine {} cannot clone voices", ctx.engine.name()),
         )),
     }
@@ -77,7 +75,7 @@ fn check_upload_key(voice_id: &str, upload_key: &str) -> Result<(), JobError> {
         return Ok(());
     }
     Err(JobError::permanent(
-        "invalid_job",
+        failure::INVALID_JOB,
         format!("upload {upload_key:?} does not belong to voice {voice_id}"),
     ))
 }
@@ -93,7 +91,7 @@ async fn load(
     };
     let Some(upload) = ctx.audio.get(upload_key).await? else {
         return Err(JobError::permanent(
-            "upload_missing",
+            failure::UPLOAD_MISSING,
             format!("the clip uploaded for voice {voice_id} is no longer stored"),
         ));
     };
@@ -107,13 +105,13 @@ async fn prepare_reference(analysis: &Arc<Analysis>, upload: Bytes) -> Result<Re
     let prepared = tokio::task::spawn_blocking(move || {
         let _attempt = span.enter();
         let clip = tts_audio::decode(&upload)
-            .map_err(|e| EngineError::invalid("invalid_audio", e.to_string()))?;
+            .map_err(|e| EngineError::invalid("invalid_audio", e.to_string()).with_source(e))?;
         reference::prepare(&vad_models.vad, &clip.samples, clip.sample_rate)
     })
     .await
     .map_err(|e| {
         JobError::transient(
-            "engine_crashed",
+            failure::ENGINE_CRASHED,
             format!("reference analysis stopped unexpectedly: {e}"),
         )
     })??;
@@ -134,7 +132,7 @@ async fn accept_reference(
         .check_reference(voice, prepared.speech_seconds, clip_seconds)?;
     let wav = Bytes::from(
         wav::encode_pcm16(&prepared.samples, ANALYSIS_RATE)
-            .map_err(|e| JobError::transient("encoding_failed", e.to_string()))?,
+            .map_err(|e| JobError::transient(failure::ENCODING_FAILED, e.to_string()))?,
     );
     let key = reference_key(voice_id);
     ctx.audio.put(&key, wav.clone()).await?;
@@ -144,13 +142,13 @@ async fn accept_reference(
         remove_objects(ctx, voice_id).await;
         return Err(deleted(voice_id));
     }
-    record.progress = REFERENCE_ACCEPTED;
-    record.updated_at = Utc::now();
-    let note = format!(
-        "reference accepted: {:.1} s of speech",
-        prepared.speech_seconds
-    );
-    save(ctx, record, Some(note)).await?;
+    if record.progress(REFERENCE_ACCEPTED) {
+        let note = format!(
+            "reference accepted: {:.1} s of speech",
+            prepared.speech_seconds
+        );
+        save(ctx, record, Some(note)).await?;
+    }
     Ok(wav)
 }
 

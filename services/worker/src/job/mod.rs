@@ -12,9 +12,8 @@ mod context;
 mod enroll;
 mod synthesize;
 
-use chrono::Utc;
 use tracing::Instrument;
-use tts_contracts::{JobFailure, JobMessage, JobRecord, JobSpec, JobStatus, VoiceStatus};
+use tts_contracts::{JobFailure, JobMessage, JobRecord, JobSpec, VoiceStatus, failure};
 use tts_infra::{Delivery, InfraError};
 
 pub use context::JobContext;
@@ -120,7 +119,7 @@ async fn start(
 ) -> Result<(), JobError> {
     if message.engine != ctx.engine.name() {
         return Err(JobError::permanent(
-            "wrong_engine",
+            failure::WRONG_ENGINE,
             format!(
                 "job for engine {} reached a {} worker",
                 message.engine,
@@ -128,15 +127,7 @@ async fn start(
             ),
         ));
     }
-    let now = Utc::now();
-    record.status = JobStatus::Running;
-    record.attempts = delivery.attempt();
-    record.progress = 0.0;
-    record.started_at.get_or_insert(now);
-    record.updated_at = now;
-    record.error = None;
-    record.worker = Some(ctx.node_id.clone());
-    if !save(ctx, record, None).await? {
+    if !record.start(delivery.attempt(), &ctx.node_id) || !save(ctx, record, None).await? {
         return Err(JobError::AlreadyFinished);
     }
     Ok(())
@@ -157,6 +148,9 @@ async fn retry_or_fail(
             return Outcome::Duplicate;
         }
     };
+    // A record that became terminal here only in memory (its final write is what failed) was
+    // never stored as such; it cannot take a failure, so it counts as no record at all.
+    let record = record.filter(|r| !r.status.is_terminal());
     let last_attempt = delivery.attempt() >= delivery.max_attempts();
     // Without a record (the store did not answer) the failure could not be written, so the job
     // goes back to the queue even on its last attempt: the queue then reports it exhausted and
@@ -168,9 +162,9 @@ async fn retry_or_fail(
             error = %failure.message,
             "job hit a transient error; it will be retried"
         );
-        if let Some(mut record) = record {
-            record.status = JobStatus::Queued;
-            record.updated_at = Utc::now();
+        if let Some(mut record) = record
+            && record.requeue()
+        {
             let note = format!("retrying after: {}", failure.message);
             // Best effort: the retry happens whether or not the store answers.
             let _ = save(ctx, &record, Some(note)).await;
@@ -181,8 +175,9 @@ async fn retry_or_fail(
     // The voice learns of a failed enrollment before the job's failure is announced, so that a
     // client that reads the voice on that announcement sees it failed.
     fail_enrolling_voice(ctx, &message.spec, &failure).await;
-    if let Some(mut record) = record {
-        record.fail(&failure.error, failure.message.clone());
+    if let Some(mut record) = record
+        && record.fail(&failure.error, failure.message.clone())
+    {
         if let Err(JobError::Transient(f) | JobError::Permanent(f)) = save(ctx, &record, None).await
         {
             // The failure could not be recorded: leave the job to the queue, which redelivers
@@ -209,8 +204,8 @@ async fn reject_unreadable(
         .and_then(|v| v.get("job_id")?.as_str()?.parse().ok());
     if let Some(job_id) = id
         && let Ok(Some(mut record)) = ctx.store.get(&job_id).await
+        && record.fail(failure::INVALID_JOB, message.clone())
     {
-        record.fail("invalid_job", message.clone());
         let _ = save(ctx, &record, None).await;
     }
     tracing::error!(%message, "dropping an invalid job message");
@@ -225,15 +220,14 @@ pub async fn fail_exhausted(ctx: &JobContext, message: &JobMessage) -> Result<bo
         Some(r) => r,
         None => JobRecord::queued(message),
     };
-    if record.status.is_terminal() {
-        return Ok(false);
-    }
-    let failure = JobFailure {
-        error: "max_deliveries_exceeded".into(),
+    let reason = JobFailure {
+        error: failure::MAX_DELIVERIES_EXCEEDED.into(),
         message: "the job was delivered the maximum number of times without finishing".into(),
     };
-    fail_enrolling_voice(ctx, &message.spec, &failure).await;
-    record.fail(&failure.error, failure.message);
+    if !record.fail(&reason.error, reason.message.clone()) {
+        return Ok(false);
+    }
+    fail_enrolling_voice(ctx, &message.spec, &reason).await;
     let written = ctx.store.put(&record).await?;
     publish(ctx, &record, None).await;
     Ok(written)

@@ -4,10 +4,12 @@
 //! audio that is not there.
 
 use bytes::Bytes;
-use tts_contracts::{JobFailure, JobRecord, VoiceRecord, VoiceStatus, audio_key};
+use tts_contracts::{
+    JobAudio, JobFailure, JobRecord, VoiceRecord, VoiceStatus, audio_key, failure,
+};
 use tts_infra::Delivery;
 
-use super::context::{JobContext, JobError, mark_succeeded, run_engine, save};
+use super::context::{JobContext, JobError, finish, run_engine};
 use crate::engine::{Audio, SynthesisInput};
 use crate::wav;
 
@@ -29,12 +31,12 @@ pub(crate) async fn run(
     let input = engine_input(ctx, request).await?;
     let audio = speak(ctx, delivery, record, input).await?;
     let key = store_audio(ctx, record, &audio).await?;
-    mark_succeeded(record);
-    record.audio_key = Some(key);
-    record.duration_seconds = Some(audio.duration_seconds());
-    record.sample_rate = Some(audio.sample_rate);
-    save(ctx, record, None).await?;
-    Ok(())
+    let made = JobAudio {
+        key,
+        duration_seconds: audio.duration_seconds(),
+        sample_rate: audio.sample_rate,
+    };
+    finish(ctx, record, Some(made)).await
 }
 
 /// The engine's input: the request with the cloned voice's record and, for an engine that
@@ -81,7 +83,7 @@ async fn store_audio(
     audio: &Audio,
 ) -> Result<String, JobError> {
     let wav = wav::encode_pcm16(&audio.samples, audio.sample_rate)
-        .map_err(|e| JobError::transient("encoding_failed", e.to_string()))?;
+        .map_err(|e| JobError::transient(failure::ENCODING_FAILED, e.to_string()))?;
     let key = audio_key(&record.job_id);
     ctx.audio.put(&key, Bytes::from(wav)).await?;
     Ok(key)
@@ -96,12 +98,12 @@ async fn cloned_voice(ctx: &JobContext, voice_id: &str) -> Result<Option<VoiceRe
     match ctx.voices.get(voice_id).await? {
         Some(record) if record.info.status == VoiceStatus::Ready => Ok(Some(record)),
         Some(record) => Err(JobError::Permanent(JobFailure {
-            error: "voice_not_ready".into(),
+            error: failure::VOICE_NOT_READY.into(),
             message: format!("voice {voice_id} is {:?}, not ready", record.info.status)
                 .to_lowercase(),
         })),
         None => Err(JobError::permanent(
-            "voice_not_found",
+            failure::VOICE_NOT_FOUND,
             format!("voice {voice_id} does not exist; it may have been deleted"),
         )),
     }
@@ -112,7 +114,7 @@ async fn cloned_voice(ctx: &JobContext, voice_id: &str) -> Result<Option<VoiceRe
 async fn reference_clip(ctx: &JobContext, record: &VoiceRecord) -> Result<Bytes, JobError> {
     let missing = || {
         JobError::permanent(
-            "voice_not_found",
+            failure::VOICE_NOT_FOUND,
             format!(
                 "the reference clip of voice {} is no longer stored",
                 record.info.voice_id

@@ -23,7 +23,7 @@ impl Analysis {
     /// Fetches the models into the cache when missing, then loads them.
     pub fn load(settings: &tts_config::Settings) -> Result<Self, EngineError> {
         let paths = crate::models::ensure_analysis(&settings.models.cache_dir)
-            .map_err(|e| EngineError::internal(format!("model cache: {e}")))?;
+            .map_err(|e| EngineError::internal(format!("model cache: {e}")).with_source(e))?;
         let library = crate::runtime::onnxruntime_library(settings, paths.onnxruntime.clone());
         let env = crate::runtime::environment(&library)?;
         Ok(Analysis {

@@ -11,15 +11,17 @@ pub fn resample(samples: &[f32], from: u32, to: u32) -> Result<Vec<f32>, EngineE
     if from == to || samples.is_empty() {
         return Ok(samples.to_vec());
     }
-    let fail = |e: &dyn std::fmt::Display| EngineError::internal(format!("resampling: {e}"));
-    let mut resampler = Fft::<f32>::new(from as usize, to as usize, 1024, 1, FixedSync::Input)
-        .map_err(|e| fail(&e))?;
-    let input =
-        InterleavedOwned::new_from(samples.to_vec(), 1, samples.len()).map_err(|e| fail(&e))?;
+    let mut resampler =
+        Fft::<f32>::new(from as usize, to as usize, 1024, 1, FixedSync::Input).map_err(fail)?;
+    let input = InterleavedOwned::new_from(samples.to_vec(), 1, samples.len()).map_err(fail)?;
     let output = resampler
         .process_all(&input, samples.len(), None)
-        .map_err(|e| fail(&e))?;
+        .map_err(fail)?;
     Ok(output.take_data())
+}
+
+fn fail(e: impl std::error::Error + Send + Sync + 'static) -> EngineError {
+    EngineError::internal(format!("resampling: {e}")).with_source(e)
 }
 
 #[cfg(test)]

@@ -63,7 +63,7 @@ impl Vad {
             input.resize(CONTEXT + WINDOW, 0.0);
             context.copy_from_slice(&input[input.len() - CONTEXT..]);
             let input = Array2::from_shape_vec((1, CONTEXT + WINDOW), input)
-                .map_err(|e| EngineError::internal(e.to_string()))?;
+                .map_err(|e| EngineError::internal(e.to_string()).with_source(e))?;
             let outputs = session.run(ort::inputs![
                 "input" => Tensor::from_array(input)?,
                 "state" => Tensor::from_array(state.clone())?,
@@ -73,7 +73,7 @@ impl Vad {
             out.push(p.first().copied().unwrap_or(0.0));
             let (_, next) = outputs["stateN"].try_extract_tensor::<f32>()?;
             state = Array3::from_shape_vec((2, 1, 128), next.to_vec())
-                .map_err(|e| EngineError::internal(e.to_string()))?;
+                .map_err(|e| EngineError::internal(e.to_string()).with_source(e))?;
         }
         Ok(out)
     }

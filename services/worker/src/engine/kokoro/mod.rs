@@ -109,7 +109,7 @@ impl KokoroEngine {
         let row = n.min(styles.shape()[0] - 1);
         let style = styles.slice(ndarray::s![row, .., ..]).to_owned();
         let tokens = Array2::from_shape_vec((1, n + 2), tokens)
-            .map_err(|e| EngineError::internal(e.to_string()))?;
+            .map_err(|e| EngineError::internal(e.to_string()).with_source(e))?;
         let speed = Array1::from_vec(vec![speed]);
         let mut session = self.pool.take();
         let outputs = session.run(ort::inputs![
@@ -316,10 +316,12 @@ impl KokoroEngine {
 }
 
 fn read_vocab(path: &std::path::Path) -> Result<HashMap<char, i64>, EngineError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| EngineError::internal(format!("cannot read {}: {e}", path.display())))?;
-    let file: VocabFile = serde_json::from_str(&text)
-        .map_err(|e| EngineError::internal(format!("{} is invalid: {e}", path.display())))?;
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        EngineError::internal(format!("cannot read {}: {e}", path.display())).with_source(e)
+    })?;
+    let file: VocabFile = serde_json::from_str(&text).map_err(|e| {
+        EngineError::internal(format!("{} is invalid: {e}", path.display())).with_source(e)
+    })?;
     let mut vocab = HashMap::new();
     for (symbol, id) in file.vocab {
         let mut chars = symbol.chars();
@@ -336,25 +338,31 @@ fn read_vocab(path: &std::path::Path) -> Result<HashMap<char, i64>, EngineError>
     Ok(vocab)
 }
 
+fn voices_error(
+    path: &std::path::Path,
+    e: Box<dyn std::error::Error + Send + Sync>,
+) -> EngineError {
+    EngineError::internal(format!("voices {}: {e}", path.display())).with_source(e)
+}
+
 fn read_voices(path: &std::path::Path) -> Result<BTreeMap<String, StyleTable>, EngineError> {
-    let fail = |e: &dyn std::fmt::Display| {
-        EngineError::internal(format!("voices {}: {e}", path.display()))
-    };
-    let file = File::open(path).map_err(|e| fail(&e))?;
-    let mut npz = NpzReader::new(file).map_err(|e| fail(&e))?;
+    let fail = |e: Box<dyn std::error::Error + Send + Sync>| voices_error(path, e);
+    let file = File::open(path).map_err(|e| fail(e.into()))?;
+    let mut npz = NpzReader::new(file).map_err(|e| fail(e.into()))?;
     let mut voices = BTreeMap::new();
-    for entry in npz.names().map_err(|e| fail(&e))? {
-        let table: StyleTable = npz.by_name(&entry).map_err(|e| fail(&e))?;
+    for entry in npz.names().map_err(|e| fail(e.into()))? {
+        let table: StyleTable = npz.by_name(&entry).map_err(|e| fail(e.into()))?;
         if table.shape()[1..] != [1, 256] {
-            return Err(fail(&format!(
+            let shape = format!(
                 "voice {entry} has shape {:?}, expected [N, 1, 256]",
                 table.shape()
-            )));
+            );
+            return Err(fail(shape.into()));
         }
         voices.insert(entry.trim_end_matches(".npy").to_string(), table);
     }
     if voices.is_empty() {
-        return Err(fail(&"no voices"));
+        return Err(fail("no voices".into()));
     }
     Ok(voices)
 }

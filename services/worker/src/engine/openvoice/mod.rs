@@ -99,7 +99,7 @@ pub fn build(
 ) -> Result<Arc<dyn Engine>, EngineError> {
     let own = settings
         .engine("openvoice")
-        .map_err(|e| EngineError::internal(e.to_string()))?;
+        .map_err(|e| EngineError::internal(e.to_string()).with_source(e))?;
     // The model is checked first: an engine that is not installed should say so before the base
     // engine spends seconds loading.
     if own.model_path.is_empty() {
@@ -121,7 +121,7 @@ pub fn build(
     }
     let tau = tau_option(&own.options)?;
     let cached = crate::models::ensure_analysis(&settings.models.cache_dir)
-        .map_err(|e| EngineError::internal(format!("model cache: {e}")))?;
+        .map_err(|e| EngineError::internal(format!("model cache: {e}")).with_source(e))?;
     let onnxruntime = crate::runtime::onnxruntime_library(settings, cached.onnxruntime);
     let base = super::build(base_name, settings, sessions)?;
     let engine = OpenVoiceEngine::load(
@@ -251,6 +251,7 @@ impl OpenVoiceEngine {
                      from: {e}",
                 self.base_voice.voice_id
             ))
+            .with_source(e)
         })?;
         let samples = resample(&audio.samples, audio.sample_rate, SAMPLE_RATE)?;
         self.extract(&samples)
@@ -307,7 +308,7 @@ impl OpenVoiceEngine {
         let lengths = Array1::from_vec(vec![frames as i64]);
         let embedding = |values: &[f32]| {
             Array3::from_shape_vec((1, TONE_COLOR_DIM, 1), values.to_vec())
-                .map_err(|e| EngineError::internal(format!("tone colour: {e}")))
+                .map_err(|e| EngineError::internal(format!("tone colour: {e}")).with_source(e))
         };
         let source = embedding(&self.source_tone_color)?;
         let target = embedding(target)?;
