@@ -362,68 +362,18 @@ async fn check_form(
             "the reference clip is required, in a multipart field named file",
         ));
     };
-    let name = form.name.unwrap_or_default().trim().to_string();
-    if name.is_empty() || name.chars().count() > MAX_NAME_CHARS {
-        return Err(AppError::unprocessable(
-            "invalid_name",
-            format!("name must be 1 to {MAX_NAME_CHARS} characters"),
-        ));
-    }
-    let language = form.language.unwrap_or_default().trim().to_string();
-    if language.is_empty() {
-        return Err(AppError::unprocessable(
+    let name = check_name(form.name)?;
+    let language = required(form.language).ok_or_else(|| {
+        AppError::unprocessable(
             "invalid_language",
             "language is required (for example en or zh)",
-        ));
-    }
-    let prompt_text = form
-        .prompt_text
-        .map(|t| t.trim().to_string())
-        .filter(|t| !t.is_empty());
-    if let Some(text) = &prompt_text
-        && text.chars().count() > state.options.max_text_chars
-    {
-        return Err(AppError::unprocessable(
-            "text_too_long",
-            format!(
-                "prompt_text has more than {} characters",
-                state.options.max_text_chars
-            ),
-        ));
-    }
-    let engine = form
-        .engine
-        .map(|e| e.trim().to_string())
-        .filter(|e| !e.is_empty())
-        .unwrap_or_else(|| state.options.clone_engine.clone());
-    let languages = check_engine(state, &engine)?;
-    let Some(language) = languages
-        .iter()
-        .find(|l| tts_contracts::same_language(l, &language))
-        .cloned()
-    else {
-        return Err(AppError::unprocessable(
-            "unsupported_language",
-            format!(
-                "engine {engine} speaks {}, not {language}",
-                languages.join(", ")
-            ),
-        ));
-    };
-
-    let clip = {
-        let file = file.clone();
-        tokio::task::spawn_blocking(move || tts_audio::decode(&file))
-            .await
-            .map_err(|e| AppError::Internal(format!("decoder task: {e}")))?
-    }
-    .map_err(|e| {
-        AppError::unprocessable("invalid_audio", format!("{e}; send a WAV or MP3 clip"))
+        )
     })?;
-    if clip.rms() < SILENCE_RMS {
-        return Err(AppError::unprocessable("no_speech", "the clip is silent"));
-    }
-
+    let prompt_text = check_prompt_text(form.prompt_text, state.options.max_text_chars)?;
+    let engine = required(form.engine).unwrap_or_else(|| state.options.clone_engine.clone());
+    let languages = check_engine(state, &engine)?;
+    let language = spoken_by(&engine, &languages, &language)?;
+    check_clip(&file).await?;
     let info = VoiceInfo {
         voice_id: Uuid::new_v4().to_string(),
         name,
@@ -436,6 +386,73 @@ async fn check_form(
         sample_rate: None,
     };
     Ok((info, prompt_text, file))
+}
+
+/// A form field trimmed, or `None` when it is missing or blank.
+fn required(field: Option<String>) -> Option<String> {
+    field
+        .map(|f| f.trim().to_string())
+        .filter(|f| !f.is_empty())
+}
+
+fn check_name(name: Option<String>) -> Result<String, AppError> {
+    required(name)
+        .filter(|n| n.chars().count() <= MAX_NAME_CHARS)
+        .ok_or_else(|| {
+            AppError::unprocessable(
+                "invalid_name",
+                format!("name must be 1 to {MAX_NAME_CHARS} characters"),
+            )
+        })
+}
+
+/// The clip's transcript, when given, within the text limit.
+fn check_prompt_text(text: Option<String>, max_chars: usize) -> Result<Option<String>, AppError> {
+    let text = required(text);
+    if let Some(text) = &text
+        && text.chars().count() > max_chars
+    {
+        return Err(AppError::unprocessable(
+            "text_too_long",
+            format!("prompt_text has more than {max_chars} characters"),
+        ));
+    }
+    Ok(text)
+}
+
+/// The engine's spelling of `language`, when the engine speaks it.
+fn spoken_by(engine: &str, languages: &[String], language: &str) -> Result<String, AppError> {
+    languages
+        .iter()
+        .find(|l| tts_contracts::same_language(l, language))
+        .cloned()
+        .ok_or_else(|| {
+            AppError::unprocessable(
+                "unsupported_language",
+                format!(
+                    "engine {engine} speaks {}, not {language}",
+                    languages.join(", ")
+                ),
+            )
+        })
+}
+
+/// Decodes the clip (off the async threads) and refuses one that is not audio or is silent;
+/// the worker judges its speech.
+async fn check_clip(file: &Bytes) -> Result<(), AppError> {
+    let clip = {
+        let file = file.clone();
+        tokio::task::spawn_blocking(move || tts_audio::decode(&file))
+            .await
+            .map_err(|e| AppError::Internal(format!("decoder task: {e}")))?
+    }
+    .map_err(|e| {
+        AppError::unprocessable("invalid_audio", format!("{e}; send a WAV or MP3 clip"))
+    })?;
+    if clip.rms() < SILENCE_RMS {
+        return Err(AppError::unprocessable("no_speech", "the clip is silent"));
+    }
+    Ok(())
 }
 
 /// Checks that `engine` is configured, has a live worker and clones voices; returns the
