@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tts_contracts::{JobMessage, JobSpec};
 use tts_infra::{JobStore, MemoryJobStore, RedisJobStore};
 use tts_tests::app::VOICE;
 use tts_tests::{Deployment, RedisServer, TestApp, spawn_app, spawn_app_with};
@@ -233,26 +232,11 @@ async fn sync_synthesis_takes_an_idempotency_key(app: TestApp) {
     );
 }
 
-fn a_job() -> JobMessage {
-    JobMessage {
-        job_id: uuid::Uuid::new_v4(),
-        engine: "piper".into(),
-        created_at: chrono::Utc::now(),
-        tenant: None,
-        spec: JobSpec::Synthesize {
-            text: "Hello.".into(),
-            voice_id: VOICE.into(),
-            language: "en".into(),
-            speed: 1.0,
-        },
-    }
-}
-
 /// A claim whose first attempt landed but whose answer was lost is retried with the same job
 /// id: the key is that job's, not a replay of it (which would leave the job never queued).
 async fn a_retried_claim_is_still_the_claimers(store: &dyn JobStore) {
     let key = format!("retried-{}", uuid::Uuid::new_v4());
-    let mine = a_job().job_id;
+    let mine = uuid::Uuid::new_v4();
     assert_eq!(
         store.claim_idempotency_key(&key, &mine).await.unwrap(),
         None
@@ -261,7 +245,7 @@ async fn a_retried_claim_is_still_the_claimers(store: &dyn JobStore) {
         store.claim_idempotency_key(&key, &mine).await.unwrap(),
         None
     );
-    let other = a_job().job_id;
+    let other = uuid::Uuid::new_v4();
     assert_eq!(
         store.claim_idempotency_key(&key, &other).await.unwrap(),
         Some(mine)

@@ -187,7 +187,7 @@ pub(crate) const RETRY_AFTER_SECS: u64 = 5;
 /// Backpressure for requests that wait for their result: refused with 503 and `Retry-After`
 /// when no live worker runs the engine or its queue is deeper than `gateway.max_queue_depth`,
 /// rather than waiting for a worker that may never come.
-pub async fn check_capacity(state: &AppState, engine: &str) -> Result<(), AppError> {
+async fn check_capacity(state: &AppState, engine: &str) -> Result<(), AppError> {
     // A degraded worker (its engine's servers unreachable) takes no jobs, so it does not count.
     if state.registry.serving_nodes(engine).is_empty() {
         return Err(AppError::unavailable_for_now(

@@ -613,8 +613,9 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn record() -> JobRecord {
-        JobRecord::queued(&JobMessage {
+    /// A synthesis job of one sentence.
+    fn message() -> JobMessage {
+        JobMessage {
             job_id: Uuid::nil(),
             engine: "piper".into(),
             created_at: Utc::now(),
@@ -625,7 +626,11 @@ mod tests {
                 language: "en".into(),
                 speed: 1.0,
             },
-        })
+        }
+    }
+
+    fn record() -> JobRecord {
+        JobRecord::queued(&message())
     }
 
     fn audio() -> JobAudio {
@@ -730,18 +735,7 @@ mod tests {
 
     #[test]
     fn job_message_round_trips_with_kind_tag() {
-        let message = JobMessage {
-            job_id: Uuid::nil(),
-            engine: "piper".into(),
-            created_at: Utc::now(),
-            tenant: None,
-            spec: JobSpec::Synthesize {
-                text: "Hello.".into(),
-                voice_id: "en_US-joe-medium".into(),
-                language: "en".into(),
-                speed: 1.0,
-            },
-        };
+        let message = message();
         let json = serde_json::to_value(&message).unwrap();
         assert_eq!(json["kind"], "synthesize");
         assert_eq!(json["text"], "Hello.");

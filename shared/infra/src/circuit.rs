@@ -87,7 +87,8 @@ impl Circuit {
     }
 
     /// Whether calls are failing at once now.
-    pub fn is_open(&self) -> bool {
+    #[cfg(test)]
+    fn is_open(&self) -> bool {
         self.lock().open_until.is_some_and(|u| Instant::now() < u)
     }
 }

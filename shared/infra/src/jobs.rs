@@ -9,7 +9,6 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use redis::aio::ConnectionManager;
 use tts_contracts::{JobId, JobRecord};
 
 use crate::error::{InfraError, InfraErrorKind, Result};
@@ -98,11 +97,6 @@ impl RedisJobStore {
     /// The connection with its circuit breaker, for other stores that share it.
     pub fn redis(&self) -> &RedisConn {
         &self.conn
-    }
-
-    /// The raw connection, for callers with their own deadline and fallback (the rate limits).
-    pub fn connection(&self) -> ConnectionManager {
-        self.conn.manager()
     }
 
     pub fn prefix(&self) -> &str {

@@ -72,7 +72,7 @@ impl RedisRateLimiter {
     /// Shares the job store's connection.
     pub fn new(jobs: &RedisJobStore) -> Self {
         RedisRateLimiter {
-            conn: jobs.connection(),
+            conn: jobs.redis().manager(),
             prefix: jobs.prefix().to_string(),
             deadline: Duration::from_millis(250),
         }
