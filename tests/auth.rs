@@ -277,7 +277,7 @@ async fn cloned_voices_belong_to_their_tenant() {
     let app = spawn_engines_with(Deployment::Standalone, &["xtts"], move |s| {
         s.auth.mode = "on".into();
         s.auth.keys = keys();
-        s.workers.get_mut("xtts").unwrap().urls = vec![url];
+        s.workers.get_mut("xtts").unwrap().set("urls", [url]);
     })
     .await;
     let form = reqwest::multipart::Form::new()

@@ -169,7 +169,6 @@ fn enroll(
     };
     let mut steps = Vec::new();
     let enrollment = engine.enroll(&input, &mut |p| steps.push((p.done, p.total)))?;
-    assert!(enrollment.base_voice.is_none() && enrollment.style_offset.is_none());
     Ok((
         enrollment.engine_data.expect("engine data is stored"),
         steps,
@@ -507,12 +506,13 @@ fn the_engine_is_built_from_its_settings() {
     let mut settings = test_settings(storage.path());
     let configure = |settings: &mut tts_config::Settings, path: &str, base: &str| {
         let own = settings.workers.get_mut("openvoice").expect("configured");
-        own.model_path = path.into();
-        own.base_engine = base.into();
-        own.voice = PIPER_VOICE.into();
+        own.set("model_path", path)
+            .set("base_engine", base)
+            .set("voice", PIPER_VOICE);
     };
     let built = |settings: &tts_config::Settings| {
-        tts_worker::engine::build("openvoice", settings, 1).map(|e| e.name().to_string())
+        let config = tts_worker::engine::EngineConfig::parse("openvoice", &settings.workers)?;
+        tts_worker::engine::build(&config, &settings.models, 1).map(|e| e.name().to_string())
     };
 
     // The defaults name no model directory: not installed, said so.
@@ -536,8 +536,7 @@ fn the_engine_is_built_from_its_settings() {
         .workers
         .get_mut("openvoice")
         .unwrap()
-        .options
-        .insert("tau".into(), json!("much"));
+        .set("tau", "much");
     let err = built(&settings).unwrap_err();
     assert!(err.message().contains("tau"), "{err}");
 
@@ -545,8 +544,7 @@ fn the_engine_is_built_from_its_settings() {
         .workers
         .get_mut("openvoice")
         .unwrap()
-        .options
-        .clear();
+        .set("tau", 0.5);
     assert_eq!(built(&settings).unwrap(), "openvoice");
 }
 
@@ -560,9 +558,9 @@ async fn a_voice_enrolled_through_the_api_speaks_through_openvoice() {
             .unwrap();
     let app = spawn_engines_with(Deployment::Standalone, &["openvoice"], move |s| {
         let own = s.workers.get_mut("openvoice").expect("configured");
-        own.model_path = path;
-        own.base_engine = "piper".into();
-        own.voice = PIPER_VOICE.into();
+        own.set("model_path", path)
+            .set("base_engine", "piper")
+            .set("voice", PIPER_VOICE);
     })
     .await;
 
@@ -603,11 +601,27 @@ async fn standalone_leaves_out_an_uninstalled_openvoice_unless_it_is_asked_for()
     use voice_clone_tts::{Application, Mode};
     let storage = tempfile::tempdir().unwrap();
     let mut settings = test_settings(storage.path());
-    // The embedded defaults (no model_path) beside one engine that can run here.
+    // The embedded defaults (no model_path) beside one engine that can run here, which is also
+    // its base: a base engine must be configured, or the settings are refused at start.
     settings
         .workers
         .retain(|name, _| name == "piper" || name == "openvoice");
-    assert!(settings.workers["openvoice"].model_path.is_empty());
+    assert_eq!(settings.workers["openvoice"].options["model_path"], "");
+    let mut without_base = settings.clone();
+    let refused = Application::build(without_base.clone(), Mode::Standalone { engines: vec![] })
+        .await
+        .err()
+        .expect("openvoice's base engine kokoro is not configured");
+    assert!(
+        format!("{refused:#}").contains("no engine named \"kokoro\""),
+        "{refused:#}"
+    );
+    without_base
+        .workers
+        .get_mut("openvoice")
+        .unwrap()
+        .set("base_engine", "piper");
+    let settings = without_base;
 
     let every = Application::build(settings.clone(), Mode::Standalone { engines: vec![] }).await;
     assert!(every.is_ok(), "{:#}", every.err().unwrap());

@@ -128,8 +128,6 @@ mod voice_store {
             reference_key: Some(format!("voices/{id}/reference.wav")),
             job_id: None,
             embedding: None,
-            base_voice: None,
-            style_offset: None,
             similarity: None,
             speech_seconds: None,
             engine_data: None,
@@ -146,7 +144,7 @@ mod voice_store {
         let mut ready = record("v1", 10);
         ready.info.status = VoiceStatus::Ready;
         ready.embedding = Some(vec![0.5; 256]);
-        ready.style_offset = Some(vec![-0.1; 256]);
+        ready.engine_data = Some(serde_json::json!({"style_offset": vec![-0.1_f32; 4]}));
         ready.similarity = Some(CloneSimilarity {
             cloned: 0.6,
             best_stock: 0.4,

@@ -53,11 +53,10 @@ fn gpt_sovits_app(
     let shared = shared.display().to_string();
     move |s| {
         let engine = s.workers.get_mut("gpt_sovits").unwrap();
-        engine.urls = urls;
-        engine.shared_dir = shared;
-        engine.options.insert("top_k".into(), json!(7));
-        engine.options.insert("temperature".into(), json!(0.6));
-        engine.options.insert("seed".into(), json!(42));
+        engine.set("urls", urls).set("shared_dir", shared).set(
+            "options",
+            json!({"top_k": 7, "temperature": 0.6, "seed": 42}),
+        );
         s.worker.max_concurrent = 4;
         s.worker.max_deliver = 2;
     }
@@ -397,7 +396,7 @@ async fn xtts_latents_are_computed_once_per_voice_and_sent_with_every_job() {
     let server = FakeXtts::start().await;
     let url = server.url();
     let app = spawn_engines_with(Deployment::Standalone, &["xtts"], move |s| {
-        s.workers.get_mut("xtts").unwrap().urls = vec![url];
+        s.workers.get_mut("xtts").unwrap().set("urls", [url]);
     })
     .await;
     let voice = enrol(
@@ -488,7 +487,7 @@ async fn health_says_whether_the_upstream_server_answers() {
         timeout: Duration::from_secs(5),
         shared_dir: shared.path().to_path_buf(),
         server_dir: String::new(),
-        options: Default::default(),
+        tuning: Default::default(),
     };
     let closed = ClosedPort::new();
     let (up, down) = (options(server.url()), options(closed.url()));

@@ -9,11 +9,10 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tts_config::Settings;
-use tts_gateway::{AppState, GatewayDeps, GatewayOptions};
+use tts_gateway::{AppState, GatewayOptions};
 use tts_infra::{
-    AudioStore, Bus, JetStreamQueue, JobSource, JobStore, LocalBus, LocalQueue, MemoryJobStore,
+    Adapters, AudioStore, JetStreamQueue, JobSource, LocalBus, LocalQueue, MemoryJobStore,
     MemoryVoiceStore, NatsBus, QueueSettings, RedisJobStore, RedisRateLimiter, RedisVoiceStore,
-    VoiceStore,
 };
 use tts_worker::{Worker, WorkerDeps, WorkerOptions};
 
@@ -36,6 +35,9 @@ pub struct Application {
 
 impl Application {
     pub async fn build(settings: Settings, mode: Mode) -> anyhow::Result<Self> {
+        // Every engine's options are checked in every role, so that a misspelt key fails the
+        // deployment at once rather than the first worker that runs the engine.
+        tts_worker::engine::EngineConfig::check_all(&settings.workers)?;
         match mode {
             Mode::Standalone { engines } => Self::standalone(settings, engines).await,
             Mode::Gateway => Self::gateway(settings).await,
@@ -60,24 +62,21 @@ impl Application {
         } else {
             settings.workers.keys().cloned().collect()
         };
-        let bus: Arc<dyn Bus> = Arc::new(LocalBus::default());
         let queue = LocalQueue::new(settings.worker.max_deliver as u32);
-        let store: Arc<dyn JobStore> = Arc::new(MemoryJobStore::new(
-            Duration::from_secs(settings.redis.job_ttl_secs),
-            Duration::from_secs(settings.gateway.idempotency_ttl_secs),
-        ));
-        let audio = AudioStore::from_settings(&settings.storage)?;
-        let voices: Arc<dyn VoiceStore> = Arc::new(MemoryVoiceStore::default());
-        // The gateway starts first so that its registry hears the workers' first heartbeats.
-        let gateway = GatewayDeps {
+        let adapters = Adapters {
+            store: Arc::new(MemoryJobStore::new(
+                Duration::from_secs(settings.redis.job_ttl_secs),
+                Duration::from_secs(settings.gateway.idempotency_ttl_secs),
+            )),
+            voices: Arc::new(MemoryVoiceStore::default()),
+            bus: Arc::new(LocalBus::default()),
+            audio: AudioStore::from_settings(&settings.storage)?,
             queue: Arc::new(queue.clone()),
-            store: store.clone(),
-            bus: bus.clone(),
-            audio: audio.clone(),
-            voices: voices.clone(),
             rate_limiter: None,
+            jetstream: None,
         };
-        let (listener, state) = Self::gateway_parts(&settings, gateway, false).await?;
+        // The gateway starts first so that its registry hears the workers' first heartbeats.
+        let (listener, state) = Self::gateway_parts(&settings, adapters.clone(), false).await?;
         let mut workers = Vec::new();
         for engine in engines {
             let (engine_impl, analysis) = match load_engine(&settings, &engine).await {
@@ -91,12 +90,8 @@ impl Application {
             let deps = WorkerDeps {
                 engine: engine_impl,
                 source: Arc::new(queue.source(&engine)),
-                store: store.clone(),
-                bus: bus.clone(),
-                audio: audio.clone(),
-                voices: voices.clone(),
                 analysis,
-                jetstream: None,
+                adapters: adapters.clone(),
             };
             let mut options = worker_options(&settings, &engine)?;
             if !settings.worker.node_id.is_empty() {
@@ -121,16 +116,8 @@ impl Application {
         )
         .await?;
         let queue = JetStreamQueue::connect(client.clone(), queue_settings(&settings)).await?;
-        let (store, voices, rate_limiter) = redis_stores(&settings).await?;
-        let deps = GatewayDeps {
-            queue: Arc::new(queue),
-            store,
-            bus: Arc::new(NatsBus::new(client)),
-            audio: AudioStore::from_settings(&settings.storage)?,
-            voices,
-            rate_limiter: Some(rate_limiter),
-        };
-        let (listener, state) = Self::gateway_parts(&settings, deps, true).await?;
+        let adapters = distributed_adapters(&settings, NatsBus::new(client), queue).await?;
+        let (listener, state) = Self::gateway_parts(&settings, adapters, true).await?;
         Ok(Application {
             gateway_addr: Some(listener.local_addr()?),
             gateway: Some((listener, state)),
@@ -150,16 +137,11 @@ impl Application {
         let queue = JetStreamQueue::connect(client.clone(), queue_settings(&settings)).await?;
         let source: Arc<dyn JobSource> = Arc::new(queue.source(&engine).await?);
         let (engine_impl, analysis) = load_engine(&settings, &engine).await?;
-        let (store, voices, _) = redis_stores(&settings).await?;
         let deps = WorkerDeps {
             engine: engine_impl,
             source,
-            store,
-            bus: Arc::new(NatsBus::new(client)),
-            audio: AudioStore::from_settings(&settings.storage)?,
-            voices,
             analysis,
-            jetstream: Some(queue),
+            adapters: distributed_adapters(&settings, NatsBus::new(client), queue).await?,
         };
         let listener = TcpListener::bind(("0.0.0.0", engine_settings.port))
             .await
@@ -175,7 +157,7 @@ impl Application {
 
     async fn gateway_parts(
         settings: &Settings,
-        deps: GatewayDeps,
+        deps: Adapters,
         distributed: bool,
     ) -> anyhow::Result<(TcpListener, AppState)> {
         let g = &settings.gateway;
@@ -282,10 +264,13 @@ fn queue_settings(settings: &Settings) -> QueueSettings {
     }
 }
 
-/// The job store, the voice store and the shared rate limits, on one Redis connection.
-async fn redis_stores(
+/// The adapters of distributed mode: the job store, the voice store and the shared rate limits
+/// on one Redis connection, the bus and the queue on one NATS connection, and object storage.
+async fn distributed_adapters(
     settings: &Settings,
-) -> anyhow::Result<(Arc<dyn JobStore>, Arc<dyn VoiceStore>, RedisRateLimiter)> {
+    bus: NatsBus,
+    queue: JetStreamQueue,
+) -> anyhow::Result<Adapters> {
     let jobs = RedisJobStore::connect(
         &settings.redis.url,
         &settings.redis.key_prefix,
@@ -293,9 +278,15 @@ async fn redis_stores(
         Duration::from_secs(settings.gateway.idempotency_ttl_secs),
     )
     .await?;
-    let voices = RedisVoiceStore::new(&jobs);
-    let limiter = RedisRateLimiter::new(&jobs);
-    Ok((Arc::new(jobs), Arc::new(voices), limiter))
+    Ok(Adapters {
+        voices: Arc::new(RedisVoiceStore::new(&jobs)),
+        rate_limiter: Some(RedisRateLimiter::new(&jobs)),
+        store: Arc::new(jobs),
+        bus: Arc::new(bus),
+        audio: AudioStore::from_settings(&settings.storage)?,
+        queue: Arc::new(queue.clone()),
+        jetstream: Some(queue),
+    })
 }
 
 type LoadedEngine = (
@@ -310,7 +301,8 @@ async fn load_engine(settings: &Settings, engine: &str) -> anyhow::Result<Loaded
     let name = engine.to_string();
     let sessions = settings.worker.max_concurrent as usize;
     tokio::task::spawn_blocking(move || {
-        let engine = tts_worker::engine::build(&name, &settings, sessions)?;
+        let config = tts_worker::engine::EngineConfig::parse(&name, &settings.workers)?;
+        let engine = tts_worker::engine::build(&config, &settings.models, sessions)?;
         let analysis = if engine.clones() {
             Some(Arc::new(tts_worker::voice::Analysis::load(&settings)?))
         } else {

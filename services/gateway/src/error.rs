@@ -6,19 +6,26 @@ use axum::response::{IntoResponse, Json, Response};
 use tts_contracts::{ApiError, JobId};
 use tts_infra::InfraError;
 
-#[derive(Debug)]
+/// The error an unexpected failure wraps, kept for the log.
+pub type Source = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+#[derive(Debug, thiserror::Error)]
 pub enum AppError {
     /// The client's request is wrong: `status` is a 4xx.
+    #[error("{code}: {message}")]
     Client {
         status: StatusCode,
         code: &'static str,
         message: String,
     },
     /// A dependency did not answer; the client may retry.
-    Unavailable(String),
+    #[error("a dependency is unavailable")]
+    Unavailable(#[source] InfraError),
     /// The sync wait ran out; the job goes on and can be polled.
+    #[error("job {0} did not finish in time")]
     Timeout(JobId),
     /// The job behind a sync request failed; its record says why.
+    #[error("job {job_id} failed: {error}")]
     JobFailed {
         job_id: JobId,
         error: String,
@@ -26,17 +33,39 @@ pub enum AppError {
     },
     /// Over a limit, or no capacity now: the client should try again after `retry_after`
     /// seconds, which is sent as `Retry-After` too.
+    #[error("{code}: {message}")]
     RetryLater {
         status: StatusCode,
         code: &'static str,
         message: String,
         retry_after: u64,
     },
-    /// A bug or an unexpected state.
-    Internal(String),
+    /// A bug or an unexpected state, with the error behind it when there is one.
+    #[error("{message}")]
+    Internal {
+        message: String,
+        #[source]
+        source: Option<Source>,
+    },
 }
 
 impl AppError {
+    /// An unexpected state with no error behind it.
+    pub fn internal(message: impl Into<String>) -> Self {
+        AppError::Internal {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// An unexpected failure of `source` while doing `what`.
+    pub fn internal_from(what: impl Into<String>, source: impl Into<Source>) -> Self {
+        AppError::Internal {
+            message: what.into(),
+            source: Some(source.into()),
+        }
+    }
+
     pub fn client(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         AppError::Client {
             status,
@@ -86,23 +115,26 @@ fn whole_seconds(wait: std::time::Duration) -> u64 {
 impl From<InfraError> for AppError {
     fn from(e: InfraError) -> Self {
         match e.kind() {
-            tts_infra::InfraErrorKind::Unavailable => AppError::Unavailable(e.to_string()),
-            _ => AppError::Internal(e.to_string()),
+            tts_infra::InfraErrorKind::Unavailable => AppError::Unavailable(e),
+            _ => AppError::internal_from("a dependency failed", e),
         }
     }
 }
 
-impl std::fmt::Display for AppError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            AppError::Client { code, message, .. } => write!(f, "{code}: {message}"),
-            AppError::Unavailable(m) => write!(f, "unavailable: {m}"),
-            AppError::Timeout(id) => write!(f, "job {id} did not finish in time"),
-            AppError::JobFailed { job_id, error, .. } => write!(f, "job {job_id} failed: {error}"),
-            AppError::RetryLater { code, message, .. } => write!(f, "{code}: {message}"),
-            AppError::Internal(m) => write!(f, "internal: {m}"),
+/// The error and its causes in one line for the log, each cause once: an adapter's error already
+/// names its own cause in its message.
+pub fn report(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        let part = e.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
         }
+        cause = e.source();
     }
+    text
 }
 
 /// Seconds a client is told to wait after a dependency did not answer: the job store's and the
@@ -111,6 +143,7 @@ const UNAVAILABLE_RETRY_AFTER: u64 = 1;
 
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
+        let logged = report(&self);
         let api_error = |error: &str, message: String| ApiError {
             error: error.into(),
             message,
@@ -123,8 +156,8 @@ impl IntoResponse for AppError {
                 code,
                 message,
             } => (status, api_error(code, message)),
-            AppError::Unavailable(detail) => {
-                tracing::error!(%detail, "dependency unavailable");
+            AppError::Unavailable(_) => {
+                tracing::error!(error = %logged, "dependency unavailable");
                 let body = ApiError {
                     retry_after: Some(UNAVAILABLE_RETRY_AFTER),
                     ..api_error(
@@ -169,8 +202,8 @@ impl IntoResponse for AppError {
                     ..api_error(code, message)
                 },
             ),
-            AppError::Internal(detail) => {
-                tracing::error!(%detail, "internal error");
+            AppError::Internal { .. } => {
+                tracing::error!(error = %logged, "internal error");
                 (
                     StatusCode::INTERNAL_SERVER_ERROR,
                     api_error("internal_error", "an internal error occurred".into()),
@@ -186,5 +219,50 @@ impl IntoResponse for AppError {
                 .insert(axum::http::header::RETRY_AFTER, seconds.into());
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn an_unavailable_dependency_keeps_its_cause_and_answers_the_contract() {
+        let cause = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let error = AppError::from(InfraError::unavailable("redis GET job").with_source(cause));
+        let infra = error.source().expect("the adapter's error");
+        let io = infra.source().expect("the dependency's error");
+        assert!(io.is::<std::io::Error>());
+        assert_eq!(
+            report(&error),
+            "a dependency is unavailable: unavailable: redis GET job: refused"
+        );
+
+        let response = error.into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()["retry-after"], "1");
+        let body = axum::body::to_bytes(response.into_body(), 4096)
+            .await
+            .unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["error"], "service_unavailable");
+        assert!(!body.to_string().contains("redis"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn an_internal_error_keeps_its_cause_but_tells_the_client_nothing() {
+        let cause = serde_json::from_str::<u32>("x").unwrap_err();
+        let error = AppError::from(InfraError::wrap(tts_infra::InfraErrorKind::Corrupt, cause));
+        assert!(error.source().unwrap().is::<InfraError>());
+        let response = error.into_response();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = axum::body::to_bytes(response.into_body(), 4096)
+            .await
+            .unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["error"], "internal_error");
+        assert_eq!(body["message"], "an internal error occurred");
     }
 }

@@ -21,22 +21,10 @@ use std::time::Duration;
 
 use axum::Router;
 use tokio::net::TcpListener;
-use tts_infra::{AudioStore, Bus, JobQueue, JobStore, RedisRateLimiter, VoiceStore};
+use tts_infra::Adapters;
 
 pub use error::AppError;
 pub use registry::Registry;
-
-/// The outside world as the gateway sees it.
-#[derive(Clone)]
-pub struct GatewayDeps {
-    pub queue: Arc<dyn JobQueue>,
-    pub store: Arc<dyn JobStore>,
-    pub bus: Arc<dyn Bus>,
-    pub audio: AudioStore,
-    pub voices: Arc<dyn VoiceStore>,
-    /// The rate limits all gateways share; absent in standalone, where one process is all.
-    pub rate_limiter: Option<RedisRateLimiter>,
-}
 
 #[derive(Debug, Clone)]
 pub struct GatewayOptions {
@@ -64,7 +52,7 @@ pub struct GatewayOptions {
 /// Shared by every request handler.
 #[derive(Clone)]
 pub struct AppState {
-    pub deps: GatewayDeps,
+    pub deps: Adapters,
     pub options: Arc<GatewayOptions>,
     pub registry: Registry,
     pub limits: Arc<limits::Limits>,
@@ -77,15 +65,15 @@ pub struct AppState {
 
 impl AppState {
     /// Builds the state and starts following worker heartbeats.
-    pub async fn start(deps: GatewayDeps, options: GatewayOptions) -> Result<Self, AppError> {
+    pub async fn start(deps: Adapters, options: GatewayOptions) -> Result<Self, AppError> {
         let registry = Registry::start(deps.bus.clone(), options.dead_threshold).await?;
-        let auth = auth::Auth::new(&options.auth).map_err(AppError::Internal)?;
+        let auth = auth::Auth::new(&options.auth).map_err(AppError::internal)?;
         let limits = limits::Limits::new(
             options.limits.clone(),
             auth.tenant_quotas(),
             deps.rate_limiter.clone(),
         )
-        .map_err(AppError::Internal)?;
+        .map_err(AppError::internal)?;
         Ok(AppState {
             deps,
             options: Arc::new(options),

@@ -4,7 +4,6 @@
 //! they depend on nothing else in the worker.
 
 use std::error::Error as StdError;
-use std::fmt;
 use std::sync::Arc;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,30 +20,73 @@ pub enum EngineErrorKind {
     Unusable,
 }
 
+/// The error an engine error wraps. Shared, so that an engine error stays cheap to clone.
+pub type Source = Arc<dyn StdError + Send + Sync + 'static>;
+
+/// What went wrong, one variant per kind. Each has a stable `code` and a `message` that is stored
+/// in the failed job's record (so clients read it; it names the cause in words), and keeps the
+/// error it wraps (I/O, ONNX Runtime, HTTP, JSON) as its `source()`.
 #[derive(Debug, Clone)]
-pub struct EngineError {
-    kind: EngineErrorKind,
-    code: &'static str,
-    /// Stored in the failed job's record, so clients read it; it names the cause in words.
-    message: String,
-    /// The error this one wraps, for logs and callers that inspect it. Shared, so that an
-    /// engine error stays cheap to clone.
-    source: Option<Arc<dyn StdError + Send + Sync + 'static>>,
+pub enum EngineError {
+    InvalidInput {
+        code: &'static str,
+        message: String,
+        source: Option<Source>,
+    },
+    Transient {
+        code: &'static str,
+        message: String,
+        source: Option<Source>,
+    },
+    Internal {
+        code: &'static str,
+        message: String,
+        source: Option<Source>,
+    },
+    Unusable {
+        code: &'static str,
+        message: String,
+        source: Option<Source>,
+    },
 }
 
 impl EngineError {
     pub fn new(kind: EngineErrorKind, code: &'static str, message: impl Into<String>) -> Self {
-        EngineError {
-            kind,
-            code,
-            message: message.into(),
-            source: None,
+        let message = message.into();
+        let source = None;
+        match kind {
+            EngineErrorKind::InvalidInput => EngineError::InvalidInput {
+                code,
+                message,
+                source,
+            },
+            EngineErrorKind::Transient => EngineError::Transient {
+                code,
+                message,
+                source,
+            },
+            EngineErrorKind::Internal => EngineError::Internal {
+                code,
+                message,
+                source,
+            },
+            EngineErrorKind::Unusable => EngineError::Unusable {
+                code,
+                message,
+                source,
+            },
         }
     }
 
-    /// Keeps `source` as the cause of this error; the message is left as it is.
-    pub fn with_source(mut self, source: impl Into<Box<dyn StdError + Send + Sync>>) -> Self {
-        self.source = Some(Arc::from(source.into()));
+    /// Keeps `cause` as the source of this error; the message is left as it is.
+    pub fn with_source(mut self, cause: impl Into<Box<dyn StdError + Send + Sync>>) -> Self {
+        let cause: Source = Arc::from(cause.into());
+        match &mut self {
+            EngineError::InvalidInput { source, .. }
+            | EngineError::Transient { source, .. }
+            | EngineError::Internal { source, .. }
+            | EngineError::Unusable { source, .. } => *source = Some(cause),
+        }
         self
     }
 
@@ -57,30 +99,52 @@ impl EngineError {
     }
 
     pub fn kind(&self) -> EngineErrorKind {
-        self.kind
+        match self {
+            EngineError::InvalidInput { .. } => EngineErrorKind::InvalidInput,
+            EngineError::Transient { .. } => EngineErrorKind::Transient,
+            EngineError::Internal { .. } => EngineErrorKind::Internal,
+            EngineError::Unusable { .. } => EngineErrorKind::Unusable,
+        }
     }
 
     /// A stable machine-readable code, reported to clients as the job's `error`.
     pub fn code(&self) -> &'static str {
-        self.code
+        match self {
+            EngineError::InvalidInput { code, .. }
+            | EngineError::Transient { code, .. }
+            | EngineError::Internal { code, .. }
+            | EngineError::Unusable { code, .. } => *code,
+        }
     }
 
     pub fn message(&self) -> &str {
-        &self.message
+        match self {
+            EngineError::InvalidInput { message, .. }
+            | EngineError::Transient { message, .. }
+            | EngineError::Internal { message, .. }
+            | EngineError::Unusable { message, .. } => message,
+        }
     }
 }
 
-impl fmt::Display for EngineError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.code, self.message)
+impl std::fmt::Display for EngineError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code(), self.message())
     }
 }
 
+/// Written out rather than derived: the source is shared (`Arc`), and the chain must lead to the
+/// wrapped error itself, not to the `Arc` around it.
 impl StdError for EngineError {
     fn source(&self) -> Option<&(dyn StdError + 'static)> {
-        self.source
-            .as_deref()
-            .map(|s| s as &(dyn StdError + 'static))
+        match self {
+            EngineError::InvalidInput { source, .. }
+            | EngineError::Transient { source, .. }
+            | EngineError::Internal { source, .. }
+            | EngineError::Unusable { source, .. } => {
+                source.as_deref().map(|s| s as &(dyn StdError + 'static))
+            }
+        }
     }
 }
 

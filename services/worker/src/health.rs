@@ -9,15 +9,14 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Json};
 use axum::routing::get;
 use serde_json::json;
-use tts_infra::{Bus, JobStore};
+use tts_infra::Adapters;
 
 use crate::heartbeat::NodeState;
 
 #[derive(Clone)]
 pub struct HealthState {
     pub node: Arc<NodeState>,
-    pub bus: Arc<dyn Bus>,
-    pub store: Arc<dyn JobStore>,
+    pub adapters: Adapters,
 }
 
 pub fn router(state: HealthState) -> Router {
@@ -38,8 +37,8 @@ async fn health(State(state): State<HealthState>) -> impl IntoResponse {
                 detail: format!("health check failed: {e}"),
             })
     };
-    let bus = state.bus.is_connected();
-    let store = state.store.ping().await;
+    let bus = state.adapters.bus.is_connected();
+    let store = state.adapters.store.ping().await;
     let draining = state.node.draining.load(Ordering::Relaxed);
     let healthy = engine.ready && bus && store.is_ok() && !draining;
     let body = json!({

@@ -242,12 +242,12 @@ pub(crate) fn check_signature(
 /// The ONNX Runtime library to load: `models.onnxruntime_path` when set (a CUDA build, say),
 /// otherwise the one in the model cache.
 pub(crate) fn onnxruntime_library(
-    settings: &tts_config::Settings,
+    models: &tts_config::ModelSettings,
     cached: std::path::PathBuf,
 ) -> std::path::PathBuf {
-    if settings.models.onnxruntime_path.is_empty() {
+    if models.onnxruntime_path.is_empty() {
         cached
     } else {
-        settings.models.onnxruntime_path.clone().into()
+        models.onnxruntime_path.clone().into()
     }
 }

@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 use tts_contracts::WorkerStatus;
-use tts_infra::{AudioStore, Bus, Delivery, JetStreamQueue, JobSource, JobStore, VoiceStore};
+use tts_infra::{Adapters, Bus, Delivery, JobSource};
 
 use crate::engine::CloneSettings;
 use crate::engine::Engine;
@@ -43,15 +43,11 @@ pub struct WorkerOptions {
 
 pub struct WorkerDeps {
     pub engine: Arc<dyn Engine>,
+    /// Where this worker pulls its engine's jobs.
     pub source: Arc<dyn JobSource>,
-    pub store: Arc<dyn JobStore>,
-    pub bus: Arc<dyn Bus>,
-    pub audio: AudioStore,
-    pub voices: Arc<dyn VoiceStore>,
     /// The reference-analysis models, for an engine that clones voices.
     pub analysis: Option<Arc<Analysis>>,
-    /// Present in distributed mode, where jobs the queue gave up on must be marked failed.
-    pub jetstream: Option<JetStreamQueue>,
+    pub adapters: Adapters,
 }
 
 pub struct Worker {
@@ -112,13 +108,18 @@ impl Worker {
         tracing::info!(node_id = %options.node_id, "worker draining");
         node.draining.store(true, Ordering::Relaxed);
         let _ = drain_tx.send(true);
-        heartbeat::publish(deps.bus.as_ref(), &node, Some(WorkerStatus::Draining)).await;
+        heartbeat::publish(
+            deps.adapters.bus.as_ref(),
+            &node,
+            Some(WorkerStatus::Draining),
+        )
+        .await;
         if !jobs.settled_within(options.shutdown_grace).await {
             tracing::warn!(
                 "in-flight jobs did not finish within the shutdown grace; the queue will redeliver them"
             );
         }
-        background.stop(deps.bus.as_ref(), &node).await;
+        background.stop(deps.adapters.bus.as_ref(), &node).await;
         tracing::info!(node_id = %options.node_id, "worker stopped");
         Ok(())
     }
@@ -128,10 +129,7 @@ impl Worker {
 fn job_context(options: &WorkerOptions, deps: &WorkerDeps) -> JobContext {
     JobContext {
         engine: deps.engine.clone(),
-        store: deps.store.clone(),
-        bus: deps.bus.clone(),
-        audio: deps.audio.clone(),
-        voices: deps.voices.clone(),
+        adapters: deps.adapters.clone(),
         analysis: deps.analysis.clone(),
         clone_settings: options.clone_settings.clone(),
         ack_wait: options.ack_wait,
@@ -174,24 +172,23 @@ impl Background {
     ) -> Self {
         let (stop_tx, stop_rx) = watch::channel(false);
         let watcher = tokio::spawn(watch_reachability(
-            deps.bus.clone(),
+            deps.adapters.bus.clone(),
             node.clone(),
             reachable_tx,
             stop_rx.clone(),
         ));
         let heartbeats = tokio::spawn(heartbeat::run(
-            deps.bus.clone(),
+            deps.adapters.bus.clone(),
             node.clone(),
             stop_rx.clone(),
         ));
-        if let Some(queue) = deps.jetstream.clone() {
+        if let Some(queue) = deps.adapters.jetstream.clone() {
             tokio::spawn(reaper::run(queue, ctx.clone(), stop_rx.clone()));
         }
         let health_server = health.map(|listener| {
             let app = health::router(health::HealthState {
                 node: node.clone(),
-                bus: deps.bus.clone(),
-                store: deps.store.clone(),
+                adapters: deps.adapters.clone(),
             });
             let mut stop = stop_rx.clone();
             tokio::spawn(async move {

@@ -149,43 +149,41 @@ pub struct WorkerSettings {
     pub shutdown_grace_secs: u64,
 }
 
+/// One `workers.<name>` section. The worker's port is common to every engine; everything else
+/// belongs to the engine, which parses it into its own typed options at start
+/// ([`EngineSettings::parse`]) and refuses keys it does not know, so that a misspelt option fails
+/// the deployment instead of being ignored.
 #[derive(Debug, Clone, Deserialize)]
 pub struct EngineSettings {
+    /// The port of the worker's health server.
     pub port: u16,
-    #[serde(default)]
-    pub model_path: String,
-    #[serde(default)]
-    pub voice: String,
-    #[serde(default = "default_device")]
-    pub device: String,
-    #[serde(default)]
-    pub threads: usize,
-    /// Upstream servers of an engine that drives one over HTTP (`gpt_sovits`, `xtts`), used in
-    /// turn.
-    #[serde(default, deserialize_with = "list_or_string")]
-    pub urls: Vec<String>,
-    /// Seconds an upstream request may take before it counts as failed (and is retried).
-    #[serde(default = "default_timeout")]
-    pub timeout_secs: u64,
-    /// A directory the worker writes reference clips into for an upstream server that reads
-    /// them from its own disk (`gpt_sovits`).
-    #[serde(default)]
-    pub shared_dir: String,
-    /// The same directory as the upstream server sees it (its mount point); empty when the
-    /// paths are the same.
-    #[serde(default)]
-    pub server_dir: String,
-    /// The engine that speaks first for a converting engine (`openvoice`): `kokoro` or `piper`.
-    #[serde(default)]
-    pub base_engine: String,
-    /// Engine-specific options passed through as they are (for `gpt_sovits`, api_v2's tuning
-    /// fields such as `top_k`, `temperature`, `seed`).
-    #[serde(default)]
-    pub options: BTreeMap<String, serde_json::Value>,
+    /// The engine's own keys, as configured.
+    #[serde(flatten)]
+    pub options: serde_json::Map<String, serde_json::Value>,
 }
 
-fn default_timeout() -> u64 {
-    120
+impl EngineSettings {
+    /// Parses the engine's keys into its options type, naming the key at fault in errors
+    /// (`workers.piper.device: unknown variant ...`).
+    pub fn parse<T: serde::de::DeserializeOwned>(&self, engine: &str) -> Result<T, ConfigError> {
+        let value = serde_json::Value::Object(self.options.clone());
+        serde_path_to_error::deserialize(value).map_err(|e| {
+            let path = e.path().to_string();
+            let at = if path == "." || path.is_empty() {
+                format!("workers.{engine}")
+            } else {
+                format!("workers.{engine}.{path}")
+            };
+            ConfigError(format!("{at}: {}", e.inner()))
+        })
+    }
+
+    /// Sets one of the engine's keys, as a file or variable would.
+    pub fn set(&mut self, key: &str, value: impl serde::Serialize) -> &mut Self {
+        let value = serde_json::to_value(value).expect("a settings value serialises to JSON");
+        self.options.insert(key.to_string(), value);
+        self
+    }
 }
 
 fn looks_like_cidr(s: &str) -> bool {
@@ -197,8 +195,9 @@ fn looks_like_cidr(s: &str) -> bool {
     }
 }
 
-/// A list from YAML, or from one environment variable as `a,b` or `["a","b"]`.
-fn list_or_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+/// A list from YAML, or from one environment variable as `a,b` or `["a","b"]`. Engines use it for
+/// their lists of upstream servers.
+pub fn list_or_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum ListOrString {
@@ -216,10 +215,6 @@ fn list_or_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>,
             .filter(|item| !item.is_empty())
             .collect(),
     })
-}
-
-fn default_device() -> String {
-    "cpu".into()
 }
 
 /// A configured secret. It deserializes from a plain string, and `Debug` shows it as `***`, so
@@ -422,16 +417,11 @@ impl Settings {
         if self.gateway.max_text_chars == 0 {
             return fail("gateway.max_text_chars must be at least 1".into());
         }
-        for (engine, settings) in &self.workers {
+        // Each engine checks its own keys when the service starts (`EngineSettings::parse`).
+        for engine in self.workers.keys() {
             if !tts_contracts::subjects::is_valid_engine_name(engine) {
                 return fail(format!(
                     "workers.{engine}: engine names are lower-case letters, digits, _ and -"
-                ));
-            }
-            if !matches!(settings.device.as_str(), "cpu" | "cuda") {
-                return fail(format!(
-                    "workers.{engine}.device must be cpu or cuda, not {:?}",
-                    settings.device
                 ));
             }
         }
@@ -530,37 +520,47 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.gateway.port, 9090);
-        assert_eq!(s.workers["piper"].device, "cuda");
+        assert_eq!(s.workers["piper"].options["device"], "cuda");
         assert_eq!(s.redis.url, "redis://10.0.0.1:6380");
     }
 
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Upstream {
+        #[serde(deserialize_with = "list_or_string")]
+        urls: Vec<String>,
+        #[serde(default)]
+        timeout_secs: Option<u64>,
+    }
+
     #[test]
-    fn upstream_urls_come_from_yaml_lists_or_one_variable() {
-        let defaults = Settings::load_with_env(None, env(&[])).unwrap();
-        assert_eq!(
-            defaults.workers["gpt_sovits"].urls,
-            ["http://127.0.0.1:9880"]
-        );
-        assert_eq!(
-            defaults.workers["gpt_sovits"].options["text_split_method"],
-            "cut5"
-        );
+    fn engine_keys_parse_into_the_engines_own_type() {
         for value in ["http://a:1, http://b:2", r#"["http://a:1","http://b:2"]"#] {
             let s = Settings::load_with_env(
                 None,
                 env(&[
-                    ("TTS__WORKERS__GPT_SOVITS__URLS", value),
-                    ("TTS__WORKERS__GPT_SOVITS__OPTIONS__TOP_K", "5"),
+                    ("TTS__WORKERS__UP__PORT", "9"),
+                    ("TTS__WORKERS__UP__URLS", value),
+                    ("TTS__WORKERS__UP__TIMEOUT_SECS", "5"),
                 ]),
             )
             .unwrap();
-            assert_eq!(
-                s.workers["gpt_sovits"].urls,
-                ["http://a:1", "http://b:2"],
-                "{value}"
-            );
-            assert_eq!(s.workers["gpt_sovits"].options["top_k"], 5);
+            let up: Upstream = s.workers["up"].parse("up").unwrap();
+            assert_eq!(up.urls, ["http://a:1", "http://b:2"], "{value}");
+            assert_eq!(up.timeout_secs, Some(5));
         }
+        let mut section = EngineSettings {
+            port: 1,
+            options: Default::default(),
+        };
+        section.set("urls", ["http://a:1"]).set("timeot_secs", 3);
+        let err = section.parse::<Upstream>("up").unwrap_err().to_string();
+        assert!(err.contains("workers.up"), "{err}");
+        assert!(err.contains("unknown field `timeot_secs`"), "{err}");
+        section.options.remove("timeot_secs");
+        section.set("timeout_secs", "soon");
+        let err = section.parse::<Upstream>("up").unwrap_err().to_string();
+        assert!(err.contains("workers.up.timeout_secs"), "{err}");
     }
 
     fn tempfile_dir(name: &str) -> std::path::PathBuf {
@@ -584,9 +584,6 @@ mod tests {
 
     #[test]
     fn bad_values_are_reported_by_name() {
-        let err = Settings::load_with_env(None, env(&[("TTS__WORKERS__PIPER__DEVICE", "tpu")]))
-            .unwrap_err();
-        assert!(err.to_string().contains("workers.piper.device"), "{err}");
         let dir = tempfile_dir("engine-name");
         let path = dir.join("c.yaml");
         std::fs::write(&path, "workers:\n  \"Bad Name\":\n    port: 1\n").unwrap();

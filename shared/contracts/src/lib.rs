@@ -429,18 +429,14 @@ pub struct VoiceRecord {
     /// Speaker embedding of the reference (unit length).
     #[serde(default)]
     pub embedding: Option<Vec<f32>>,
-    /// Engine conditioning: for kokoro, the base stock voice and the style offset.
-    #[serde(default)]
-    pub base_voice: Option<String>,
-    #[serde(default)]
-    pub style_offset: Option<Vec<f32>>,
     #[serde(default)]
     pub similarity: Option<CloneSimilarity>,
     /// Seconds of speech the voice activity detector found in the reference.
     #[serde(default)]
     pub speech_seconds: Option<f32>,
-    /// Other conditioning an engine computed once at enrollment (an upstream server's speaker
-    /// latents, a tone-colour embedding), in the engine's own shape.
+    /// The conditioning an engine computed once at enrollment (Kokoro's base voice and style
+    /// offset, an upstream server's speaker latents, a tone-colour embedding), in the engine's own
+    /// shape: only the engine reads it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub engine_data: Option<serde_json::Value>,
     #[serde(default)]
@@ -459,8 +455,6 @@ impl VoiceRecord {
             reference_key: None,
             job_id: Some(job_id),
             embedding: None,
-            base_voice: None,
-            style_offset: None,
             similarity: None,
             speech_seconds: None,
             engine_data: None,

@@ -17,23 +17,59 @@ pub enum InfraErrorKind {
     Invalid,
 }
 
-#[derive(Debug)]
-pub struct InfraError {
-    kind: InfraErrorKind,
-    /// What the adapter was doing; may name hosts and keys, so it is for the log only.
-    what: String,
-    /// Why a dependency is unavailable, in words fit for anyone to read (`/health` shows it).
-    reason: Option<&'static str>,
-    source: Option<Source>,
+/// An adapter's failure, one variant per kind, each with what the adapter was doing (which may
+/// name hosts and keys, so it is for the log only) and the dependency's own error.
+///
+/// The message reads "kind: what: cause". The cause's text is part of it because a failed job's
+/// record and most log lines carry this message alone; `source()` still hands out the cause.
+#[derive(Debug, thiserror::Error)]
+pub enum InfraError {
+    #[error("unavailable{}", detail(.what, .source))]
+    Unavailable {
+        what: String,
+        /// Why, in words fit for anyone to read (`/health` shows it).
+        reason: Option<&'static str>,
+        #[source]
+        source: Option<Source>,
+    },
+    #[error("corrupt data{}", detail(.what, .source))]
+    Corrupt {
+        what: String,
+        #[source]
+        source: Option<Source>,
+    },
+    #[error("invalid{}", detail(.what, .source))]
+    Invalid {
+        what: String,
+        #[source]
+        source: Option<Source>,
+    },
+}
+
+fn detail(what: &str, source: &Option<Source>) -> String {
+    let mut text = String::new();
+    if !what.is_empty() {
+        text.push_str(": ");
+        text.push_str(what);
+    }
+    if let Some(source) = source {
+        text.push_str(": ");
+        text.push_str(&source.to_string());
+    }
+    text
 }
 
 impl InfraError {
     pub fn new(kind: InfraErrorKind, what: impl Into<String>) -> Self {
-        InfraError {
-            kind,
-            what: what.into(),
-            reason: None,
-            source: None,
+        let what = what.into();
+        match kind {
+            InfraErrorKind::Unavailable => InfraError::Unavailable {
+                what,
+                reason: None,
+                source: None,
+            },
+            InfraErrorKind::Corrupt => InfraError::Corrupt { what, source: None },
+            InfraErrorKind::Invalid => InfraError::Invalid { what, source: None },
         }
     }
 
@@ -43,8 +79,12 @@ impl InfraError {
     }
 
     /// Keeps `source` as the cause of this error.
-    pub fn with_source(mut self, source: impl Into<Source>) -> Self {
-        self.source = Some(source.into());
+    pub fn with_source(mut self, cause: impl Into<Source>) -> Self {
+        match &mut self {
+            InfraError::Unavailable { source, .. }
+            | InfraError::Corrupt { source, .. }
+            | InfraError::Invalid { source, .. } => *source = Some(cause.into()),
+        }
         self
     }
 
@@ -54,20 +94,21 @@ impl InfraError {
 
     /// An unavailable dependency with a public reason, such as "connection refused".
     pub fn unavailable_because(reason: &'static str, what: impl fmt::Display) -> Self {
-        InfraError {
+        InfraError::Unavailable {
+            what: what.to_string(),
             reason: Some(reason),
-            ..Self::unavailable(what)
+            source: None,
         }
     }
 
     /// Why the dependency failed, safe to show to clients: the reason given when the error was
     /// made, or the kind in general terms.
     pub fn reason(&self) -> &'static str {
-        self.reason.unwrap_or(match self.kind {
-            InfraErrorKind::Unavailable => "did not answer",
-            InfraErrorKind::Corrupt => "answered with data of the wrong shape",
-            InfraErrorKind::Invalid => "refused the request",
-        })
+        match self {
+            InfraError::Unavailable { reason, .. } => reason.unwrap_or("did not answer"),
+            InfraError::Corrupt { .. } => "answered with data of the wrong shape",
+            InfraError::Invalid { .. } => "refused the request",
+        }
     }
 
     pub fn corrupt(what: impl fmt::Display) -> Self {
@@ -79,35 +120,11 @@ impl InfraError {
     }
 
     pub fn kind(&self) -> InfraErrorKind {
-        self.kind
-    }
-}
-
-/// "kind: what: cause". The cause's text is part of the message because a failed job's record
-/// and most log lines carry this message alone; `source()` still hands out the cause itself.
-impl fmt::Display for InfraError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let kind = match self.kind {
-            InfraErrorKind::Unavailable => "unavailable",
-            InfraErrorKind::Corrupt => "corrupt data",
-            InfraErrorKind::Invalid => "invalid",
-        };
-        f.write_str(kind)?;
-        if !self.what.is_empty() {
-            write!(f, ": {}", self.what)?;
+        match self {
+            InfraError::Unavailable { .. } => InfraErrorKind::Unavailable,
+            InfraError::Corrupt { .. } => InfraErrorKind::Corrupt,
+            InfraError::Invalid { .. } => InfraErrorKind::Invalid,
         }
-        if let Some(source) = &self.source {
-            write!(f, ": {source}")?;
-        }
-        Ok(())
-    }
-}
-
-impl StdError for InfraError {
-    fn source(&self) -> Option<&(dyn StdError + 'static)> {
-        self.source
-            .as_deref()
-            .map(|s| s as &(dyn StdError + 'static))
     }
 }
 

@@ -55,11 +55,11 @@ pub async fn synthesize(
     let mut response = match record.status {
         JobStatus::Succeeded => {
             let key = record.audio_key.ok_or_else(|| {
-                AppError::Internal(format!("job {job_id} succeeded without audio"))
+                AppError::internal(format!("job {job_id} succeeded without audio"))
             })?;
             let audio =
                 state.deps.audio.get(&key).await?.ok_or_else(|| {
-                    AppError::Internal(format!("audio of job {job_id} is missing"))
+                    AppError::internal(format!("audio of job {job_id} is missing"))
                 })?;
             ([(header::CONTENT_TYPE, "audio/wav")], audio).into_response()
         }

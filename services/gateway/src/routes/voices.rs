@@ -444,7 +444,7 @@ async fn check_clip(file: &Bytes) -> Result<(), AppError> {
         let file = file.clone();
         tokio::task::spawn_blocking(move || tts_audio::decode(&file))
             .await
-            .map_err(|e| AppError::Internal(format!("decoder task: {e}")))?
+            .map_err(|e| AppError::internal_from("decoder task", e))?
     }
     .map_err(|e| {
         AppError::unprocessable("invalid_audio", format!("{e}; send a WAV or MP3 clip"))

@@ -7,10 +7,10 @@
 //! so that concurrent jobs never share or delete each other's file. api_v2 serves one request
 //! at a time; see `upstream.rs` for how several servers are used.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use tts_contracts::{VoiceInfo, VoiceRecord};
 
@@ -29,17 +29,70 @@ const SPLIT_METHODS: [&str; 6] = ["cut0", "cut1", "cut2", "cut3", "cut4", "cut5"
 /// GPT-SoVITS refuses reference clips outside 3 to 10 seconds.
 pub const MAX_REFERENCE_SECS: f32 = 10.0;
 
-/// Fields this engine sets from the job and the voice; options cannot override them.
-const OWN_FIELDS: [&str; 8] = [
-    "text",
-    "text_lang",
-    "ref_audio_path",
-    "prompt_text",
-    "prompt_lang",
-    "speed_factor",
-    "media_type",
-    "streaming_mode",
-];
+/// `workers.gpt_sovits` in the settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GptSovitsConfig {
+    /// The api_v2 servers, used in turn, one request in flight each.
+    #[serde(deserialize_with = "tts_config::list_or_string")]
+    pub urls: Vec<String>,
+    /// Seconds a request may take before it counts as failed (and is retried).
+    #[serde(default = "super::upstream::default_timeout_secs")]
+    pub timeout_secs: u64,
+    /// Where this worker writes reference clips for the server to read.
+    pub shared_dir: String,
+    /// The same directory as the server sees it; empty when the paths are the same.
+    #[serde(default)]
+    pub server_dir: String,
+    /// api_v2's tuning fields, sent with every request.
+    #[serde(default)]
+    pub options: Tuning,
+}
+
+/// The fields of api_v2's `POST /tts` that tune synthesis. The others (text, languages, the
+/// reference, speed, format) are set from each job and the voice, so they are not options.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tuning {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text_split_method: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_k: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repetition_penalty: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_size: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_threshold: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split_bucket: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parallel_infer: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fragment_interval: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sample_steps: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub super_sampling: Option<bool>,
+}
+
+impl GptSovitsConfig {
+    pub fn options(&self) -> GptSovitsOptions {
+        GptSovitsOptions {
+            urls: self.urls.clone(),
+            timeout: Duration::from_secs(self.timeout_secs),
+            shared_dir: self.shared_dir.clone().into(),
+            server_dir: self.server_dir.clone(),
+            tuning: self.options.clone(),
+        }
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct GptSovitsOptions {
@@ -49,16 +102,15 @@ pub struct GptSovitsOptions {
     pub shared_dir: PathBuf,
     /// The same directory as the server sees it; `shared_dir` when empty.
     pub server_dir: String,
-    /// api_v2 fields passed through (`top_k`, `top_p`, `temperature`, `seed`,
-    /// `text_split_method`, `batch_size`, `repetition_penalty`, ...).
-    pub options: BTreeMap<String, Value>,
+    /// api_v2's tuning fields, sent with every request.
+    pub tuning: Tuning,
 }
 
 pub struct GptSovitsEngine {
     upstreams: Upstreams,
     shared_dir: PathBuf,
     server_dir: String,
-    options: Map<String, Value>,
+    tuning: Tuning,
 }
 
 impl GptSovitsEngine {
@@ -76,17 +128,8 @@ impl GptSovitsEngine {
             ))
             .with_source(e)
         })?;
-        let mut passed = Map::new();
-        for (key, value) in &options.options {
-            if OWN_FIELDS.contains(&key.as_str()) {
-                return Err(EngineError::internal(format!(
-                    "workers.gpt_sovits.options.{key} is set from each job and cannot be configured"
-                )));
-            }
-            passed.insert(key.clone(), value.clone());
-        }
-        if let Some(method) = passed.get("text_split_method")
-            && !method.as_str().is_some_and(|m| SPLIT_METHODS.contains(&m))
+        if let Some(method) = &options.tuning.text_split_method
+            && !SPLIT_METHODS.contains(&method.as_str())
         {
             return Err(EngineError::internal(format!(
                 "workers.gpt_sovits.options.text_split_method must be one of {}",
@@ -102,7 +145,7 @@ impl GptSovitsEngine {
             upstreams,
             shared_dir: options.shared_dir.clone(),
             server_dir: server_dir.trim_end_matches('/').to_string(),
-            options: passed,
+            tuning: options.tuning.clone(),
         })
     }
 
@@ -113,7 +156,10 @@ impl GptSovitsEngine {
         voice: &VoiceRecord,
         ref_audio_path: &str,
     ) -> Value {
-        let mut body = self.options.clone();
+        let mut body = match serde_json::to_value(&self.tuning) {
+            Ok(Value::Object(fields)) => fields,
+            _ => Map::new(),
+        };
         body.entry("text_split_method").or_insert(json!("cut5"));
         let fields = json!({
             "text": input.text,

@@ -12,8 +12,10 @@ pub mod upstream;
 pub mod xtts;
 pub mod zh;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use serde::Deserialize;
 use tts_contracts::{CloneSimilarity, SpeedRange, VoiceInfo, VoiceRecord};
 
 pub use crate::error::{EngineError, EngineErrorKind, EngineHealth};
@@ -59,14 +61,10 @@ pub struct EnrollInput<'a> {
 /// every synthesis.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Enrollment {
-    /// The stock voice the conditioning starts from.
-    pub base_voice: Option<String>,
-    /// An offset added to the base voice's style.
-    pub style_offset: Option<Vec<f32>>,
     /// Cloned and best-stock similarity to the reference on a held-out sentence.
     pub similarity: Option<CloneSimilarity>,
-    /// Anything else the engine keeps with the voice, such as an upstream server's speaker
-    /// latents or a tone-colour embedding.
+    /// The conditioning the engine keeps with the voice, in its own shape (Kokoro's base voice
+    /// and style offset, an upstream server's speaker latents, a tone-colour embedding).
     pub engine_data: Option<serde_json::Value>,
 }
 
@@ -225,97 +223,194 @@ pub fn check_voice_and_language(
     Ok(voice)
 }
 
-/// Builds the engine named `name` from its `workers.<name>` settings. `sessions` is how many
-/// syntheses it must be able to run at once.
-pub fn build(
-    name: &str,
-    settings: &tts_config::Settings,
-    sessions: usize,
-) -> Result<Arc<dyn Engine>, EngineError> {
-    let engine_settings = settings
-        .engine(name)
-        .map_err(|e| EngineError::internal(e.to_string()).with_source(e))?;
-    match name {
-        "piper" => build_piper(settings, engine_settings, sessions),
-        "kokoro" => build_kokoro(settings, engine_settings, sessions),
-        "gpt_sovits" => {
-            let engine = gpt_sovits::GptSovitsEngine::load(&gpt_sovits::GptSovitsOptions {
-                urls: engine_settings.urls.clone(),
-                timeout: std::time::Duration::from_secs(engine_settings.timeout_secs),
-                shared_dir: engine_settings.shared_dir.clone().into(),
-                server_dir: engine_settings.server_dir.clone(),
-                options: engine_settings.options.clone(),
-            })?;
-            Ok(Arc::new(engine))
+/// Where an engine runs its graphs. `cuda` falls back to the CPU with a warning when CUDA cannot
+/// be loaded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Device {
+    #[default]
+    Cpu,
+    Cuda,
+}
+
+impl Device {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Device::Cpu => "cpu",
+            Device::Cuda => "cuda",
         }
-        "xtts" => {
-            let chunk = engine_settings
-                .options
-                .get("stream_chunk_size")
-                .and_then(|v| v.as_u64())
-                .unwrap_or(20) as u32;
-            let engine = xtts::XttsEngine::load(&xtts::XttsOptions {
-                urls: engine_settings.urls.clone(),
-                timeout: std::time::Duration::from_secs(engine_settings.timeout_secs),
-                stream_chunk_size: chunk,
-            })?;
-            Ok(Arc::new(engine))
-        }
-        // The base engine (`workers.openvoice.base_engine`) is built by this function too.
-        "openvoice" => openvoice::build(settings, sessions),
-        other => Err(EngineError::internal(format!(
-            "engine {other:?} is configured but not built into this binary (available: piper, kokoro, gpt_sovits, xtts, openvoice)"
-        ))),
     }
 }
 
-/// Piper with the voices of `model_path`, or the cached stock voice.
-fn build_piper(
-    settings: &tts_config::Settings,
-    engine_settings: &tts_config::EngineSettings,
-    sessions: usize,
-) -> Result<Arc<dyn Engine>, EngineError> {
-    let cache = &settings.models.cache_dir;
-    let paths = crate::models::ensure(cache)
-        .map_err(|e| EngineError::internal(format!("model cache: {e}")).with_source(e))?;
-    let model_dir = if engine_settings.model_path.is_empty() {
-        paths.piper_dir
-    } else {
-        engine_settings.model_path.clone().into()
-    };
-    let onnxruntime = crate::runtime::onnxruntime_library(settings, paths.onnxruntime);
-    let engine = piper::PiperEngine::load(&piper::PiperOptions {
-        model_dir,
-        voice: engine_settings.voice.clone(),
-        device: engine_settings.device.clone(),
-        threads: engine_settings.threads,
-        sessions,
-        onnxruntime,
-    })?;
-    Ok(Arc::new(engine))
+/// The engines built into this binary.
+pub const ENGINES: [&str; 5] = ["piper", "kokoro", "gpt_sovits", "xtts", "openvoice"];
+
+/// An engine's typed options, parsed from its `workers.<name>` section. Each engine's type
+/// refuses keys it does not know, so a misspelt option fails at start with the key's name.
+#[derive(Debug, Clone)]
+pub enum EngineConfig {
+    Piper(piper::PiperConfig),
+    Kokoro(kokoro::KokoroConfig),
+    GptSovits(gpt_sovits::GptSovitsConfig),
+    Xtts(xtts::XttsConfig),
+    /// OpenVoice with the options of the base engine that speaks before it converts.
+    OpenVoice {
+        config: openvoice::OpenVoiceConfig,
+        base: Box<EngineConfig>,
+    },
 }
 
-/// Kokoro from the files in `model_path`, or the cached model.
-fn build_kokoro(
-    settings: &tts_config::Settings,
-    engine_settings: &tts_config::EngineSettings,
+impl EngineConfig {
+    /// Parses the options of the engine `name` from the configured `workers` sections.
+    pub fn parse(
+        name: &str,
+        workers: &BTreeMap<String, tts_config::EngineSettings>,
+    ) -> Result<EngineConfig, EngineError> {
+        let section = workers.get(name).ok_or_else(|| {
+            let known: Vec<&str> = workers.keys().map(String::as_str).collect();
+            EngineError::internal(format!(
+                "no engine named {name:?} in workers (configured: {})",
+                known.join(", ")
+            ))
+        })?;
+        let invalid =
+            |e: tts_config::ConfigError| EngineError::internal(e.to_string()).with_source(e);
+        Ok(match name {
+            "piper" => EngineConfig::Piper(section.parse(name).map_err(invalid)?),
+            "kokoro" => EngineConfig::Kokoro(section.parse(name).map_err(invalid)?),
+            "gpt_sovits" => EngineConfig::GptSovits(section.parse(name).map_err(invalid)?),
+            "xtts" => EngineConfig::Xtts(section.parse(name).map_err(invalid)?),
+            "openvoice" => {
+                let config: openvoice::OpenVoiceConfig = section.parse(name).map_err(invalid)?;
+                let base = config.base_engine.as_str();
+                if !openvoice::BASE_ENGINES.contains(&base) {
+                    return Err(EngineError::internal(format!(
+                        "workers.openvoice.base_engine is {base:?}; it must be one of {}",
+                        openvoice::BASE_ENGINES.join(", ")
+                    )));
+                }
+                let base = Box::new(EngineConfig::parse(base, workers)?);
+                EngineConfig::OpenVoice { config, base }
+            }
+            other => {
+                return Err(EngineError::internal(format!(
+                    "engine {other:?} is configured but not built into this binary (available: {})",
+                    ENGINES.join(", ")
+                )));
+            }
+        })
+    }
+
+    /// Parses every configured engine's options, so that a bad key fails the start of any
+    /// process with the configuration, not only the worker that runs the engine.
+    pub fn check_all(
+        workers: &BTreeMap<String, tts_config::EngineSettings>,
+    ) -> Result<(), EngineError> {
+        for name in workers.keys() {
+            EngineConfig::parse(name, workers)?;
+        }
+        Ok(())
+    }
+}
+
+/// Builds an engine from its options. `models` says where the model cache and ONNX Runtime are;
+/// `sessions` is how many syntheses the engine must be able to run at once.
+pub fn build(
+    config: &EngineConfig,
+    models: &tts_config::ModelSettings,
     sessions: usize,
 ) -> Result<Arc<dyn Engine>, EngineError> {
-    let paths = crate::models::ensure_kokoro(&settings.models.cache_dir)
-        .map_err(|e| EngineError::internal(format!("model cache: {e}")).with_source(e))?;
-    let dir: Option<std::path::PathBuf> =
-        (!engine_settings.model_path.is_empty()).then(|| engine_settings.model_path.clone().into());
-    let onnxruntime = crate::runtime::onnxruntime_library(settings, paths.onnxruntime);
-    let engine = kokoro::KokoroEngine::load(&kokoro::KokoroOptions {
-        model: dir
-            .as_ref()
-            .map_or(paths.model, |d| d.join("kokoro-v1.0.int8.onnx")),
-        vocab: dir.as_ref().map_or(paths.vocab, |d| d.join("vocab.json")),
-        voices: dir.as_ref().map_or(paths.voices, |d| d.join("voices.npz")),
-        device: engine_settings.device.clone(),
-        threads: engine_settings.threads,
-        sessions,
-        onnxruntime,
-    })?;
-    Ok(Arc::new(engine))
+    Ok(match config {
+        EngineConfig::Piper(config) => {
+            Arc::new(piper::PiperEngine::build(config, models, sessions)?)
+        }
+        EngineConfig::Kokoro(config) => {
+            Arc::new(kokoro::KokoroEngine::build(config, models, sessions)?)
+        }
+        EngineConfig::GptSovits(config) => {
+            Arc::new(gpt_sovits::GptSovitsEngine::load(&config.options())?)
+        }
+        EngineConfig::Xtts(config) => Arc::new(xtts::XttsEngine::load(&config.options())?),
+        EngineConfig::OpenVoice { config, base } => {
+            // The model is checked first: an engine that is not installed should say so before
+            // the base engine spends seconds loading.
+            openvoice::check_configured(config)?;
+            let base = build(base, models, sessions)?;
+            Arc::new(openvoice::OpenVoiceEngine::build(
+                config, base, models, sessions,
+            )?)
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(env: &[(&str, &str)]) -> tts_config::Settings {
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        tts_config::Settings::load_with_env(None, env).unwrap()
+    }
+
+    fn refusal(env: &[(&str, &str)]) -> String {
+        EngineConfig::check_all(&settings(env).workers)
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn the_embedded_sections_parse_into_each_engines_options() {
+        let s = settings(&[]);
+        EngineConfig::check_all(&s.workers).unwrap();
+        match EngineConfig::parse("openvoice", &s.workers).unwrap() {
+            EngineConfig::OpenVoice { config, base } => {
+                assert_eq!(config.tau, openvoice::DEFAULT_TAU);
+                assert!(matches!(*base, EngineConfig::Kokoro(_)));
+            }
+            other => panic!("{other:?}"),
+        }
+        match EngineConfig::parse("gpt_sovits", &s.workers).unwrap() {
+            EngineConfig::GptSovits(config) => {
+                assert_eq!(config.options.text_split_method.as_deref(), Some("cut5"));
+                assert_eq!(config.timeout_secs, 120);
+            }
+            other => panic!("{other:?}"),
+        }
+        let s = settings(&[
+            ("TTS__WORKERS__PIPER__DEVICE", "cuda"),
+            ("TTS__WORKERS__XTTS__URLS", "http://a:1,http://b:2"),
+        ]);
+        match EngineConfig::parse("piper", &s.workers).unwrap() {
+            EngineConfig::Piper(config) => assert_eq!(config.device, Device::Cuda),
+            other => panic!("{other:?}"),
+        }
+        match EngineConfig::parse("xtts", &s.workers).unwrap() {
+            EngineConfig::Xtts(config) => assert_eq!(config.urls, ["http://a:1", "http://b:2"]),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused_by_name() {
+        let err = refusal(&[("TTS__WORKERS__PIPER__DEVICE", "tpu")]);
+        assert!(err.contains("workers.piper.device"), "{err}");
+        let err = refusal(&[("TTS__WORKERS__KOKORO__THREDS", "2")]);
+        assert!(
+            err.contains("workers.kokoro") && err.contains("unknown field `threds`"),
+            "{err}"
+        );
+        // A field set from each job is not a tuning option of api_v2.
+        let err = refusal(&[("TTS__WORKERS__GPT_SOVITS__OPTIONS__TEXT", "hello")]);
+        assert!(
+            err.contains("workers.gpt_sovits.options") && err.contains("unknown field `text`"),
+            "{err}"
+        );
+        let err = refusal(&[("TTS__WORKERS__OPENVOICE__BASE_ENGINE", "xtts")]);
+        assert!(
+            err.contains("base_engine") && err.contains("kokoro, piper"),
+            "{err}"
+        );
+        let err = refusal(&[("TTS__WORKERS__PIPR__PORT", "9")]);
+        assert!(err.contains("not built into this binary"), "{err}");
+    }
 }

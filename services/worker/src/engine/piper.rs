@@ -16,7 +16,8 @@ use tts_contracts::{VoiceInfo, VoiceStatus};
 
 use super::espeak;
 use super::{
-    Audio, Engine, EngineError, EngineHealth, Progress, SynthesisInput, check_voice_and_language,
+    Audio, Device, Engine, EngineError, EngineHealth, Progress, SynthesisInput,
+    check_voice_and_language,
 };
 use crate::runtime::{self, Placement, SessionPool};
 
@@ -55,6 +56,22 @@ pub struct LanguageConfig {
     pub family: String,
 }
 
+/// `workers.piper` in the settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PiperConfig {
+    /// A directory of Piper voices; empty takes the model cache's stock voice.
+    #[serde(default)]
+    pub model_path: String,
+    /// The voice file's name without `.onnx`.
+    pub voice: String,
+    #[serde(default)]
+    pub device: Device,
+    /// ONNX Runtime intra-op threads per session; 0 lets the runtime decide.
+    #[serde(default)]
+    pub threads: usize,
+}
+
 /// Where a Piper voice lives and how to run it.
 #[derive(Debug, Clone)]
 pub struct PiperOptions {
@@ -75,6 +92,29 @@ pub struct PiperEngine {
 }
 
 impl PiperEngine {
+    /// Loads the configured voice, from the model cache unless `model_path` names a directory.
+    pub fn build(
+        config: &PiperConfig,
+        models: &tts_config::ModelSettings,
+        sessions: usize,
+    ) -> Result<Self, EngineError> {
+        let paths = crate::models::ensure(&models.cache_dir)
+            .map_err(|e| EngineError::internal(format!("model cache: {e}")).with_source(e))?;
+        let model_dir = if config.model_path.is_empty() {
+            paths.piper_dir
+        } else {
+            config.model_path.clone().into()
+        };
+        PiperEngine::load(&PiperOptions {
+            model_dir,
+            voice: config.voice.clone(),
+            device: config.device.as_str().into(),
+            threads: config.threads,
+            sessions,
+            onnxruntime: runtime::onnxruntime_library(models, paths.onnxruntime),
+        })
+    }
+
     pub fn load(options: &PiperOptions) -> Result<Self, EngineError> {
         let model = options.model_dir.join(format!("{}.onnx", options.voice));
         let config_path = options

@@ -23,6 +23,11 @@ use reqwest::blocking::{Client, RequestBuilder, Response};
 use super::{Audio, EngineError, EngineErrorKind, EngineHealth};
 
 /// How long a check waits for an upstream server to accept a connection.
+/// Seconds an upstream request may take, unless an engine's `timeout_secs` says otherwise.
+pub fn default_timeout_secs() -> u64 {
+    120
+}
+
 const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// How long a server that could not be reached is passed over while another one is up. Workers

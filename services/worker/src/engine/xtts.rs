@@ -23,6 +23,35 @@ pub const LANGUAGES: [&str; 16] = [
 /// Width of one GPT conditioning latent, as XTTS-v2 has it.
 const LATENT_WIDTH: usize = 1024;
 
+/// `workers.xtts` in the settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct XttsConfig {
+    /// The XTTS streaming servers, used in turn.
+    #[serde(deserialize_with = "tts_config::list_or_string")]
+    pub urls: Vec<String>,
+    /// Seconds a request may take before it counts as failed (and is retried).
+    #[serde(default = "super::upstream::default_timeout_secs")]
+    pub timeout_secs: u64,
+    /// Tokens per streamed chunk.
+    #[serde(default = "default_stream_chunk_size")]
+    pub stream_chunk_size: u32,
+}
+
+fn default_stream_chunk_size() -> u32 {
+    20
+}
+
+impl XttsConfig {
+    pub fn options(&self) -> XttsOptions {
+        XttsOptions {
+            urls: self.urls.clone(),
+            timeout: Duration::from_secs(self.timeout_secs),
+            stream_chunk_size: self.stream_chunk_size,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct XttsOptions {
     pub urls: Vec<String>,

@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 use tts_contracts::{JobAudio, JobFailure, JobRecord, failure, subjects};
-use tts_infra::{AudioStore, Bus, Delivery, InfraError, JobStore, VoiceStore};
+use tts_infra::{Adapters, Delivery, InfraError};
 
 use crate::engine::{CloneSettings, Engine, EngineError, EngineErrorKind, Progress};
 use crate::voice::Analysis;
@@ -18,10 +18,7 @@ use crate::voice::Analysis;
 #[derive(Clone)]
 pub struct JobContext {
     pub engine: Arc<dyn Engine>,
-    pub store: Arc<dyn JobStore>,
-    pub bus: Arc<dyn Bus>,
-    pub audio: AudioStore,
-    pub voices: Arc<dyn VoiceStore>,
+    pub adapters: Adapters,
     /// Loaded when the engine clones voices.
     pub analysis: Option<Arc<Analysis>>,
     pub clone_settings: CloneSettings,
@@ -163,7 +160,7 @@ pub(crate) async fn save(
     record: &JobRecord,
     message: Option<String>,
 ) -> Result<bool, JobError> {
-    if !ctx.store.put(record).await? {
+    if !ctx.adapters.store.put(record).await? {
         return Ok(false);
     }
     publish(ctx, record, message).await;
@@ -177,6 +174,7 @@ pub(crate) async fn publish(ctx: &JobContext, record: &JobRecord, message: Optio
     match serde_json::to_vec(&event) {
         Ok(payload) => {
             if let Err(e) = ctx
+                .adapters
                 .bus
                 .publish(subjects::job_events(&record.job_id), Bytes::from(payload))
                 .await

@@ -86,10 +86,10 @@ async fn load(
     voice_id: &str,
     upload_key: &str,
 ) -> Result<(VoiceRecord, Bytes), JobError> {
-    let Some(voice) = ctx.voices.get(voice_id).await? else {
+    let Some(voice) = ctx.adapters.voices.get(voice_id).await? else {
         return Err(deleted(voice_id));
     };
-    let Some(upload) = ctx.audio.get(upload_key).await? else {
+    let Some(upload) = ctx.adapters.audio.get(upload_key).await? else {
         return Err(JobError::permanent(
             failure::UPLOAD_MISSING,
             format!("the clip uploaded for voice {voice_id} is no longer stored"),
@@ -135,10 +135,10 @@ async fn accept_reference(
             .map_err(|e| JobError::transient(failure::ENCODING_FAILED, e.to_string()))?,
     );
     let key = reference_key(voice_id);
-    ctx.audio.put(&key, wav.clone()).await?;
+    ctx.adapters.audio.put(&key, wav.clone()).await?;
     voice.reference_key = Some(key);
     voice.speech_seconds = Some(prepared.speech_seconds);
-    if !ctx.voices.update(voice).await? {
+    if !ctx.adapters.voices.update(voice).await? {
         remove_objects(ctx, voice_id).await;
         return Err(deleted(voice_id));
     }
@@ -200,17 +200,15 @@ async fn make_ready(
 ) -> Result<(), JobError> {
     voice.info.status = VoiceStatus::Ready;
     voice.embedding = Some(embedding);
-    voice.base_voice = enrollment.base_voice;
-    voice.style_offset = enrollment.style_offset;
     voice.similarity = enrollment.similarity;
     voice.engine_data = enrollment.engine_data;
     voice.error = None;
-    if !ctx.voices.update(voice).await? {
+    if !ctx.adapters.voices.update(voice).await? {
         remove_objects(ctx, voice_id).await;
         return Err(deleted(voice_id));
     }
     // The trimmed reference is what the voice keeps; the raw upload has served its purpose.
-    if let Err(e) = ctx.audio.delete(upload_key).await {
+    if let Err(e) = ctx.adapters.audio.delete(upload_key).await {
         tracing::warn!(%voice_id, error = %e, "could not delete the upload");
     }
     Ok(())
@@ -218,7 +216,12 @@ async fn make_ready(
 
 /// Removes every object of a deleted voice, including any this job wrote after the deletion.
 async fn remove_objects(ctx: &JobContext, voice_id: &str) {
-    if let Err(e) = ctx.audio.delete_prefix(&voice_prefix(voice_id)).await {
+    if let Err(e) = ctx
+        .adapters
+        .audio
+        .delete_prefix(&voice_prefix(voice_id))
+        .await
+    {
         tracing::warn!(%voice_id, error = %e, "could not delete a deleted voice's objects");
     }
 }

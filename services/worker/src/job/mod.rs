@@ -52,7 +52,7 @@ pub async fn handle(ctx: &JobContext, delivery: Box<dyn Delivery>) -> Outcome {
 
 async fn attempt(ctx: &JobContext, delivery: Box<dyn Delivery>, message: JobMessage) -> Outcome {
     let job_id = message.job_id;
-    let mut record = match ctx.store.get(&job_id).await {
+    let mut record = match ctx.adapters.store.get(&job_id).await {
         Ok(Some(r)) => r,
         // The record may have expired while the job waited; the message has all it needs.
         Ok(None) => JobRecord::queued(&message),
@@ -203,7 +203,7 @@ async fn reject_unreadable(
         .ok()
         .and_then(|v| v.get("job_id")?.as_str()?.parse().ok());
     if let Some(job_id) = id
-        && let Ok(Some(mut record)) = ctx.store.get(&job_id).await
+        && let Ok(Some(mut record)) = ctx.adapters.store.get(&job_id).await
         && record.fail(failure::INVALID_JOB, message.clone())
     {
         let _ = save(ctx, &record, None).await;
@@ -216,7 +216,7 @@ async fn reject_unreadable(
 /// Marks a job failed after the queue gave up on it (its deliveries are used up), unless it
 /// already finished.
 pub async fn fail_exhausted(ctx: &JobContext, message: &JobMessage) -> Result<bool, InfraError> {
-    let mut record = match ctx.store.get(&message.job_id).await? {
+    let mut record = match ctx.adapters.store.get(&message.job_id).await? {
         Some(r) => r,
         None => JobRecord::queued(message),
     };
@@ -228,7 +228,7 @@ pub async fn fail_exhausted(ctx: &JobContext, message: &JobMessage) -> Result<bo
         return Ok(false);
     }
     fail_enrolling_voice(ctx, &message.spec, &reason).await;
-    let written = ctx.store.put(&record).await?;
+    let written = ctx.adapters.store.put(&record).await?;
     publish(ctx, &record, None).await;
     Ok(written)
 }
@@ -239,11 +239,11 @@ async fn fail_enrolling_voice(ctx: &JobContext, spec: &JobSpec, failure: &JobFai
     let JobSpec::Enroll { voice_id, .. } = spec else {
         return;
     };
-    match ctx.voices.get(voice_id).await {
+    match ctx.adapters.voices.get(voice_id).await {
         Ok(Some(mut voice)) if voice.info.status == VoiceStatus::Enrolling => {
             voice.info.status = VoiceStatus::Failed;
             voice.error = Some(failure.clone());
-            if let Err(e) = ctx.voices.update(&voice).await {
+            if let Err(e) = ctx.adapters.voices.update(&voice).await {
                 tracing::warn!(%voice_id, error = %e, "could not record the voice's failure");
             }
         }

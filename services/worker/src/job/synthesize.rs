@@ -85,7 +85,7 @@ async fn store_audio(
     let wav = wav::encode_pcm16(&audio.samples, audio.sample_rate)
         .map_err(|e| JobError::transient(failure::ENCODING_FAILED, e.to_string()))?;
     let key = audio_key(&record.job_id);
-    ctx.audio.put(&key, Bytes::from(wav)).await?;
+    ctx.adapters.audio.put(&key, Bytes::from(wav)).await?;
     Ok(key)
 }
 
@@ -95,7 +95,7 @@ async fn cloned_voice(ctx: &JobContext, voice_id: &str) -> Result<Option<VoiceRe
     if ctx.engine.voices().iter().any(|v| v.voice_id == voice_id) {
         return Ok(None);
     }
-    match ctx.voices.get(voice_id).await? {
+    match ctx.adapters.voices.get(voice_id).await? {
         Some(record) if record.info.status == VoiceStatus::Ready => Ok(Some(record)),
         Some(record) => Err(JobError::Permanent(JobFailure {
             error: failure::VOICE_NOT_READY.into(),
@@ -122,5 +122,5 @@ async fn reference_clip(ctx: &JobContext, record: &VoiceRecord) -> Result<Bytes,
         )
     };
     let key = record.reference_key.as_deref().ok_or_else(missing)?;
-    ctx.audio.get(key).await?.ok_or_else(missing)
+    ctx.adapters.audio.get(key).await?.ok_or_else(missing)
 }

@@ -24,7 +24,8 @@ impl Analysis {
     pub fn load(settings: &tts_config::Settings) -> Result<Self, EngineError> {
         let paths = crate::models::ensure_analysis(&settings.models.cache_dir)
             .map_err(|e| EngineError::internal(format!("model cache: {e}")).with_source(e))?;
-        let library = crate::runtime::onnxruntime_library(settings, paths.onnxruntime.clone());
+        let library =
+            crate::runtime::onnxruntime_library(&settings.models, paths.onnxruntime.clone());
         let env = crate::runtime::environment(&library)?;
         Ok(Analysis {
             vad: vad::Vad::load(env, &paths.vad)?,

@@ -13,13 +13,13 @@ use chrono::Utc;
 use ndarray::{Array1, Array2, Array3};
 use ndarray_npy::NpzReader;
 use ort::value::Tensor;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tts_contracts::{VoiceInfo, VoiceStatus};
 
 use super::espeak::{self, PhonemizedSentence};
 use super::{
-    Audio, Engine, EngineError, EngineHealth, EnrollInput, Enrollment, Progress, SynthesisInput,
-    check_voice_and_language, zh,
+    Audio, Device, Engine, EngineError, EngineHealth, EnrollInput, Enrollment, Progress,
+    SynthesisInput, check_voice_and_language, zh,
 };
 use crate::runtime::{self, Placement, SessionPool};
 
@@ -35,6 +35,21 @@ const SENTENCE_PAUSE_SECS: f32 = 0.2;
 
 /// The languages Kokoro speaks here, with the first as the default.
 const LANGUAGES: [&str; 2] = ["zh", "en"];
+
+/// `workers.kokoro` in the settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KokoroConfig {
+    /// A directory with `kokoro-v1.0.int8.onnx`, `vocab.json` and `voices.npz`; empty takes the
+    /// model cache.
+    #[serde(default)]
+    pub model_path: String,
+    #[serde(default)]
+    pub device: Device,
+    /// ONNX Runtime intra-op threads per session; 0 lets the runtime decide.
+    #[serde(default)]
+    pub threads: usize,
+}
 
 #[derive(Debug, Clone)]
 pub struct KokoroOptions {
@@ -52,6 +67,14 @@ struct VocabFile {
     vocab: HashMap<String, i64>,
 }
 
+/// What Kokoro keeps with a cloned voice (`engine_data`): the stock voice its style starts from
+/// and the offset the style search found.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClonedStyle {
+    pub base_voice: String,
+    pub style_offset: Vec<f32>,
+}
+
 /// A style table: one 256-value style per phoneme count.
 pub type StyleTable = Array3<f32>;
 
@@ -64,6 +87,29 @@ pub struct KokoroEngine {
 }
 
 impl KokoroEngine {
+    /// Loads Kokoro from the files in `model_path`, or the model cache.
+    pub fn build(
+        config: &KokoroConfig,
+        models: &tts_config::ModelSettings,
+        sessions: usize,
+    ) -> Result<Self, EngineError> {
+        let paths = crate::models::ensure_kokoro(&models.cache_dir)
+            .map_err(|e| EngineError::internal(format!("model cache: {e}")).with_source(e))?;
+        let dir: Option<PathBuf> =
+            (!config.model_path.is_empty()).then(|| config.model_path.clone().into());
+        KokoroEngine::load(&KokoroOptions {
+            model: dir
+                .as_ref()
+                .map_or(paths.model, |d| d.join("kokoro-v1.0.int8.onnx")),
+            vocab: dir.as_ref().map_or(paths.vocab, |d| d.join("vocab.json")),
+            voices: dir.as_ref().map_or(paths.voices, |d| d.join("voices.npz")),
+            device: config.device.as_str().into(),
+            threads: config.threads,
+            sessions,
+            onnxruntime: runtime::onnxruntime_library(models, paths.onnxruntime),
+        })
+    }
+
     pub fn load(options: &KokoroOptions) -> Result<Self, EngineError> {
         let vocab = read_vocab(&options.vocab)?;
         let voices = read_voices(&options.voices)?;
@@ -267,9 +313,13 @@ impl Engine for KokoroEngine {
                 best_stock: result.best_stock_similarity,
                 best_stock_voice: result.base_voice.clone(),
             }),
-            base_voice: Some(result.base_voice),
-            style_offset: Some(result.offset),
-            engine_data: None,
+            engine_data: Some(
+                serde_json::to_value(ClonedStyle {
+                    base_voice: result.base_voice,
+                    style_offset: result.offset,
+                })
+                .map_err(|e| EngineError::internal(e.to_string()).with_source(e))?,
+            ),
         })
     }
 }
@@ -289,8 +339,12 @@ impl KokoroEngine {
                 ),
             )
         };
-        let base_name = record.base_voice.as_deref().ok_or_else(not_ready)?;
-        let offset = record.style_offset.as_deref().ok_or_else(not_ready)?;
+        let cloned: ClonedStyle = record
+            .engine_data
+            .clone()
+            .and_then(|data| serde_json::from_value(data).ok())
+            .ok_or_else(not_ready)?;
+        let (base_name, offset) = (cloned.base_voice.as_str(), cloned.style_offset.as_slice());
         let base = self.voices.get(base_name).ok_or_else(|| {
             EngineError::invalid(
                 "unknown_voice",

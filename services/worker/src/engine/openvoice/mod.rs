@@ -20,17 +20,18 @@
 //! and outputs with these element types and fixed dimensions (`ports.rs`), and names what is
 //! missing or differs.
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use ndarray::{Array1, Array3, Axis};
 use ort::value::Tensor;
 use tts_contracts::{VoiceInfo, VoiceRecord, same_language};
 
+use serde::Deserialize;
+
 use super::{
-    Audio, Engine, EngineError, EngineHealth, EnrollInput, Enrollment, Progress, SynthesisInput,
-    check_voice_and_language,
+    Audio, Device, Engine, EngineError, EngineHealth, EnrollInput, Enrollment, Progress,
+    SynthesisInput, check_voice_and_language,
 };
 use crate::runtime::{self, Placement, SessionPool};
 use crate::voice::ANALYSIS_RATE;
@@ -65,6 +66,33 @@ const SOURCE_TEXT_EN: &str = "The quick brown fox jumps over the lazy dog. \
      We walked along the river and counted the boats drifting by.";
 const SOURCE_TEXT_ZH: &str = "今天天气很好，我们一起去公园散步吧。他每天早上都会读半个小时的书。";
 
+/// `workers.openvoice` in the settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpenVoiceConfig {
+    /// The directory holding [`EXTRACTOR_FILE`] and [`CONVERTER_FILE`]; empty means not
+    /// installed.
+    #[serde(default)]
+    pub model_path: String,
+    /// The base engine's voice that speaks first; empty takes the base engine's first voice.
+    #[serde(default)]
+    pub voice: String,
+    /// The engine that speaks first, one of [`BASE_ENGINES`], built from its own section.
+    pub base_engine: String,
+    #[serde(default)]
+    pub device: Device,
+    /// ONNX Runtime intra-op threads per session; 0 lets the runtime decide.
+    #[serde(default)]
+    pub threads: usize,
+    /// How much of the base speech's variation the converter keeps (at least 0).
+    #[serde(default = "default_tau")]
+    pub tau: f32,
+}
+
+fn default_tau() -> f32 {
+    DEFAULT_TAU
+}
+
 /// Where the graphs live and how to run them.
 #[derive(Debug, Clone)]
 pub struct OpenVoiceOptions {
@@ -91,18 +119,10 @@ pub struct OpenVoiceEngine {
     spectrogram: Spectrogram,
 }
 
-/// Builds the engine from `workers.openvoice`, with its base engine built from
-/// `workers.<base_engine>`.
-pub fn build(
-    settings: &tts_config::Settings,
-    sessions: usize,
-) -> Result<Arc<dyn Engine>, EngineError> {
-    let own = settings
-        .engine("openvoice")
-        .map_err(|e| EngineError::internal(e.to_string()).with_source(e))?;
-    // The model is checked first: an engine that is not installed should say so before the base
-    // engine spends seconds loading.
-    if own.model_path.is_empty() {
+/// Checks what can be checked of the options without loading anything: that the model is
+/// installed and `tau` is usable.
+pub fn check_configured(config: &OpenVoiceConfig) -> Result<(), EngineError> {
+    if config.model_path.is_empty() {
         return Err(model_missing(
             "workers.openvoice.model_path is empty; set it to a directory holding \
              tone_color_extractor.onnx and tone_color_converter.onnx exported from OpenVoice v2 \
@@ -110,63 +130,48 @@ pub fn build(
                 .into(),
         ));
     }
-    let model_dir = PathBuf::from(&own.model_path);
-    check_model_dir(&model_dir)?;
-    let base_name = own.base_engine.as_str();
-    if !BASE_ENGINES.contains(&base_name) {
-        return Err(EngineError::internal(format!(
-            "workers.openvoice.base_engine is {base_name:?}; it must be one of {}",
-            BASE_ENGINES.join(", ")
-        )));
-    }
-    let tau = tau_option(&own.options)?;
-    let cached = crate::models::ensure_analysis(&settings.models.cache_dir)
-        .map_err(|e| EngineError::internal(format!("model cache: {e}")).with_source(e))?;
-    let onnxruntime = crate::runtime::onnxruntime_library(settings, cached.onnxruntime);
-    let base = super::build(base_name, settings, sessions)?;
-    let engine = OpenVoiceEngine::load(
-        &OpenVoiceOptions {
-            model_dir,
-            base_voice: own.voice.clone(),
-            tau,
-            device: own.device.clone(),
-            threads: own.threads,
-            sessions,
-            onnxruntime,
-        },
-        base,
-    )?;
-    Ok(Arc::new(engine))
+    check_tau(config.tau)?;
+    check_model_dir(Path::new(&config.model_path))
 }
 
-/// `tau` from the engine's options: a number (or a number as text, as environment overrides
-/// give it) of at least 0; [`DEFAULT_TAU`] when absent.
-pub fn tau_option(options: &BTreeMap<String, serde_json::Value>) -> Result<f32, EngineError> {
-    let Some(value) = options.get("tau") else {
-        return Ok(DEFAULT_TAU);
-    };
-    let tau = match value {
-        serde_json::Value::Number(n) => n.as_f64(),
-        serde_json::Value::String(s) => s.trim().parse::<f64>().ok(),
-        _ => None,
-    };
-    match tau {
-        Some(tau) if tau.is_finite() && tau >= 0.0 => Ok(tau as f32),
-        _ => Err(EngineError::internal(format!(
-            "workers.openvoice.options.tau must be a number of at least 0, not {value}"
-        ))),
+fn check_tau(tau: f32) -> Result<(), EngineError> {
+    if tau.is_finite() && tau >= 0.0 {
+        Ok(())
+    } else {
+        Err(EngineError::internal(format!(
+            "workers.openvoice.tau must be a number of at least 0, not {tau}"
+        )))
     }
 }
 
 impl OpenVoiceEngine {
+    /// Loads the converter from `workers.openvoice` over an already built base engine.
+    pub fn build(
+        config: &OpenVoiceConfig,
+        base: Arc<dyn Engine>,
+        models: &tts_config::ModelSettings,
+        sessions: usize,
+    ) -> Result<Self, EngineError> {
+        check_configured(config)?;
+        let cached = crate::models::ensure_analysis(&models.cache_dir)
+            .map_err(|e| EngineError::internal(format!("model cache: {e}")).with_source(e))?;
+        OpenVoiceEngine::load(
+            &OpenVoiceOptions {
+                model_dir: config.model_path.clone().into(),
+                base_voice: config.voice.clone(),
+                tau: config.tau,
+                device: config.device.as_str().into(),
+                threads: config.threads,
+                sessions,
+                onnxruntime: runtime::onnxruntime_library(models, cached.onnxruntime),
+            },
+            base,
+        )
+    }
+
     pub fn load(options: &OpenVoiceOptions, base: Arc<dyn Engine>) -> Result<Self, EngineError> {
         check_model_dir(&options.model_dir)?;
-        if !options.tau.is_finite() || options.tau < 0.0 {
-            return Err(EngineError::internal(format!(
-                "openvoice tau must be a number of at least 0, not {}",
-                options.tau
-            )));
-        }
+        check_tau(options.tau)?;
         let env = runtime::environment(&options.onnxruntime)?;
         let (extractor, _) = ports::session_pool(
             env,
@@ -517,8 +522,6 @@ impl Engine for OpenVoiceEngine {
         let tone_color = self.extract(&samples)?;
         progress(Progress { done: 2, total: 2 });
         Ok(Enrollment {
-            base_voice: None,
-            style_offset: None,
             similarity: None,
             engine_data: Some(serde_json::json!({ "tone_color": tone_color })),
         })
@@ -610,20 +613,17 @@ mod tests {
 
     #[test]
     fn tau_defaults_and_is_checked() {
-        let mut options = BTreeMap::new();
-        assert_eq!(tau_option(&options).unwrap(), DEFAULT_TAU);
-        options.insert("tau".into(), serde_json::json!(0.5));
-        assert_eq!(tau_option(&options).unwrap(), 0.5);
-        options.insert("tau".into(), serde_json::json!("0.7"));
-        assert_eq!(tau_option(&options).unwrap(), 0.7);
-        for bad in [
-            serde_json::json!(-1.0),
-            serde_json::json!("loud"),
-            serde_json::json!([1]),
-        ] {
-            options.insert("tau".into(), bad);
-            let err = tau_option(&options).unwrap_err();
-            assert!(err.message().contains("tau"), "{err}");
-        }
+        let parse = |value: serde_json::Value| {
+            serde_json::from_value::<OpenVoiceConfig>(value).map_err(|e| e.to_string())
+        };
+        let config = parse(serde_json::json!({ "base_engine": "kokoro" })).unwrap();
+        assert_eq!(config.tau, DEFAULT_TAU);
+        let config = parse(serde_json::json!({ "base_engine": "kokoro", "tau": 0.5 })).unwrap();
+        assert_eq!(config.tau, 0.5);
+        assert!(parse(serde_json::json!({ "base_engine": "kokoro", "tau": "loud" })).is_err());
+        let err = parse(serde_json::json!({ "base_engine": "kokoro", "tua": 0.5 })).unwrap_err();
+        assert!(err.contains("unknown field `tua`"), "{err}");
+        let err = check_tau(-1.0).unwrap_err();
+        assert!(err.message().contains("tau"), "{err}");
     }
 }
