@@ -504,6 +504,20 @@ pub fn spawn_worker_process(settings: &Settings, node_id: &str) -> WorkerProcess
     WorkerProcess { child }
 }
 
+/// As [`spawn_worker_process`], with more environment variables (more settings) in `env`.
+pub fn spawn_worker_process_with_env(
+    settings: &Settings,
+    node_id: &str,
+    env: &[(&str, &str)],
+) -> WorkerProcess {
+    let child = worker_command(settings, node_id)
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("worker process starts");
+    WorkerProcess { child }
+}
+
 /// As [`spawn_worker_process`], logging JSON lines, which the returned [`Lines`] follow.
 pub fn spawn_worker_process_logged(settings: &Settings, node_id: &str) -> (WorkerProcess, Lines) {
     let mut child = worker_command(settings, node_id)
@@ -556,6 +570,14 @@ fn worker_command(settings: &Settings, node_id: &str) -> Command {
 /// that signal it). It listens on a port it picks itself, read back from its "gateway
 /// listening" log line. Returns the process and its base URL.
 pub async fn spawn_gateway_process(settings: &Settings) -> (WorkerProcess, String) {
+    spawn_gateway_process_with_env(settings, &[]).await
+}
+
+/// As [`spawn_gateway_process`], with more environment variables (more settings) in `env`.
+pub async fn spawn_gateway_process_with_env(
+    settings: &Settings,
+    env: &[(&str, &str)],
+) -> (WorkerProcess, String) {
     let mut child = Command::new(binary())
         .args(["gateway", "--port", "0"])
         .env("TTS__GATEWAY__HOST", "127.0.0.1")
@@ -573,6 +595,7 @@ pub async fn spawn_gateway_process(settings: &Settings) -> (WorkerProcess, Strin
         // The address is read from the text log.
         .env("TTS__LOGGING__FORMAT", "text")
         .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()

@@ -52,7 +52,15 @@ enum Command {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let mut settings = Settings::load(cli.config.as_deref())?;
-    telemetry::init(&settings.logging.level, &settings.logging.format);
+    let command = match &cli.command {
+        Command::Standalone { .. } => "standalone",
+        Command::Gateway { .. } => "gateway",
+        Command::Worker { .. } => "worker",
+        Command::FetchModels => "fetch-models",
+        Command::HashKey => "hash-key",
+    };
+    // Held to the end of `main`, whose return sends the spans still buffered.
+    let _telemetry = telemetry::init(&settings.logging, command)?;
     let mode = match cli.command {
         Command::Standalone { engines, port } => {
             if let Some(port) = port {

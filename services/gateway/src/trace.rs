@@ -2,7 +2,7 @@
 //! client's `X-Request-Id`, or a new one; returned either way) and its trace id (from the
 //! client's `traceparent`, or a new trace). A job that a request queues carries the trace to the
 //! worker in the queue message's headers, so that one trace id links the request, the job and
-//! each attempt at it in the logs.
+//! each attempt at it in the logs, and in an OpenTelemetry exporter when one is configured.
 
 use axum::extract::Request;
 use axum::http::HeaderValue;
@@ -35,20 +35,23 @@ pub async fn context(mut request: Request, next: Next) -> Response {
         .filter(|id| is_valid_request_id(id))
         .map(str::to_string)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    let trace = headers
+    let incoming = headers
         .get(TRACEPARENT)
         .and_then(|v| v.to_str().ok())
-        .and_then(TraceParent::parse)
-        .map(|parent| parent.child())
-        .unwrap_or_else(TraceParent::start);
+        .and_then(TraceParent::parse);
     let span = tracing::info_span!(
         "request",
         request_id = %request_id,
-        trace_id = %trace.trace_id(),
+        trace_id = tracing::field::Empty,
         method = %request.method(),
         // Never the query string, which may carry a WebSocket client's access_token.
         path = %request.uri().path(),
     );
+    // With an OpenTelemetry exporter the request span is a span of the trace, and a queued job
+    // names it as its parent; without one, a span id of our own stands for it.
+    let trace = tts_infra::trace::continue_trace(&span, incoming.as_ref())
+        .unwrap_or_else(|| incoming.map_or_else(TraceParent::start, |parent| parent.child()));
+    span.record("trace_id", trace.trace_id());
     request.extensions_mut().insert(RequestContext {
         request_id: request_id.clone(),
         trace,

@@ -113,7 +113,7 @@ impl EngineError {
             EngineError::InvalidInput { code, .. }
             | EngineError::Transient { code, .. }
             | EngineError::Internal { code, .. }
-            | EngineError::Unusable { code, .. } => *code,
+            | EngineError::Unusable { code, .. } => code,
         }
     }
 

@@ -318,6 +318,10 @@ pub struct ModelSettings {
 pub struct LoggingSettings {
     pub level: String,
     pub format: String,
+    /// Base URL of an OTLP/HTTP collector; empty: spans are not exported.
+    pub otlp_endpoint: String,
+    /// `service.name` of exported spans; empty: one named after the command.
+    pub service_name: String,
 }
 
 impl Settings {
@@ -437,6 +441,15 @@ impl Settings {
         if !matches!(self.logging.format.as_str(), "text" | "json") {
             return fail("logging.format must be text or json".into());
         }
+        let endpoint = &self.logging.otlp_endpoint;
+        if !(endpoint.is_empty()
+            || endpoint.starts_with("http://")
+            || endpoint.starts_with("https://"))
+        {
+            return fail(
+                "logging.otlp_endpoint must be empty or an http:// or https:// URL".into(),
+            );
+        }
         Ok(())
     }
 
@@ -531,6 +544,29 @@ mod tests {
         urls: Vec<String>,
         #[serde(default)]
         timeout_secs: Option<u64>,
+    }
+
+    #[test]
+    fn spans_are_exported_only_when_an_endpoint_is_configured() {
+        let defaults = Settings::load_with_env(None, env(&[])).unwrap();
+        assert_eq!(defaults.logging.otlp_endpoint, "");
+        assert_eq!(defaults.logging.service_name, "");
+        let s = Settings::load_with_env(
+            None,
+            env(&[
+                ("TTS__LOGGING__OTLP_ENDPOINT", "http://collector:4318"),
+                ("TTS__LOGGING__SERVICE_NAME", "tts-eu"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.logging.otlp_endpoint, "http://collector:4318");
+        assert_eq!(s.logging.service_name, "tts-eu");
+        let err = Settings::load_with_env(
+            None,
+            env(&[("TTS__LOGGING__OTLP_ENDPOINT", "collector:4318")]),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("logging.otlp_endpoint"), "{err}");
     }
 
     #[test]

@@ -72,6 +72,10 @@ impl TraceParent {
     pub fn parent_id(&self) -> &str {
         &self.parent_id
     }
+
+    pub fn sampled(&self) -> bool {
+        self.sampled
+    }
 }
 
 impl fmt::Display for TraceParent {

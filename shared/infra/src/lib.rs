@@ -13,6 +13,7 @@ pub mod nats;
 pub mod queue;
 pub mod redis_conn;
 pub mod storage;
+pub mod trace;
 pub mod voices;
 
 use std::sync::Arc;

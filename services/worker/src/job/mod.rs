@@ -47,6 +47,9 @@ pub async fn handle(ctx: &JobContext, delivery: Box<dyn Delivery>) -> Outcome {
         node = %ctx.node_id,
         trace_id = trace.as_ref().map(|t| t.trace_id().to_string()),
     );
+    // For an OpenTelemetry exporter, when one is configured, each attempt is a child of the
+    // gateway's request span.
+    tts_infra::trace::continue_trace(&span, trace.as_ref());
     attempt(ctx, delivery, message).instrument(span).await
 }
 
