@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio_util::task::TaskTracker;
 use tts_config::Settings;
 use tts_gateway::{AppState, GatewayOptions};
 use tts_infra::{
@@ -31,6 +33,37 @@ pub struct Application {
     gateway: Option<(TcpListener, AppState)>,
     workers: Vec<(Worker, Option<TcpListener>)>,
     gateway_addr: Option<SocketAddr>,
+    background: Background,
+}
+
+/// The long-lived tasks that run beside the gateway and the workers (the gateway's registry, the
+/// in-process queue's delayed naks), and the token that stops them. Workers own their tasks
+/// themselves: they stop them and wait for them before `Worker::run` returns.
+struct Background {
+    tasks: TaskTracker,
+    /// The root token: every token the application hands out is a child of it or it itself.
+    stop: CancellationToken,
+    /// Cancels `stop` when dropped, so that an application dropped unrun (a build that fails
+    /// half-way included) leaves nothing running.
+    _guard: DropGuard,
+}
+
+impl Background {
+    fn new() -> Self {
+        let stop = CancellationToken::new();
+        Background {
+            tasks: TaskTracker::new(),
+            _guard: stop.clone().drop_guard(),
+            stop,
+        }
+    }
+
+    /// Stops every task and waits until each has ended.
+    async fn stop(self) {
+        self.stop.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
 }
 
 impl Application {
@@ -38,10 +71,11 @@ impl Application {
         // Every engine's options are checked in every role, so that a misspelt key fails the
         // deployment at once rather than the first worker that runs the engine.
         tts_worker::engine::EngineConfig::check_all(&settings.workers)?;
+        let background = Background::new();
         match mode {
-            Mode::Standalone { engines } => Self::standalone(settings, engines).await,
-            Mode::Gateway => Self::gateway(settings).await,
-            Mode::Worker { engine } => Self::worker(settings, engine).await,
+            Mode::Standalone { engines } => Self::standalone(settings, engines, background).await,
+            Mode::Gateway => Self::gateway(settings, background).await,
+            Mode::Worker { engine } => Self::worker(settings, engine, background).await,
         }
     }
 
@@ -50,7 +84,11 @@ impl Application {
         self.gateway_addr
     }
 
-    async fn standalone(settings: Settings, engines: Vec<String>) -> anyhow::Result<Self> {
+    async fn standalone(
+        settings: Settings,
+        engines: Vec<String>,
+        background: Background,
+    ) -> anyhow::Result<Self> {
         // Engines named on the command line must start; with none named, every configured
         // engine that can run here does, and one that cannot load (no model) is skipped with
         // the reason, so that the embedded defaults always start. An engine whose upstream
@@ -62,7 +100,11 @@ impl Application {
         } else {
             settings.workers.keys().cloned().collect()
         };
-        let queue = LocalQueue::new(settings.worker.max_deliver as u32);
+        let queue = LocalQueue::new(
+            settings.worker.max_deliver as u32,
+            background.tasks.clone(),
+            background.stop.clone(),
+        );
         let adapters = Adapters {
             store: Arc::new(MemoryJobStore::new(
                 Duration::from_secs(settings.redis.job_ttl_secs),
@@ -76,7 +118,8 @@ impl Application {
             jetstream: None,
         };
         // The gateway starts first so that its registry hears the workers' first heartbeats.
-        let (listener, state) = Self::gateway_parts(&settings, adapters.clone(), false).await?;
+        let (listener, state) =
+            Self::gateway_parts(&settings, adapters.clone(), false, &background).await?;
         let mut workers = Vec::new();
         for engine in engines {
             let (engine_impl, analysis) = match load_engine(&settings, &engine).await {
@@ -104,10 +147,11 @@ impl Application {
             gateway_addr: Some(listener.local_addr()?),
             gateway: Some((listener, state)),
             workers,
+            background,
         })
     }
 
-    async fn gateway(settings: Settings) -> anyhow::Result<Self> {
+    async fn gateway(settings: Settings, background: Background) -> anyhow::Result<Self> {
         let client = tts_infra::nats::connect(
             &settings.nats.url,
             "voice-clone-tts gateway",
@@ -117,15 +161,20 @@ impl Application {
         .await?;
         let queue = JetStreamQueue::connect(client.clone(), queue_settings(&settings)).await?;
         let adapters = distributed_adapters(&settings, NatsBus::new(client), queue).await?;
-        let (listener, state) = Self::gateway_parts(&settings, adapters, true).await?;
+        let (listener, state) = Self::gateway_parts(&settings, adapters, true, &background).await?;
         Ok(Application {
             gateway_addr: Some(listener.local_addr()?),
             gateway: Some((listener, state)),
             workers: Vec::new(),
+            background,
         })
     }
 
-    async fn worker(settings: Settings, engine: String) -> anyhow::Result<Self> {
+    async fn worker(
+        settings: Settings,
+        engine: String,
+        background: Background,
+    ) -> anyhow::Result<Self> {
         let engine_settings = settings.engine(&engine)?.clone();
         let client = tts_infra::nats::connect(
             &settings.nats.url,
@@ -152,6 +201,7 @@ impl Application {
             gateway: None,
             gateway_addr: None,
             workers: vec![(Worker::new(options, deps), Some(listener))],
+            background,
         })
     }
 
@@ -159,6 +209,7 @@ impl Application {
         settings: &Settings,
         deps: Adapters,
         distributed: bool,
+        background: &Background,
     ) -> anyhow::Result<(TcpListener, AppState)> {
         let g = &settings.gateway;
         let options = GatewayOptions {
@@ -206,9 +257,15 @@ impl Application {
                     .collect(),
             },
         };
-        let state = AppState::start(deps, options)
-            .await
-            .map_err(|e| anyhow::anyhow!("gateway: {e}"))?;
+        // A child token of its own, which `serve` cancels once the server has finished.
+        let state = AppState::start(
+            deps,
+            options,
+            &background.tasks,
+            background.stop.child_token(),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("gateway: {e}"))?;
         let listener = TcpListener::bind((g.host.as_str(), g.port))
             .await
             .with_context(|| format!("cannot listen on {}:{}", g.host, g.port))?;
@@ -216,42 +273,49 @@ impl Application {
     }
 
     /// Runs until `shutdown` completes: the gateway stops accepting and finishes in-flight
-    /// requests; workers stop pulling, finish and ack their jobs.
-    pub async fn run_until_stopped(
-        self,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> anyhow::Result<()> {
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let stopped = move |mut rx: watch::Receiver<bool>| async move {
-            let _ = rx.wait_for(|s| *s).await;
-        };
-        let mut tasks = tokio::task::JoinSet::new();
-        if let Some((listener, state)) = self.gateway {
+    /// requests; workers stop pulling, finish and ack their jobs. Then the tasks beside them are
+    /// stopped, and it returns only once every task the application started has ended.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let Application {
+            gateway,
+            workers,
+            background,
+            ..
+        } = self;
+        // Cancelled when `shutdown` completes; a child of the root, so that nothing outlives it.
+        let stopping = background.stop.child_token();
+        let mut parts = JoinSet::new();
+        if let Some((listener, state)) = gateway {
             tracing::info!(addr = %listener.local_addr()?, "gateway listening");
-            let signal = stopped(stop_rx.clone());
-            tasks.spawn(async move {
+            let signal = stopping.clone().cancelled_owned();
+            parts.spawn(async move {
                 tts_gateway::serve(listener, state, signal)
                     .await
                     .context("gateway")
             });
         }
-        for (worker, listener) in self.workers {
-            let signal = stopped(stop_rx.clone());
-            tasks.spawn(async move { worker.run(signal, listener).await });
+        for (worker, listener) in workers {
+            parts.spawn(worker.run(stopping.clone(), listener));
         }
-        tokio::spawn(async move {
-            shutdown.await;
-            tracing::info!("shutting down");
-            let _ = stop_tx.send(true);
-        });
+        tokio::pin!(shutdown);
         let mut result = Ok(());
-        while let Some(joined) = tasks.join_next().await {
-            match joined {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => result = Err(e),
-                Err(e) => result = Err(anyhow::anyhow!("task failed: {e}")),
+        loop {
+            tokio::select! {
+                _ = &mut shutdown, if !stopping.is_cancelled() => {
+                    tracing::info!("shutting down");
+                    stopping.cancel();
+                }
+                joined = parts.join_next() => match joined {
+                    None => break,
+                    Some(Ok(Ok(()))) => {}
+                    Some(Ok(Err(e))) => result = Err(e),
+                    Some(Err(e)) => result = Err(anyhow::anyhow!("task failed: {e}")),
+                },
             }
         }
+        // The gateway and the workers are done; what ran beside them stops only now, so that
+        // requests and jobs in flight had it to the end.
+        background.stop().await;
         result
     }
 }

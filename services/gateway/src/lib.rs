@@ -21,6 +21,8 @@ use std::time::Duration;
 
 use axum::Router;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tts_infra::Adapters;
 
 pub use error::AppError;
@@ -57,16 +59,32 @@ pub struct AppState {
     pub registry: Registry,
     pub limits: Arc<limits::Limits>,
     pub auth: Arc<auth::Auth>,
-    /// Becomes true when the gateway starts shutting down; WebSockets close on it.
-    pub closing: Arc<tokio::sync::watch::Sender<bool>>,
+    /// Cancelled when the gateway starts shutting down; WebSockets close on it.
+    pub closing: CancellationToken,
+    /// Stops the gateway's background tasks (the registry's). `serve` cancels it once the server
+    /// has finished, so that requests still in flight see a registry that follows the fleet.
+    pub stop: CancellationToken,
     /// The last probe of the dependencies that `/health` made.
     pub health: Arc<routes::HealthCache>,
 }
 
 impl AppState {
-    /// Builds the state and starts following worker heartbeats.
-    pub async fn start(deps: Adapters, options: GatewayOptions) -> Result<Self, AppError> {
-        let registry = Registry::start(deps.bus.clone(), options.dead_threshold).await?;
+    /// Builds the state and starts following worker heartbeats, on tasks spawned on `tasks` that
+    /// end when `stop` is cancelled (by `serve`, or earlier by the owner, e.g. when the gateway
+    /// is never served).
+    pub async fn start(
+        deps: Adapters,
+        options: GatewayOptions,
+        tasks: &TaskTracker,
+        stop: CancellationToken,
+    ) -> Result<Self, AppError> {
+        let registry = Registry::start(
+            deps.bus.clone(),
+            options.dead_threshold,
+            tasks,
+            stop.clone(),
+        )
+        .await?;
         let auth = auth::Auth::new(&options.auth).map_err(AppError::internal)?;
         let limits = limits::Limits::new(
             options.limits.clone(),
@@ -80,7 +98,9 @@ impl AppState {
             registry,
             limits: Arc::new(limits),
             auth: Arc::new(auth),
-            closing: Arc::new(tokio::sync::watch::Sender::new(false)),
+            // A child, so that stopping the gateway outright closes its sockets too.
+            closing: stop.child_token(),
+            stop,
             health: Arc::default(),
         })
     }
@@ -92,18 +112,22 @@ pub fn router(state: AppState) -> Router {
 
 /// Serves the API on `listener` until `shutdown` completes. Then it stops accepting
 /// connections, closes WebSockets with "going away" (they outlive HTTP's graceful shutdown
-/// otherwise), and lets in-flight requests, sync synthesis included, finish.
+/// otherwise), and lets in-flight requests, sync synthesis included, finish. Last it stops the
+/// gateway's background tasks (`AppState::stop`); whoever owns their tracker waits for them.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let closing = state.closing.clone();
+    let stop = state.stop.clone();
     let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
-    axum::serve(listener, app)
+    let served = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             shutdown.await;
-            closing.send_replace(true);
+            closing.cancel();
         })
-        .await
+        .await;
+    stop.cancel();
+    served
 }

@@ -13,6 +13,8 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tts_contracts::{NodeInfo, NodeView, SpeedRange, VoiceInfo, WorkerStatus, subjects};
 use tts_infra::Bus;
 
@@ -51,8 +53,14 @@ fn shown(info: &NodeInfo) -> (WorkerStatus, u32, u32, &str, u16) {
 
 impl Registry {
     /// Subscribes to heartbeats, then asks every worker for one so that a new gateway knows the
-    /// fleet at once.
-    pub async fn start(bus: Arc<dyn Bus>, dead_threshold: Duration) -> Result<Self, AppError> {
+    /// fleet at once. The listener and the sweeper run on `tasks` until `stop` is cancelled, so
+    /// that whoever owns the gateway can end them and wait for them.
+    pub async fn start(
+        bus: Arc<dyn Bus>,
+        dead_threshold: Duration,
+        tasks: &TaskTracker,
+        stop: CancellationToken,
+    ) -> Result<Self, AppError> {
         let registry = Registry {
             nodes: Arc::default(),
             heard_voices: Arc::default(),
@@ -64,8 +72,11 @@ impl Registry {
             .await
             .map_err(AppError::from)?;
         let listener = registry.clone();
-        tokio::spawn(async move {
-            while let Some(message) = heartbeats.next().await {
+        let listener_stop = stop.clone();
+        tasks.spawn(async move {
+            while let Some(Some(message)) =
+                listener_stop.run_until_cancelled(heartbeats.next()).await
+            {
                 match serde_json::from_slice::<NodeInfo>(&message.payload) {
                     Ok(info) => listener.heard(info),
                     Err(e) => {
@@ -75,11 +86,9 @@ impl Registry {
             }
         });
         let sweeper = registry.clone();
-        tokio::spawn(async move {
-            // Lives as long as the heartbeat listener above: as long as the process.
+        tasks.spawn(async move {
             let mut tick = tokio::time::interval(SWEEP_EVERY);
-            loop {
-                tick.tick().await;
+            while stop.run_until_cancelled(tick.tick()).await.is_some() {
                 sweeper.sweep();
             }
         });
@@ -238,5 +247,34 @@ impl Registry {
 
     pub fn voice(&self, voice_id: &str) -> Option<VoiceInfo> {
         self.voices().into_iter().find(|v| v.voice_id == voice_id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tts_infra::LocalBus;
+
+    #[tokio::test]
+    async fn its_tasks_end_when_the_token_is_cancelled() {
+        let tasks = TaskTracker::new();
+        let stop = CancellationToken::new();
+        let bus: Arc<dyn Bus> = Arc::new(LocalBus::default());
+        let _registry = Registry::start(bus, Duration::from_secs(5), &tasks, stop.clone())
+            .await
+            .expect("the registry starts");
+        assert_eq!(tasks.len(), 2, "the listener and the sweeper run");
+        tasks.close();
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), tasks.wait())
+                .await
+                .is_err(),
+            "the tasks run until the token is cancelled"
+        );
+
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(10), tasks.wait())
+            .await
+            .expect("the listener and the sweeper end once the token is cancelled");
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use tts_contracts::{NodeInfo, WorkerStatus, subjects};
 use tts_infra::Bus;
 
@@ -83,8 +83,8 @@ pub async fn publish(bus: &dyn Bus, node: &NodeState, status: Option<WorkerStatu
     }
 }
 
-/// Sends heartbeats until `shutdown` turns true.
-pub async fn run(bus: Arc<dyn Bus>, node: Arc<NodeState>, mut shutdown: watch::Receiver<bool>) {
+/// Sends heartbeats until `shutdown` is cancelled.
+pub async fn run(bus: Arc<dyn Bus>, node: Arc<NodeState>, shutdown: CancellationToken) {
     let mut requests = match bus.subscribe(subjects::HEARTBEAT_REQUEST.to_string()).await {
         Ok(s) => s,
         Err(e) => {
@@ -97,13 +97,7 @@ pub async fn run(bus: Arc<dyn Bus>, node: Arc<NodeState>, mut shutdown: watch::R
         tokio::select! {
             _ = ticker.tick() => publish(bus.as_ref(), &node, None).await,
             Some(_) = requests.next() => publish(bus.as_ref(), &node, None).await,
-            _ = stopped(&mut shutdown) => return,
+            _ = shutdown.cancelled() => return,
         }
     }
-}
-
-/// Completes when the stop signal turns true (or its sender is gone).
-pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
-    // The guard wait_for returns is dropped here, so the future stays Send.
-    let _ = stop.wait_for(|s| *s).await;
 }

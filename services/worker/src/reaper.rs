@@ -5,11 +5,10 @@
 
 use futures::StreamExt;
 use serde::Deserialize;
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use tts_contracts::{JobMessage, subjects};
 use tts_infra::JetStreamQueue;
 
-use crate::heartbeat::stopped;
 use crate::job::{self, JobContext};
 
 #[derive(Deserialize)]
@@ -17,7 +16,8 @@ struct MaxDeliveriesAdvisory {
     stream_seq: u64,
 }
 
-pub async fn run(queue: JetStreamQueue, ctx: JobContext, mut shutdown: watch::Receiver<bool>) {
+/// Watches for exhausted jobs until `shutdown` is cancelled.
+pub async fn run(queue: JetStreamQueue, ctx: JobContext, shutdown: CancellationToken) {
     let engine = ctx.engine.name().to_string();
     let subject = subjects::max_deliveries_advisory(&engine);
     let group = format!("tts-reaper-{engine}");
@@ -31,7 +31,7 @@ pub async fn run(queue: JetStreamQueue, ctx: JobContext, mut shutdown: watch::Re
     loop {
         let advisory = tokio::select! {
             a = advisories.next() => match a { Some(a) => a, None => return },
-            _ = stopped(&mut shutdown) => return,
+            _ = shutdown.cancelled() => return,
         };
         let Ok(advisory) = serde_json::from_slice::<MaxDeliveriesAdvisory>(&advisory.payload)
         else {

@@ -1,15 +1,15 @@
 //! The worker's life: pull jobs while there are free slots and the engine's servers can be
 //! reached, stop pulling on shutdown, finish and ack what is in flight, say goodbye.
 
-use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use chrono::Utc;
 use tokio::net::TcpListener;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
-use tokio::task::JoinHandle;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tts_contracts::WorkerStatus;
 use tts_infra::{Adapters, Bus, Delivery, JobSource};
 
@@ -77,11 +77,12 @@ impl Worker {
         }
     }
 
-    /// Runs until `shutdown` completes, then drains. `health` is the listener for `/health`
-    /// (absent in standalone mode, where the gateway's covers the process).
+    /// Runs until `shutdown` is cancelled, then drains. `health` is the listener for `/health`
+    /// (absent in standalone mode, where the gateway's covers the process). Every task the worker
+    /// starts has ended when this returns (or soon after, should this future be dropped).
     pub async fn run(
         self,
-        shutdown: impl Future<Output = ()> + Send,
+        shutdown: CancellationToken,
         health: Option<TcpListener>,
     ) -> anyhow::Result<()> {
         let Worker {
@@ -100,14 +101,15 @@ impl Worker {
             "worker started"
         );
 
-        // Turns true when the worker starts draining: jobs held for want of a server give up.
-        let (drain_tx, drain_rx) = watch::channel(false);
-        let mut jobs = Jobs::new(&options, ctx, node.clone(), reachable_rx, drain_rx);
-        jobs.pull_until(deps.source.as_ref(), shutdown).await;
+        // Cancelled when the worker starts draining: jobs held for want of a server give up.
+        let draining = CancellationToken::new();
+        let mut jobs = Jobs::new(&options, ctx, node.clone(), reachable_rx, draining.clone());
+        jobs.pull_until(deps.source.as_ref(), shutdown.cancelled())
+            .await;
 
         tracing::info!(node_id = %options.node_id, "worker draining");
         node.draining.store(true, Ordering::Relaxed);
-        let _ = drain_tx.send(true);
+        draining.cancel();
         heartbeat::publish(
             deps.adapters.bus.as_ref(),
             &node,
@@ -154,12 +156,12 @@ async fn first_reachability(node: &NodeState) -> bool {
 }
 
 /// The tasks that run beside the pull loop for the worker's whole life: the reachability
-/// watcher, heartbeats, the reaper (distributed mode) and the `/health` server.
+/// watcher, heartbeats, the reaper (distributed mode) and the `/health` server. They outlive
+/// `shutdown` (a draining worker still heartbeats), so they stop on a token of their own.
 struct Background {
-    stop_tx: watch::Sender<bool>,
-    watcher: JoinHandle<()>,
-    heartbeats: JoinHandle<()>,
-    health_server: Option<JoinHandle<()>>,
+    tasks: TaskTracker,
+    /// Cancels the token when dropped, so that a worker dropped half-way stops its tasks too.
+    stop: tokio_util::sync::DropGuard,
 }
 
 impl Background {
@@ -170,69 +172,66 @@ impl Background {
         reachable_tx: watch::Sender<bool>,
         health: Option<TcpListener>,
     ) -> Self {
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let watcher = tokio::spawn(watch_reachability(
+        let tasks = TaskTracker::new();
+        let stop = CancellationToken::new();
+        tasks.spawn(watch_reachability(
             deps.adapters.bus.clone(),
             node.clone(),
             reachable_tx,
-            stop_rx.clone(),
+            stop.clone(),
         ));
-        let heartbeats = tokio::spawn(heartbeat::run(
+        tasks.spawn(heartbeat::run(
             deps.adapters.bus.clone(),
             node.clone(),
-            stop_rx.clone(),
+            stop.clone(),
         ));
         if let Some(queue) = deps.adapters.jetstream.clone() {
-            tokio::spawn(reaper::run(queue, ctx.clone(), stop_rx.clone()));
+            tasks.spawn(reaper::run(queue, ctx.clone(), stop.clone()));
         }
-        let health_server = health.map(|listener| {
+        if let Some(listener) = health {
             let app = health::router(health::HealthState {
                 node: node.clone(),
                 adapters: deps.adapters.clone(),
             });
-            let mut stop = stop_rx.clone();
-            tokio::spawn(async move {
+            let stopped = stop.clone().cancelled_owned();
+            tasks.spawn(async move {
                 let _ = axum::serve(listener, app)
-                    .with_graceful_shutdown(async move { heartbeat::stopped(&mut stop).await })
+                    .with_graceful_shutdown(stopped)
                     .await;
-            })
-        });
+            });
+        }
+        tasks.close();
         Background {
-            stop_tx,
-            watcher,
-            heartbeats,
-            health_server,
+            tasks,
+            stop: stop.drop_guard(),
         }
     }
 
     /// Stops every task and says `offline` last.
     async fn stop(self, bus: &dyn Bus, node: &NodeState) {
-        let _ = self.stop_tx.send(true);
-        // Both publish heartbeats: they are done before the last one says `offline`.
-        let _ = self.heartbeats.await;
-        let _ = self.watcher.await;
+        let Background { tasks, stop } = self;
+        drop(stop);
+        // The watcher and the heartbeats publish heartbeats: they are done before the last one
+        // says `offline`.
+        tasks.wait().await;
         heartbeat::publish(bus, node, Some(WorkerStatus::Offline)).await;
         if let Err(e) = bus.flush().await {
             tracing::warn!(error = %e, "the offline heartbeat may not have been sent");
         }
-        if let Some(server) = self.health_server {
-            let _ = server.await;
-        }
     }
 }
 
-/// The jobs this worker runs: a slot each, a task each, and a channel that closes once the last
-/// of them is settled.
+/// The jobs this worker runs: a slot each and a task each, on a tracker that draining waits on.
 struct Jobs {
     ctx: JobContext,
     node: Arc<NodeState>,
     slots: Arc<Semaphore>,
-    /// Each job task holds a clone of `done_tx`; when all are dropped, `done_rx` yields None and
-    /// every in-flight job has been settled.
-    done_tx: mpsc::Sender<()>,
-    done_rx: mpsc::Receiver<()>,
+    tasks: TaskTracker,
+    /// Cancelled when the shutdown grace runs out: the jobs still running are dropped where they
+    /// wait, unsettled, and the queue redelivers them, as it would after the process exits.
+    abandon: CancellationToken,
     reachable: watch::Receiver<bool>,
-    drain: watch::Receiver<bool>,
+    draining: CancellationToken,
     keepalive: Duration,
 }
 
@@ -242,17 +241,16 @@ impl Jobs {
         ctx: JobContext,
         node: Arc<NodeState>,
         reachable: watch::Receiver<bool>,
-        drain: watch::Receiver<bool>,
+        draining: CancellationToken,
     ) -> Self {
-        let (done_tx, done_rx) = mpsc::channel::<()>(1);
         Jobs {
             ctx,
             node,
             slots: Arc::new(Semaphore::new(options.max_concurrent as usize)),
-            done_tx,
-            done_rx,
+            tasks: TaskTracker::new(),
+            abandon: CancellationToken::new(),
             reachable,
-            drain,
+            draining,
             keepalive: (options.ack_wait / 3).max(Duration::from_millis(100)),
         }
     }
@@ -292,38 +290,50 @@ impl Jobs {
         }
     }
 
-    /// Runs one delivery on its own task, which holds `permit` and a completion sender until the
-    /// delivery is settled.
+    /// Runs one delivery on its own task, which holds `permit` until the delivery is settled
+    /// (or abandoned).
     fn spawn(&self, delivery: Box<dyn Delivery>, permit: OwnedSemaphorePermit) {
         self.node.load.fetch_add(1, Ordering::Relaxed);
         let ctx = self.ctx.clone();
         let node = self.node.clone();
-        let done = self.done_tx.clone();
         let reachable = self.reachable.clone();
-        let drain = self.drain.clone();
+        let draining = self.draining.clone();
+        let abandon = self.abandon.clone();
         let keepalive = self.keepalive;
-        tokio::spawn(async move {
-            if let Some(delivery) =
-                hold_while_unreachable(delivery, reachable, drain, keepalive).await
-            {
-                let outcome = job::handle(&ctx, delivery).await;
-                tracing::debug!(?outcome, "delivery settled");
+        self.tasks.spawn(async move {
+            let settled = abandon.run_until_cancelled(async move {
+                if let Some(delivery) =
+                    hold_while_unreachable(delivery, reachable, draining, keepalive).await
+                {
+                    let outcome = job::handle(&ctx, delivery).await;
+                    tracing::debug!(?outcome, "delivery settled");
+                }
+            });
+            if settled.await.is_none() {
+                tracing::debug!("delivery abandoned at the end of the shutdown grace");
             }
             node.load.fetch_sub(1, Ordering::Relaxed);
             drop(permit);
-            drop(done);
         });
     }
 
-    /// Waits up to `grace` for every job in flight to be settled; false when some were not.
+    /// Waits up to `grace` for every job in flight to be settled; false when some were not, which
+    /// are then abandoned (and waited for, so that no job task outlives the worker).
     async fn settled_within(self, grace: Duration) -> bool {
-        let Jobs {
-            done_tx,
-            mut done_rx,
-            ..
-        } = self;
-        drop(done_tx);
-        tokio::time::timeout(grace, done_rx.recv()).await.is_ok()
+        self.tasks.close();
+        if tokio::time::timeout(grace, self.tasks.wait()).await.is_ok() {
+            return true;
+        }
+        self.abandon.cancel();
+        self.tasks.wait().await;
+        false
+    }
+}
+
+impl Drop for Jobs {
+    fn drop(&mut self) {
+        // A worker dropped before its jobs were settled leaves no job task behind.
+        self.abandon.cancel();
     }
 }
 
@@ -344,7 +354,7 @@ async fn reachable(engine: &Arc<dyn Engine>) -> bool {
 async fn hold_while_unreachable(
     delivery: Box<dyn Delivery>,
     mut reachable: watch::Receiver<bool>,
-    mut drain: watch::Receiver<bool>,
+    draining: CancellationToken,
     keepalive: Duration,
 ) -> Option<Box<dyn Delivery>> {
     if *reachable.borrow() {
@@ -355,7 +365,7 @@ async fn hold_while_unreachable(
     loop {
         tokio::select! {
             _ = reachable_again(&mut reachable) => return Some(delivery),
-            _ = heartbeat::stopped(&mut drain) => {
+            _ = draining.cancelled() => {
                 if let Err(e) = delivery.nak(Duration::ZERO).await {
                     tracing::warn!(error = %e, "a held job could not be given back; the queue will redeliver it");
                 }
@@ -376,7 +386,7 @@ async fn reachable_again(reachable: &mut watch::Receiver<bool>) {
     let _ = reachable.wait_for(|r| *r).await;
 }
 
-/// Checks the engine's servers every [`REACHABILITY_CHECK_EVERY`] until `stop`. When none can
+/// Checks the engine's servers every [`REACHABILITY_CHECK_EVERY`] until `stop` is cancelled. When none can
 /// be reached the worker is `degraded`, and when one can again it is back; each change is
 /// heartbeated at once, so that gateways stop (or resume) counting on this worker without
 /// waiting for the next interval.
@@ -384,7 +394,7 @@ async fn watch_reachability(
     bus: Arc<dyn Bus>,
     node: Arc<NodeState>,
     reachable_tx: watch::Sender<bool>,
-    mut stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) {
     let mut ticker = tokio::time::interval(REACHABILITY_CHECK_EVERY);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -392,7 +402,7 @@ async fn watch_reachability(
     ticker.tick().await;
     loop {
         tokio::select! {
-            _ = heartbeat::stopped(&mut stop) => return,
+            _ = stop.cancelled() => return,
             _ = ticker.tick() => {}
         }
         let now = reachable(&node.engine).await;

@@ -15,6 +15,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tts_contracts::trace::TRACEPARENT;
 use tts_contracts::{JobMessage, TraceParent, subjects};
 
@@ -331,6 +333,14 @@ struct LocalMessage {
 pub struct LocalQueue {
     max_deliver: u32,
     channels: Arc<Mutex<HashMap<String, LocalChannel>>>,
+    naks: DelayedNaks,
+}
+
+/// Where a nak's delay runs: a task on the owner's tracker that ends when `stop` is cancelled.
+#[derive(Clone)]
+struct DelayedNaks {
+    tasks: TaskTracker,
+    stop: CancellationToken,
 }
 
 #[derive(Clone)]
@@ -342,10 +352,13 @@ struct LocalChannel {
 }
 
 impl LocalQueue {
-    pub fn new(max_deliver: u32) -> Self {
+    /// A queue whose naked jobs wait out their delay on tasks spawned on `tasks`, which end when
+    /// `stop` is cancelled.
+    pub fn new(max_deliver: u32, tasks: TaskTracker, stop: CancellationToken) -> Self {
         LocalQueue {
             max_deliver: max_deliver.max(1),
             channels: Arc::default(),
+            naks: DelayedNaks { tasks, stop },
         }
     }
 
@@ -368,6 +381,7 @@ impl LocalQueue {
         LocalSource {
             channel: self.channel(engine),
             max_deliver: self.max_deliver,
+            naks: self.naks.clone(),
         }
     }
 }
@@ -399,6 +413,7 @@ impl JobQueue for LocalQueue {
 pub struct LocalSource {
     channel: LocalChannel,
     max_deliver: u32,
+    naks: DelayedNaks,
 }
 
 #[async_trait]
@@ -419,6 +434,7 @@ impl JobSource for LocalSource {
                     max_attempts: self.max_deliver,
                     tx: self.channel.tx.clone(),
                     pending: self.channel.pending.clone(),
+                    naks: self.naks.clone(),
                 })))
             }
             Ok(None) | Err(_) => Ok(None),
@@ -433,6 +449,7 @@ struct LocalDelivery {
     max_attempts: u32,
     tx: mpsc::UnboundedSender<LocalMessage>,
     pending: Arc<AtomicU64>,
+    naks: DelayedNaks,
 }
 
 #[async_trait]
@@ -465,8 +482,13 @@ impl Delivery for LocalDelivery {
             trace: self.trace.clone(),
         };
         let pending = self.pending.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
+        let stop = self.naks.stop.clone();
+        self.naks.tasks.spawn(async move {
+            // Cancelled, the delay is cut short and the job goes back at once rather than being
+            // dropped: nothing pulls it after shutdown, but it stays queued for as long as the
+            // queue lives, so stopping the delays never loses a job (and at exit the whole
+            // in-process queue goes anyway).
+            let _ = stop.run_until_cancelled(tokio::time::sleep(delay)).await;
             pending.fetch_add(1, Ordering::SeqCst);
             let _ = tx.send(message);
         });
@@ -479,5 +501,59 @@ impl Delivery for LocalDelivery {
 
     async fn term(&self) -> Result<()> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tts_contracts::JobSpec;
+
+    use super::*;
+
+    fn job() -> JobMessage {
+        JobMessage {
+            job_id: uuid::Uuid::new_v4(),
+            engine: "piper".into(),
+            created_at: chrono::Utc::now(),
+            tenant: None,
+            spec: JobSpec::Synthesize {
+                text: "Hello.".into(),
+                voice_id: "en_US-joe-medium".into(),
+                language: "en".into(),
+                speed: 1.0,
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn a_delayed_nak_goes_back_at_once_when_the_queue_stops() {
+        let tasks = TaskTracker::new();
+        let stop = CancellationToken::new();
+        let queue = LocalQueue::new(5, tasks.clone(), stop.clone());
+        let source = queue.source("piper");
+        queue.enqueue(&job(), None).await.expect("queued");
+        let delivery = source
+            .next(Duration::from_secs(1))
+            .await
+            .expect("pulled")
+            .expect("a delivery");
+        delivery
+            .nak(Duration::from_secs(3600))
+            .await
+            .expect("naked");
+        assert_eq!(tasks.len(), 1, "the delay runs on the owner's tracker");
+
+        stop.cancel();
+        tasks.close();
+        tokio::time::timeout(Duration::from_secs(10), tasks.wait())
+            .await
+            .expect("the delay ends once the queue stops");
+        let again = source
+            .next(Duration::from_secs(1))
+            .await
+            .expect("pulled")
+            .expect("the naked job, not lost");
+        assert_eq!(again.attempt(), 2);
+        assert_eq!(queue.depth("piper").await.expect("a depth"), 0);
     }
 }

@@ -158,9 +158,3 @@ async fn close_going_away(socket: &mut axum::extract::ws::WebSocket) {
         })))
         .await;
 }
-
-/// Resolves once the gateway starts shutting down. (The guard `wait_for` returns is dropped
-/// here, so the caller's future stays `Send`.)
-async fn stopping(closing: &mut tokio::sync::watch::Receiver<bool>) {
-    let _ = closing.wait_for(|c| *c).await;
-}

@@ -8,7 +8,7 @@ use axum::extract::{Extension, State};
 use axum::response::Response;
 use serde_json::{Value, json};
 
-use super::{ClientIp, close_going_away, stopping};
+use super::{ClientIp, close_going_away};
 use crate::AppState;
 use crate::error::AppError;
 use crate::limits::WebSocketPermit;
@@ -37,7 +37,7 @@ async fn push(mut socket: WebSocket, state: AppState, _permit: WebSocketPermit) 
     // Subscribed before the first snapshot, so that no change falls between the two.
     let mut changes = state.registry.subscribe();
     changes.mark_unchanged();
-    let mut closing = state.closing.subscribe();
+    let closing = state.closing.clone();
     loop {
         let snapshot = fleet(&state).to_string();
         if socket.send(Message::Text(snapshot.into())).await.is_err() {
@@ -45,7 +45,7 @@ async fn push(mut socket: WebSocket, state: AppState, _permit: WebSocketPermit) 
         }
         loop {
             tokio::select! {
-                _ = stopping(&mut closing) => {
+                _ = closing.cancelled() => {
                 close_going_away(&mut socket).await;
                     return;
                 }

@@ -15,7 +15,7 @@ use futures::stream::BoxStream;
 use tts_contracts::{JobEvent, JobId, JobStatus, subjects};
 use tts_infra::BusMessage;
 
-use super::{Caller, ClientIp, close_going_away, parse_job_id, stopping};
+use super::{Caller, ClientIp, close_going_away, parse_job_id};
 use crate::AppState;
 use crate::error::AppError;
 use crate::limits::WebSocketPermit;
@@ -60,11 +60,11 @@ async fn stream(
     }
     let mut recheck = tokio::time::interval(RECHECK_EVERY);
     recheck.tick().await;
-    let mut closing = state.closing.subscribe();
+    let closing = state.closing.clone();
     while !last.status.is_terminal() {
         let next = tokio::select! {
             // The gateway is stopping: say so, so that the client reconnects to another one.
-            _ = stopping(&mut closing) => {
+            _ = closing.cancelled() => {
                 close_going_away(&mut socket).await;
                 return;
             }
