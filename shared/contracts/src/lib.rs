@@ -7,8 +7,11 @@
 //! only (no tokio, no async-nats): a client library can reuse it without pulling in a runtime.
 
 pub mod failure;
+pub mod format;
 pub mod subjects;
 pub mod trace;
+
+pub use format::AudioFormat;
 
 pub use trace::TraceParent;
 
