@@ -235,6 +235,10 @@ impl Application {
             max_queue_depth: g.max_queue_depth,
             request_timeout: Duration::from_secs(g.request_timeout_secs),
             cors_origins: g.cors_origins.clone(),
+            openai: tts_gateway::routes::OpenAiOptions {
+                models: settings.openai.models.clone(),
+                voices: settings.openai.voices.clone(),
+            },
             auth: tts_gateway::auth::AuthOptions {
                 // Distributed mode is reachable by others: keys are required there unless
                 // switched off; standalone runs open unless switched on.

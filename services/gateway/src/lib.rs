@@ -49,6 +49,8 @@ pub struct GatewayOptions {
     pub max_queue_depth: u64,
     pub request_timeout: Duration,
     pub cors_origins: Vec<String>,
+    /// OpenAI's model and voice names for `/v1/audio/speech`.
+    pub openai: routes::OpenAiOptions,
 }
 
 /// Shared by every request handler.

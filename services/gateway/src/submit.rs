@@ -110,7 +110,7 @@ pub async fn validate(
 
 /// A stock voice of a live worker, or a cloned voice that is ready and whose engine has a live
 /// worker.
-async fn resolve_voice(
+pub(crate) async fn resolve_voice(
     state: &AppState,
     caller: &Caller,
     voice_id: &str,

@@ -26,6 +26,7 @@ pub struct Settings {
     pub redis: RedisSettings,
     pub storage: StorageSettings,
     pub voices: VoiceSettings,
+    pub openai: OpenAiSettings,
     pub auth: AuthSettings,
     pub models: ModelSettings,
     pub logging: LoggingSettings,
@@ -77,6 +78,15 @@ where
 }
 
 /// Voice cloning: uploads on the gateway, enrollment on the workers.
+/// How OpenAI's names map onto this service for `/v1/audio/speech`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct OpenAiSettings {
+    /// OpenAI's model names and the engine each stands for. Engine names are models too.
+    pub models: BTreeMap<String, String>,
+    /// Per engine, OpenAI's voice names and the stock voice of that engine each stands for.
+    pub voices: BTreeMap<String, BTreeMap<String, String>>,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct VoiceSettings {
     /// Largest accepted reference clip, in bytes.

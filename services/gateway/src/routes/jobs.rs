@@ -133,3 +133,17 @@ pub struct JobView {
     record: JobRecord,
     audio_url: Option<String>,
 }
+
+/// Stored WAV in the requested format. (Interim: WAV only until the encoders land.)
+pub(crate) async fn encode(
+    wav: bytes::Bytes,
+    format: tts_contracts::AudioFormat,
+) -> Result<bytes::Bytes, AppError> {
+    if format == tts_contracts::AudioFormat::Wav {
+        return Ok(wav);
+    }
+    Err(AppError::unprocessable(
+        "unsupported_format",
+        format!("{format} is not on offer yet"),
+    ))
+}

@@ -3,11 +3,13 @@
 mod health;
 mod jobs;
 mod nodes;
+mod openai;
 mod synthesize;
 mod voices;
 mod ws;
 
 pub use health::HealthCache;
+pub use openai::OpenAiOptions;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -52,6 +54,9 @@ pub fn router(state: AppState) -> Router {
         .route("/ws/jobs/{id}", get(ws::job_events))
         .route("/api/nodes", get(nodes::list).layer(timeout))
         .route("/ws", get(nodes::stream))
+        .route("/v1/audio/speech", post(openai::speech))
+        .route("/v1/models", get(openai::models).layer(timeout))
+        .route("/v1/audio/voices", get(openai::voices).layer(timeout))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(json_limit))
@@ -70,6 +75,8 @@ pub fn router(state: AppState) -> Router {
         .layer(option_layer(cors(&state.options.cors_origins)))
         // Outside everything that may refuse a request, so that every refusal drains the body.
         .layer(middleware::from_fn_with_state(state.clone(), body::guard))
+        // Outside every refusal too, so that `/v1` refusals all take OpenAI's shape.
+        .layer(middleware::from_fn(openai::errors))
         // The request's own span (trace::context) is current here: its events go into it.
         .layer(
             TraceLayer::new_for_http()

@@ -46,6 +46,15 @@ pub async fn list(
     State(state): State<AppState>,
     Extension(caller): Caller,
 ) -> Result<Json<Value>, AppError> {
+    let voices = visible(&state, &caller).await?;
+    Ok(Json(json!({ "voices": voices })))
+}
+
+/// The stock voices of live workers, then the caller's cloned voices.
+pub(crate) async fn visible(
+    state: &AppState,
+    caller: &crate::auth::Caller,
+) -> Result<Vec<VoiceView>, AppError> {
     let mut voices: Vec<VoiceView> = state
         .registry
         .voices()
@@ -62,7 +71,7 @@ pub async fn list(
             .filter(|r| caller.owns(r.tenant.as_deref()))
             .map(VoiceRecord::view),
     );
-    Ok(Json(json!({ "voices": voices })))
+    Ok(voices)
 }
 
 pub async fn get(

@@ -1,0 +1,372 @@
+//! OpenAI's speech API: `POST /v1/audio/speech`, `GET /v1/models` and `GET /v1/audio/voices`,
+//! so that code written for OpenAI (or for servers that copy its API) works unchanged.
+//!
+//! A speech request becomes an ordinary synthesis job through the queue, exactly like
+//! `POST /api/synthesize`: same keys, limits, tenancy and durability. Errors on `/v1` take
+//! OpenAI's shape, `{"error": {"message", "type", "param", "code"}}` ([`errors`]).
+
+use std::collections::BTreeMap;
+
+use axum::Extension;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tts_contracts::{AudioFormat, SynthesizeRequest, VoiceInfo};
+
+use super::Caller;
+use super::synthesize;
+use crate::AppState;
+use crate::error::AppError;
+use crate::extract::ApiJson;
+use crate::submit;
+use crate::trace::RequestContext;
+
+/// How OpenAI's names map onto this service (the `openai` section of the settings).
+#[derive(Debug, Clone, Default)]
+pub struct OpenAiOptions {
+    /// OpenAI's model names and the engine each stands for.
+    pub models: BTreeMap<String, String>,
+    /// Per engine, OpenAI's voice names and the stock voice each stands for.
+    pub voices: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+/// The body of `POST /v1/audio/speech`, as OpenAI defines it.
+#[derive(Debug, Deserialize)]
+pub struct SpeechRequest {
+    pub model: String,
+    pub input: String,
+    pub voice: String,
+    #[serde(default)]
+    pub response_format: Option<String>,
+    #[serde(default)]
+    pub speed: Option<f32>,
+    /// Accepted for compatibility; no engine here takes a style prompt yet.
+    #[serde(default)]
+    pub instructions: Option<String>,
+    #[serde(default)]
+    pub stream_format: Option<String>,
+}
+
+/// How the audio goes back: whole, or as server-sent events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StreamFormat {
+    Audio,
+    Sse,
+}
+
+pub async fn speech(
+    State(state): State<AppState>,
+    Extension(caller): Caller,
+    Extension(context): Extension<RequestContext>,
+    headers: HeaderMap,
+    ApiJson(request): ApiJson<SpeechRequest>,
+) -> Result<Response, AppError> {
+    let key = submit::idempotency_key(&headers)?;
+    let format = response_format(request.response_format.as_deref())?;
+    let stream = stream_format(request.stream_format.as_deref())?;
+    let (engine, explicit) = model_engine(&state, &request.model)?;
+    let voice_id = voice_id(&state, &engine, &request.voice);
+    let voice = submit::resolve_voice(&state, &caller, &voice_id).await?;
+    if explicit && voice.engine != engine {
+        return Err(AppError::client(
+            StatusCode::BAD_REQUEST,
+            "voice_not_of_model",
+            format!(
+                "voice {} belongs to engine {}, not to model {}",
+                voice.voice_id, voice.engine, request.model
+            ),
+        ));
+    }
+    if let Some(instructions) = request.instructions.as_deref().filter(|i| !i.is_empty()) {
+        tracing::debug!(
+            chars = instructions.chars().count(),
+            "instructions accepted; engine {} does not take them",
+            voice.engine
+        );
+    }
+    let language = language_for(&voice, &request.input);
+    let job = submit::validate(
+        &state,
+        &caller,
+        SynthesizeRequest {
+            text: request.input,
+            voice_id: voice.voice_id,
+            language: Some(language),
+            speed: request.speed,
+        },
+    )
+    .await?;
+    let done = synthesize::run(&state, job, key.as_deref(), &context).await?;
+    let audio = super::jobs::encode(done.wav.clone(), format).await?;
+    let mut response = match stream {
+        StreamFormat::Audio => {
+            ([(header::CONTENT_TYPE, format.content_type())], audio).into_response()
+        }
+        StreamFormat::Sse => sse(&audio),
+    };
+    done.tag(response.headers_mut());
+    Ok(response)
+}
+
+/// The audio as OpenAI's speech events: `speech.audio.delta` with base64 audio, then
+/// `speech.audio.done`.
+fn sse(audio: &[u8]) -> Response {
+    let mut body = String::new();
+    // Events of about 32 KiB of audio each, as a client reading a stream expects pieces.
+    for piece in audio.chunks(32 * 1024) {
+        let event = json!({
+            "type": "speech.audio.delta",
+            "audio": base64::engine::general_purpose::STANDARD.encode(piece),
+        });
+        body.push_str(&format!("data: {event}\n\n"));
+    }
+    let done = json!({
+        "type": "speech.audio.done",
+        "usage": {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0},
+    });
+    body.push_str(&format!("data: {done}\n\n"));
+    (
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+fn response_format(name: Option<&str>) -> Result<AudioFormat, AppError> {
+    // OpenAI's default is mp3.
+    let Some(name) = name else {
+        return Ok(AudioFormat::Mp3);
+    };
+    AudioFormat::parse(name).ok_or_else(|| {
+        AppError::client(
+            StatusCode::BAD_REQUEST,
+            "unsupported_format",
+            format!(
+                "response_format {name:?} is not one of {}",
+                AudioFormat::ALL.map(|f| f.name()).join(", ")
+            ),
+        )
+    })
+}
+
+fn stream_format(name: Option<&str>) -> Result<StreamFormat, AppError> {
+    match name {
+        None | Some("audio") => Ok(StreamFormat::Audio),
+        Some("sse") => Ok(StreamFormat::Sse),
+        Some(other) => Err(AppError::client(
+            StatusCode::BAD_REQUEST,
+            "invalid_stream_format",
+            format!("stream_format {other:?} is not one of audio, sse"),
+        )),
+    }
+}
+
+/// The engine a model names, and whether it named it directly (an engine's own name) rather
+/// than through one of OpenAI's model names.
+fn model_engine(state: &AppState, model: &str) -> Result<(String, bool), AppError> {
+    if let Some(engine) = state.options.openai.models.get(model) {
+        return Ok((engine.clone(), false));
+    }
+    if state.options.engines.iter().any(|e| e == model) {
+        return Ok((model.to_string(), true));
+    }
+    Err(AppError::not_found(
+        "model_not_found",
+        format!(
+            "the model {model:?} does not exist; models: {}",
+            model_ids(state).join(", ")
+        ),
+    ))
+}
+
+/// OpenAI's voice name mapped to the engine's stock voice, or the name as a voice id.
+fn voice_id(state: &AppState, engine: &str, voice: &str) -> String {
+    state
+        .options
+        .openai
+        .voices
+        .get(engine)
+        .and_then(|names| names.get(voice))
+        .cloned()
+        .unwrap_or_else(|| voice.to_string())
+}
+
+/// OpenAI's API has no language: the text's script decides among the languages the voice
+/// speaks, so that a voice that speaks Mandarin and English reads each in its own.
+fn language_for(voice: &VoiceInfo, text: &str) -> String {
+    let han = text.chars().any(|c| {
+        matches!(c as u32, 0x4E00..=0x9FFF | 0x3400..=0x4DBF | 0xF900..=0xFAFF | 0x20000..=0x2A6DF)
+    });
+    let wanted = if han { "zh" } else { "en" };
+    if voice.speaks(wanted) {
+        wanted.to_string()
+    } else {
+        voice.language.clone()
+    }
+}
+
+/// Every model id: OpenAI's mapped names, then the engines'.
+fn model_ids(state: &AppState) -> Vec<String> {
+    let mut ids: Vec<String> = state.options.openai.models.keys().cloned().collect();
+    ids.extend(state.options.engines.iter().cloned());
+    ids
+}
+
+/// `GET /v1/models`, as OpenAI lists them.
+pub async fn models(State(state): State<AppState>) -> Response {
+    let data: Vec<Value> = model_ids(&state)
+        .into_iter()
+        .map(|id| json!({"id": id, "object": "model", "created": 0, "owned_by": "voice-clone-tts"}))
+        .collect();
+    axum::Json(json!({"object": "list", "data": data})).into_response()
+}
+
+/// `GET /v1/audio/voices`: the voice ids a caller can speak with now (stock voices of live
+/// workers and the caller's ready cloned voices), and OpenAI's names for stock voices.
+pub async fn voices(
+    State(state): State<AppState>,
+    Extension(caller): Caller,
+) -> Result<Response, AppError> {
+    let views = super::voices::visible(&state, &caller).await?;
+    let ids: Vec<&str> = views.iter().map(|v| v.info.voice_id.as_str()).collect();
+    let live: Vec<&str> = views
+        .iter()
+        .filter(|v| !v.cloned)
+        .map(|v| v.info.engine.as_str())
+        .collect();
+    let aliases: BTreeMap<&String, &BTreeMap<String, String>> = state
+        .options
+        .openai
+        .voices
+        .iter()
+        .filter(|(engine, _)| live.contains(&engine.as_str()))
+        .collect();
+    Ok(axum::Json(json!({"voices": ids, "data": views, "aliases": aliases})).into_response())
+}
+
+/// Middleware: on `/v1` paths, turns the service's JSON errors into OpenAI's shape, so that
+/// OpenAI's clients raise their usual exceptions for refusals made anywhere (keys, limits,
+/// bodies, validation).
+pub async fn errors(request: Request, next: Next) -> Response {
+    if !request.uri().path().starts_with("/v1/") {
+        return next.run(request).await;
+    }
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || !is_json {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    // Error bodies are small; one that is not is passed on as it is.
+    let Ok(bytes) = axum::body::to_bytes(body, 64 * 1024).await else {
+        return Response::from_parts(parts, Body::empty());
+    };
+    let Ok(ours) = serde_json::from_slice::<Value>(&bytes) else {
+        return Response::from_parts(parts, Body::from(bytes));
+    };
+    let (Some(code), Some(message)) = (
+        ours.get("error").and_then(Value::as_str),
+        ours.get("message").and_then(Value::as_str),
+    ) else {
+        return Response::from_parts(parts, Body::from(bytes));
+    };
+    let body = json!({
+        "error": {
+            "message": message,
+            "type": error_type(status),
+            "param": param_of(code),
+            "code": code,
+        }
+    });
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Response::from_parts(parts, Body::from(body.to_string()))
+}
+
+/// OpenAI's error types by status.
+fn error_type(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        401 | 403 => "authentication_error",
+        404 => "invalid_request_error",
+        429 => "rate_limit_error",
+        400..=499 => "invalid_request_error",
+        503 => "service_unavailable",
+        _ => "server_error",
+    }
+}
+
+/// The request field an error code is about, as OpenAI's `param`.
+fn param_of(code: &str) -> Value {
+    let param = match code {
+        "invalid_text" | "text_too_long" => "input",
+        "invalid_speed" | "unsupported_speed" => "speed",
+        "invalid_voice"
+        | "unknown_voice"
+        | "voice_not_found"
+        | "voice_not_ready"
+        | "voice_not_of_model"
+        | "unsupported_language" => "voice",
+        "model_not_found" => "model",
+        "unsupported_format" => "response_format",
+        "invalid_stream_format" => "stream_format",
+        _ => return Value::Null,
+    };
+    Value::String(param.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn voice(language: &str, others: &[&str]) -> VoiceInfo {
+        VoiceInfo {
+            voice_id: "v".into(),
+            name: "v".into(),
+            engine: "kokoro".into(),
+            created_at: chrono::Utc::now(),
+            language: language.into(),
+            status: tts_contracts::VoiceStatus::Ready,
+            sample_rate: None,
+            other_languages: others.iter().map(|l| l.to_string()).collect(),
+            speed_range: None,
+        }
+    }
+
+    #[test]
+    fn the_texts_script_picks_among_the_voices_languages() {
+        let both = voice("zh", &["en"]);
+        assert_eq!(language_for(&both, "Hello there."), "en");
+        assert_eq!(language_for(&both, "你好，世界。"), "zh");
+        assert_eq!(language_for(&both, "我们用 Rust 写。"), "zh");
+        let english = voice("en", &[]);
+        assert_eq!(language_for(&english, "你好"), "en");
+    }
+
+    #[test]
+    fn formats_default_to_mp3_and_unknown_ones_are_refused() {
+        assert_eq!(response_format(None).unwrap(), AudioFormat::Mp3);
+        assert_eq!(response_format(Some("flac")).unwrap(), AudioFormat::Flac);
+        let err = response_format(Some("ogg")).unwrap_err();
+        assert!(
+            err.to_string().contains("wav, pcm, mp3, opus, aac, flac"),
+            "{err}"
+        );
+        assert_eq!(stream_format(Some("sse")).unwrap(), StreamFormat::Sse);
+        assert!(stream_format(Some("chunks")).is_err());
+    }
+}

@@ -1,0 +1,370 @@
+//! OpenAI's speech API, driven by OpenAI's own Python client, unmodified, from the registry
+//! (`scripts/test` installs it into `.cache/openai-venv`). Every file the client writes is decoded
+//! by ffmpeg, an independent decoder, and checked as speech of the right length and rate.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::{Value, json};
+use tts_config::ApiKeySettings;
+use tts_gateway::auth::hash_key;
+use tts_tests::{Deployment, TestApp, spawn_app, spawn_engines_with};
+
+const TEXT: &str = "The quick brown fox jumps over the lazy dog near the quiet river bank.";
+const KEY: &str = "openai-client-key-123456";
+
+/// The Python interpreter of the venv that holds the `openai` package.
+fn python() -> PathBuf {
+    if let Ok(path) = std::env::var("TTS_TEST_OPENAI_PYTHON") {
+        return path.into();
+    }
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.cache/openai-venv/bin/python");
+    assert!(
+        path.exists(),
+        "{} is missing: scripts/test installs OpenAI's Python client there",
+        path.display()
+    );
+    path
+}
+
+/// Runs `script` with OpenAI's client pointed at the app, in a blocking thread, and returns
+/// what it prints as JSON.
+async fn run_client(app: &TestApp, key: &str, out: &Path, script: &str) -> Value {
+    let program = format!(
+        "import json, sys, openai\n\
+         client = openai.OpenAI(base_url=sys.argv[1] + '/v1', api_key=sys.argv[2], max_retries=0, timeout=120)\n\
+         out = sys.argv[3]\n\
+         def refusal(call):\n    \
+             try:\n        call()\n        return None\n    \
+             except openai.APIStatusError as e:\n        \
+                 return {{'class': type(e).__name__, 'status': e.status_code, 'body': e.body}}\n\
+         {script}"
+    );
+    let (python, base, key, out) = (
+        python(),
+        app.base_url.clone(),
+        key.to_string(),
+        out.display().to_string(),
+    );
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(python)
+            .args(["-c", &program, &base, &key, &out])
+            .output()
+            .expect("python runs")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "the client failed:\n{}\n{stdout}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_str(stdout.lines().last().unwrap_or("null")).expect("the script's JSON")
+}
+
+/// What ffmpeg decodes from a file: its sample rate, channels and samples. `pcm` has no header,
+/// so it is read as OpenAI defines it (24 kHz, 16-bit little-endian, mono).
+#[derive(Debug)]
+struct Decoded {
+    rate: u32,
+    channels: u32,
+    seconds: f32,
+    rms: f32,
+}
+
+fn decode(path: &Path, raw_pcm: bool) -> Decoded {
+    let raw: &[&str] = if raw_pcm {
+        &["-f", "s16le", "-ar", "24000", "-ac", "1"]
+    } else {
+        &[]
+    };
+    let probe = Command::new("ffprobe")
+        .args(["-v", "error"])
+        .args(raw)
+        .args([
+            "-show_entries",
+            "stream=sample_rate,channels",
+            "-of",
+            "json",
+        ])
+        .arg(path)
+        .output()
+        .expect("ffprobe runs");
+    assert!(probe.status.success(), "ffprobe refused {}", path.display());
+    let info: Value = serde_json::from_slice(&probe.stdout).unwrap();
+    let stream = &info["streams"][0];
+    let rate: u32 = stream["sample_rate"].as_str().unwrap().parse().unwrap();
+    let channels = stream["channels"].as_u64().unwrap() as u32;
+    let pcm = Command::new("ffmpeg")
+        .args(["-v", "error"])
+        .args(raw)
+        .arg("-i")
+        .arg(path)
+        .args(["-f", "f32le", "-ac", "1", "-"])
+        .output()
+        .expect("ffmpeg runs");
+    assert!(
+        pcm.status.success(),
+        "ffmpeg could not decode {}",
+        path.display()
+    );
+    let samples: Vec<f32> = pcm
+        .stdout
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    let energy: f64 = samples.iter().map(|s| (*s as f64).powi(2)).sum();
+    Decoded {
+        rate,
+        channels,
+        seconds: samples.len() as f32 / rate as f32,
+        rms: (energy / samples.len().max(1) as f64).sqrt() as f32,
+    }
+}
+
+/// Speech of `TEXT`: audible, mono, and between 0.15 and 1.2 s a word.
+fn assert_speech(decoded: &Decoded, what: &str) {
+    let words = TEXT.split_whitespace().count() as f32;
+    assert_eq!(decoded.channels, 1, "{what}: {decoded:?}");
+    assert!(
+        (0.15 * words..=1.2 * words + 0.5).contains(&decoded.seconds),
+        "{what}: {decoded:?}"
+    );
+    assert!(decoded.rms > 0.01, "{what} is (nearly) silent: {decoded:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openais_client_speaks_every_format_and_streams_to_a_file() {
+    let app = spawn_app(Deployment::Standalone).await;
+    let out = tempfile::tempdir().unwrap();
+    let script = format!(
+        "text = {TEXT:?}\n\
+         for fmt in ['mp3', 'opus', 'flac', 'wav', 'pcm']:\n    \
+             client.audio.speech.create(model='tts-1', voice='alloy', input=text, response_format=fmt).write_to_file(f'{{out}}/speech.{{fmt}}')\n\
+         with client.audio.speech.with_streaming_response.create(model='tts-1', voice='alloy', input=text) as r:\n    \
+             r.stream_to_file(f'{{out}}/streamed.mp3')\n\
+         models = [m.id for m in client.models.list()]\n\
+         aac = refusal(lambda: client.audio.speech.create(model='tts-1', voice='alloy', input=text, response_format='aac'))\n\
+         print(json.dumps({{'models': models, 'aac': aac}}))"
+    );
+    let result = run_client(&app, "unused", out.path(), &script).await;
+
+    for (file, rate) in [
+        ("speech.mp3", 22050),
+        ("speech.opus", 48000),
+        ("speech.flac", 22050),
+        ("speech.wav", 22050),
+        ("speech.pcm", 24000),
+        ("streamed.mp3", 22050),
+    ] {
+        let decoded = decode(&out.path().join(file), file.ends_with(".pcm"));
+        assert_eq!(decoded.rate, rate, "{file}: {decoded:?}");
+        assert_speech(&decoded, file);
+    }
+    let models = result["models"].as_array().unwrap();
+    for model in ["tts-1", "tts-1-hd", "gpt-4o-mini-tts", "piper"] {
+        assert!(models.contains(&json!(model)), "{result}");
+    }
+    // AAC has no encoder here: refused, naming the formats on offer.
+    let aac = &result["aac"];
+    assert_eq!(aac["status"], 422, "{aac}");
+    assert_eq!(aac["body"]["code"], "unsupported_format", "{aac}");
+    assert!(
+        aac["body"]["message"].as_str().unwrap().contains("mp3"),
+        "{aac}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_reach_openais_client_as_its_own_errors_and_queue_nothing() {
+    let app = spawn_app(Deployment::Standalone).await;
+    let out = tempfile::tempdir().unwrap();
+    let script = "speech = client.audio.speech\n\
+         print(json.dumps({\n    \
+             'model': refusal(lambda: speech.create(model='tts-9', voice='alloy', input='Hi.')),\n    \
+             'voice': refusal(lambda: speech.create(model='tts-1', voice='nobody', input='Hi.')),\n    \
+             'empty': refusal(lambda: speech.create(model='tts-1', voice='alloy', input='   ')),\n    \
+             'long': refusal(lambda: speech.create(model='tts-1', voice='alloy', input='word ' * 2000)),\n    \
+             'speed': refusal(lambda: speech.create(model='tts-1', voice='alloy', input='Hi.', speed=9)),\n    \
+             'format': refusal(lambda: speech.create(model='tts-1', voice='alloy', input='Hi.', response_format='ogg')),\n    \
+             'other_engine': refusal(lambda: speech.create(model='kokoro', voice='en_US-joe-medium', input='Hi.')),\n\
+         }))";
+    let result = run_client(&app, "unused", out.path(), script).await;
+    let expect = [
+        ("model", 404, "NotFoundError", "model_not_found", "model"),
+        (
+            "voice",
+            422,
+            "UnprocessableEntityError",
+            "unknown_voice",
+            "voice",
+        ),
+        (
+            "empty",
+            422,
+            "UnprocessableEntityError",
+            "invalid_text",
+            "input",
+        ),
+        (
+            "long",
+            422,
+            "UnprocessableEntityError",
+            "text_too_long",
+            "input",
+        ),
+        (
+            "speed",
+            422,
+            "UnprocessableEntityError",
+            "invalid_speed",
+            "speed",
+        ),
+        (
+            "format",
+            400,
+            "BadRequestError",
+            "unsupported_format",
+            "response_format",
+        ),
+        (
+            "other_engine",
+            400,
+            "BadRequestError",
+            "voice_not_of_model",
+            "voice",
+        ),
+    ];
+    for (case, status, class, code, param) in expect {
+        let refusal = &result[case];
+        assert_eq!(refusal["status"], status, "{case}: {refusal}");
+        assert_eq!(refusal["class"], class, "{case}: {refusal}");
+        assert_eq!(refusal["body"]["code"], code, "{case}: {refusal}");
+        assert_eq!(refusal["body"]["param"], param, "{case}: {refusal}");
+        assert_eq!(
+            refusal["body"]["type"], "invalid_request_error",
+            "{case}: {refusal}"
+        );
+        assert!(refusal["body"]["message"].is_string(), "{case}: {refusal}");
+    }
+    // A malformed body is refused in the same shape.
+    let response = app
+        .client
+        .post(app.url("/v1/audio/speech"))
+        .header("content-type", "application/json")
+        .body("{\"model\": \"tts-1\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["type"], "invalid_request_error", "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_limits_and_tenancy_hold_on_the_openai_routes() {
+    let app = spawn_engines_with(Deployment::GatewayOnly, &[], |s| {
+        s.auth.mode = "on".into();
+        s.auth.keys = vec![ApiKeySettings {
+            name: "client".into(),
+            tenant: "acme".into(),
+            sha256: hash_key(KEY),
+            admin: false,
+            rpm: None,
+        }];
+    })
+    .await;
+    let _worker = tts_tests::spawn_worker_process(&app.settings, "openai-worker");
+    // The worker's voice is listed to callers with a key once it heartbeats.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let voices: Value = app
+            .client
+            .get(app.url("/v1/audio/voices"))
+            .bearer_auth(KEY)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if voices["voices"]
+            .as_array()
+            .is_some_and(|v| v.contains(&json!("en_US-joe-medium")))
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the worker never came up: {voices}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let out = tempfile::tempdir().unwrap();
+    let script = format!(
+        "client.audio.speech.create(model='tts-1', voice='alloy', input={TEXT:?}, response_format='wav').write_to_file(out + '/speech.wav')\n\
+         voices = client.get('/audio/voices', cast_to=object)\n\
+         print(json.dumps({{'voices': voices}}))"
+    );
+    let result = run_client(&app, KEY, out.path(), &script).await;
+    assert_speech(&decode(&out.path().join("speech.wav"), false), "speech.wav");
+    assert!(
+        result["voices"]["voices"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("en_US-joe-medium")),
+        "{result}"
+    );
+    assert_eq!(
+        result["voices"]["aliases"]["piper"]["alloy"], "en_US-joe-medium",
+        "{result}"
+    );
+
+    let script = "print(json.dumps({'refused': refusal(lambda: client.models.list())}))";
+    let result = run_client(&app, "not-a-key", out.path(), script).await;
+    let refused = &result["refused"];
+    assert_eq!(refused["status"], 401, "{refused}");
+    assert_eq!(refused["class"], "AuthenticationError", "{refused}");
+    assert_eq!(refused["body"]["type"], "authentication_error", "{refused}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_sent_events_carry_the_audio_in_base64() {
+    use base64::Engine as _;
+    let app = spawn_app(Deployment::Standalone).await;
+    let response = app
+        .client
+        .post(app.url("/v1/audio/speech"))
+        .json(&json!({
+            "model": "tts-1", "voice": "alloy", "input": TEXT,
+            "response_format": "wav", "stream_format": "sse",
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    assert!(response.headers().contains_key("x-job-id"));
+    let body = response.text().await.unwrap();
+    let events: Vec<Value> = body
+        .split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .map(|data| serde_json::from_str(data).unwrap())
+        .collect();
+    let (done, deltas) = events.split_last().expect("events");
+    assert_eq!(done["type"], "speech.audio.done", "{done}");
+    let mut audio = Vec::new();
+    for delta in deltas {
+        assert_eq!(delta["type"], "speech.audio.delta");
+        audio.extend(
+            base64::engine::general_purpose::STANDARD
+                .decode(delta["audio"].as_str().unwrap())
+                .unwrap(),
+        );
+    }
+    let path = tempfile::tempdir().unwrap();
+    let file = path.path().join("speech.wav");
+    std::fs::write(&file, audio).unwrap();
+    assert_speech(&decode(&file, false), "sse audio");
+}
