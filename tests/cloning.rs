@@ -151,7 +151,7 @@ async fn bad_uploads_are_refused_and_leave_nothing_behind() {
     assert_eq!(response.status(), 202);
     let accepted: Value = response.json().await.unwrap();
     let job_id = accepted["job_id"].as_str().unwrap();
-    let job = app.wait_for_job(job_id, Duration::from_secs(120)).await;
+    let job = app.wait_for_job(job_id, Duration::from_secs(600)).await;
     assert_eq!(job["status"], "succeeded", "{job}");
     let voice_id = accepted["voice"]["voice_id"].as_str().unwrap();
     let voice = app.get_json(&format!("/api/voices/{voice_id}")).await;
@@ -365,7 +365,7 @@ async fn deleting_a_voice_removes_its_objects_and_fails_its_queued_jobs() {
     let job = app
         .wait_for_job(
             accepted["job_id"].as_str().unwrap(),
-            Duration::from_secs(120),
+            Duration::from_secs(600),
         )
         .await;
     assert_eq!(job["status"], "succeeded", "{job}");
@@ -406,7 +406,7 @@ async fn deleting_a_voice_removes_its_objects_and_fails_its_queued_jobs() {
         .unwrap();
     assert_eq!(error_of(gone).await, (404, "voice_not_found".into()));
 
-    let job = app.wait_for_job(&waiting, Duration::from_secs(120)).await;
+    let job = app.wait_for_job(&waiting, Duration::from_secs(600)).await;
     assert_eq!(job["status"], "failed", "{job}");
     assert_eq!(job["error"]["error"], "voice_not_found", "{job}");
     assert!(
@@ -415,7 +415,7 @@ async fn deleting_a_voice_removes_its_objects_and_fails_its_queued_jobs() {
             .unwrap()
             .contains(&voice_id)
     );
-    let job = app.wait_for_job(&blocker, Duration::from_secs(120)).await;
+    let job = app.wait_for_job(&blocker, Duration::from_secs(600)).await;
     assert_eq!(job["status"], "succeeded", "{job}");
 
     // New requests for it are refused; it cannot be deleted twice; stock voices cannot be.

@@ -6,11 +6,13 @@
 //! these types and nothing else, which is why this crate depends on serde and plain data crates
 //! only (no tokio, no async-nats): a client library can reuse it without pulling in a runtime.
 
+pub mod chunk;
 pub mod failure;
 pub mod format;
 pub mod subjects;
 pub mod trace;
 
+pub use chunk::AudioChunk;
 pub use format::AudioFormat;
 
 pub use trace::TraceParent;

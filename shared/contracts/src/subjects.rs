@@ -31,6 +31,11 @@ pub fn job_events(job_id: &impl std::fmt::Display) -> String {
     format!("tts.events.{job_id}")
 }
 
+/// Pieces of a job's audio as the engine makes them (`chunk::AudioChunk`), for streaming.
+pub fn job_audio(job_id: &impl std::fmt::Display) -> String {
+    format!("tts.audio.{job_id}")
+}
+
 /// A worker's heartbeat.
 pub fn heartbeat(engine: &str, node_id: &str) -> String {
     format!("tts.heartbeat.{engine}.{node_id}")
