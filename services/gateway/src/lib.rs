@@ -12,6 +12,7 @@ pub mod extract;
 pub mod limits;
 pub mod registry;
 pub mod routes;
+pub mod stream;
 pub mod submit;
 pub mod trace;
 

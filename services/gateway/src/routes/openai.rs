@@ -13,18 +13,16 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tts_contracts::{AudioFormat, SynthesizeRequest, VoiceInfo};
 
 use super::Caller;
-use super::synthesize;
 use crate::AppState;
 use crate::error::AppError;
 use crate::extract::ApiJson;
-use crate::submit;
 use crate::trace::RequestContext;
+use crate::{stream, submit};
 
 /// How OpenAI's names map onto this service (the `openai` section of the settings).
 #[derive(Debug, Clone, Default)]
@@ -68,7 +66,7 @@ pub async fn speech(
 ) -> Result<Response, AppError> {
     let key = submit::idempotency_key(&headers)?;
     let format = response_format(request.response_format.as_deref())?;
-    let stream = stream_format(request.stream_format.as_deref())?;
+    let stream_kind = stream_format(request.stream_format.as_deref())?;
     let (engine, explicit) = model_engine(&state, &request.model)?;
     let voice_id = voice_id(&state, &engine, &request.voice);
     let voice = submit::resolve_voice(&state, &caller, &voice_id).await?;
@@ -101,43 +99,34 @@ pub async fn speech(
         },
     )
     .await?;
-    let done = synthesize::run(&state, job, key.as_deref(), &context).await?;
-    let audio = super::jobs::encode(done.wav.clone(), format).await?;
-    let mut response = match stream {
-        StreamFormat::Audio => {
-            ([(header::CONTENT_TYPE, format.content_type())], audio).into_response()
-        }
-        StreamFormat::Sse => sse(&audio),
-    };
-    done.tag(response.headers_mut());
-    Ok(response)
-}
-
-/// The audio as OpenAI's speech events: `speech.audio.delta` with base64 audio, then
-/// `speech.audio.done`.
-fn sse(audio: &[u8]) -> Response {
-    let mut body = String::new();
-    // Events of about 32 KiB of audio each, as a client reading a stream expects pieces.
-    for piece in audio.chunks(32 * 1024) {
-        let event = json!({
-            "type": "speech.audio.delta",
-            "audio": base64::engine::general_purpose::STANDARD.encode(piece),
-        });
-        body.push_str(&format!("data: {event}\n\n"));
-    }
-    let done = json!({
-        "type": "speech.audio.done",
-        "usage": {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0},
-    });
-    body.push_str(&format!("data: {done}\n\n"));
-    (
-        [
-            (header::CONTENT_TYPE, "text/event-stream"),
-            (header::CACHE_CONTROL, "no-cache"),
-        ],
-        body,
+    // Subscribed before queueing, so that no piece of the audio goes unseen.
+    let mut subscriptions = stream::Subscriptions::open(&state, &job.job_id).await?;
+    let submitted = submit::submit(
+        &state,
+        job,
+        key.as_deref(),
+        submit::Backpressure::Apply,
+        &context.trace,
     )
-        .into_response()
+    .await?;
+    if submitted.replayed {
+        subscriptions = stream::Subscriptions::open(&state, &submitted.job_id).await?;
+    }
+    let framing = match stream_kind {
+        StreamFormat::Audio => stream::Framing::Audio,
+        StreamFormat::Sse => stream::Framing::Sse,
+    };
+    let mut response =
+        stream::respond(&state, submitted.job_id, subscriptions, format, framing).await?;
+    let headers = response.headers_mut();
+    headers.insert(
+        "x-job-id",
+        HeaderValue::from_str(&submitted.job_id.to_string()).expect("a uuid is a valid header"),
+    );
+    if submitted.replayed {
+        headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    Ok(response)
 }
 
 fn response_format(name: Option<&str>) -> Result<AudioFormat, AppError> {
@@ -145,7 +134,7 @@ fn response_format(name: Option<&str>) -> Result<AudioFormat, AppError> {
     let Some(name) = name else {
         return Ok(AudioFormat::Mp3);
     };
-    AudioFormat::parse(name).ok_or_else(|| {
+    let format = AudioFormat::parse(name).ok_or_else(|| {
         AppError::client(
             StatusCode::BAD_REQUEST,
             "unsupported_format",
@@ -154,7 +143,12 @@ fn response_format(name: Option<&str>) -> Result<AudioFormat, AppError> {
                 AudioFormat::ALL.map(|f| f.name()).join(", ")
             ),
         )
-    })
+    })?;
+    // A format OpenAI names but no encoder here makes (aac) is refused before any job exists.
+    if let Err(e) = tts_audio::encode::encoder(format, AudioFormat::PCM_RATE) {
+        return Err(AppError::unprocessable("unsupported_format", e.to_string()));
+    }
+    Ok(format)
 }
 
 fn stream_format(name: Option<&str>) -> Result<StreamFormat, AppError> {
