@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use axum::Extension;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, HeaderValue};
+use axum::response::Response;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use tokio::time::Instant;
@@ -23,7 +23,7 @@ use crate::trace::RequestContext;
 const POLL_EVERY: Duration = Duration::from_secs(1);
 
 /// Queues the job (or, with an `Idempotency-Key` already used, finds the job it names) and
-/// answers with its audio once it is done.
+/// answers with its audio once it is done, in the requested format.
 pub async fn synthesize(
     State(state): State<AppState>,
     Extension(caller): Caller,
@@ -32,13 +32,14 @@ pub async fn synthesize(
     ApiJson(request): ApiJson<SynthesizeRequest>,
 ) -> Result<Response, AppError> {
     let key = submit::idempotency_key(&headers)?;
-    let job = submit::validate(&state, &caller, request).await?;
+    let submit::Validated { job, format } = submit::validate(&state, &caller, request).await?;
     let bus = &state.deps.bus;
     // Subscribe before queueing so that the job cannot finish unseen.
     let mut events = bus.subscribe(subjects::job_events(&job.job_id)).await?;
     let submitted = submit::submit(
         &state,
         job,
+        Some(format),
         key.as_deref(),
         submit::Backpressure::Apply,
         &context.trace,
@@ -61,7 +62,8 @@ pub async fn synthesize(
                 state.deps.audio.get(&key).await?.ok_or_else(|| {
                     AppError::internal(format!("audio of job {job_id} is missing"))
                 })?;
-            ([(header::CONTENT_TYPE, "audio/wav")], audio).into_response()
+            // A replayed request answers in the format it asks for now.
+            crate::audio::respond(job_id, audio, format).await?
         }
         _ => {
             let failure = record.error.unwrap_or(tts_contracts::JobFailure {

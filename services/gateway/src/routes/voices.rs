@@ -191,6 +191,7 @@ pub async fn create(
         &state,
         job,
         None,
+        None,
         submit::Backpressure::Skip,
         &context.trace,
     )
