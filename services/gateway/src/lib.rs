@@ -5,6 +5,7 @@
 //! ONNX Runtime): the workers do, and the gateway reads what they stored. The one object it
 //! writes is a client's upload of a reference clip, which it checks decodes as audio first.
 
+pub mod audio;
 pub mod auth;
 pub mod body;
 pub mod error;

@@ -266,7 +266,8 @@ impl Follower {
         }
         if sent < samples.len() {
             tracing::debug!(job_id = %self.job_id, from = sent, to = samples.len(), "stream completed from the stored audio");
-            self.pending.push_back(Piece::Samples(samples[sent..].to_vec()));
+            self.pending
+                .push_back(Piece::Samples(samples[sent..].to_vec()));
         }
         self.sent = samples.len() as u64;
         Ok(())
@@ -388,8 +389,10 @@ fn encoded(
                 let encoder = state.encoder.as_mut()?;
                 match state.pieces.next().await {
                     Some(Ok(Piece::Samples(samples))) => {
-                        let floats: Vec<f32> =
-                            samples.iter().map(|s| *s as f32 / i16::MAX as f32).collect();
+                        let floats: Vec<f32> = samples
+                            .iter()
+                            .map(|s| *s as f32 / i16::MAX as f32)
+                            .collect();
                         match encoder.push(&floats) {
                             Ok(audio) if audio.is_empty() => continue,
                             Ok(audio) => return Some((Ok(frame(audio)), state)),

@@ -3,8 +3,8 @@
 use axum::http::{HeaderMap, StatusCode};
 use chrono::Utc;
 use tts_contracts::{
-    JobId, JobMessage, JobRecord, JobSpec, SPEED_RANGE, SynthesizeRequest, TraceParent, VoiceInfo,
-    VoiceStatus, failure,
+    AudioFormat, JobId, JobMessage, JobRecord, JobSpec, SPEED_RANGE, SynthesizeRequest,
+    TraceParent, VoiceInfo, VoiceStatus, failure,
 };
 use uuid::Uuid;
 
@@ -15,12 +15,23 @@ use crate::error::AppError;
 /// Longest accepted `Idempotency-Key`.
 const MAX_IDEMPOTENCY_KEY: usize = 255;
 
+/// A checked request: the job to queue and the format its audio is to be delivered in.
+pub struct Validated {
+    pub job: JobMessage,
+    pub format: AudioFormat,
+}
+
 /// Checks a request against the API's rules and the live fleet, and builds its job.
 pub async fn validate(
     state: &AppState,
     caller: &Caller,
     request: SynthesizeRequest,
-) -> Result<JobMessage, AppError> {
+) -> Result<Validated, AppError> {
+    // Checked first: a format that cannot be delivered must not cost a job.
+    let format = match request.format.as_deref() {
+        Some(name) => crate::audio::parse_format(name)?,
+        None => AudioFormat::default(),
+    };
     let text = request.text.trim();
     if text.is_empty() {
         return Err(AppError::unprocessable(
@@ -94,7 +105,7 @@ pub async fn validate(
             },
         ));
     }
-    Ok(JobMessage {
+    let job = JobMessage {
         job_id: Uuid::new_v4(),
         engine: voice.engine,
         created_at: Utc::now(),
@@ -105,7 +116,8 @@ pub async fn validate(
             language,
             speed,
         },
-    })
+    };
+    Ok(Validated { job, format })
 }
 
 /// A stock voice of a live worker, or a cloned voice that is ready and whose engine has a live
@@ -248,10 +260,12 @@ pub enum Backpressure {
 /// Records the job as queued, then queues it. The record comes first so that a worker that
 /// takes the job at once finds it, and a client that polls at once sees `queued`. With an
 /// idempotency key already claimed for another job, nothing is queued and that job is
-/// returned: a retry, through any gateway, finds the job its first attempt made.
+/// returned: a retry, through any gateway, finds the job its first attempt made. `format` goes on
+/// the record (workers store WAV whatever it is) for `GET /api/jobs/{id}/audio` to answer in.
 pub async fn submit(
     state: &AppState,
     job: JobMessage,
+    format: Option<AudioFormat>,
     idempotency_key: Option<&str>,
     backpressure: Backpressure,
     trace: &TraceParent,
@@ -272,7 +286,7 @@ pub async fn submit(
             replayed: true,
         });
     }
-    if let Err(e) = record_and_queue(state, &job, backpressure, trace).await {
+    if let Err(e) = record_and_queue(state, &job, format, backpressure, trace).await {
         if let Some(key) = idempotency_key
             && let Err(release) = state
                 .deps
@@ -294,13 +308,15 @@ pub async fn submit(
 async fn record_and_queue(
     state: &AppState,
     job: &JobMessage,
+    format: Option<AudioFormat>,
     backpressure: Backpressure,
     trace: &TraceParent,
 ) -> Result<(), AppError> {
     if backpressure == Backpressure::Apply {
         check_capacity(state, &job.engine).await?;
     }
-    let record = JobRecord::queued(job);
+    let mut record = JobRecord::queued(job);
+    record.format = format;
     state.deps.store.put(&record).await?;
     if let Err(e) = state.deps.queue.enqueue(job, Some(trace)).await {
         // The job was recorded but never queued: record that it failed, so that nobody waits

@@ -5,6 +5,9 @@
 //! the end (random bytes, a truncated file) is refused with a reason a client can act on.
 //! This crate does not use ONNX Runtime, so the gateway can check uploads itself.
 
+pub mod encode;
+pub mod resample;
+
 use std::io::Cursor;
 
 use symphonia::core::codecs::audio::AudioDecoderOptions;

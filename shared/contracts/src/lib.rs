@@ -37,6 +37,11 @@ pub struct SynthesizeRequest {
     /// Speaking rate, 0.25 to 4.0; 1.0 when absent.
     #[serde(default)]
     pub speed: Option<f32>,
+    /// The audio format of the answer, by [`AudioFormat`] name; WAV when absent. A string
+    /// rather than an [`AudioFormat`], so that an unknown name gets the gateway's
+    /// `unsupported_format` answer listing the formats on offer, not a generic body error.
+    #[serde(default)]
+    pub format: Option<String>,
 }
 
 /// The base language of a tag, lower case: `en` for `en-US` and `EN_us`.
@@ -211,6 +216,10 @@ pub struct JobRecord {
     /// The tenant the job belongs to; `None` when authentication is off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant: Option<String>,
+    /// The format the client asked for, which `GET /api/jobs/{id}/audio` answers in; the stored
+    /// audio is WAV whatever it is. `None` (records from before formats existed) means WAV.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<AudioFormat>,
 }
 
 impl JobRecord {
@@ -232,6 +241,7 @@ impl JobRecord {
             sample_rate: None,
             worker: None,
             tenant: message.tenant.clone(),
+            format: None,
         }
     }
 
@@ -773,6 +783,32 @@ mod tests {
         assert!(!SpeedRange::only(1.0).contains(1.5));
         let none = SpeedRange::only(1.0).intersect(&SpeedRange::only(2.0));
         assert!(!none.contains(1.0) && !none.contains(2.0));
+    }
+
+    #[test]
+    fn records_from_before_formats_still_read() {
+        let mut json = serde_json::to_value(record()).unwrap();
+        assert!(
+            json.get("format").is_none(),
+            "an unset format is not written"
+        );
+        json.as_object_mut().unwrap().remove("format");
+        assert_eq!(
+            serde_json::from_value::<JobRecord>(json).unwrap().format,
+            None
+        );
+        let mut with = record();
+        with.format = Some(AudioFormat::Opus);
+        let json = serde_json::to_value(&with).unwrap();
+        assert_eq!(json["format"], "opus");
+        assert_eq!(
+            serde_json::from_value::<JobRecord>(json).unwrap().format,
+            Some(AudioFormat::Opus)
+        );
+        // The request takes any string, so that the gateway can name the formats on offer.
+        let request: SynthesizeRequest =
+            serde_json::from_str(r#"{"text":"a","voice_id":"v","format":"ogg"}"#).unwrap();
+        assert_eq!(request.format.as_deref(), Some("ogg"));
     }
 
     #[test]

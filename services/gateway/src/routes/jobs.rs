@@ -1,7 +1,8 @@
 //! `POST /api/jobs`, `GET /api/jobs/{id}` and `GET /api/jobs/{id}/audio`.
 
 use axum::Extension;
-use axum::extract::{Path, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
 use tts_contracts::{JobAccepted, JobId, JobRecord, JobStatus, SynthesizeRequest};
@@ -21,10 +22,11 @@ pub async fn create(
     ApiJson(request): ApiJson<SynthesizeRequest>,
 ) -> Result<Response, AppError> {
     let key = submit::idempotency_key(&headers)?;
-    let job = submit::validate(&state, &caller, request).await?;
+    let submit::Validated { job, format } = submit::validate(&state, &caller, request).await?;
     let submitted = submit::submit(
         &state,
         job,
+        Some(format),
         key.as_deref(),
         submit::Backpressure::Skip,
         &context.trace,
@@ -82,11 +84,28 @@ pub(crate) fn base_url(state: &AppState) -> &str {
     state.options.public_url.trim_end_matches('/')
 }
 
+/// The query of `GET /api/jobs/{id}/audio`.
+#[derive(Debug, serde::Deserialize)]
+pub struct AudioQuery {
+    /// Overrides the format the job was submitted with.
+    format: Option<String>,
+}
+
+/// The job's audio, in `?format=` if given, else in the format the job was submitted with.
 pub async fn audio(
     State(state): State<AppState>,
     Extension(caller): Caller,
     Path(id): Path<String>,
+    query: Result<Query<AudioQuery>, QueryRejection>,
 ) -> Result<Response, AppError> {
+    let Query(query) = query
+        .map_err(|e| AppError::client(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
+    // A bad format is refused before the job is even looked up.
+    let requested = query
+        .format
+        .as_deref()
+        .map(crate::audio::parse_format)
+        .transpose()?;
     let record = load(&state, &caller, &id).await?;
     let not_ready = || {
         AppError::not_found(
@@ -103,7 +122,8 @@ pub async fn audio(
         _ => return Err(not_ready()),
     };
     let audio = state.deps.audio.get(&key).await?.ok_or_else(not_ready)?;
-    Ok(([(header::CONTENT_TYPE, "audio/wav")], audio).into_response())
+    let format = requested.or(record.format).unwrap_or_default();
+    crate::audio::respond(record.job_id, audio, format).await
 }
 
 /// A job the caller may see: another tenant's job is "not found", like one that never was.
@@ -132,18 +152,4 @@ pub struct JobView {
     #[serde(flatten)]
     record: JobRecord,
     audio_url: Option<String>,
-}
-
-/// Stored WAV in the requested format. (Interim: WAV only until the encoders land.)
-pub(crate) async fn encode(
-    wav: bytes::Bytes,
-    format: tts_contracts::AudioFormat,
-) -> Result<bytes::Bytes, AppError> {
-    if format == tts_contracts::AudioFormat::Wav {
-        return Ok(wav);
-    }
-    Err(AppError::unprocessable(
-        "unsupported_format",
-        format!("{format} is not on offer yet"),
-    ))
 }

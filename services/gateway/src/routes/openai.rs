@@ -88,7 +88,7 @@ pub async fn speech(
         );
     }
     let language = language_for(&voice, &request.input);
-    let job = submit::validate(
+    let submit::Validated { job, format } = submit::validate(
         &state,
         &caller,
         SynthesizeRequest {
@@ -96,6 +96,7 @@ pub async fn speech(
             voice_id: voice.voice_id,
             language: Some(language),
             speed: request.speed,
+            format: Some(format.name().into()),
         },
     )
     .await?;
@@ -104,6 +105,7 @@ pub async fn speech(
     let submitted = submit::submit(
         &state,
         job,
+        Some(format),
         key.as_deref(),
         submit::Backpressure::Apply,
         &context.trace,
@@ -144,11 +146,9 @@ fn response_format(name: Option<&str>) -> Result<AudioFormat, AppError> {
             ),
         )
     })?;
-    // A format OpenAI names but no encoder here makes (aac) is refused before any job exists.
-    if let Err(e) = tts_audio::encode::encoder(format, AudioFormat::PCM_RATE) {
-        return Err(AppError::unprocessable("unsupported_format", e.to_string()));
-    }
-    Ok(format)
+    // A format OpenAI names but no encoder here makes (aac) is refused before any job exists,
+    // naming the formats on offer.
+    crate::audio::parse_format(name)
 }
 
 fn stream_format(name: Option<&str>) -> Result<StreamFormat, AppError> {

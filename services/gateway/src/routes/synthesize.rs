@@ -4,15 +4,12 @@ use std::time::Duration;
 
 use axum::Extension;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, header};
-use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
+use axum::http::{HeaderMap, HeaderValue};
+use axum::response::Response;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use tokio::time::Instant;
-use tts_contracts::{
-    JobEvent, JobId, JobMessage, JobRecord, JobStatus, SynthesizeRequest, subjects,
-};
+use tts_contracts::{JobEvent, JobId, JobRecord, JobStatus, SynthesizeRequest, subjects};
 use tts_infra::{BusMessage, JobStore};
 
 use super::Caller;
@@ -26,7 +23,7 @@ use crate::trace::RequestContext;
 const POLL_EVERY: Duration = Duration::from_secs(1);
 
 /// Queues the job (or, with an `Idempotency-Key` already used, finds the job it names) and
-/// answers with its audio once it is done.
+/// answers with its audio once it is done, in the requested format.
 pub async fn synthesize(
     State(state): State<AppState>,
     Extension(caller): Caller,
@@ -35,47 +32,19 @@ pub async fn synthesize(
     ApiJson(request): ApiJson<SynthesizeRequest>,
 ) -> Result<Response, AppError> {
     let key = submit::idempotency_key(&headers)?;
-    let job = submit::validate(&state, &caller, request).await?;
-    let done = run(&state, job, key.as_deref(), &context).await?;
-    let mut response = ([(header::CONTENT_TYPE, "audio/wav")], done.wav.clone()).into_response();
-    done.tag(response.headers_mut());
-    Ok(response)
-}
-
-/// A sync job that succeeded: its id, its stored WAV, and whether an earlier request with the
-/// same idempotency key made it.
-pub(crate) struct Finished {
-    pub job_id: JobId,
-    pub wav: Bytes,
-    pub replayed: bool,
-}
-
-impl Finished {
-    /// Names the job in a response's headers (`X-Job-Id`, and `Idempotent-Replayed`).
-    pub fn tag(&self, headers: &mut HeaderMap) {
-        headers.insert(
-            "x-job-id",
-            HeaderValue::from_str(&self.job_id.to_string()).expect("a uuid is a valid header"),
-        );
-        if self.replayed {
-            headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
-        }
-    }
-}
-
-/// Queues a validated job (or finds the one an idempotency key names), waits for it within
-/// `sync_timeout`, and reads its audio. A failed job is an error naming the job.
-pub(crate) async fn run(
-    state: &AppState,
-    job: JobMessage,
-    key: Option<&str>,
-    context: &RequestContext,
-) -> Result<Finished, AppError> {
+    let submit::Validated { job, format } = submit::validate(&state, &caller, request).await?;
     let bus = &state.deps.bus;
     // Subscribe before queueing so that the job cannot finish unseen.
     let mut events = bus.subscribe(subjects::job_events(&job.job_id)).await?;
-    let submitted =
-        submit::submit(state, job, key, submit::Backpressure::Apply, &context.trace).await?;
+    let submitted = submit::submit(
+        &state,
+        job,
+        Some(format),
+        key.as_deref(),
+        submit::Backpressure::Apply,
+        &context.trace,
+    )
+    .await?;
     let job_id = submitted.job_id;
     if submitted.replayed {
         // The wait reads the store first, so whatever the job did before this subscription
@@ -84,31 +53,39 @@ pub(crate) async fn run(
     }
     let deadline = Instant::now() + state.options.sync_timeout;
     let record = wait_for_end(state.deps.store.as_ref(), job_id, events, deadline).await?;
-    if record.status != JobStatus::Succeeded {
-        let failure = record.error.unwrap_or(tts_contracts::JobFailure {
-            error: "job_failed".into(),
-            message: "the job failed".into(),
-        });
-        return Err(AppError::JobFailed {
-            job_id,
-            error: failure.error,
-            message: failure.message,
-        });
+    let mut response = match record.status {
+        JobStatus::Succeeded => {
+            let key = record.audio_key.ok_or_else(|| {
+                AppError::internal(format!("job {job_id} succeeded without audio"))
+            })?;
+            let audio =
+                state.deps.audio.get(&key).await?.ok_or_else(|| {
+                    AppError::internal(format!("audio of job {job_id} is missing"))
+                })?;
+            // A replayed request answers in the format it asks for now.
+            crate::audio::respond(job_id, audio, format).await?
+        }
+        _ => {
+            let failure = record.error.unwrap_or(tts_contracts::JobFailure {
+                error: "job_failed".into(),
+                message: "the job failed".into(),
+            });
+            return Err(AppError::JobFailed {
+                job_id,
+                error: failure.error,
+                message: failure.message,
+            });
+        }
+    };
+    let headers = response.headers_mut();
+    headers.insert(
+        "x-job-id",
+        HeaderValue::from_str(&job_id.to_string()).expect("a uuid is a valid header"),
+    );
+    if submitted.replayed {
+        headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
-    let key = record
-        .audio_key
-        .ok_or_else(|| AppError::internal(format!("job {job_id} succeeded without audio")))?;
-    let wav = state
-        .deps
-        .audio
-        .get(&key)
-        .await?
-        .ok_or_else(|| AppError::internal(format!("audio of job {job_id} is missing")))?;
-    Ok(Finished {
-        job_id,
-        wav,
-        replayed: submitted.replayed,
-    })
+    Ok(response)
 }
 
 /// Waits until the job's record is terminal and returns it, or answers `504` with the job id at

@@ -200,6 +200,7 @@ pub async fn create(
         &state,
         job,
         None,
+        None,
         submit::Backpressure::Skip,
         &context.trace,
     )

@@ -1,0 +1,237 @@
+//! Audio formats end to end, in both deployments: synthesis and stored jobs answered in WAV,
+//! PCM, MP3, Opus and FLAC, each checked by ffmpeg's decoders, and formats that are not on offer
+//! refused with JSON before any job is made.
+
+use std::io::Write;
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tts_tests::TestApp;
+use tts_tests::app::VOICE;
+
+tts_tests::in_both_deployments!(
+    formats_not_on_offer_are_refused_and_make_no_job,
+    jobs_and_synthesis_answer_in_the_requested_format,
+);
+
+const ON_OFFER: &str = "formats on offer: wav, pcm, mp3, opus, flac";
+
+async fn assert_unsupported_format(response: reqwest::Response) {
+    assert_eq!(response.status(), 422);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/json")
+    );
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "unsupported_format", "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains(ON_OFFER),
+        "{body}"
+    );
+}
+
+async fn formats_not_on_offer_are_refused_and_make_no_job(app: TestApp) {
+    for format in ["aac", "ogg", "", "MP4"] {
+        let body = json!({"text": "Hello there.", "voice_id": VOICE, "format": format});
+        assert_unsupported_format(app.synthesize(&body).await).await;
+        assert_unsupported_format(app.submit(&body, None).await).await;
+    }
+    // The query is checked before the job is looked up: a bad format is a 422 even for a job
+    // that does not exist.
+    let missing = uuid::Uuid::new_v4();
+    for query in ["format=bogus", "format=aac"] {
+        let response = app
+            .client
+            .get(app.url(&format!("/api/jobs/{missing}/audio?{query}")))
+            .send()
+            .await
+            .unwrap();
+        assert_unsupported_format(response).await;
+    }
+    // None of those made a job.
+    if let Some(nats) = &app.nats {
+        let client = async_nats::connect(nats.url()).await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        let mut stream = js.get_stream("TTS_JOBS").await.unwrap();
+        assert_eq!(stream.info().await.unwrap().state.last_sequence, 0);
+        let mut redis = redis::Client::open(app.settings.redis.url.as_str())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}:job:*", app.settings.redis.key_prefix))
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        assert!(keys.is_empty(), "{keys:?}");
+    }
+}
+
+async fn jobs_and_synthesis_answer_in_the_requested_format(app: TestApp) {
+    let text = "Formats are checked by another decoder. This is the second sentence.";
+    let accepted: Value = app
+        .submit(
+            &json!({"text": text, "voice_id": VOICE, "format": "opus"}),
+            None,
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let job_id = accepted["job_id"].as_str().unwrap().to_string();
+    let job = app.wait_for_job(&job_id, Duration::from_secs(120)).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(job["format"], "opus", "{job}");
+    let seconds = job["duration_seconds"].as_f64().unwrap() as f32;
+    assert!(seconds > 1.0, "{job}");
+
+    // Without a query the job's own format; with one, any format on offer.
+    let stored = app.audio(&job_id).await;
+    check(stored, "opus", &job_id, seconds).await;
+    for format in ["wav", "pcm", "mp3", "opus", "flac"] {
+        let response = app
+            .client
+            .get(app.url(&format!("/api/jobs/{job_id}/audio?format={format}")))
+            .send()
+            .await
+            .unwrap();
+        check(response, format, &job_id, seconds).await;
+    }
+    let bogus = app
+        .client
+        .get(app.url(&format!("/api/jobs/{job_id}/audio?format=bogus")))
+        .send()
+        .await
+        .unwrap();
+    assert_unsupported_format(bogus).await;
+
+    for format in ["mp3", "flac", "pcm"] {
+        let response = app
+            .synthesize(&json!({"text": "A short answer.", "voice_id": VOICE, "format": format}))
+            .await;
+        assert_eq!(response.status(), 200, "{format}");
+        let job_id = response.headers()["x-job-id"].to_str().unwrap().to_string();
+        let job = app.job(&job_id).await;
+        assert_eq!(job["format"], format, "{job}");
+        let seconds = job["duration_seconds"].as_f64().unwrap() as f32;
+        check(response, format, &job_id, seconds).await;
+    }
+}
+
+/// Checks an audio response: its headers, then what ffmpeg decodes from its body.
+async fn check(response: reqwest::Response, format: &str, job_id: &str, seconds: f32) {
+    assert_eq!(response.status(), 200, "{format}");
+    let (content_type, extension) = match format {
+        "wav" => ("audio/wav", "wav"),
+        "pcm" => ("audio/pcm", "pcm"),
+        "mp3" => ("audio/mpeg", "mp3"),
+        "opus" => ("audio/ogg", "ogg"),
+        "flac" => ("audio/flac", "flac"),
+        other => panic!("no expectations for {other}"),
+    };
+    let headers = response.headers().clone();
+    assert_eq!(headers["content-type"], content_type, "{format}");
+    assert_eq!(
+        headers["content-disposition"],
+        format!("inline; filename=\"{job_id}.{extension}\""),
+    );
+    let bytes = response.bytes().await.unwrap();
+    let decoded = ffmpeg_decode(&bytes, format == "pcm");
+    let (codec, rate) = match format {
+        "pcm" | "wav" => ("pcm_s16le", None),
+        "mp3" => ("mp3", None),
+        "opus" => ("opus", Some(48_000)),
+        _ => ("flac", None),
+    };
+    assert_eq!(decoded.codec, codec, "{format}");
+    assert_eq!(decoded.channels, 1, "{format}");
+    if format == "pcm" {
+        assert_eq!(
+            decoded.rate, 24_000,
+            "pcm is 24 kHz whatever the engine's rate"
+        );
+    }
+    if let Some(rate) = rate {
+        assert_eq!(decoded.rate, rate, "{format}");
+    }
+    // MP3 carries LAME's delay and padding, up to about a tenth of a second more.
+    let tolerance = if format == "mp3" { 0.12 } else { 0.01 };
+    let decoded_seconds = decoded.samples as f32 / decoded.rate as f32;
+    assert!(
+        (decoded_seconds - seconds).abs() <= tolerance,
+        "{format}: decoded {decoded_seconds} s, the job made {seconds} s"
+    );
+    assert!(decoded.rms > 0.005, "{format}: silent ({})", decoded.rms);
+}
+
+struct Decoded {
+    codec: String,
+    rate: u32,
+    channels: u32,
+    samples: usize,
+    rms: f32,
+}
+
+/// What ffprobe says of the stream and ffmpeg decodes from it. Raw PCM is described to them
+/// as the API promises it: s16le, 24 kHz, mono.
+fn ffmpeg_decode(bytes: &[u8], raw_pcm: bool) -> Decoded {
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    file.write_all(bytes).unwrap();
+    let path = file.path().to_str().unwrap().to_string();
+    let raw: &[&str] = if raw_pcm {
+        &["-f", "s16le", "-ar", "24000", "-ac", "1"]
+    } else {
+        &[]
+    };
+    let probe = Command::new("ffprobe")
+        .args(["-v", "error"])
+        .args(raw)
+        .args([
+            "-show_entries",
+            "stream=sample_rate,channels,codec_name",
+            "-of",
+            "default=noprint_wrappers=1",
+            &path,
+        ])
+        .output()
+        .expect("ffprobe is needed: scripts/deps --servers installs ffmpeg");
+    assert!(probe.status.success(), "{probe:?}");
+    let text = String::from_utf8(probe.stdout).unwrap();
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}=")))
+            .unwrap_or_else(|| panic!("ffprobe gave no {name}: {text}"))
+            .to_string()
+    };
+    // ffmpeg 5's own Opus decoder garbles some SILK frames that libopus decodes cleanly.
+    let decoder: &[&str] = if text.contains("codec_name=opus") {
+        &["-c:a", "libopus"]
+    } else {
+        &[]
+    };
+    let output = Command::new("ffmpeg")
+        .args(["-v", "error"])
+        .args(raw)
+        .args(decoder)
+        .args(["-i", &path, "-f", "f32le", "-"])
+        .output()
+        .expect("ffmpeg is needed");
+    assert!(output.status.success(), "{output:?}");
+    let samples: Vec<f32> = output
+        .stdout
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    let energy: f64 = samples.iter().map(|s| (*s as f64).powi(2)).sum();
+    Decoded {
+        codec: field("codec_name"),
+        rate: field("sample_rate").parse().unwrap(),
+        channels: field("channels").parse().unwrap(),
+        samples: samples.len(),
+        rms: (energy / samples.len().max(1) as f64).sqrt() as f32,
+    }
+}
