@@ -96,9 +96,17 @@ fn decode(path: &Path, raw_pcm: bool) -> Decoded {
     let stream = &info["streams"][0];
     let rate: u32 = stream["sample_rate"].as_str().unwrap().parse().unwrap();
     let channels = stream["channels"].as_u64().unwrap() as u32;
+    // Debian's ffmpeg has its own Opus decoder, which garbles valid streams that libopus
+    // decodes cleanly; the reference decoder is the one to judge by.
+    let codec: &[&str] = if path.extension().is_some_and(|e| e == "opus") {
+        &["-c:a", "libopus"]
+    } else {
+        &[]
+    };
     let pcm = Command::new("ffmpeg")
         .args(["-v", "error"])
         .args(raw)
+        .args(codec)
         .arg("-i")
         .arg(path)
         .args(["-f", "f32le", "-ac", "1", "-"])

@@ -136,7 +136,7 @@ fn response_format(name: Option<&str>) -> Result<AudioFormat, AppError> {
     let Some(name) = name else {
         return Ok(AudioFormat::Mp3);
     };
-    let format = AudioFormat::parse(name).ok_or_else(|| {
+    AudioFormat::parse(name).ok_or_else(|| {
         AppError::client(
             StatusCode::BAD_REQUEST,
             "unsupported_format",
