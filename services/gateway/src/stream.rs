@@ -7,13 +7,14 @@
 //! made by the attempt it streamed, and ends with an error otherwise, so a client never gets
 //! silently spliced audio.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use tokio::time::Instant;
 use tts_contracts::{AudioChunk, JobEvent, JobId, JobRecord, JobStatus, subjects};
-use tts_infra::BusMessage;
+use tts_infra::{AudioStore, BusMessage, JobStore};
 
 use crate::AppState;
 use crate::error::AppError;
@@ -81,13 +82,15 @@ impl StreamError {
 
 /// Follows `job_id`'s audio until the job ends, yielding its rate and then its samples in order.
 pub fn follow(
-    state: AppState,
+    store: Arc<dyn JobStore>,
+    audio: AudioStore,
     job_id: JobId,
     subscriptions: Subscriptions,
     deadline: Instant,
 ) -> BoxStream<'static, Result<Piece, StreamError>> {
     let follower = Follower {
-        state,
+        store,
+        audio,
         job_id,
         subscriptions,
         deadline,
@@ -108,7 +111,8 @@ pub fn follow(
 }
 
 struct Follower {
-    state: AppState,
+    store: Arc<dyn JobStore>,
+    audio: AudioStore,
     job_id: JobId,
     subscriptions: Subscriptions,
     deadline: Instant,
@@ -136,11 +140,10 @@ impl Follower {
             if self.done {
                 return None;
             }
+            // Pieces first: the worker publishes them before the record that ends the job, and
+            // one that is already here must count before the end is acted on.
             let look = tokio::select! {
-                _ = tokio::time::sleep_until(self.deadline) => {
-                    self.done = true;
-                    return Some(Err(StreamError::Timeout));
-                }
+                biased;
                 chunk = self.subscriptions.chunks.next(), if self.chunks_open => {
                     match chunk {
                         Some(message) => self.take(&message.payload),
@@ -157,9 +160,13 @@ impl Follower {
                     }
                 },
                 _ = poll.tick() => true,
+                _ = tokio::time::sleep_until(self.deadline) => {
+                    self.done = true;
+                    return Some(Err(StreamError::Timeout));
+                }
             };
             if look {
-                match self.state.deps.store.get(&self.job_id).await {
+                match self.store.get(&self.job_id).await {
                     Ok(Some(record)) if record.status.is_terminal() => {
                         self.done = true;
                         if let Err(e) = self.finish(record).await {
@@ -242,7 +249,7 @@ impl Follower {
         let key = record
             .audio_key
             .ok_or_else(|| StreamError::Unavailable("no audio key".into()))?;
-        let wav = match self.state.deps.audio.get(&key).await {
+        let wav = match self.audio.get(&key).await {
             Ok(Some(wav)) => wav,
             Ok(None) => return Err(StreamError::Unavailable("stored audio missing".into())),
             Err(e) => return Err(StreamError::Unavailable(e.to_string())),
@@ -306,7 +313,13 @@ pub async fn respond(
     use axum::response::IntoResponse;
 
     let deadline = Instant::now() + state.options.sync_timeout;
-    let mut pieces = follow(state.clone(), job_id, subscriptions, deadline);
+    let mut pieces = follow(
+        state.deps.store.clone(),
+        state.deps.audio.clone(),
+        job_id,
+        subscriptions,
+        deadline,
+    );
     let rate = match pieces.next().await {
         Some(Ok(Piece::Rate(rate))) => rate,
         Some(Ok(Piece::Samples(_))) | None => {
@@ -331,6 +344,19 @@ pub async fn respond(
         axum::body::Body::from_stream(body),
     )
         .into_response())
+}
+
+/// Names the job in a streamed answer's headers, which go out before the audio does, so that a
+/// client that loses the stream can still read the job by id.
+pub fn tag(headers: &mut axum::http::HeaderMap, job_id: JobId, replayed: bool) {
+    use axum::http::HeaderValue;
+    headers.insert(
+        "x-job-id",
+        HeaderValue::from_str(&job_id.to_string()).expect("a uuid is a valid header"),
+    );
+    if replayed {
+        headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
 }
 
 /// An error before any audio, as the plain error response it can still be.
@@ -447,4 +473,202 @@ fn sse_event(event: &serde_json::Value) -> bytes::Bytes {
 fn base64_of(bytes: &[u8]) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use tts_contracts::{JobAudio, JobMessage, JobSpec};
+    use tts_infra::MemoryJobStore;
+
+    use super::*;
+
+    const RATE: u32 = 22050;
+
+    /// A job whose record and stored audio the test controls, and the streams it feeds.
+    struct Fixture {
+        store: Arc<MemoryJobStore>,
+        audio: AudioStore,
+        record: JobRecord,
+        chunks: futures::channel::mpsc::UnboundedSender<BusMessage>,
+        events: futures::channel::mpsc::UnboundedSender<BusMessage>,
+        follower: Option<BoxStream<'static, Result<Piece, StreamError>>>,
+    }
+
+    async fn fixture() -> Fixture {
+        let store = Arc::new(MemoryJobStore::new(
+            Duration::from_secs(60),
+            Duration::from_secs(60),
+        ));
+        let job = JobMessage {
+            job_id: uuid::Uuid::new_v4(),
+            engine: "piper".into(),
+            created_at: chrono::Utc::now(),
+            tenant: None,
+            spec: JobSpec::Synthesize {
+                text: "Hello.".into(),
+                voice_id: "v".into(),
+                language: "en".into(),
+                speed: 1.0,
+            },
+        };
+        let record = JobRecord::queued(&job);
+        store.put(&record).await.unwrap();
+        let (chunks, chunk_rx) = futures::channel::mpsc::unbounded();
+        let (events, event_rx) = futures::channel::mpsc::unbounded();
+        let audio = AudioStore::in_memory();
+        let follower = follow(
+            store.clone(),
+            audio.clone(),
+            job.job_id,
+            Subscriptions {
+                chunks: chunk_rx.boxed(),
+                events: event_rx.boxed(),
+            },
+            Instant::now() + Duration::from_secs(30),
+        );
+        Fixture {
+            store,
+            audio,
+            record,
+            chunks,
+            events,
+            follower: Some(follower),
+        }
+    }
+
+    /// The whole audio of attempt `attempt`: a ramp, different per attempt.
+    fn audio_of(attempt: u32) -> Vec<i16> {
+        (0..300).map(|i| (i * attempt as i32) as i16).collect()
+    }
+
+    impl Fixture {
+        fn chunk(&self, attempt: u32, seq: u64, range: std::ops::Range<usize>) {
+            let chunk = AudioChunk {
+                job_id: self.record.job_id,
+                attempt,
+                seq,
+                sample_rate: RATE,
+                first_sample: range.start as u64,
+                samples: audio_of(attempt)[range].to_vec(),
+            };
+            let message = BusMessage {
+                subject: subjects::job_audio(&self.record.job_id),
+                payload: chunk.encode().into(),
+            };
+            self.chunks.unbounded_send(message).unwrap();
+        }
+
+        /// Stores attempt `attempt`'s audio and marks the job succeeded by it.
+        async fn succeed(&mut self, attempt: u32) {
+            let key = tts_contracts::audio_key(&self.record.job_id);
+            let spec = hound::WavSpec {
+                channels: 1,
+                sample_rate: RATE,
+                bits_per_sample: 16,
+                sample_format: hound::SampleFormat::Int,
+            };
+            let mut wav = std::io::Cursor::new(Vec::new());
+            let mut writer = hound::WavWriter::new(&mut wav, spec).unwrap();
+            for s in audio_of(attempt) {
+                writer.write_sample(s).unwrap();
+            }
+            writer.finalize().unwrap();
+            self.audio.put(&key, wav.into_inner().into()).await.unwrap();
+            assert!(self.record.start(attempt, "node"));
+            assert!(self.record.succeed(Some(JobAudio {
+                key,
+                duration_seconds: 300.0 / RATE as f32,
+                sample_rate: RATE,
+            })));
+            self.store.put(&self.record).await.unwrap();
+            self.announce();
+        }
+
+        fn announce(&self) {
+            let event = self.record.to_event();
+            let message = BusMessage {
+                subject: subjects::job_events(&self.record.job_id),
+                payload: serde_json::to_vec(&event).unwrap().into(),
+            };
+            self.events.unbounded_send(message).unwrap();
+        }
+
+        /// Everything the follower yields until it ends.
+        async fn collect(&mut self) -> (Vec<i16>, Option<StreamError>) {
+            let mut samples = Vec::new();
+            let mut follower = self.follower.take().unwrap();
+            while let Some(item) = follower.next().await {
+                match item {
+                    Ok(Piece::Rate(rate)) => assert_eq!(rate, RATE),
+                    Ok(Piece::Samples(s)) => samples.extend(s),
+                    Err(e) => return (samples, Some(e)),
+                }
+            }
+            (samples, None)
+        }
+    }
+
+    #[tokio::test]
+    async fn pieces_in_order_are_the_stored_audio() {
+        let mut f = fixture().await;
+        f.chunk(1, 0, 0..100);
+        f.chunk(1, 1, 100..300);
+        f.succeed(1).await;
+        assert_eq!(f.collect().await, (audio_of(1), None));
+    }
+
+    #[tokio::test]
+    async fn a_missed_piece_is_made_up_from_the_stored_audio() {
+        let mut f = fixture().await;
+        f.chunk(1, 0, 0..100);
+        f.chunk(1, 2, 200..300);
+        f.succeed(1).await;
+        assert_eq!(f.collect().await, (audio_of(1), None));
+    }
+
+    #[tokio::test]
+    async fn a_missed_tail_is_made_up_from_the_stored_audio() {
+        let mut f = fixture().await;
+        f.chunk(1, 0, 0..100);
+        f.succeed(1).await;
+        assert_eq!(f.collect().await, (audio_of(1), None));
+    }
+
+    #[tokio::test]
+    async fn no_pieces_at_all_still_give_the_whole_audio() {
+        let mut f = fixture().await;
+        f.succeed(1).await;
+        assert_eq!(f.collect().await, (audio_of(1), None));
+    }
+
+    #[tokio::test]
+    async fn a_retry_mid_stream_ends_it_with_an_error_never_splices() {
+        let mut f = fixture().await;
+        f.chunk(1, 0, 0..100);
+        f.chunk(2, 0, 0..100);
+        f.chunk(2, 1, 100..300);
+        f.succeed(2).await;
+        let (samples, error) = f.collect().await;
+        assert_eq!(samples, audio_of(1)[..100]);
+        assert!(matches!(error, Some(StreamError::Broken(_))), "{error:?}");
+    }
+
+    #[tokio::test]
+    async fn a_failed_job_ends_the_stream_with_its_failure() {
+        let mut f = fixture().await;
+        f.chunk(1, 0, 0..100);
+        assert!(f.record.start(1, "node"));
+        assert!(f.record.fail("engine_error", "the model failed"));
+        f.store.put(&f.record).await.unwrap();
+        f.announce();
+        let (samples, error) = f.collect().await;
+        assert_eq!(samples, audio_of(1)[..100]);
+        assert_eq!(
+            error,
+            Some(StreamError::Failed {
+                error: "engine_error".into(),
+                message: "the model failed".into()
+            })
+        );
+    }
 }

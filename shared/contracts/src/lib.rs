@@ -42,6 +42,9 @@ pub struct SynthesizeRequest {
     /// `unsupported_format` answer listing the formats on offer, not a generic body error.
     #[serde(default)]
     pub format: Option<String>,
+    /// Answer with the audio as it is made (chunked) instead of once it is all done.
+    #[serde(default)]
+    pub stream: bool,
 }
 
 /// The base language of a tag, lower case: `en` for `en-US` and `EN_us`.

@@ -97,6 +97,7 @@ pub async fn speech(
             language: Some(language),
             speed: request.speed,
             format: Some(format.name().into()),
+            stream: true,
         },
     )
     .await?;
@@ -120,14 +121,7 @@ pub async fn speech(
     };
     let mut response =
         stream::respond(&state, submitted.job_id, subscriptions, format, framing).await?;
-    let headers = response.headers_mut();
-    headers.insert(
-        "x-job-id",
-        HeaderValue::from_str(&submitted.job_id.to_string()).expect("a uuid is a valid header"),
-    );
-    if submitted.replayed {
-        headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
-    }
+    stream::tag(response.headers_mut(), submitted.job_id, submitted.replayed);
     Ok(response)
 }
 

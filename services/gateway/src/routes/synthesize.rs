@@ -16,8 +16,8 @@ use super::Caller;
 use crate::AppState;
 use crate::error::AppError;
 use crate::extract::ApiJson;
-use crate::submit;
 use crate::trace::RequestContext;
+use crate::{stream, submit};
 
 /// How often the wait re-reads the job record, in case an event was missed.
 const POLL_EVERY: Duration = Duration::from_secs(1);
@@ -32,7 +32,11 @@ pub async fn synthesize(
     ApiJson(request): ApiJson<SynthesizeRequest>,
 ) -> Result<Response, AppError> {
     let key = submit::idempotency_key(&headers)?;
+    let stream = request.stream;
     let submit::Validated { job, format } = submit::validate(&state, &caller, request).await?;
+    if stream {
+        return streamed(&state, job, format, key.as_deref(), &context).await;
+    }
     let bus = &state.deps.bus;
     // Subscribe before queueing so that the job cannot finish unseen.
     let mut events = bus.subscribe(subjects::job_events(&job.job_id)).await?;
@@ -85,6 +89,40 @@ pub async fn synthesize(
     if submitted.replayed {
         headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
+    Ok(response)
+}
+
+/// Queues the job and answers with its audio as the worker makes it (`"stream": true`).
+async fn streamed(
+    state: &AppState,
+    job: tts_contracts::JobMessage,
+    format: tts_contracts::AudioFormat,
+    key: Option<&str>,
+    context: &RequestContext,
+) -> Result<Response, AppError> {
+    // Subscribed before queueing, so that no piece of the audio goes unseen.
+    let mut subscriptions = stream::Subscriptions::open(state, &job.job_id).await?;
+    let submitted = submit::submit(
+        state,
+        job,
+        Some(format),
+        key,
+        submit::Backpressure::Apply,
+        &context.trace,
+    )
+    .await?;
+    if submitted.replayed {
+        subscriptions = stream::Subscriptions::open(state, &submitted.job_id).await?;
+    }
+    let mut response = stream::respond(
+        state,
+        submitted.job_id,
+        subscriptions,
+        format,
+        stream::Framing::Audio,
+    )
+    .await?;
+    stream::tag(response.headers_mut(), submitted.job_id, submitted.replayed);
     Ok(response)
 }
 
