@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use tts_tests::app::VOICE;
-use tts_tests::{Deployment, TestApp, spawn_app, workspace_root};
+use tts_tests::{Deployment, TestApp, spawn_app, spawn_engines_with, workspace_root};
 use tts_worker::engine::piper::{PiperEngine, PiperOptions};
 use tts_worker::engine::{Engine, SynthesisInput};
 
@@ -102,6 +102,57 @@ async fn http(deployment: Deployment, requests: usize, concurrency: usize) {
     );
 }
 
+/// A 300-character English paragraph, as the time-to-first-audio target names.
+const PARAGRAPH_300: &str = "Streaming speech lets a listener hear the first words while the rest \
+     of the text is still being made. The service splits the paragraph into sentences, and each \
+     one goes out as soon as the engine has rendered it. A busy worker should never hold back the \
+     opening line for long, even on a small machine.";
+
+/// Time to first audio through the whole queue: request to the first byte of a streamed
+/// `POST /v1/audio/speech` answer, beside the time to the last byte.
+async fn first_audio(deployment: Deployment, engine: &str, voice: &str, format: &str) {
+    let app = spawn_engines_with(deployment, &[engine], |_| {}).await;
+    let body = json!({
+        "model": engine, "voice": voice, "input": PARAGRAPH_300, "response_format": format,
+    });
+    let run = || async {
+        let start = Instant::now();
+        let mut response = app
+            .client
+            .post(app.url("/v1/audio/speech"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let mut first = None;
+        while let Some(bytes) = response.chunk().await.unwrap() {
+            if first.is_none() && !bytes.is_empty() {
+                first = Some(start.elapsed());
+            }
+        }
+        (first.expect("some audio"), start.elapsed())
+    };
+    // Warm-up: the first synthesis loads sessions and caches.
+    run().await;
+    let (mut firsts, mut totals) = (Vec::new(), Vec::new());
+    for _ in 0..10 {
+        let (first, total) = run().await;
+        firsts.push(first);
+        totals.push(total);
+    }
+    firsts.sort();
+    totals.sort();
+    println!(
+        "first audio {deployment:?} {engine} {format}, {} chars, 10 runs: first byte p50 {:?} p90 {:?}; whole answer p50 {:?} p90 {:?}",
+        PARAGRAPH_300.len(),
+        firsts[5],
+        firsts[9],
+        totals[5],
+        totals[9]
+    );
+}
+
 fn main() {
     // `cargo bench` passes --bench; anything else in the arguments is a filter we do not use.
     engine_rtf(1);
@@ -114,5 +165,10 @@ fn main() {
     runtime.block_on(async {
         http(Deployment::Standalone, 40, 2).await;
         http(Deployment::Distributed, 40, 2).await;
+        for deployment in [Deployment::Standalone, Deployment::Distributed] {
+            first_audio(deployment, "piper", VOICE, "pcm").await;
+            first_audio(deployment, "piper", VOICE, "mp3").await;
+            first_audio(deployment, "kokoro", "jf_alpha", "pcm").await;
+        }
     });
 }
