@@ -8,6 +8,7 @@ use std::process::Command;
 use serde_json::{Value, json};
 use tts_config::ApiKeySettings;
 use tts_gateway::auth::hash_key;
+use tts_tests::app::VOICE;
 use tts_tests::{Deployment, TestApp, spawn_app, spawn_engines_with};
 
 const TEXT: &str = "The quick brown fox jumps over the lazy dog near the quiet river bank.";
@@ -376,3 +377,76 @@ async fn server_sent_events_carry_the_audio_in_base64() {
     std::fs::write(&file, audio).unwrap();
     assert_speech(&decode(&file, false), "sse audio");
 }
+
+/// The samples of a WAV whose header may give no sizes (a streamed one): everything after the
+/// `data` chunk's header, as 16-bit little-endian.
+fn wav_samples(bytes: &[u8]) -> Vec<i16> {
+    let data = bytes
+        .windows(4)
+        .position(|w| w == b"data")
+        .expect("a data chunk");
+    bytes[data + 8..]
+        .chunks_exact(2)
+        .map(|b| i16::from_le_bytes([b[0], b[1]]))
+        .collect()
+}
+
+async fn streamed_audio_is_the_stored_audio(app: TestApp) {
+    let text = "The first sentence is short. The second one takes a little longer to say. \
+                And the third closes the paragraph.";
+    let response = app
+        .synthesize(&json!({"text": text, "voice_id": VOICE, "stream": true}))
+        .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "audio/wav");
+    let job_id = response.headers()["x-job-id"].to_str().unwrap().to_string();
+    let streamed = wav_samples(&response.bytes().await.unwrap());
+    let job = app
+        .wait_for_job(&job_id, std::time::Duration::from_secs(60))
+        .await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let stored = app
+        .client
+        .get(app.url(&format!("/api/jobs/{job_id}/audio")))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let stored = wav_samples(&stored);
+    assert!(!stored.is_empty());
+    assert_eq!(streamed.len(), stored.len());
+    assert!(
+        streamed == stored,
+        "the streamed samples differ from the stored ones"
+    );
+}
+
+async fn a_client_that_leaves_mid_stream_loses_no_job(app: TestApp) {
+    let text = "One sentence after another, the paragraph goes on. ".repeat(6);
+    let response = app
+        .synthesize(&json!({"text": text, "voice_id": VOICE, "stream": true, "format": "mp3"}))
+        .await;
+    assert_eq!(response.status(), 200);
+    let job_id = response.headers()["x-job-id"].to_str().unwrap().to_string();
+    // The client reads the headers and goes away.
+    drop(response);
+    let job = app
+        .wait_for_job(&job_id, std::time::Duration::from_secs(120))
+        .await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let audio = app
+        .client
+        .get(app.url(&format!("/api/jobs/{job_id}/audio")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(audio.status(), 200);
+    assert_eq!(audio.headers()["content-type"], "audio/mpeg");
+}
+
+tts_tests::in_both_deployments!(
+    streamed_audio_is_the_stored_audio,
+    a_client_that_leaves_mid_stream_loses_no_job,
+);
