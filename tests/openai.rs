@@ -446,7 +446,76 @@ async fn a_client_that_leaves_mid_stream_loses_no_job(app: TestApp) {
     assert_eq!(audio.headers()["content-type"], "audio/mpeg");
 }
 
+async fn a_websocket_carries_the_audio_when_asked(app: TestApp) {
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let text = "The socket carries the audio. Sentence by sentence, as it is made.";
+    let response = app
+        .client
+        .post(app.url("/api/jobs"))
+        .json(&json!({"text": text, "voice_id": VOICE}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let accepted: Value = response.json().await.unwrap();
+    let job_id = accepted["job_id"].as_str().unwrap().to_string();
+    let url = format!(
+        "{}/ws/jobs/{job_id}?audio=pcm",
+        app.base_url.replacen("http", "ws", 1)
+    );
+    let (mut socket, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let (mut header, mut samples, mut terminal) = (None, Vec::new(), None);
+    let collect = async {
+        while let Some(message) = socket.next().await {
+            match message.unwrap() {
+                Message::Text(text) => {
+                    let value: Value = serde_json::from_str(&text).unwrap();
+                    if value["type"] == "audio" {
+                        header = Some(value);
+                    } else if matches!(value["status"].as_str(), Some("succeeded" | "failed")) {
+                        terminal = Some(value);
+                    }
+                }
+                Message::Binary(bytes) => {
+                    assert!(header.is_some(), "audio before its header");
+                    samples.extend(
+                        bytes
+                            .chunks_exact(2)
+                            .map(|b| i16::from_le_bytes([b[0], b[1]])),
+                    );
+                }
+                Message::Close(_) => break,
+                _ => {}
+            }
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(60), collect)
+        .await
+        .expect("the socket closes after the job");
+    assert_eq!(terminal.expect("the terminal event")["status"], "succeeded");
+    let header = header.expect("the audio header");
+    assert_eq!(header["sample_rate"], 22050, "{header}");
+    assert_eq!(header["encoding"], "pcm_s16le", "{header}");
+    let stored = app
+        .client
+        .get(app.url(&format!("/api/jobs/{job_id}/audio")))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let stored = wav_samples(&stored);
+    assert_eq!(samples.len(), stored.len());
+    assert!(
+        samples == stored,
+        "the socket's samples differ from the stored ones"
+    );
+}
+
 tts_tests::in_both_deployments!(
     streamed_audio_is_the_stored_audio,
     a_client_that_leaves_mid_stream_loses_no_job,
+    a_websocket_carries_the_audio_when_asked,
 );

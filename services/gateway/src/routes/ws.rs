@@ -2,13 +2,18 @@
 //!
 //! A client that connects late first receives the job's current state, then every change, so it
 //! never has to poll. The socket closes with a normal close frame after the terminal event.
+//!
+//! With `?audio=pcm` the socket carries the audio too: a text message
+//! `{"type": "audio", "sample_rate", "encoding": "pcm_s16le", "channels": 1}`, then binary
+//! messages of 16-bit little-endian samples as the worker makes them, all before the close. Audio
+//! made before the client connected comes from the stored audio once the job ends.
 
 use std::time::Duration;
 
 use axum::Extension;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::response::Response;
 use futures::StreamExt;
 use futures::stream::BoxStream;
@@ -19,18 +24,40 @@ use super::{Caller, ClientIp, close_going_away, parse_job_id};
 use crate::AppState;
 use crate::error::AppError;
 use crate::limits::WebSocketPermit;
+use crate::stream::{Piece, StreamError};
 
 /// How often the stream re-reads the record, in case an event was missed.
 const RECHECK_EVERY: Duration = Duration::from_secs(2);
+
+/// The longest a socket follows a job's audio; the job's end closes it sooner.
+const AUDIO_FOR_AT_MOST: Duration = Duration::from_secs(3600);
+
+#[derive(Debug, serde::Deserialize)]
+pub struct Params {
+    /// `pcm` to receive the audio as binary messages.
+    #[serde(default)]
+    audio: Option<String>,
+}
 
 pub async fn job_events(
     State(state): State<AppState>,
     Extension(caller): Caller,
     Extension(client): ClientIp,
     Path(id): Path<String>,
+    Query(params): Query<Params>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, AppError> {
     let job_id = parse_job_id(&id)?;
+    let with_audio = match params.audio.as_deref() {
+        None => false,
+        Some("pcm") => true,
+        Some(other) => {
+            return Err(AppError::unprocessable(
+                "unsupported_format",
+                format!("audio={other:?} is not available on the socket; audio=pcm is"),
+            ));
+        }
+    };
     let upgrade = super::require_websocket(upgrade)?;
     // An open socket holds no request permit, so it takes a place of its own, before the upgrade.
     let permit = state.limits.open_websocket(client.0)?;
@@ -40,9 +67,58 @@ pub async fn job_events(
         .bus
         .subscribe(subjects::job_events(&job_id))
         .await?;
+    let audio = if with_audio {
+        let subscriptions = crate::stream::Subscriptions::open(&state, &job_id).await?;
+        Some(crate::stream::follow(
+            state.deps.store.clone(),
+            state.deps.audio.clone(),
+            job_id,
+            subscriptions,
+            tokio::time::Instant::now() + AUDIO_FOR_AT_MOST,
+        ))
+    } else {
+        None
+    };
     let record = super::jobs::load_job(&state, &caller, job_id).await?;
     let first = record.to_event();
-    Ok(upgrade.on_upgrade(move |socket| stream(socket, state, job_id, first, events, permit)))
+    Ok(upgrade
+        .on_upgrade(move |socket| stream(socket, state, job_id, first, events, audio, permit)))
+}
+
+type Pieces = BoxStream<'static, Result<Piece, StreamError>>;
+
+/// Sends one piece of the audio; false when the audio has ended (or the socket has).
+async fn send_piece(
+    socket: &mut WebSocket,
+    job_id: &JobId,
+    piece: Option<Result<Piece, StreamError>>,
+) -> bool {
+    let message = match piece {
+        None => return false,
+        Some(Ok(Piece::Rate(rate))) => Message::Text(
+            serde_json::json!({
+                "type": "audio", "sample_rate": rate, "encoding": "pcm_s16le", "channels": 1,
+            })
+            .to_string()
+            .into(),
+        ),
+        Some(Ok(Piece::Samples(samples))) => {
+            let bytes: Vec<u8> = samples.iter().flat_map(|s| s.to_le_bytes()).collect();
+            Message::Binary(bytes.into())
+        }
+        Some(Err(e)) => {
+            let (code, message) = e.describe(job_id);
+            let _ = socket
+                .send(Message::Text(
+                    serde_json::json!({"type": "audio_error", "error": code, "message": message})
+                        .to_string()
+                        .into(),
+                ))
+                .await;
+            return false;
+        }
+    };
+    socket.send(message).await.is_ok()
 }
 
 /// Runs the socket; `_permit` keeps its place in the WebSocket caps until it ends.
@@ -52,6 +128,7 @@ async fn stream(
     job_id: JobId,
     first: JobEvent,
     mut events: BoxStream<'static, BusMessage>,
+    mut audio: Option<Pieces>,
     _permit: WebSocketPermit,
 ) {
     let mut last = first.clone();
@@ -85,6 +162,12 @@ async fn stream(
                 Ok(Some(record)) if changed(&last, &record.to_event()) => Some(record.to_event()),
                 _ => None,
             },
+            piece = async { audio.as_mut().expect("guarded").next().await }, if audio.is_some() => {
+                if !send_piece(&mut socket, &job_id, piece).await {
+                    audio = None;
+                }
+                None
+            }
             incoming = socket.recv() => match incoming {
                 // The client went away: nothing more to do.
                 None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
@@ -100,6 +183,11 @@ async fn stream(
             }
             last = event;
         }
+    }
+    // The job has ended: the rest of its audio (the follower reads it from the store now) goes
+    // out before the close.
+    if let Some(mut pieces) = audio {
+        while send_piece(&mut socket, &job_id, pieces.next().await).await {}
     }
     let _ = socket
         .send(Message::Close(Some(CloseFrame {
