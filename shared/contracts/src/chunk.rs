@@ -84,7 +84,7 @@ impl AudioChunk {
             return Err(ChunkError::UnknownVersion(bytes[4]));
         }
         let body = &bytes[HEADER_LEN..];
-        if body.len() % 2 != 0 {
+        if !body.len().is_multiple_of(2) {
             return Err(ChunkError::OddLength);
         }
         let field = |at: usize, len: usize| &bytes[at..at + len];
