@@ -2,7 +2,7 @@
 
 use tts_tests::engines::{piper, piper_options};
 use tts_worker::engine::piper::PiperEngine;
-use tts_worker::engine::{Engine, EngineErrorKind, SynthesisInput};
+use tts_worker::engine::{Engine, EngineErrorKind, Step, SynthesisInput};
 
 fn input(text: &str) -> SynthesisInput {
     SynthesisInput {
@@ -40,10 +40,47 @@ fn progress_is_reported_per_sentence() {
     assert!(audio.duration_seconds() > 1.0);
 }
 
+/// Runs a synthesis and checks that its steps' audio, laid end to end, is the audio it returns,
+/// sample for sample; returns how many steps carried audio.
+fn pieces_make_the_audio(engine: &dyn Engine, input: &SynthesisInput) -> usize {
+    let mut pieces: Vec<Vec<f32>> = Vec::new();
+    let mut rates = Vec::new();
+    let audio = engine
+        .synthesize(input, &mut |step| {
+            if !step.audio.is_empty() {
+                pieces.push(step.audio.to_vec());
+            }
+            rates.push(step.sample_rate);
+        })
+        .unwrap();
+    assert!(rates.iter().all(|&r| r == audio.sample_rate), "{rates:?}");
+    let streamed = pieces.concat();
+    assert_eq!(streamed.len(), audio.samples.len());
+    // Bit for bit, so that a streamed listener hears exactly what is stored.
+    assert!(
+        streamed
+            .iter()
+            .zip(&audio.samples)
+            .all(|(a, b)| a.to_bits() == b.to_bits()),
+        "the pieces differ from the audio"
+    );
+    pieces.len()
+}
+
+#[test]
+fn each_sentence_is_reported_with_its_audio() {
+    let engine = piper();
+    assert_eq!(
+        pieces_make_the_audio(engine, &input("One. Two, and three! Four?")),
+        3
+    );
+    assert_eq!(pieces_make_the_audio(engine, &input("Just one.")), 1);
+}
+
 #[test]
 fn inputs_the_voice_cannot_speak_are_invalid_not_retried() {
     let engine = piper();
-    let mut ignore = |_| {};
+    let mut ignore = |_: Step<'_>| {};
     let wrong_voice = SynthesisInput {
         voice_id: "nobody".into(),
         ..input("Hello.")
@@ -128,6 +165,26 @@ mod kokoro {
             audio.duration_seconds()
         );
         assert!(rms(&audio.samples) > 0.01);
+    }
+
+    #[test]
+    fn each_sentence_is_reported_with_its_audio() {
+        let input = |text: &str, language: &str| SynthesisInput {
+            text: text.into(),
+            voice_id: "jf_alpha".into(),
+            language: language.into(),
+            speed: 1.0,
+            voice: None,
+            reference_wav: None,
+        };
+        let engine = engine();
+        let english = input(
+            "Good morning. The weather is lovely today! Shall we go?",
+            "en",
+        );
+        assert_eq!(super::pieces_make_the_audio(engine, &english), 3);
+        let mandarin = input("今天天气很好。我们去公园散步吧。", "zh");
+        assert_eq!(super::pieces_make_the_audio(engine, &mandarin), 2);
     }
 
     #[test]

@@ -18,8 +18,7 @@ use tts_worker::engine::openvoice::{
     OpenVoiceOptions, SAMPLE_RATE, Spectrogram, TONE_COLOR_DIM,
 };
 use tts_worker::engine::{
-    Audio, Engine, EngineError, EngineErrorKind, EngineHealth, EnrollInput, Progress,
-    SynthesisInput,
+    Audio, Engine, EngineError, EngineErrorKind, EngineHealth, EnrollInput, Step, SynthesisInput,
 };
 use tts_worker::voice::resample::resample;
 use tts_worker::voice::{ANALYSIS_RATE, Analysis};
@@ -45,7 +44,7 @@ impl<E: Engine> Engine for Shared<E> {
     fn synthesize(
         &self,
         input: &SynthesisInput,
-        progress: &mut dyn FnMut(Progress),
+        progress: &mut dyn FnMut(Step<'_>),
     ) -> Result<Audio, EngineError> {
         self.0.synthesize(input, progress)
     }
@@ -444,7 +443,7 @@ fn a_graph_with_a_wrong_shape_fails_to_load_naming_it() {
 #[test]
 fn voices_it_cannot_speak_are_invalid_not_retried() {
     let (engine, _dir) = over_piper();
-    let mut ignore = |_| {};
+    let mut ignore = |_: Step<'_>| {};
     let fails = |input: SynthesisInput, code: &str| {
         let err = engine.synthesize(&input, &mut |_| {}).unwrap_err();
         assert_eq!(err.kind(), EngineErrorKind::InvalidInput, "{err}");

@@ -2,6 +2,8 @@
 
 use std::io::Cursor;
 
+use tts_contracts::chunk::to_i16;
+
 /// Encodes mono float samples in [-1, 1] as a 16-bit PCM WAV file.
 pub fn encode_pcm16(samples: &[f32], sample_rate: u32) -> Result<Vec<u8>, hound::Error> {
     let spec = hound::WavSpec {
@@ -13,13 +15,10 @@ pub fn encode_pcm16(samples: &[f32], sample_rate: u32) -> Result<Vec<u8>, hound:
     let mut cursor = Cursor::new(Vec::with_capacity(44 + samples.len() * 2));
     {
         let mut writer = hound::WavWriter::new(&mut cursor, spec)?;
+        // The same conversion as streamed chunks', so that what a listener heard is what is
+        // stored.
         for &s in samples {
-            let clamped = if s.is_finite() {
-                s.clamp(-1.0, 1.0)
-            } else {
-                0.0
-            };
-            writer.write_sample((clamped * i16::MAX as f32).round() as i16)?;
+            writer.write_sample(to_i16(s))?;
         }
         writer.finalize()?;
     }

@@ -16,8 +16,8 @@ use tts_contracts::{VoiceInfo, VoiceRecord};
 
 use super::upstream::Upstreams;
 use super::{
-    Audio, Engine, EngineError, EngineHealth, EnrollInput, Enrollment, Progress, SynthesisInput,
-    check_voice_and_language,
+    Audio, Engine, EngineError, EngineHealth, EnrollInput, Enrollment, Progress, Step,
+    SynthesisInput, check_voice_and_language,
 };
 
 /// Languages api_v2 (v2 models) takes as `text_lang` and `prompt_lang`.
@@ -235,7 +235,7 @@ impl Engine for GptSovitsEngine {
     fn synthesize(
         &self,
         input: &SynthesisInput,
-        progress: &mut dyn FnMut(Progress),
+        progress: &mut dyn FnMut(Step<'_>),
     ) -> Result<Audio, EngineError> {
         check_voice_and_language(self, input)?;
         let voice = input.voice.as_ref().ok_or_else(|| {
@@ -253,7 +253,13 @@ impl Engine for GptSovitsEngine {
         let bytes = self.upstreams.post("/tts", |r| Ok(r.json(&body)))?;
         drop(clip);
         let audio = self.upstreams.audio(&bytes)?;
-        progress(Progress { done: 1, total: 1 });
+        // The server's answer is the whole audio, so it is one piece.
+        progress(Step {
+            done: 1,
+            total: 1,
+            audio: &audio.samples,
+            sample_rate: audio.sample_rate,
+        });
         Ok(audio)
     }
 

@@ -81,11 +81,37 @@ impl Audio {
     }
 }
 
-/// Progress of one synthesis, reported after each unit of work (a sentence).
+/// Progress of one enrollment, reported after each step.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Progress {
     pub done: usize,
     pub total: usize,
+}
+
+/// What a synthesis reports after each unit of work (a sentence): how far it is and the audio
+/// it made since its previous report, so that the worker can stream speech while the rest is
+/// made.
+///
+/// The audio an engine returns must be exactly its steps' audio, concatenated in order: each
+/// piece is already post-processed (clamped, with the pause before its sentence), because a
+/// listener plays the pieces as they come and the stored audio must be what it heard.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Step<'a> {
+    pub done: usize,
+    pub total: usize,
+    /// Mono audio in [-1, 1] made since the previous step; empty when the step made none.
+    pub audio: &'a [f32],
+    /// The rate of `audio`, the same as the returned audio's.
+    pub sample_rate: u32,
+}
+
+impl Step<'_> {
+    pub fn progress(&self) -> Progress {
+        Progress {
+            done: self.done,
+            total: self.total,
+        }
+    }
 }
 
 pub trait Engine: Send + Sync + 'static {
@@ -109,11 +135,12 @@ pub trait Engine: Send + Sync + 'static {
         languages
     }
 
-    /// Synthesises `input`, calling `progress` after each sentence. Runs on a blocking thread.
+    /// Synthesises `input`, calling `progress` after each sentence with the audio made since the
+    /// previous call (see [`Step`]). Runs on a blocking thread.
     fn synthesize(
         &self,
         input: &SynthesisInput,
-        progress: &mut dyn FnMut(Progress),
+        progress: &mut dyn FnMut(Step<'_>),
     ) -> Result<Audio, EngineError>;
 
     fn health(&self) -> EngineHealth;

@@ -16,7 +16,7 @@ use tts_contracts::{VoiceInfo, VoiceStatus};
 
 use super::espeak;
 use super::{
-    Audio, Device, Engine, EngineError, EngineHealth, Progress, SynthesisInput,
+    Audio, Device, Engine, EngineError, EngineHealth, Step, SynthesisInput,
     check_voice_and_language,
 };
 use crate::runtime::{self, Placement, SessionPool};
@@ -209,7 +209,7 @@ impl Engine for PiperEngine {
     fn synthesize(
         &self,
         input: &SynthesisInput,
-        progress: &mut dyn FnMut(Progress),
+        progress: &mut dyn FnMut(Step<'_>),
     ) -> Result<Audio, EngineError> {
         check_voice_and_language(self, input)?;
         let sentences = espeak::phonemize(&self.config.espeak.voice, &input.text)?;
@@ -226,11 +226,19 @@ impl Engine for PiperEngine {
         for (i, sentence) in sentences.iter().enumerate() {
             let mut audio = self.infer(self.phoneme_ids(&sentence.ipa), input.speed)?;
             normalise_peak(&mut audio);
+            // The pause before a sentence is part of its piece, so that the pieces laid end to
+            // end are the whole audio.
+            let start = samples.len();
             if i > 0 {
                 samples.extend_from_slice(&pause);
             }
             samples.extend(audio);
-            progress(Progress { done: i + 1, total });
+            progress(Step {
+                done: i + 1,
+                total,
+                audio: &samples[start..],
+                sample_rate: rate,
+            });
         }
         Ok(Audio {
             samples,

@@ -12,7 +12,7 @@ use tts_contracts::{SpeedRange, VoiceInfo, VoiceRecord};
 use super::upstream::Upstreams;
 use super::{
     Audio, Engine, EngineError, EngineErrorKind, EngineHealth, EnrollInput, Enrollment, Progress,
-    SynthesisInput, check_voice_and_language,
+    Step, SynthesisInput, check_voice_and_language,
 };
 
 /// The languages the streaming server accepts, as it spells them.
@@ -145,7 +145,7 @@ impl Engine for XttsEngine {
     fn synthesize(
         &self,
         input: &SynthesisInput,
-        progress: &mut dyn FnMut(Progress),
+        progress: &mut dyn FnMut(Step<'_>),
     ) -> Result<Audio, EngineError> {
         check_voice_and_language(self, input)?;
         let voice = input.voice.as_ref().ok_or_else(|| {
@@ -171,7 +171,13 @@ impl Engine for XttsEngine {
         let bytes = self.upstreams.post("/tts_stream", |r| Ok(r.json(&body)))?;
         // The server writes the WAV header before it knows the length, then streams PCM.
         let audio = self.upstreams.audio(&bytes)?;
-        progress(Progress { done: 1, total: 1 });
+        // The server's answer is the whole audio, so it is one piece.
+        progress(Step {
+            done: 1,
+            total: 1,
+            audio: &audio.samples,
+            sample_rate: audio.sample_rate,
+        });
         Ok(audio)
     }
 

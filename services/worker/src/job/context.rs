@@ -8,10 +8,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
-use tts_contracts::{JobAudio, JobFailure, JobRecord, failure, subjects};
+use tts_contracts::chunk::{AudioChunk, to_i16};
+use tts_contracts::{JobAudio, JobFailure, JobId, JobRecord, failure, subjects};
 use tts_infra::{Adapters, Delivery, InfraError};
 
-use crate::engine::{CloneSettings, Engine, EngineError, EngineErrorKind, Progress};
+use crate::engine::{CloneSettings, Engine, EngineError, EngineErrorKind, Progress, Step};
 use crate::voice::Analysis;
 
 /// What a job handler needs from its worker.
@@ -87,24 +88,118 @@ pub(crate) async fn finish(
     Ok(())
 }
 
+/// What an engine call tells its job as it works: its progress and, for a synthesis, the audio
+/// it made since its previous report.
+pub(crate) struct Report {
+    progress: Progress,
+    audio: Vec<f32>,
+    sample_rate: u32,
+}
+
+impl From<Progress> for Report {
+    fn from(progress: Progress) -> Self {
+        Report {
+            progress,
+            audio: Vec::new(),
+            sample_rate: 0,
+        }
+    }
+}
+
+impl From<Step<'_>> for Report {
+    fn from(step: Step<'_>) -> Self {
+        Report {
+            progress: step.progress(),
+            audio: step.audio.to_vec(),
+            sample_rate: step.sample_rate,
+        }
+    }
+}
+
+/// Publishes a synthesis attempt's audio as it is made, as [`AudioChunk`]s on the job's audio
+/// subject. Best effort: a listener that misses a chunk sees the gap and turns to the stored
+/// audio, so a failed publish never fails the job.
+pub(crate) struct AudioStream {
+    job_id: JobId,
+    attempt: u32,
+    seq: u64,
+    /// Samples published so far in this attempt: where the next chunk starts.
+    published: u64,
+}
+
+impl AudioStream {
+    pub(crate) fn new(job_id: JobId, attempt: u32) -> Self {
+        AudioStream {
+            job_id,
+            attempt,
+            seq: 0,
+            published: 0,
+        }
+    }
+
+    /// Samples published so far, so that the job can check them against the audio it stores.
+    pub(crate) fn published(&self) -> u64 {
+        self.published
+    }
+
+    async fn publish(&mut self, ctx: &JobContext, samples: &[f32], sample_rate: u32) {
+        if samples.is_empty() {
+            return;
+        }
+        let chunk = AudioChunk {
+            job_id: self.job_id,
+            attempt: self.attempt,
+            seq: self.seq,
+            sample_rate,
+            first_sample: self.published,
+            samples: samples.iter().copied().map(to_i16).collect(),
+        };
+        // The numbers move on even when the publish fails, so that a listener sees the gap.
+        self.seq += 1;
+        self.published = chunk.end_sample();
+        let subject = subjects::job_audio(&self.job_id);
+        match ctx
+            .adapters
+            .bus
+            .publish(subject, Bytes::from(chunk.encode()))
+            .await
+        {
+            Ok(()) => tracing::debug!(
+                seq = chunk.seq,
+                first_sample = chunk.first_sample,
+                samples = chunk.samples.len(),
+                "audio chunk published"
+            ),
+            Err(e) => tracing::debug!(
+                seq = chunk.seq,
+                error = %e,
+                "audio chunk not published"
+            ),
+        }
+    }
+}
+
 /// Runs `work` (an engine call) on a blocking thread while this task records its progress,
 /// scaled into `span` of the job, and keeps the delivery alive with progress acks, so that a long
-/// job is not redelivered while it runs. `unit` names a step in progress messages.
+/// job is not redelivered while it runs. `unit` names a step in progress messages. With a
+/// `stream`, the audio the engine reports is published as it arrives, before its progress is
+/// recorded, since a listener waits for the audio and not for the record.
 pub(crate) async fn run_engine<T: Send + 'static>(
     ctx: &JobContext,
     delivery: &dyn Delivery,
     record: &mut JobRecord,
     span: (f32, f32),
     unit: &'static str,
-    work: impl FnOnce(&mut dyn FnMut(Progress)) -> Result<T, EngineError> + Send + 'static,
+    mut stream: Option<&mut AudioStream>,
+    work: impl FnOnce(&mut dyn FnMut(Report)) -> Result<T, EngineError> + Send + 'static,
 ) -> Result<T, JobError> {
-    let (tx, mut rx) = mpsc::unbounded_channel::<Progress>();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Report>();
     // The engine's own log lines belong to the job attempt too.
     let attempt_span = tracing::Span::current();
     let mut task = tokio::task::spawn_blocking(move || {
         let _attempt = attempt_span.enter();
-        work(&mut |p| {
-            let _ = tx.send(p);
+        work(&mut |r| {
+            let _ = tx.send(r);
         })
     });
     let mut keepalive = tokio::time::interval(ctx.ack_wait / 3);
@@ -112,9 +207,9 @@ pub(crate) async fn run_engine<T: Send + 'static>(
     loop {
         tokio::select! {
             joined = &mut task => {
-                // Report progress that arrived just before the engine returned.
-                while let Ok(p) = rx.try_recv() {
-                    report(ctx, record, span, unit, p).await;
+                // Report what arrived just before the engine returned.
+                while let Ok(r) = rx.try_recv() {
+                    take(ctx, record, span, unit, stream.as_deref_mut(), r).await;
                 }
                 return match joined {
                     Ok(result) => result.map_err(JobError::from),
@@ -124,10 +219,25 @@ pub(crate) async fn run_engine<T: Send + 'static>(
                     )),
                 };
             }
-            Some(p) = rx.recv() => report(ctx, record, span, unit, p).await,
+            Some(r) = rx.recv() => take(ctx, record, span, unit, stream.as_deref_mut(), r).await,
             _ = keepalive.tick() => settle(delivery.in_progress().await, "progress ack"),
         }
     }
+}
+
+/// Publishes a report's audio, then records its progress.
+async fn take(
+    ctx: &JobContext,
+    record: &mut JobRecord,
+    span: (f32, f32),
+    unit: &str,
+    stream: Option<&mut AudioStream>,
+    r: Report,
+) {
+    if let Some(stream) = stream {
+        stream.publish(ctx, &r.audio, r.sample_rate).await;
+    }
+    report(ctx, record, span, unit, r.progress).await;
 }
 
 /// Records progress. A failed write is only logged: the engine keeps its session until it

@@ -173,7 +173,8 @@ async fn condition(
         record,
         span,
         "enrollment step",
-        move |progress| {
+        None,
+        move |report| {
             let embedding = analysis.encoder.embed(&samples)?;
             let input = EnrollInput {
                 analysis: &analysis,
@@ -182,7 +183,7 @@ async fn condition(
                 reference_wav: &wav,
                 settings: &settings,
             };
-            let enrollment = engine.enroll(&input, progress)?;
+            let enrollment = engine.enroll(&input, &mut |p| report(p.into()))?;
             Ok((embedding, enrollment))
         },
     )

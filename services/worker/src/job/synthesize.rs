@@ -9,7 +9,7 @@ use tts_contracts::{
 };
 use tts_infra::Delivery;
 
-use super::context::{JobContext, JobError, finish, run_engine};
+use super::context::{AudioStream, JobContext, JobError, finish, run_engine};
 use crate::engine::{Audio, SynthesisInput};
 use crate::wav;
 
@@ -29,7 +29,17 @@ pub(crate) async fn run(
     request: Request<'_>,
 ) -> Result<(), JobError> {
     let input = engine_input(ctx, request).await?;
-    let audio = speak(ctx, delivery, record, input).await?;
+    let mut stream = AudioStream::new(record.job_id, delivery.attempt());
+    let audio = speak(ctx, delivery, record, input, &mut stream).await?;
+    if stream.published() != audio.samples.len() as u64 {
+        // An engine whose pieces are not its audio misleads listeners; the stored audio is
+        // still right, so the job goes on.
+        tracing::warn!(
+            published = stream.published(),
+            samples = audio.samples.len(),
+            "the streamed audio differs in length from the engine's audio"
+        );
+    }
     let key = store_audio(ctx, record, &audio).await?;
     let made = JobAudio {
         key,
@@ -57,12 +67,14 @@ async fn engine_input(ctx: &JobContext, request: Request<'_>) -> Result<Synthesi
     })
 }
 
-/// Runs the engine, its sentences taking the job's progress up to 95 %.
+/// Runs the engine, its sentences taking the job's progress up to 95 % and its audio going out
+/// on `stream` as it is made.
 async fn speak(
     ctx: &JobContext,
     delivery: &dyn Delivery,
     record: &mut JobRecord,
     input: SynthesisInput,
+    stream: &mut AudioStream,
 ) -> Result<Audio, JobError> {
     let engine = ctx.engine.clone();
     run_engine(
@@ -71,7 +83,8 @@ async fn speak(
         record,
         (0.0, 0.95),
         "sentence",
-        move |progress| engine.synthesize(&input, progress),
+        Some(stream),
+        move |report| engine.synthesize(&input, &mut |step| report(step.into())),
     )
     .await
 }

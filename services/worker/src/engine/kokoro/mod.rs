@@ -18,7 +18,7 @@ use tts_contracts::{VoiceInfo, VoiceStatus};
 
 use super::espeak::{self, PhonemizedSentence};
 use super::{
-    Audio, Device, Engine, EngineError, EngineHealth, EnrollInput, Enrollment, Progress,
+    Audio, Device, Engine, EngineError, EngineHealth, EnrollInput, Enrollment, Progress, Step,
     SynthesisInput, check_voice_and_language, zh,
 };
 use crate::runtime::{self, Placement, SessionPool};
@@ -172,7 +172,7 @@ impl KokoroEngine {
         &self,
         input: &SynthesisInput,
         styles: &StyleTable,
-        progress: &mut dyn FnMut(Progress),
+        progress: &mut dyn FnMut(Step<'_>),
     ) -> Result<Audio, EngineError> {
         let sentences = self.phonemize(&input.language, &input.text)?;
         if sentences.is_empty() {
@@ -185,16 +185,24 @@ impl KokoroEngine {
         let mut samples = Vec::new();
         let total = sentences.len();
         for (i, sentence) in sentences.iter().enumerate() {
+            // The sentence's piece, with the pause before it, is clamped before it is reported,
+            // so that the pieces laid end to end are the whole audio.
+            let start = samples.len();
             for chunk in chunks(&self.ids(&sentence.ipa), &self.ids(" ")) {
-                if i > 0 || !samples.is_empty() {
+                if !samples.is_empty() {
                     samples.extend_from_slice(&pause);
                 }
                 samples.extend(self.infer(&chunk, styles, input.speed)?);
             }
-            progress(Progress { done: i + 1, total });
-        }
-        for s in &mut samples {
-            *s = s.clamp(-1.0, 1.0);
+            for s in &mut samples[start..] {
+                *s = s.clamp(-1.0, 1.0);
+            }
+            progress(Step {
+                done: i + 1,
+                total,
+                audio: &samples[start..],
+                sample_rate: SAMPLE_RATE,
+            });
         }
         Ok(Audio {
             samples,
@@ -273,7 +281,7 @@ impl Engine for KokoroEngine {
     fn synthesize(
         &self,
         input: &SynthesisInput,
-        progress: &mut dyn FnMut(Progress),
+        progress: &mut dyn FnMut(Step<'_>),
     ) -> Result<Audio, EngineError> {
         check_voice_and_language(self, input)?;
         if let Some(record) = &input.voice {

@@ -30,7 +30,7 @@ use tts_contracts::{VoiceInfo, VoiceRecord, same_language};
 use serde::Deserialize;
 
 use super::{
-    Audio, Device, Engine, EngineError, EngineHealth, EnrollInput, Enrollment, Progress,
+    Audio, Device, Engine, EngineError, EngineHealth, EnrollInput, Enrollment, Progress, Step,
     SynthesisInput, check_voice_and_language,
 };
 use crate::runtime::{self, Placement, SessionPool};
@@ -420,7 +420,7 @@ impl Engine for OpenVoiceEngine {
     fn synthesize(
         &self,
         input: &SynthesisInput,
-        progress: &mut dyn FnMut(Progress),
+        progress: &mut dyn FnMut(Step<'_>),
     ) -> Result<Audio, EngineError> {
         let Some(record) = &input.voice else {
             return Err(EngineError::invalid(
@@ -456,12 +456,16 @@ impl Engine for OpenVoiceEngine {
             voice: None,
             reference_wav: None,
         };
+        // The base voice's speech is not the job's audio, so its steps carry none; the converted
+        // parts are.
         let mut sentences = 1;
         let spoken = self.base.synthesize(&base_input, &mut |p| {
             sentences = p.total.max(1);
-            progress(Progress {
+            progress(Step {
                 done: p.done,
                 total: 2 * sentences,
+                audio: &[],
+                sample_rate: SAMPLE_RATE,
             });
         })?;
         let speech = resample(&spoken.samples, spoken.sample_rate, SAMPLE_RATE)?;
@@ -469,14 +473,19 @@ impl Engine for OpenVoiceEngine {
         let parts = pieces(&speech, max, SAMPLE_RATE as usize);
         let mut samples = Vec::with_capacity(speech.len());
         for (i, part) in parts.iter().enumerate() {
+            // Each converted part is clamped before it is reported, so that the parts laid end
+            // to end are the whole audio.
+            let start = samples.len();
             samples.extend(self.convert(part, &target)?);
-            progress(Progress {
+            for s in &mut samples[start..] {
+                *s = s.clamp(-1.0, 1.0);
+            }
+            progress(Step {
                 done: sentences + (sentences * (i + 1)).div_ceil(parts.len()),
                 total: 2 * sentences,
+                audio: &samples[start..],
+                sample_rate: SAMPLE_RATE,
             });
-        }
-        for s in &mut samples {
-            *s = s.clamp(-1.0, 1.0);
         }
         Ok(Audio {
             samples,
