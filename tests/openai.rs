@@ -514,7 +514,27 @@ async fn a_websocket_carries_the_audio_when_asked(app: TestApp) {
     );
 }
 
+async fn the_first_audio_arrives_while_the_job_still_runs(app: TestApp) {
+    let text = "Each of these sentences is rendered on its own, one after another. ".repeat(20);
+    let mut response = app
+        .synthesize(&json!({"text": text, "voice_id": VOICE, "stream": true, "format": "pcm"}))
+        .await;
+    assert_eq!(response.status(), 200);
+    let job_id = response.headers()["x-job-id"].to_str().unwrap().to_string();
+    let first = response.chunk().await.unwrap().expect("some audio");
+    assert!(!first.is_empty());
+    // Twenty sentences take the engine far longer than one: the job is not done yet.
+    let job = app.job(&job_id).await;
+    assert_eq!(job["status"], "running", "{job}");
+    while response.chunk().await.unwrap().is_some() {}
+    let job = app
+        .wait_for_job(&job_id, std::time::Duration::from_secs(120))
+        .await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+}
+
 tts_tests::in_both_deployments!(
+    the_first_audio_arrives_while_the_job_still_runs,
     streamed_audio_is_the_stored_audio,
     a_client_that_leaves_mid_stream_loses_no_job,
     a_websocket_carries_the_audio_when_asked,

@@ -154,17 +154,22 @@ async fn first_audio(deployment: Deployment, engine: &str, voice: &str, format: 
 }
 
 fn main() {
-    // `cargo bench` passes --bench; anything else in the arguments is a filter we do not use.
-    engine_rtf(1);
-    engine_rtf(2);
+    // `cargo bench` passes --bench; `-- first-audio` runs the time-to-first-audio part alone.
+    let only_first_audio = std::env::args().any(|a| a == "first-audio");
+    if !only_first_audio {
+        engine_rtf(1);
+        engine_rtf(2);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
     runtime.block_on(async {
-        http(Deployment::Standalone, 40, 2).await;
-        http(Deployment::Distributed, 40, 2).await;
+        if !only_first_audio {
+            http(Deployment::Standalone, 40, 2).await;
+            http(Deployment::Distributed, 40, 2).await;
+        }
         for deployment in [Deployment::Standalone, Deployment::Distributed] {
             first_audio(deployment, "piper", VOICE, "pcm").await;
             first_audio(deployment, "piper", VOICE, "mp3").await;
