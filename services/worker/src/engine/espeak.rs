@@ -7,7 +7,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 
 use super::EngineError;
-use crate::text::{split_clauses, split_sentences};
+use crate::text::{Piece, split_clauses, split_sentences};
 
 /// One sentence as IPA, with Piper-style punctuation: clauses joined by their punctuation and a
 /// space, the sentence's end punctuation last.
@@ -60,41 +60,54 @@ pub fn phonemize_clause(voice: &str, text: &str) -> Result<String, EngineError> 
 pub fn phonemize(voice: &str, text: &str) -> Result<Vec<PhonemizedSentence>, EngineError> {
     let mut sentences = Vec::new();
     for sentence in split_sentences(text) {
-        let clauses = split_clauses(&sentence.text);
-        let mut ipa = String::new();
-        for (i, clause) in clauses.iter().enumerate() {
-            let phonemes = phonemize_clause(voice, &clause.text)?;
-            if phonemes.is_empty() {
-                continue;
-            }
-            ipa.push_str(&phonemes);
-            if i + 1 < clauses.len() {
-                // Clause punctuation is kept as the model was trained with it.
-                let p = clause
-                    .punctuation
-                    .chars()
-                    .next()
-                    .map(ascii_punct)
-                    .unwrap_or(',');
-                ipa.push(p);
-                ipa.push(' ');
-            }
-        }
-        let end = sentence
-            .punctuation
-            .chars()
-            .next()
-            .map(ascii_punct)
-            .unwrap_or('.');
-        if !ipa.is_empty() {
-            ipa.push(end);
-            sentences.push(PhonemizedSentence {
-                text: format!("{}{}", sentence.text, sentence.punctuation),
-                ipa,
-            });
+        if let Some(phonemized) = phonemize_sentence(voice, &sentence)? {
+            sentences.push(phonemized);
         }
     }
     Ok(sentences)
+}
+
+/// Phonemizes one sentence of [`split_sentences`]; `None` when it has nothing to say. Engines
+/// that stream call it a sentence at a time, so that the first sentence is spoken without
+/// waiting for the rest to be phonemized.
+pub fn phonemize_sentence(
+    voice: &str,
+    sentence: &Piece,
+) -> Result<Option<PhonemizedSentence>, EngineError> {
+    let clauses = split_clauses(&sentence.text);
+    let mut ipa = String::new();
+    for (i, clause) in clauses.iter().enumerate() {
+        let phonemes = phonemize_clause(voice, &clause.text)?;
+        if phonemes.is_empty() {
+            continue;
+        }
+        ipa.push_str(&phonemes);
+        if i + 1 < clauses.len() {
+            // Clause punctuation is kept as the model was trained with it.
+            let p = clause
+                .punctuation
+                .chars()
+                .next()
+                .map(ascii_punct)
+                .unwrap_or(',');
+            ipa.push(p);
+            ipa.push(' ');
+        }
+    }
+    let end = sentence
+        .punctuation
+        .chars()
+        .next()
+        .map(ascii_punct)
+        .unwrap_or('.');
+    if ipa.is_empty() {
+        return Ok(None);
+    }
+    ipa.push(end);
+    Ok(Some(PhonemizedSentence {
+        text: format!("{}{}", sentence.text, sentence.punctuation),
+        ipa,
+    }))
 }
 
 /// Maps CJK punctuation to the ASCII mark the phoneme vocabularies know.

@@ -20,6 +20,7 @@ use super::{
     check_voice_and_language,
 };
 use crate::runtime::{self, Placement, SessionPool};
+use crate::text::split_sentences;
 
 /// Silence put between sentences, in seconds.
 const SENTENCE_PAUSE_SECS: f32 = 0.2;
@@ -212,26 +213,35 @@ impl Engine for PiperEngine {
         progress: &mut dyn FnMut(Step<'_>),
     ) -> Result<Audio, EngineError> {
         check_voice_and_language(self, input)?;
-        let sentences = espeak::phonemize(&self.config.espeak.voice, &input.text)?;
-        if sentences.is_empty() {
-            return Err(EngineError::invalid(
-                "nothing_to_say",
-                "the text has no words that can be spoken",
-            ));
-        }
         let rate = self.sample_rate();
         let pause = vec![0.0; (SENTENCE_PAUSE_SECS * rate as f32) as usize];
         let mut samples = Vec::new();
+        let mut spoken = 0;
+        // Each sentence is phonemized just before it is spoken, so that the first one's audio
+        // does not wait for the rest of the text.
+        let sentences = split_sentences(&input.text);
         let total = sentences.len();
         for (i, sentence) in sentences.iter().enumerate() {
+            let voice = &self.config.espeak.voice;
+            let Some(sentence) = espeak::phonemize_sentence(voice, sentence)? else {
+                // A sentence with nothing to say still counts as done, with no audio.
+                progress(Step {
+                    done: i + 1,
+                    total,
+                    audio: &[],
+                    sample_rate: rate,
+                });
+                continue;
+            };
             let mut audio = self.infer(self.phoneme_ids(&sentence.ipa), input.speed)?;
             normalise_peak(&mut audio);
             // The pause before a sentence is part of its piece, so that the pieces laid end to
             // end are the whole audio.
             let start = samples.len();
-            if i > 0 {
+            if spoken > 0 {
                 samples.extend_from_slice(&pause);
             }
+            spoken += 1;
             samples.extend(audio);
             progress(Step {
                 done: i + 1,
@@ -239,6 +249,12 @@ impl Engine for PiperEngine {
                 audio: &samples[start..],
                 sample_rate: rate,
             });
+        }
+        if spoken == 0 {
+            return Err(EngineError::invalid(
+                "nothing_to_say",
+                "the text has no words that can be spoken",
+            ));
         }
         Ok(Audio {
             samples,
