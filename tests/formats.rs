@@ -2,8 +2,6 @@
 //! PCM, MP3, Opus and FLAC, each checked by ffmpeg's decoders, and formats that are not on offer
 //! refused with JSON before any job is made.
 
-use std::io::Write;
-use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -140,7 +138,7 @@ async fn check(response: reqwest::Response, format: &str, job_id: &str, seconds:
         format!("inline; filename=\"{job_id}.{extension}\""),
     );
     let bytes = response.bytes().await.unwrap();
-    let decoded = ffmpeg_decode(&bytes, format == "pcm");
+    let decoded = tts_tests::ffmpeg::decode(&bytes, format == "pcm");
     let (codec, rate) = match format {
         "pcm" | "wav" => ("pcm_s16le", None),
         "mp3" => ("mp3", None),
@@ -166,72 +164,4 @@ async fn check(response: reqwest::Response, format: &str, job_id: &str, seconds:
         "{format}: decoded {decoded_seconds} s, the job made {seconds} s"
     );
     assert!(decoded.rms > 0.005, "{format}: silent ({})", decoded.rms);
-}
-
-struct Decoded {
-    codec: String,
-    rate: u32,
-    channels: u32,
-    samples: usize,
-    rms: f32,
-}
-
-/// What ffprobe says of the stream and ffmpeg decodes from it. Raw PCM is described to them
-/// as the API promises it: s16le, 24 kHz, mono.
-fn ffmpeg_decode(bytes: &[u8], raw_pcm: bool) -> Decoded {
-    let mut file = tempfile::NamedTempFile::new().unwrap();
-    file.write_all(bytes).unwrap();
-    let path = file.path().to_str().unwrap().to_string();
-    let raw: &[&str] = if raw_pcm {
-        &["-f", "s16le", "-ar", "24000", "-ac", "1"]
-    } else {
-        &[]
-    };
-    let probe = Command::new("ffprobe")
-        .args(["-v", "error"])
-        .args(raw)
-        .args([
-            "-show_entries",
-            "stream=sample_rate,channels,codec_name",
-            "-of",
-            "default=noprint_wrappers=1",
-            &path,
-        ])
-        .output()
-        .expect("ffprobe is needed: scripts/deps --servers installs ffmpeg");
-    assert!(probe.status.success(), "{probe:?}");
-    let text = String::from_utf8(probe.stdout).unwrap();
-    let field = |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(&format!("{name}=")))
-            .unwrap_or_else(|| panic!("ffprobe gave no {name}: {text}"))
-            .to_string()
-    };
-    // ffmpeg 5's own Opus decoder garbles some SILK frames that libopus decodes cleanly.
-    let decoder: &[&str] = if text.contains("codec_name=opus") {
-        &["-c:a", "libopus"]
-    } else {
-        &[]
-    };
-    let output = Command::new("ffmpeg")
-        .args(["-v", "error"])
-        .args(raw)
-        .args(decoder)
-        .args(["-i", &path, "-f", "f32le", "-"])
-        .output()
-        .expect("ffmpeg is needed");
-    assert!(output.status.success(), "{output:?}");
-    let samples: Vec<f32> = output
-        .stdout
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
-    let energy: f64 = samples.iter().map(|s| (*s as f64).powi(2)).sum();
-    Decoded {
-        codec: field("codec_name"),
-        rate: field("sample_rate").parse().unwrap(),
-        channels: field("channels").parse().unwrap(),
-        samples: samples.len(),
-        rms: (energy / samples.len().max(1) as f64).sqrt() as f32,
-    }
 }

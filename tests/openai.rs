@@ -5,6 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use tts_tests::ffmpeg::Decoded;
+
 use serde_json::{Value, json};
 use tts_config::ApiKeySettings;
 use tts_gateway::auth::hash_key;
@@ -64,72 +66,9 @@ async fn run_client(app: &TestApp, key: &str, out: &Path, script: &str) -> Value
     serde_json::from_str(stdout.lines().last().unwrap_or("null")).expect("the script's JSON")
 }
 
-/// What ffmpeg decodes from a file: its sample rate, channels and samples. `pcm` has no header,
-/// so it is read as OpenAI defines it (24 kHz, 16-bit little-endian, mono).
-#[derive(Debug)]
-struct Decoded {
-    rate: u32,
-    channels: u32,
-    seconds: f32,
-    rms: f32,
-}
-
+/// What ffmpeg decodes from a file the client wrote.
 fn decode(path: &Path, raw_pcm: bool) -> Decoded {
-    let raw: &[&str] = if raw_pcm {
-        &["-f", "s16le", "-ar", "24000", "-ac", "1"]
-    } else {
-        &[]
-    };
-    let probe = Command::new("ffprobe")
-        .args(["-v", "error"])
-        .args(raw)
-        .args([
-            "-show_entries",
-            "stream=sample_rate,channels",
-            "-of",
-            "json",
-        ])
-        .arg(path)
-        .output()
-        .expect("ffprobe runs");
-    assert!(probe.status.success(), "ffprobe refused {}", path.display());
-    let info: Value = serde_json::from_slice(&probe.stdout).unwrap();
-    let stream = &info["streams"][0];
-    let rate: u32 = stream["sample_rate"].as_str().unwrap().parse().unwrap();
-    let channels = stream["channels"].as_u64().unwrap() as u32;
-    // Debian's ffmpeg has its own Opus decoder, which garbles valid streams that libopus
-    // decodes cleanly; the reference decoder is the one to judge by.
-    let codec: &[&str] = if path.extension().is_some_and(|e| e == "opus") {
-        &["-c:a", "libopus"]
-    } else {
-        &[]
-    };
-    let pcm = Command::new("ffmpeg")
-        .args(["-v", "error"])
-        .args(raw)
-        .args(codec)
-        .arg("-i")
-        .arg(path)
-        .args(["-f", "f32le", "-ac", "1", "-"])
-        .output()
-        .expect("ffmpeg runs");
-    assert!(
-        pcm.status.success(),
-        "ffmpeg could not decode {}",
-        path.display()
-    );
-    let samples: Vec<f32> = pcm
-        .stdout
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
-    let energy: f64 = samples.iter().map(|s| (*s as f64).powi(2)).sum();
-    Decoded {
-        rate,
-        channels,
-        seconds: samples.len() as f32 / rate as f32,
-        rms: (energy / samples.len().max(1) as f64).sqrt() as f32,
-    }
+    tts_tests::ffmpeg::decode(&std::fs::read(path).expect("the client wrote it"), raw_pcm)
 }
 
 /// Speech of `TEXT`: audible, mono, and between 0.15 and 1.2 s a word.
@@ -137,7 +76,7 @@ fn assert_speech(decoded: &Decoded, what: &str) {
     let words = TEXT.split_whitespace().count() as f32;
     assert_eq!(decoded.channels, 1, "{what}: {decoded:?}");
     assert!(
-        (0.15 * words..=1.2 * words + 0.5).contains(&decoded.seconds),
+        (0.15 * words..=1.2 * words + 0.5).contains(&decoded.seconds()),
         "{what}: {decoded:?}"
     );
     assert!(decoded.rms > 0.01, "{what} is (nearly) silent: {decoded:?}");
@@ -391,6 +330,20 @@ fn wav_samples(bytes: &[u8]) -> Vec<i16> {
         .collect()
 }
 
+/// The samples of a job's stored audio.
+async fn stored_samples(app: &TestApp, job_id: &str) -> Vec<i16> {
+    let wav = app
+        .client
+        .get(app.url(&format!("/api/jobs/{job_id}/audio")))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    wav_samples(&wav)
+}
+
 async fn streamed_audio_is_the_stored_audio(app: TestApp) {
     let text = "The first sentence is short. The second one takes a little longer to say. \
                 And the third closes the paragraph.";
@@ -405,16 +358,7 @@ async fn streamed_audio_is_the_stored_audio(app: TestApp) {
         .wait_for_job(&job_id, std::time::Duration::from_secs(60))
         .await;
     assert_eq!(job["status"], "succeeded", "{job}");
-    let stored = app
-        .client
-        .get(app.url(&format!("/api/jobs/{job_id}/audio")))
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
-    let stored = wav_samples(&stored);
+    let stored = stored_samples(&app, &job_id).await;
     assert!(!stored.is_empty());
     assert_eq!(streamed.len(), stored.len());
     assert!(
@@ -497,16 +441,7 @@ async fn a_websocket_carries_the_audio_when_asked(app: TestApp) {
     let header = header.expect("the audio header");
     assert_eq!(header["sample_rate"], 22050, "{header}");
     assert_eq!(header["encoding"], "pcm_s16le", "{header}");
-    let stored = app
-        .client
-        .get(app.url(&format!("/api/jobs/{job_id}/audio")))
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
-    let stored = wav_samples(&stored);
+    let stored = stored_samples(&app, &job_id).await;
     assert_eq!(samples.len(), stored.len());
     assert!(
         samples == stored,

@@ -8,6 +8,7 @@
 pub mod app;
 pub mod clips;
 pub mod engines;
+pub mod ffmpeg;
 pub mod nats;
 pub mod onnx;
 pub mod process;

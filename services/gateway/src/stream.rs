@@ -46,6 +46,31 @@ impl Subscriptions {
     }
 }
 
+/// Queues a job whose audio will be streamed: subscribed first, so that no piece of the audio
+/// goes unseen, and subscribed again to the job an idempotency key names when it is not this one.
+pub async fn submit(
+    state: &AppState,
+    job: tts_contracts::JobMessage,
+    format: tts_contracts::AudioFormat,
+    key: Option<&str>,
+    trace: &tts_contracts::TraceParent,
+) -> Result<(crate::submit::Submitted, Subscriptions), AppError> {
+    let mut subscriptions = Subscriptions::open(state, &job.job_id).await?;
+    let submitted = crate::submit::submit(
+        state,
+        job,
+        Some(format),
+        key,
+        crate::submit::Backpressure::Apply,
+        trace,
+    )
+    .await?;
+    if submitted.replayed {
+        subscriptions = Subscriptions::open(state, &submitted.job_id).await?;
+    }
+    Ok((submitted, subscriptions))
+}
+
 /// Why a stream ended early. The job itself goes on or has ended; its id reads it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum StreamError {

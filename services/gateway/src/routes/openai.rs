@@ -101,20 +101,8 @@ pub async fn speech(
         },
     )
     .await?;
-    // Subscribed before queueing, so that no piece of the audio goes unseen.
-    let mut subscriptions = stream::Subscriptions::open(&state, &job.job_id).await?;
-    let submitted = submit::submit(
-        &state,
-        job,
-        Some(format),
-        key.as_deref(),
-        submit::Backpressure::Apply,
-        &context.trace,
-    )
-    .await?;
-    if submitted.replayed {
-        subscriptions = stream::Subscriptions::open(&state, &submitted.job_id).await?;
-    }
+    let (submitted, subscriptions) =
+        stream::submit(&state, job, format, key.as_deref(), &context.trace).await?;
     let framing = match stream_kind {
         StreamFormat::Audio => stream::Framing::Audio,
         StreamFormat::Sse => stream::Framing::Sse,

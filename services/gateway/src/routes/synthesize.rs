@@ -100,20 +100,8 @@ async fn streamed(
     key: Option<&str>,
     context: &RequestContext,
 ) -> Result<Response, AppError> {
-    // Subscribed before queueing, so that no piece of the audio goes unseen.
-    let mut subscriptions = stream::Subscriptions::open(state, &job.job_id).await?;
-    let submitted = submit::submit(
-        state,
-        job,
-        Some(format),
-        key,
-        submit::Backpressure::Apply,
-        &context.trace,
-    )
-    .await?;
-    if submitted.replayed {
-        subscriptions = stream::Subscriptions::open(state, &submitted.job_id).await?;
-    }
+    let (submitted, subscriptions) =
+        stream::submit(state, job, format, key, &context.trace).await?;
     let mut response = stream::respond(
         state,
         submitted.job_id,
