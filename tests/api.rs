@@ -210,23 +210,7 @@ async fn bad_input_is_refused_with_json_errors(app: TestApp) {
         assert_error(huge, 413, "payload_too_large").await;
     }
     // None of those made a job.
-    if let Some(nats) = &app.nats {
-        let client = async_nats::connect(nats.url()).await.unwrap();
-        let js = async_nats::jetstream::new(client);
-        let mut stream = js.get_stream("TTS_JOBS").await.unwrap();
-        assert_eq!(stream.info().await.unwrap().state.last_sequence, 0);
-        let mut redis = redis::Client::open(app.settings.redis.url.as_str())
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap();
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{}:job:*", app.settings.redis.key_prefix))
-            .query_async(&mut redis)
-            .await
-            .unwrap();
-        assert!(keys.is_empty(), "{keys:?}");
-    }
+    app.assert_no_job_made().await;
 }
 
 async fn unknown_jobs_and_unready_audio_are_json_404s(app: TestApp) {

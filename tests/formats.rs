@@ -50,23 +50,7 @@ async fn formats_not_on_offer_are_refused_and_make_no_job(app: TestApp) {
         assert_unsupported_format(response).await;
     }
     // None of those made a job.
-    if let Some(nats) = &app.nats {
-        let client = async_nats::connect(nats.url()).await.unwrap();
-        let js = async_nats::jetstream::new(client);
-        let mut stream = js.get_stream("TTS_JOBS").await.unwrap();
-        assert_eq!(stream.info().await.unwrap().state.last_sequence, 0);
-        let mut redis = redis::Client::open(app.settings.redis.url.as_str())
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap();
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{}:job:*", app.settings.redis.key_prefix))
-            .query_async(&mut redis)
-            .await
-            .unwrap();
-        assert!(keys.is_empty(), "{keys:?}");
-    }
+    app.assert_no_job_made().await;
 }
 
 async fn jobs_and_synthesis_answer_in_the_requested_format(app: TestApp) {

@@ -126,7 +126,7 @@ async fn openais_client_speaks_every_format_and_streams_to_a_file() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_reach_openais_client_as_its_own_errors_and_queue_nothing() {
-    let app = spawn_app(Deployment::Standalone).await;
+    let app = spawn_app(Deployment::Distributed).await;
     let out = tempfile::tempdir().unwrap();
     let script = "speech = client.audio.speech\n\
          print(json.dumps({\n    \
@@ -208,6 +208,7 @@ async fn refusals_reach_openais_client_as_its_own_errors_and_queue_nothing() {
     assert_eq!(response.status(), 400);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"]["type"], "invalid_request_error", "{body}");
+    app.assert_no_job_made().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

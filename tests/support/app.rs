@@ -395,6 +395,30 @@ impl TestApp {
         events
     }
 
+    /// In a distributed deployment, asserts that nothing was ever queued and no job record
+    /// exists: what refused requests must leave behind. (Standalone keeps both in memory, out of
+    /// the test's reach.)
+    pub async fn assert_no_job_made(&self) {
+        let Some(nats) = &self.nats else {
+            return;
+        };
+        let client = async_nats::connect(nats.url()).await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        let mut stream = js.get_stream("TTS_JOBS").await.unwrap();
+        assert_eq!(stream.info().await.unwrap().state.last_sequence, 0);
+        let mut redis = redis::Client::open(self.settings.redis.url.as_str())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}:job:*", self.settings.redis.key_prefix))
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        assert!(keys.is_empty(), "{keys:?}");
+    }
+
     /// Stops the in-process services.
     pub fn stop(&mut self) {
         for stop in self.stops.drain(..) {
