@@ -257,10 +257,7 @@ impl Follower {
     /// The job ended: completes the stream from the stored audio, or says why it cannot.
     async fn finish(&mut self, record: JobRecord) -> Result<(), StreamError> {
         if record.status != JobStatus::Succeeded {
-            let failure = record.error.unwrap_or(tts_contracts::JobFailure {
-                error: "job_failed".into(),
-                message: "the job failed".into(),
-            });
+            let failure = record.failure();
             return Err(StreamError::Failed {
                 error: failure.error,
                 message: failure.message,
@@ -369,19 +366,6 @@ pub async fn respond(
         axum::body::Body::from_stream(body),
     )
         .into_response())
-}
-
-/// Names the job in a streamed answer's headers, which go out before the audio does, so that a
-/// client that loses the stream can still read the job by id.
-pub fn tag(headers: &mut axum::http::HeaderMap, job_id: JobId, replayed: bool) {
-    use axum::http::HeaderValue;
-    headers.insert(
-        "x-job-id",
-        HeaderValue::from_str(&job_id.to_string()).expect("a uuid is a valid header"),
-    );
-    if replayed {
-        headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
-    }
 }
 
 /// An error before any audio, as the plain error response it can still be.

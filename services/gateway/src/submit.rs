@@ -249,6 +249,22 @@ pub struct Submitted {
     pub replayed: bool,
 }
 
+impl Submitted {
+    /// Names the job in an answer's headers (`X-Job-Id`, and `Idempotent-Replayed` for a job an
+    /// earlier request made). A streamed answer sends them before the audio, so that a client
+    /// that loses the stream can still read the job by id.
+    pub fn tag(&self, headers: &mut axum::http::HeaderMap) {
+        use axum::http::HeaderValue;
+        headers.insert(
+            "x-job-id",
+            HeaderValue::from_str(&self.job_id.to_string()).expect("a uuid is a valid header"),
+        );
+        if self.replayed {
+            headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
+        }
+    }
+}
+
 /// Whether a submission applies [`check_capacity`]: requests that wait for their result do, so
 /// that they are refused at once rather than wait for a worker that may never come.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

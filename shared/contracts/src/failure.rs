@@ -4,6 +4,8 @@
 //! spelled once, here, and never as a literal elsewhere. Engines name their own codes (see the
 //! worker's `EngineError`); these are the ones the job handling itself gives.
 
+/// A failed record that says no more (one written before failures carried a reason).
+pub const JOB_FAILED: &str = "job_failed";
 /// The engine's thread stopped (panicked) before returning.
 pub const ENGINE_CRASHED: &str = "engine_crashed";
 /// The audio could not be encoded as WAV.

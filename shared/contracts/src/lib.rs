@@ -331,6 +331,14 @@ impl JobRecord {
     }
 
     /// The event that announces this record's current state.
+    /// Why a failed job failed: its recorded failure, or a general one when it recorded none.
+    pub fn failure(&self) -> JobFailure {
+        self.error.clone().unwrap_or_else(|| JobFailure {
+            error: failure::JOB_FAILED.into(),
+            message: "the job failed".into(),
+        })
+    }
+
     pub fn to_event(&self) -> JobEvent {
         JobEvent {
             job_id: self.job_id,

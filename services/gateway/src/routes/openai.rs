@@ -109,7 +109,7 @@ pub async fn speech(
     };
     let mut response =
         stream::respond(&state, submitted.job_id, subscriptions, format, framing).await?;
-    stream::tag(response.headers_mut(), submitted.job_id, submitted.replayed);
+    submitted.tag(response.headers_mut());
     Ok(response)
 }
 

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use axum::Extension;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue};
+use axum::http::HeaderMap;
 use axum::response::Response;
 use futures::StreamExt;
 use futures::stream::BoxStream;
@@ -70,10 +70,7 @@ pub async fn synthesize(
             crate::audio::respond(job_id, audio, format).await?
         }
         _ => {
-            let failure = record.error.unwrap_or(tts_contracts::JobFailure {
-                error: "job_failed".into(),
-                message: "the job failed".into(),
-            });
+            let failure = record.failure();
             return Err(AppError::JobFailed {
                 job_id,
                 error: failure.error,
@@ -81,14 +78,7 @@ pub async fn synthesize(
             });
         }
     };
-    let headers = response.headers_mut();
-    headers.insert(
-        "x-job-id",
-        HeaderValue::from_str(&job_id.to_string()).expect("a uuid is a valid header"),
-    );
-    if submitted.replayed {
-        headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
-    }
+    submitted.tag(response.headers_mut());
     Ok(response)
 }
 
@@ -110,7 +100,7 @@ async fn streamed(
         stream::Framing::Audio,
     )
     .await?;
-    stream::tag(response.headers_mut(), submitted.job_id, submitted.replayed);
+    submitted.tag(response.headers_mut());
     Ok(response)
 }
 
