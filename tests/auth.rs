@@ -46,25 +46,14 @@ async fn tenants_see_only_their_own_jobs_and_strangers_nothing() {
     })
     .await;
     let _worker = tts_tests::spawn_worker_process(&app.settings, "auth-worker");
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let voices: Value = get(&app, "/api/voices", Some(ACME))
-            .await
-            .json()
-            .await
-            .unwrap();
-        if voices["voices"]
-            .as_array()
-            .is_some_and(|v| v.iter().any(|v| v["voice_id"] == VOICE))
-        {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the worker never came up"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    tts_tests::wait_until_listed(
+        &app.client,
+        &app.base_url,
+        Some(ACME),
+        VOICE,
+        Duration::from_secs(60),
+    )
+    .await;
 
     // No key, a wrong key: 401 with a challenge; health stays open for probes.
     for key in [None, Some("not-a-key")] {

@@ -200,23 +200,7 @@ async fn a_gateway_on_sigterm_finishes_sync_requests_closes_websockets_and_exits
     let (mut gateway, url) = tts_tests::spawn_gateway_process(&app.settings).await;
     let client = reqwest::Client::new();
     // Ready once it serves the voice.
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let voices = client.get(format!("{url}/api/voices")).send().await;
-        if let Ok(r) = voices
-            && let Ok(body) = r.json::<Value>().await
-            && body["voices"]
-                .as_array()
-                .is_some_and(|v| v.iter().any(|v| v["voice_id"] == VOICE))
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the gateway process never served the voice"
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    tts_tests::wait_until_listed(&client, &url, None, VOICE, Duration::from_secs(90)).await;
     let (mut socket, _) =
         tokio_tungstenite::connect_async(format!("{}/ws", url.replacen("http", "ws", 1)))
             .await

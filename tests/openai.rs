@@ -226,30 +226,14 @@ async fn keys_limits_and_tenancy_hold_on_the_openai_routes() {
     .await;
     let _worker = tts_tests::spawn_worker_process(&app.settings, "openai-worker");
     // The worker's voice is listed to callers with a key once it heartbeats.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    loop {
-        let voices: Value = app
-            .client
-            .get(app.url("/v1/audio/voices"))
-            .bearer_auth(KEY)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if voices["voices"]
-            .as_array()
-            .is_some_and(|v| v.contains(&json!("en_US-joe-medium")))
-        {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the worker never came up: {voices}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
+    tts_tests::wait_until_listed(
+        &app.client,
+        &app.base_url,
+        Some(KEY),
+        VOICE,
+        std::time::Duration::from_secs(60),
+    )
+    .await;
     let out = tempfile::tempdir().unwrap();
     let script = format!(
         "client.audio.speech.create(model='tts-1', voice='alloy', input={TEXT:?}, response_format='wav').write_to_file(out + '/speech.wav')\n\

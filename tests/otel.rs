@@ -2,7 +2,7 @@
 //! process and a worker process send their spans over OTLP/HTTP, and the request's span and the
 //! job's span are in the trace that the request brought, the job's a child of the request's.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -144,28 +144,6 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Polls the gateway at `url` until it serves the test voice, which it does once it has heard
-/// a worker's heartbeat.
-async fn wait_for_voice(client: &reqwest::Client, url: &str) {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let voices = client.get(format!("{url}/api/voices")).send().await;
-        if let Ok(r) = voices
-            && let Ok(body) = r.json::<Value>().await
-            && body["voices"]
-                .as_array()
-                .is_some_and(|v| v.iter().any(|v| v["voice_id"] == VOICE))
-        {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the gateway process never served the voice"
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_request_and_its_job_are_exported_as_spans_of_the_requests_trace() {
     let mut collector = Collector::start().await;
@@ -177,7 +155,7 @@ async fn the_request_and_its_job_are_exported_as_spans_of_the_requests_trace() {
     ];
     let _worker = spawn_worker_process_with_env(&app.settings, "otel-worker", &otlp);
     let (_gateway, url) = spawn_gateway_process_with_env(&app.settings, &otlp).await;
-    wait_for_voice(&app.client, &url).await;
+    tts_tests::wait_until_listed(&app.client, &url, None, VOICE, Duration::from_secs(90)).await;
 
     let trace_id = "0af7651916cd43dd8448eb211c80319c";
     let client_span = "b7ad6b7169203331";

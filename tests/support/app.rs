@@ -60,6 +60,38 @@ pub fn test_settings(storage: &std::path::Path) -> Settings {
     s
 }
 
+/// Polls `GET {url}/api/voices`, as the caller with `key`, until it lists `voice`, failing after
+/// `within`. For gateways a [`TestApp`] cannot ask itself (a gateway process, one whose callers
+/// need keys): a gateway lists a worker's voice once it has heard its heartbeat.
+pub async fn wait_until_listed(
+    client: &reqwest::Client,
+    url: &str,
+    key: Option<&str>,
+    voice: &str,
+    within: Duration,
+) {
+    let deadline = Instant::now() + within;
+    loop {
+        let mut request = client.get(format!("{url}/api/voices"));
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        if let Ok(response) = request.send().await
+            && let Ok(body) = response.json::<Value>().await
+            && body["voices"]
+                .as_array()
+                .is_some_and(|v| v.iter().any(|v| v["voice_id"] == voice))
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{url} never listed voice {voice}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 pub struct TestApp {
     pub base_url: String,
     pub client: reqwest::Client,

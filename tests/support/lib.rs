@@ -21,6 +21,7 @@ pub use app::{
     Deployment, KOKORO_VOICE, TestApp, WorkerProcess, spawn_app, spawn_app_with,
     spawn_engines_with, spawn_gateway, spawn_gateway_process, spawn_gateway_process_with_env,
     spawn_standalone, spawn_worker_process, spawn_worker_process_with_env, test_settings,
+    wait_until_listed,
 };
 pub use nats::NatsServer;
 pub use redis::RedisServer;
