@@ -205,8 +205,8 @@ pub async fn models(State(state): State<AppState>) -> Response {
     axum::Json(json!({"object": "list", "data": data})).into_response()
 }
 
-/// `GET /v1/audio/voices`: the voice ids a caller can speak with now (stock voices of live
-/// workers and the caller's ready cloned voices), and OpenAI's names for stock voices.
+/// `GET /v1/audio/voices`: the voice ids a caller sees (stock voices of live workers and the
+/// caller's cloned voices, with their status in `data`), and OpenAI's names for stock voices.
 pub async fn voices(
     State(state): State<AppState>,
     Extension(caller): Caller,
