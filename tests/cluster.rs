@@ -188,6 +188,7 @@ async fn an_exhausted_job_is_taken_once_and_a_missing_one_is_nothing() {
             voice_id: VOICE.into(),
             language: "en".into(),
             speed: 1.0,
+            streamed: false,
         },
     };
     queue.enqueue(&job, None).await.unwrap();

@@ -10,6 +10,7 @@ fn input(text: &str) -> SynthesisInput {
         voice_id: "en_US-joe-medium".into(),
         language: "en".into(),
         speed: 1.0,
+        streamed: false,
         voice: None,
         reference_wav: None,
     }
@@ -77,6 +78,39 @@ fn each_sentence_is_reported_with_its_audio() {
     assert_eq!(pieces_make_the_audio(engine, &input("Just one.")), 1);
 }
 
+/// The audio of each step that carried some, in order.
+fn pieces(engine: &dyn Engine, input: &SynthesisInput) -> Vec<Vec<f32>> {
+    let mut pieces = Vec::new();
+    engine
+        .synthesize(input, &mut |step| {
+            if !step.audio.is_empty() {
+                pieces.push(step.audio.to_vec());
+            }
+        })
+        .unwrap();
+    pieces
+}
+
+#[test]
+fn a_streamed_job_starts_with_the_opening_words_alone() {
+    let engine = piper();
+    let text = "Streaming speech lets a listener hear the first words while the rest of the text \
+                is still being made. Then the second sentence follows.";
+    let streamed = SynthesisInput {
+        streamed: true,
+        ..input(text)
+    };
+    // The first sentence comes in two pieces, the second whole; together they are the audio.
+    assert_eq!(pieces_make_the_audio(engine, &streamed), 3);
+    assert_eq!(pieces_make_the_audio(engine, &input(text)), 2);
+    // "Streaming speech lets" is about a second of speech, a small part of the sentence.
+    let streamed = pieces(engine, &streamed);
+    let whole = pieces(engine, &input(text));
+    let lead = streamed[0].len() as f32 / 22050.0;
+    assert!((0.4..1.6).contains(&lead), "the first piece lasts {lead} s");
+    assert!(streamed[0].len() * 3 < whole[0].len());
+}
+
 #[test]
 fn inputs_the_voice_cannot_speak_are_invalid_not_retried() {
     let engine = piper();
@@ -122,6 +156,7 @@ mod kokoro {
                     voice_id: "jf_alpha".into(),
                     language: "zh".into(),
                     speed: 1.0,
+                    streamed: false,
                     voice: None,
                     reference_wav: None,
                 },
@@ -152,6 +187,7 @@ mod kokoro {
                     voice_id: "jm_kumo".into(),
                     language: "en".into(),
                     speed: 1.0,
+                    streamed: false,
                     voice: None,
                     reference_wav: None,
                 },
@@ -174,6 +210,7 @@ mod kokoro {
             voice_id: "jf_alpha".into(),
             language: language.into(),
             speed: 1.0,
+            streamed: false,
             voice: None,
             reference_wav: None,
         };
@@ -188,6 +225,28 @@ mod kokoro {
     }
 
     #[test]
+    fn a_streamed_english_job_starts_with_the_opening_words_alone() {
+        let engine = engine();
+        let input = SynthesisInput {
+            text: "The weather is lovely today, and the whole town has gone out to the park. \
+                   Shall we go?"
+                .into(),
+            voice_id: "jf_alpha".into(),
+            language: "en".into(),
+            speed: 1.0,
+            streamed: true,
+            voice: None,
+            reference_wav: None,
+        };
+        assert_eq!(super::pieces_make_the_audio(engine, &input), 3);
+        let first = super::pieces(engine, &input)[0].len() as f32 / SAMPLE_RATE as f32;
+        assert!(
+            (0.3..2.0).contains(&first),
+            "the first piece lasts {first} s"
+        );
+    }
+
+    #[test]
     fn speed_shortens_the_audio() {
         let engine = engine();
         let input = |speed| SynthesisInput {
@@ -195,6 +254,7 @@ mod kokoro {
             voice_id: "jf_alpha".into(),
             language: "zh".into(),
             speed,
+            streamed: false,
             voice: None,
             reference_wav: None,
         };

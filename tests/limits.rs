@@ -239,6 +239,7 @@ async fn waiting_job(app: &TestApp) -> String {
             voice_id: tts_tests::app::VOICE.into(),
             language: "en".into(),
             speed: 1.0,
+            streamed: false,
         },
     };
     let record = tts_contracts::JobRecord::queued(&message);

@@ -302,6 +302,75 @@ async fn server_sent_events_carry_the_audio_in_base64() {
     assert_speech(&decode(&file, false), "sse audio");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_accept_header_asks_the_own_api_to_stream() {
+    use base64::Engine as _;
+    let app = spawn_app(Deployment::Standalone).await;
+    let post = |accept: &'static str, body: Value| {
+        app.client
+            .post(app.url("/api/synthesize"))
+            .header("accept", accept)
+            .json(&body)
+            .send()
+    };
+
+    // Server-sent events in the body's format, as OpenAI's stream_format "sse".
+    let response = post(
+        "text/event-stream",
+        json!({"text": TEXT, "voice_id": VOICE, "format": "mp3"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let job_id = response.headers()["x-job-id"].to_str().unwrap().to_string();
+    let body = response.text().await.unwrap();
+    let events: Vec<Value> = body
+        .split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .map(|data| serde_json::from_str(data).unwrap())
+        .collect();
+    let (done, deltas) = events.split_last().expect("events");
+    assert_eq!(done["type"], "speech.audio.done", "{done}");
+    let mut mp3 = Vec::new();
+    for delta in deltas {
+        mp3.extend(
+            base64::engine::general_purpose::STANDARD
+                .decode(delta["audio"].as_str().unwrap())
+                .unwrap(),
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("speech.mp3");
+    std::fs::write(&file, mp3).unwrap();
+    assert_speech(&decode(&file, false), "mp3 in server-sent events");
+    let job = app.job(&job_id).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+
+    // Raw PCM when the body names no format: OpenAI's 24 kHz, streamed.
+    let response = post("audio/pcm", json!({"text": TEXT, "voice_id": VOICE}))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "audio/pcm");
+    assert!(
+        !response.headers().contains_key("content-length"),
+        "a streamed answer has no length: {:?}",
+        response.headers()
+    );
+    let pcm = response.bytes().await.unwrap();
+    let seconds = pcm.len() as f32 / 2.0 / 24_000.0;
+    assert!(seconds > 1.0, "{seconds} s of pcm");
+
+    // An audio type that is not raw PCM is an ordinary answer in the body's format.
+    let response = post("audio/wav", json!({"text": TEXT, "voice_id": VOICE}))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "audio/wav");
+    assert!(response.headers().contains_key("content-length"));
+}
+
 /// The samples of a WAV whose header may give no sizes (a streamed one): everything after the
 /// `data` chunk's header, as 16-bit little-endian.
 fn wav_samples(bytes: &[u8]) -> Vec<i16> {

@@ -123,6 +123,7 @@ fn stock_input(text: &str, voice: &str, language: &str) -> SynthesisInput {
         voice_id: voice.into(),
         language: language.into(),
         speed: 1.0,
+        streamed: false,
         voice: None,
         reference_wav: None,
     }
@@ -189,6 +190,7 @@ fn cloned_input(text: &str, language: &str, voice: &VoiceRecord) -> SynthesisInp
         voice_id: voice.info.voice_id.clone(),
         language: language.into(),
         speed: 1.0,
+        streamed: false,
         voice: Some(voice.clone()),
         reference_wav: None,
     }

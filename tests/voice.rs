@@ -31,6 +31,7 @@ fn speak(voice: &str, text: &str) -> Vec<f32> {
         voice_id: voice.into(),
         language: "en".into(),
         speed: 1.0,
+        streamed: false,
         voice: None,
         reference_wav: None,
     };

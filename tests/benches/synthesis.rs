@@ -30,6 +30,7 @@ fn engine_rtf(threads: usize) {
         threads,
         sessions: 1,
         onnxruntime: paths.onnxruntime,
+        first_piece_words: 4,
     })
     .expect("engine loads");
     for (name, text) in [("short", SHORT.to_string()), ("paragraph", paragraph())] {
@@ -38,6 +39,7 @@ fn engine_rtf(threads: usize) {
             voice_id: VOICE.into(),
             language: "en".into(),
             speed: 1.0,
+            streamed: false,
             voice: None,
             reference_wav: None,
         };

@@ -16,6 +16,7 @@ pub fn speech(text: &str) -> (Vec<f32>, u32) {
         voice_id: "en_US-joe-medium".into(),
         language: "en".into(),
         speed: 1.0,
+        streamed: false,
         voice: None,
         reference_wav: None,
     };

@@ -20,6 +20,7 @@ pub fn piper_options(device: &str) -> PiperOptions {
         threads: 1,
         sessions: 1,
         onnxruntime: paths.onnxruntime,
+        first_piece_words: 4,
     }
 }
 

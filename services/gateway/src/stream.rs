@@ -55,6 +55,10 @@ pub async fn submit(
     key: Option<&str>,
     trace: &tts_contracts::TraceParent,
 ) -> Result<(crate::submit::Submitted, Subscriptions), AppError> {
+    let mut job = job;
+    if let tts_contracts::JobSpec::Synthesize { streamed, .. } = &mut job.spec {
+        *streamed = true;
+    }
     let mut subscriptions = Subscriptions::open(state, &job.job_id).await?;
     let submitted = crate::submit::submit(
         state,
@@ -518,6 +522,7 @@ mod tests {
                 voice_id: "v".into(),
                 language: "en".into(),
                 speed: 1.0,
+                streamed: false,
             },
         };
         let record = JobRecord::queued(&job);

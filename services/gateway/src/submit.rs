@@ -115,6 +115,8 @@ pub async fn validate(
             voice_id: voice.voice_id,
             language,
             speed,
+            // A streamed answer marks its job in `stream::submit`.
+            streamed: false,
         },
     };
     Ok(Validated { job, format })

@@ -24,6 +24,61 @@ pub fn split_clauses(sentence: &str) -> Vec<Piece> {
     split(sentence, CLAUSE_ENDS)
 }
 
+/// The pieces a sentence is spoken in: its opening words and then the rest when `lead_words`
+/// asks for a short first piece (see [`lead_in`]), else the sentence whole.
+pub fn parts(sentence: &Piece, lead_words: usize) -> Vec<Piece> {
+    match lead_in(sentence, lead_words) {
+        Some((lead, rest)) => vec![lead, rest],
+        None => vec![sentence.clone()],
+    }
+}
+
+/// Words after which an English phrase rarely breaks: a first piece ends before one of them, so
+/// that it ends on a word that carries meaning ("Streaming speech lets | a listener").
+const FUNCTION_WORDS: &[&str] = &[
+    "a", "an", "the", "of", "to", "in", "on", "at", "for", "with", "by", "from", "and", "or",
+    "but", "as", "that", "which", "while", "is", "are", "was", "were", "be", "it", "its", "this",
+    "these", "those", "than", "into", "about",
+];
+
+/// Splits the opening words off a sentence, so that a listener hears them while the rest is
+/// made: the first clause if it has at most `max_words` words, else the first `max_words` words
+/// or fewer, ending before a function word where one is near. The lead ends in a comma, which
+/// the voices read as "more to come" rather than as the end of a sentence. `None` when the
+/// sentence is short enough to be a first piece itself, or has no spaces between its words.
+pub fn lead_in(sentence: &Piece, max_words: usize) -> Option<(Piece, Piece)> {
+    let words: Vec<&str> = sentence.text.split_whitespace().collect();
+    if max_words == 0 || words.len() <= max_words + 1 {
+        return None;
+    }
+    let ends_clause = |w: &str| w.ends_with(CLAUSE_ENDS);
+    let bare = |w: &str| {
+        w.trim_matches(|c: char| !c.is_alphanumeric())
+            .to_lowercase()
+    };
+    let take = (1..=max_words)
+        .rev()
+        .find(|&k| ends_clause(words[k - 1]))
+        .or_else(|| {
+            (2..=max_words)
+                .rev()
+                .find(|&k| FUNCTION_WORDS.contains(&bare(words[k]).as_str()))
+        })
+        .unwrap_or(max_words);
+    let lead = words[..take].join(" ");
+    let lead = lead.trim_end_matches(CLAUSE_ENDS);
+    Some((
+        Piece {
+            text: lead.to_string(),
+            punctuation: ",".into(),
+        },
+        Piece {
+            text: words[take..].join(" "),
+            punctuation: sentence.punctuation.clone(),
+        },
+    ))
+}
+
 fn split(text: &str, ends: &[char]) -> Vec<Piece> {
     let chars: Vec<char> = text.chars().collect();
     let mut pieces = Vec::new();
@@ -107,5 +162,45 @@ mod tests {
         assert_eq!(texts(&c), ["First", "second", "third"]);
         assert_eq!(c[0].punctuation, ",");
         assert_eq!(c[1].punctuation, ";");
+    }
+
+    fn piece(text: &str) -> Piece {
+        Piece {
+            text: text.into(),
+            punctuation: ".".into(),
+        }
+    }
+
+    #[test]
+    fn a_lead_in_ends_before_a_function_word() {
+        let sentence = piece("Streaming speech lets a listener hear the first words early");
+        let (lead, rest) = lead_in(&sentence, 4).unwrap();
+        assert_eq!(lead.text, "Streaming speech lets");
+        assert_eq!(lead.punctuation, ",");
+        assert_eq!(rest.text, "a listener hear the first words early");
+        assert_eq!(rest.punctuation, ".");
+    }
+
+    #[test]
+    fn a_lead_in_prefers_a_short_first_clause() {
+        let sentence = piece("Well, the service splits the paragraph into sentences");
+        let (lead, rest) = lead_in(&sentence, 4).unwrap();
+        assert_eq!(lead.text, "Well");
+        assert_eq!(rest.text, "the service splits the paragraph into sentences");
+    }
+
+    #[test]
+    fn a_lead_in_without_function_words_takes_the_most_words() {
+        let sentence = piece("Big red dogs bark loudly every single morning");
+        let (lead, rest) = lead_in(&sentence, 4).unwrap();
+        assert_eq!(lead.text, "Big red dogs bark");
+        assert_eq!(rest.text, "loudly every single morning");
+    }
+
+    #[test]
+    fn short_sentences_and_unspaced_text_have_no_lead_in() {
+        assert_eq!(lead_in(&piece("Hello there my friend"), 4), None);
+        assert_eq!(lead_in(&piece("今天天气很好我们去公园吧"), 4), None);
+        assert_eq!(lead_in(&piece("One two three four five six"), 0), None);
     }
 }

@@ -42,7 +42,8 @@ pub struct SynthesizeRequest {
     /// `unsupported_format` answer listing the formats on offer, not a generic body error.
     #[serde(default)]
     pub format: Option<String>,
-    /// Answer with the audio as it is made (chunked) instead of once it is all done.
+    /// Answer with the audio as it is made (chunked) instead of once it is all done. An
+    /// `Accept` of `text/event-stream`, or of `audio/pcm` with no `format`, streams as well.
     #[serde(default)]
     pub stream: bool,
 }
@@ -112,6 +113,11 @@ pub enum JobSpec {
         voice_id: String,
         language: String,
         speed: f32,
+        /// Someone listens as the audio is made, so the engine starts with a short first piece
+        /// where it can: a few words are heard sooner at the cost of a short break inside the
+        /// first sentence. Jobs whose audio is only read once done keep whole sentences.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        streamed: bool,
     },
     /// Enrol the cloned voice `voice_id` from the clip stored at `upload_key`: check and trim the
     /// speech, embed the speaker and compute the engine's conditioning.
@@ -645,6 +651,7 @@ mod tests {
                 voice_id: "en_US-joe-medium".into(),
                 language: "en".into(),
                 speed: 1.0,
+                streamed: false,
             },
         }
     }

@@ -521,6 +521,7 @@ mod tests {
                 voice_id: "en_US-joe-medium".into(),
                 language: "en".into(),
                 speed: 1.0,
+                streamed: false,
             },
         }
     }

@@ -29,13 +29,13 @@ pub async fn synthesize(
     Extension(caller): Caller,
     Extension(context): Extension<RequestContext>,
     headers: HeaderMap,
-    ApiJson(request): ApiJson<SynthesizeRequest>,
+    ApiJson(mut request): ApiJson<SynthesizeRequest>,
 ) -> Result<Response, AppError> {
     let key = submit::idempotency_key(&headers)?;
-    let stream = request.stream;
+    let framing = streaming(&headers, &mut request);
     let submit::Validated { job, format } = submit::validate(&state, &caller, request).await?;
-    if stream {
-        return streamed(&state, job, format, key.as_deref(), &context).await;
+    if let Some(framing) = framing {
+        return streamed(&state, job, format, framing, key.as_deref(), &context).await;
     }
     let bus = &state.deps.bus;
     // Subscribe before queueing so that the job cannot finish unseen.
@@ -82,24 +82,48 @@ pub async fn synthesize(
     Ok(response)
 }
 
-/// Queues the job and answers with its audio as the worker makes it (`"stream": true`).
+/// Whether the answer streams, and how: `Accept: text/event-stream` asks for server-sent events
+/// (as OpenAI's `stream_format: "sse"`); `Accept: audio/pcm` (or `audio/L16`) with no `format`
+/// in the body asks for raw PCM, which has no container to wait for and so always streams;
+/// `"stream": true` streams the body's format as it is.
+fn streaming(headers: &HeaderMap, request: &mut SynthesizeRequest) -> Option<stream::Framing> {
+    let accepted: Vec<String> = headers
+        .get_all(axum::http::header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| {
+            t.split(';')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .collect();
+    let accepts = |wanted: &[&str]| accepted.iter().any(|t| wanted.contains(&t.as_str()));
+    if accepts(&["text/event-stream"]) {
+        return Some(stream::Framing::Sse);
+    }
+    if request.format.is_none() && accepts(&["audio/pcm", "audio/l16"]) {
+        request.format = Some("pcm".into());
+        return Some(stream::Framing::Audio);
+    }
+    request.stream.then_some(stream::Framing::Audio)
+}
+
+/// Queues the job and answers with its audio as the worker makes it.
 async fn streamed(
     state: &AppState,
     job: tts_contracts::JobMessage,
     format: tts_contracts::AudioFormat,
+    framing: stream::Framing,
     key: Option<&str>,
     context: &RequestContext,
 ) -> Result<Response, AppError> {
     let (submitted, subscriptions) =
         stream::submit(state, job, format, key, &context.trace).await?;
-    let mut response = stream::respond(
-        state,
-        submitted.job_id,
-        subscriptions,
-        format,
-        stream::Framing::Audio,
-    )
-    .await?;
+    let mut response =
+        stream::respond(state, submitted.job_id, subscriptions, format, framing).await?;
     submitted.tag(response.headers_mut());
     Ok(response)
 }
@@ -158,6 +182,7 @@ mod tests {
                 voice_id: "v".into(),
                 language: "en".into(),
                 speed: 1.0,
+                streamed: false,
             },
         };
         store.put(&JobRecord::queued(&job)).await.unwrap();

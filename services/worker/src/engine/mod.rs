@@ -28,6 +28,9 @@ pub struct SynthesisInput {
     pub voice_id: String,
     pub language: String,
     pub speed: f32,
+    /// Someone listens as the audio is made: an engine that can should make its first piece
+    /// short, so that the first words are heard early.
+    pub streamed: bool,
     /// For a cloned voice, its record: the engine reads the conditioning it stored at enrollment.
     pub voice: Option<VoiceRecord>,
     /// For a cloned voice of an engine that [`Engine::needs_reference`], the voice's trimmed

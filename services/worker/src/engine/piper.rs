@@ -20,7 +20,7 @@ use super::{
     check_voice_and_language,
 };
 use crate::runtime::{self, Placement, SessionPool};
-use crate::text::split_sentences;
+use crate::text::{self, split_sentences};
 
 /// Silence put between sentences, in seconds.
 const SENTENCE_PAUSE_SECS: f32 = 0.2;
@@ -71,6 +71,16 @@ pub struct PiperConfig {
     /// ONNX Runtime intra-op threads per session; 0 lets the runtime decide.
     #[serde(default)]
     pub threads: usize,
+    /// Words a streamed job's first piece holds at most (see [`text::lead_in`]); 0 speaks the
+    /// first sentence whole.
+    #[serde(default = "default_first_piece_words")]
+    pub first_piece_words: usize,
+}
+
+/// Three or four words are under a second of speech: made in about a tenth of a second on one
+/// core, and long enough for the rest of the first sentence to be ready before they are heard.
+fn default_first_piece_words() -> usize {
+    4
 }
 
 /// Where a Piper voice lives and how to run it.
@@ -83,6 +93,7 @@ pub struct PiperOptions {
     /// Sessions kept loaded; one job runs on each at a time.
     pub sessions: usize,
     pub onnxruntime: PathBuf,
+    pub first_piece_words: usize,
 }
 
 pub struct PiperEngine {
@@ -90,6 +101,7 @@ pub struct PiperEngine {
     config: VoiceConfig,
     pool: SessionPool,
     placement: Placement,
+    first_piece_words: usize,
 }
 
 impl PiperEngine {
@@ -113,6 +125,7 @@ impl PiperEngine {
             threads: config.threads,
             sessions,
             onnxruntime: runtime::onnxruntime_library(models, paths.onnxruntime),
+            first_piece_words: config.first_piece_words,
         })
     }
 
@@ -154,6 +167,7 @@ impl PiperEngine {
             config,
             pool,
             placement,
+            first_piece_words: options.first_piece_words,
         })
     }
 
@@ -222,33 +236,47 @@ impl Engine for PiperEngine {
         let sentences = split_sentences(&input.text);
         let total = sentences.len();
         for (i, sentence) in sentences.iter().enumerate() {
-            let voice = &self.config.espeak.voice;
-            let Some(sentence) = espeak::phonemize_sentence(voice, sentence)? else {
-                // A sentence with nothing to say still counts as done, with no audio.
+            let lead_words = if input.streamed && spoken == 0 {
+                self.first_piece_words
+            } else {
+                0
+            };
+            let parts = text::parts(sentence, lead_words);
+            let last = parts.len() - 1;
+            let mut said = false;
+            for (j, part) in parts.iter().enumerate() {
+                let done = if j == last { i + 1 } else { i };
+                let voice = &self.config.espeak.voice;
+                let Some(part) = espeak::phonemize_sentence(voice, part)? else {
+                    // A part with nothing to say still counts, with no audio.
+                    progress(Step {
+                        done,
+                        total,
+                        audio: &[],
+                        sample_rate: rate,
+                    });
+                    continue;
+                };
+                let mut audio = self.infer(self.phoneme_ids(&part.ipa), input.speed)?;
+                normalise_peak(&mut audio);
+                // The pause before a sentence is part of its first piece, so that the pieces
+                // laid end to end are the whole audio.
+                let start = samples.len();
+                if spoken > 0 && !said {
+                    samples.extend_from_slice(&pause);
+                }
+                said = true;
+                samples.extend(audio);
                 progress(Step {
-                    done: i + 1,
+                    done,
                     total,
-                    audio: &[],
+                    audio: &samples[start..],
                     sample_rate: rate,
                 });
-                continue;
-            };
-            let mut audio = self.infer(self.phoneme_ids(&sentence.ipa), input.speed)?;
-            normalise_peak(&mut audio);
-            // The pause before a sentence is part of its piece, so that the pieces laid end to
-            // end are the whole audio.
-            let start = samples.len();
-            if spoken > 0 {
-                samples.extend_from_slice(&pause);
             }
-            spoken += 1;
-            samples.extend(audio);
-            progress(Step {
-                done: i + 1,
-                total,
-                audio: &samples[start..],
-                sample_rate: rate,
-            });
+            if said {
+                spoken += 1;
+            }
         }
         if spoken == 0 {
             return Err(EngineError::invalid(

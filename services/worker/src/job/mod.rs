@@ -97,12 +97,14 @@ async fn run(
             voice_id,
             language,
             speed,
+            streamed,
         } => {
             let request = synthesize::Request {
                 text,
                 voice_id,
                 language,
                 speed: *speed,
+                streamed: *streamed,
             };
             synthesize::run(ctx, delivery, record, request).await
         }

@@ -19,6 +19,7 @@ pub(crate) struct Request<'a> {
     pub voice_id: &'a str,
     pub language: &'a str,
     pub speed: f32,
+    pub streamed: bool,
 }
 
 /// Speaks the request and stores the audio; `record` is already `running`.
@@ -62,6 +63,7 @@ async fn engine_input(ctx: &JobContext, request: Request<'_>) -> Result<Synthesi
         voice_id: request.voice_id.to_owned(),
         language: request.language.to_owned(),
         speed: request.speed,
+        streamed: request.streamed,
         voice,
         reference_wav,
     })

@@ -22,6 +22,7 @@ use super::{
     SynthesisInput, check_voice_and_language, zh,
 };
 use crate::runtime::{self, Placement, SessionPool};
+use crate::text::{self, split_sentences};
 
 pub mod style_search;
 
@@ -32,6 +33,9 @@ const MAX_PHONEMES: usize = 510;
 
 /// Silence put between sentences, in seconds.
 const SENTENCE_PAUSE_SECS: f32 = 0.2;
+
+/// Words a streamed English job's first piece holds at most, as Piper's `first_piece_words`.
+const FIRST_PIECE_WORDS: usize = 4;
 
 /// The languages Kokoro speaks here, with the first as the default.
 const LANGUAGES: [&str; 2] = ["zh", "en"];
@@ -174,7 +178,7 @@ impl KokoroEngine {
         styles: &StyleTable,
         progress: &mut dyn FnMut(Step<'_>),
     ) -> Result<Audio, EngineError> {
-        let sentences = self.phonemize(&input.language, &input.text)?;
+        let sentences = self.phonemize(&input.language, &input.text, input.streamed)?;
         if sentences.is_empty() {
             return Err(EngineError::invalid(
                 "nothing_to_say",
@@ -184,25 +188,28 @@ impl KokoroEngine {
         let pause = vec![0.0; (SENTENCE_PAUSE_SECS * SAMPLE_RATE as f32) as usize];
         let mut samples = Vec::new();
         let total = sentences.len();
-        for (i, sentence) in sentences.iter().enumerate() {
-            // The sentence's piece, with the pause before it, is clamped before it is reported,
-            // so that the pieces laid end to end are the whole audio.
-            let start = samples.len();
-            for chunk in chunks(&self.ids(&sentence.ipa), &self.ids(" ")) {
-                if !samples.is_empty() {
-                    samples.extend_from_slice(&pause);
+        for (i, parts) in sentences.iter().enumerate() {
+            for (j, part) in parts.iter().enumerate() {
+                // The part's piece, with the pause before it, is clamped before it is reported,
+                // so that the pieces laid end to end are the whole audio. A sentence's later
+                // parts follow its first without a pause.
+                let start = samples.len();
+                for chunk in chunks(&self.ids(&part.ipa), &self.ids(" ")) {
+                    if !samples.is_empty() && (j == 0 || samples.len() > start) {
+                        samples.extend_from_slice(&pause);
+                    }
+                    samples.extend(self.infer(&chunk, styles, input.speed)?);
                 }
-                samples.extend(self.infer(&chunk, styles, input.speed)?);
+                for s in &mut samples[start..] {
+                    *s = s.clamp(-1.0, 1.0);
+                }
+                progress(Step {
+                    done: if j + 1 == parts.len() { i + 1 } else { i },
+                    total,
+                    audio: &samples[start..],
+                    sample_rate: SAMPLE_RATE,
+                });
             }
-            for s in &mut samples[start..] {
-                *s = s.clamp(-1.0, 1.0);
-            }
-            progress(Step {
-                done: i + 1,
-                total,
-                audio: &samples[start..],
-                sample_rate: SAMPLE_RATE,
-            });
         }
         Ok(Audio {
             samples,
@@ -210,17 +217,37 @@ impl KokoroEngine {
         })
     }
 
+    /// Each sentence as the parts it is spoken in: whole, except the first sentence of a
+    /// streamed English job, whose opening words come first (see [`text::lead_in`]).
     fn phonemize(
         &self,
         language: &str,
         text: &str,
-    ) -> Result<Vec<PhonemizedSentence>, EngineError> {
+        streamed: bool,
+    ) -> Result<Vec<Vec<PhonemizedSentence>>, EngineError> {
         if tts_contracts::same_language(language, "zh") {
             let mut latin = |word: &str| espeak::phonemize_clause("en-us", word).ok();
-            Ok(zh::phonemize(text, &mut latin))
-        } else {
-            espeak::phonemize("en-us", text)
+            return Ok(zh::phonemize(text, &mut latin)
+                .into_iter()
+                .map(|sentence| vec![sentence])
+                .collect());
         }
+        let mut sentences = Vec::new();
+        for sentence in split_sentences(text) {
+            let lead_words = if streamed && sentences.is_empty() {
+                FIRST_PIECE_WORDS
+            } else {
+                0
+            };
+            let mut parts = Vec::new();
+            for part in text::parts(&sentence, lead_words) {
+                parts.extend(espeak::phonemize_sentence("en-us", &part)?);
+            }
+            if !parts.is_empty() {
+                sentences.push(parts);
+            }
+        }
+        Ok(sentences)
     }
 
     pub fn stock_voice(&self, name: &str) -> Option<&StyleTable> {

@@ -71,6 +71,7 @@ pub fn clone_style(
             voice_id: String::new(),
             language: "en".into(),
             speed: 1.0,
+            streamed: false,
             voice: None,
             reference_wav: None,
         };

@@ -247,6 +247,7 @@ impl OpenVoiceEngine {
             voice_id: self.base_voice.voice_id.clone(),
             language,
             speed: 1.0,
+            streamed: false,
             voice: None,
             reference_wav: None,
         };
@@ -453,6 +454,7 @@ impl Engine for OpenVoiceEngine {
             voice_id: self.base_voice.voice_id.clone(),
             language: input.language.clone(),
             speed: input.speed,
+            streamed: input.streamed,
             voice: None,
             reference_wav: None,
         };
