@@ -131,6 +131,7 @@ fn inputs_the_voice_cannot_speak_are_invalid_not_retried() {
 mod kokoro {
     use tts_tests::engines::kokoro as engine;
     use tts_worker::engine::kokoro::SAMPLE_RATE;
+    use tts_worker::engine::kokoro::style_search::{HOLDOUT_TEXT, SEARCH_TEXT};
     use tts_worker::engine::zh::normalize::normalize;
     use tts_worker::engine::{Engine, SynthesisInput};
 
@@ -178,8 +179,24 @@ mod kokoro {
     fn english_and_every_stock_voice_are_served() {
         let engine = engine();
         let voices = engine.voices();
-        assert_eq!(voices.len(), 5);
+        // All of Kokoro v1.0's voice packs, each saying what it was made for.
+        assert_eq!(voices.len(), 54);
         assert!(voices.iter().all(|v| v.speaks("en") && v.speaks("zh-CN")));
+        let voice = |id: &str| voices.iter().find(|v| v.voice_id == id).unwrap();
+        assert_eq!(voice("af_heart").native_language.as_deref(), Some("en-US"));
+        assert_eq!(voice("af_heart").language, "en-US");
+        assert_eq!(voice("bm_george").native_language.as_deref(), Some("en-GB"));
+        assert_eq!(voice("zf_xiaobei").language, "zh");
+        assert_eq!(voice("jf_alpha").native_language.as_deref(), Some("ja"));
+        // No Japanese front end here: the voice is not offered in Japanese.
+        assert!(!voice("jf_alpha").speaks("ja"));
+        let natives = |prefix: char| {
+            voices
+                .iter()
+                .filter(|v| v.voice_id.starts_with(prefix))
+                .count()
+        };
+        assert_eq!((natives('a'), natives('b'), natives('z')), (20, 8, 8));
         let audio = engine
             .synthesize(
                 &SynthesisInput {
@@ -244,6 +261,91 @@ mod kokoro {
             (0.3..2.0).contains(&first),
             "the first piece lasts {first} s"
         );
+    }
+
+    /// Voice packs of the stock voices, made a little quieter so that their cached embeddings
+    /// (shipped or not) do not apply: voices this model has never embedded.
+    fn unseen_voices(names: &[&str]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let stock = tts_tests::engines::kokoro_options().voices;
+        for name in names {
+            let bytes = std::fs::read(stock.join(format!("{name}.bin"))).unwrap();
+            let scaled: Vec<u8> = bytes
+                .chunks_exact(4)
+                .flat_map(|b| (f32::from_le_bytes([b[0], b[1], b[2], b[3]]) * 0.97).to_le_bytes())
+                .collect();
+            std::fs::write(dir.path().join(format!("{name}.bin")), scaled).unwrap();
+        }
+        dir
+    }
+
+    /// The stock voices' embeddings are computed once and then read from the cache: a second
+    /// engine over the same cache computes none, and finds the same values.
+    #[test]
+    fn stock_embeddings_are_computed_once_per_model_and_voice() {
+        use tts_worker::engine::kokoro::KokoroEngine;
+        let voices = unseen_voices(&["af_heart", "zf_xiaobei"]);
+        let cache = tempfile::tempdir().unwrap();
+        let mut options = tts_tests::engines::kokoro_options();
+        options.voices = voices.path().to_path_buf();
+        options.stock_embeddings = Some(cache.path().to_path_buf());
+        let analysis = tts_tests::engines::analysis();
+
+        let first = KokoroEngine::load(&options).unwrap();
+        let mut computed = Vec::new();
+        let embeddings = first
+            .stock_embeddings()
+            .all(
+                &first,
+                &analysis.encoder,
+                SEARCH_TEXT,
+                &mut |done, total| computed.push((done, total)),
+            )
+            .unwrap();
+        assert_eq!(computed, [(1, 2), (2, 2)]);
+        assert_eq!(embeddings.len(), 2);
+        assert_eq!(std::fs::read_dir(cache.path()).unwrap().count(), 2);
+
+        let second = KokoroEngine::load(&options).unwrap();
+        let mut recomputed = 0;
+        let cached = second
+            .stock_embeddings()
+            .all(&second, &analysis.encoder, SEARCH_TEXT, &mut |_, _| {
+                recomputed += 1
+            })
+            .unwrap();
+        assert_eq!(recomputed, 0, "the cache was not used");
+        assert_eq!(cached, embeddings);
+    }
+
+    /// The worker ships the embeddings of every stock voice of the stock model, and they are
+    /// what the model and encoder give here (scripts/stock-embeddings refreshes them).
+    #[test]
+    fn the_shipped_stock_embeddings_cover_every_voice_and_are_current() {
+        use tts_worker::engine::kokoro::stock::{StockEmbeddings, embed_voice};
+        use tts_worker::voice::speaker::cosine;
+        let engine = engine();
+        let analysis = tts_tests::engines::analysis();
+        let stock = StockEmbeddings::new(None);
+        for text in [SEARCH_TEXT, HOLDOUT_TEXT] {
+            let mut computed = 0;
+            let shipped = stock
+                .all(engine, &analysis.encoder, text, &mut |_, _| computed += 1)
+                .unwrap();
+            assert_eq!(
+                computed, 0,
+                "scripts/stock-embeddings has not been run for this model"
+            );
+            assert_eq!(shipped.len(), 54);
+        }
+        let shipped = stock
+            .all(engine, &analysis.encoder, HOLDOUT_TEXT, &mut |_, _| {})
+            .unwrap();
+        let (name, embedding) = shipped.iter().find(|(n, _)| n == "bf_emma").unwrap();
+        let table = engine.stock_voice(name).unwrap();
+        let now = embed_voice(engine, &analysis.encoder, table, HOLDOUT_TEXT).unwrap();
+        let similarity = cosine(&now, embedding);
+        assert!(similarity > 0.999, "{name}: {similarity}");
     }
 
     #[test]

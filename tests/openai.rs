@@ -371,6 +371,34 @@ async fn the_accept_header_asks_the_own_api_to_stream() {
     assert!(response.headers().contains_key("content-length"));
 }
 
+/// OpenAI's voice names stand for Kokoro's native English voices, and a text in another
+/// language is read by that language's own voice (`openai.language_voices`), not with an accent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_voice_names_read_each_language_with_a_native_voice() {
+    let app = spawn_engines_with(Deployment::Standalone, &["kokoro"], |_| {}).await;
+    app.wait_for_voice("zf_xiaobei", 1).await;
+    let speak = |input: &'static str| {
+        app.client
+            .post(app.url("/v1/audio/speech"))
+            .json(
+                &json!({"model": "tts-1-hd", "voice": "alloy", "input": input,
+                          "response_format": "wav"}),
+            )
+            .send()
+    };
+    for (input, voice) in [("Hello there.", "af_alloy"), ("你好。", "zf_xiaobei")] {
+        let response = speak(input).await.unwrap();
+        assert_eq!(response.status(), 200, "{input}");
+        let job_id = response.headers()["x-job-id"].to_str().unwrap().to_string();
+        response.bytes().await.unwrap();
+        let job = app
+            .wait_for_job(&job_id, std::time::Duration::from_secs(120))
+            .await;
+        assert_eq!(job["status"], "succeeded", "{job}");
+        assert_eq!(job["voice_id"], voice, "{input}: {job}");
+    }
+}
+
 /// The samples of a WAV whose header may give no sizes (a streamed one): everything after the
 /// `data` chunk's header, as 16-bit little-endian.
 fn wav_samples(bytes: &[u8]) -> Vec<i16> {

@@ -90,11 +90,7 @@ fn load_error(dir: &Path) -> EngineError {
 }
 
 fn analysis() -> &'static Analysis {
-    static ANALYSIS: OnceLock<Analysis> = OnceLock::new();
-    ANALYSIS.get_or_init(|| {
-        let settings = test_settings(&std::env::temp_dir());
-        Analysis::load(&settings).expect("the analysis models load")
-    })
+    engines::analysis()
 }
 
 /// About 8 s of Piper's speaker, at the rate enrollment hands engines.
@@ -141,6 +137,7 @@ fn record(voice_id: &str, language: &str, engine_data: Option<serde_json::Value>
         sample_rate: Some(SAMPLE_RATE),
         other_languages: Vec::new(),
         speed_range: None,
+        native_language: None,
     };
     let mut record = VoiceRecord::enrolling(info, None, uuid::Uuid::new_v4());
     record.engine_data = engine_data;

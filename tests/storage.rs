@@ -108,7 +108,7 @@ fn unknown_schemes_are_refused_by_name() {
 mod voice_store {
     //! One conformance suite for the voice store, against memory and Redis.
     use chrono::{Duration, Utc};
-    use tts_contracts::{CloneSimilarity, VoiceInfo, VoiceRecord, VoiceStatus};
+    use tts_contracts::{BlendPart, CloneSimilarity, VoiceInfo, VoiceRecord, VoiceStatus};
     use tts_infra::{MemoryVoiceStore, RedisJobStore, RedisVoiceStore, VoiceStore};
 
     fn record(id: &str, age_secs: i64) -> VoiceRecord {
@@ -123,6 +123,7 @@ mod voice_store {
                 sample_rate: None,
                 other_languages: vec!["en".into()],
                 speed_range: None,
+                native_language: None,
             },
             prompt_text: Some("你好".into()),
             reference_key: Some(format!("voices/{id}/reference.wav")),
@@ -148,7 +149,18 @@ mod voice_store {
         ready.similarity = Some(CloneSimilarity {
             cloned: 0.6,
             best_stock: 0.4,
-            best_stock_voice: "jf_alpha".into(),
+            best_stock_voice: "af_heart".into(),
+            beats_best_stock: Some(true),
+            blend: vec![
+                BlendPart {
+                    voice: "af_heart".into(),
+                    weight: 0.7,
+                },
+                BlendPart {
+                    voice: "bf_emma".into(),
+                    weight: 0.3,
+                },
+            ],
         });
         assert!(store.update(&ready).await.unwrap());
         assert_eq!(store.get("v1").await.unwrap(), Some(ready.clone()));

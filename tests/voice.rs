@@ -154,33 +154,48 @@ fn the_style_search_moves_kokoro_towards_the_reference_speaker() {
         encoder,
         &reference,
         &CloneSettings {
-            evaluations: 16,
+            evaluations: 12,
             seed: 7,
         },
         &mut |done, total| steps.push((done, total)),
     )
     .unwrap();
     eprintln!(
-        "base {}: search sentence {:.3} -> {:.3}; held-out sentence: cloned {:.3}, best stock {:.3}",
-        result.base_voice,
+        "blend {:?}: search {:.3} -> {:.3}; held-out: cloned {:.3}, best stock {} {:.3}; {} syntheses",
+        result.blend,
         result.best_stock_search_similarity,
         result.search_similarity,
         result.cloned_similarity,
-        result.best_stock_similarity
+        result.best_stock_voice,
+        result.best_stock_similarity,
+        result.syntheses,
     );
-    assert_eq!(steps.len(), 5 + 16 + 2);
-    assert_eq!(steps.last(), Some(&(23, 23)));
+    // The stock voices' embeddings are cached: the steps are the search's own, at most the
+    // budget (12 steps, a judgement per 3 improvements, the start judged twice), ending at done.
+    let budget = 12 + 12 / 3 + 2;
+    assert!(
+        steps
+            .iter()
+            .all(|&(done, total)| total == budget && done <= total),
+        "{steps:?}"
+    );
+    assert_eq!(steps.last(), Some(&(budget, budget)));
+    assert!(result.syntheses <= budget);
     // The search only keeps candidates the encoder scores closer, so it never ends below where
-    // it started. Whether that gain carries over to the held-out sentence is what enrollment
-    // reports per voice; the reference speech here comes from Piper, whose sampling noise makes
-    // the held-out margin vary from run to run, so it is printed rather than asserted.
+    // it started; the result is never worse than the best stock voice on held-out material,
+    // and says whether it beat it.
     assert!(result.search_similarity >= result.best_stock_search_similarity);
+    assert!(result.cloned_similarity >= result.best_stock_similarity);
+    if result.beats_stock {
+        assert!(result.cloned_similarity > result.best_stock_similarity);
+        assert!(result.blend.len() > 1);
+    } else {
+        assert_eq!(result.blend, vec![(result.best_stock_voice.clone(), 1.0)]);
+    }
+    let weights: f32 = result.blend.iter().map(|(_, w)| w).sum();
+    assert!((weights - 1.0).abs() < 1e-4, "{:?}", result.blend);
     assert_eq!(result.offset.len(), 256);
     assert!(result.offset.iter().all(|v| v.is_finite()));
-    assert!(
-        (-1.0..=1.0).contains(&result.cloned_similarity)
-            && (-1.0..=1.0).contains(&result.best_stock_similarity)
-    );
 }
 
 #[test]

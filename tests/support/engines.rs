@@ -35,6 +35,8 @@ pub fn kokoro_options() -> KokoroOptions {
         threads: 0,
         sessions: 1,
         onnxruntime: paths.onnxruntime,
+        // The same place the service keeps them, so that tests and services share the work.
+        stock_embeddings: Some(cache_dir().join("kokoro/stock-embeddings")),
     }
 }
 
@@ -42,6 +44,15 @@ pub fn kokoro_options() -> KokoroOptions {
 pub fn piper() -> &'static PiperEngine {
     static ENGINE: OnceLock<PiperEngine> = OnceLock::new();
     ENGINE.get_or_init(|| PiperEngine::load(&piper_options("cpu")).expect("piper loads"))
+}
+
+/// The analysis models enrollment loads (VAD and speaker encoder).
+pub fn analysis() -> &'static tts_worker::voice::Analysis {
+    static ANALYSIS: OnceLock<tts_worker::voice::Analysis> = OnceLock::new();
+    ANALYSIS.get_or_init(|| {
+        let settings = crate::test_settings(&std::env::temp_dir());
+        tts_worker::voice::Analysis::load(&settings).expect("the analysis models load")
+    })
 }
 
 /// Kokoro on the CPU.

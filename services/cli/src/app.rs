@@ -238,6 +238,7 @@ impl Application {
             openai: tts_gateway::routes::OpenAiOptions {
                 models: settings.openai.models.clone(),
                 voices: settings.openai.voices.clone(),
+                language_voices: settings.openai.language_voices.clone(),
             },
             auth: tts_gateway::auth::AuthOptions {
                 // Distributed mode is reachable by others: keys are required there unless

@@ -92,11 +92,14 @@ async fn main() -> anyhow::Result<()> {
             return Ok(());
         }
         Command::FetchModels => {
-            let cache = settings.models.cache_dir.clone();
+            let prepared = settings.clone();
             tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-                tts_worker::models::ensure(&cache)?;
-                tts_worker::models::ensure_kokoro(&cache)?;
-                tts_worker::models::ensure_analysis(&cache)?;
+                let cache = &prepared.models.cache_dir;
+                tts_worker::models::ensure(cache)?;
+                tts_worker::models::ensure_kokoro(cache)?;
+                tts_worker::models::ensure_analysis(cache)?;
+                // What enrollment computes from the models alone is computed here, once.
+                tts_worker::engine::kokoro::stock::prepare(&prepared)?;
                 Ok(())
             })
             .await??;

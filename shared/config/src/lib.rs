@@ -85,6 +85,10 @@ pub struct OpenAiSettings {
     pub models: BTreeMap<String, String>,
     /// Per engine, OpenAI's voice names and the stock voice of that engine each stands for.
     pub voices: BTreeMap<String, BTreeMap<String, String>>,
+    /// Per engine, the stock voice that speaks each language by default (`en`, `zh`): an
+    /// OpenAI voice name whose voice was not made for the text's language is spoken by this one.
+    #[serde(default)]
+    pub language_voices: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -421,6 +421,10 @@ pub struct VoiceInfo {
     /// and for cloned voices, which take their engine's range as its workers announce it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub speed_range: Option<SpeedRange>,
+    /// The language the voice was made to speak, where it is known: a stock voice says so even
+    /// when its native language is not among those it is offered in (no front end here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub native_language: Option<String>,
 }
 
 impl VoiceInfo {
@@ -441,6 +445,20 @@ pub struct CloneSimilarity {
     pub cloned: f32,
     pub best_stock: f32,
     pub best_stock_voice: String,
+    /// Whether the clone came out closer than every stock voice; when not, it speaks as the
+    /// best stock voice does. Absent in voices enrolled before engines said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub beats_best_stock: Option<bool>,
+    /// The stock voices the clone's style is made of, heaviest first, for engines that blend.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub blend: Vec<BlendPart>,
+}
+
+/// One stock voice of a cloned voice's blend.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BlendPart {
+    pub voice: String,
+    pub weight: f32,
 }
 
 /// A cloned voice as the voice store keeps it: what clients see, plus what engines need to speak

@@ -31,6 +31,8 @@ pub struct OpenAiOptions {
     pub models: BTreeMap<String, String>,
     /// Per engine, OpenAI's voice names and the stock voice each stands for.
     pub voices: BTreeMap<String, BTreeMap<String, String>>,
+    /// Per engine, the stock voice for each base language.
+    pub language_voices: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 /// The body of `POST /v1/audio/speech`, as OpenAI defines it.
@@ -68,8 +70,8 @@ pub async fn speech(
     let format = response_format(request.response_format.as_deref())?;
     let stream_kind = stream_format(request.stream_format.as_deref())?;
     let (engine, explicit) = model_engine(&state, &request.model)?;
-    let voice_id = voice_id(&state, &engine, &request.voice);
-    let voice = submit::resolve_voice(&state, &caller, &voice_id).await?;
+    let (voice_id, mapped) = voice_id(&state, &engine, &request.voice);
+    let mut voice = submit::resolve_voice(&state, &caller, &voice_id).await?;
     if explicit && voice.engine != engine {
         return Err(AppError::client(
             StatusCode::BAD_REQUEST,
@@ -88,6 +90,9 @@ pub async fn speech(
         );
     }
     let language = language_for(&voice, &request.input);
+    if mapped && let Some(native) = language_voice(&state, &engine, &voice, &language) {
+        voice = submit::resolve_voice(&state, &caller, &native).await?;
+    }
     let submit::Validated { job, format } = submit::validate(
         &state,
         &caller,
@@ -163,16 +168,41 @@ fn model_engine(state: &AppState, model: &str) -> Result<(String, bool), AppErro
     ))
 }
 
-/// OpenAI's voice name mapped to the engine's stock voice, or the name as a voice id.
-fn voice_id(state: &AppState, engine: &str, voice: &str) -> String {
-    state
+/// OpenAI's voice name mapped to the engine's stock voice (and `true`), or the name as a voice
+/// id.
+fn voice_id(state: &AppState, engine: &str, voice: &str) -> (String, bool) {
+    match state
         .options
         .openai
         .voices
         .get(engine)
         .and_then(|names| names.get(voice))
+    {
+        Some(mapped) => (mapped.clone(), true),
+        None => (voice.to_string(), false),
+    }
+}
+
+/// The engine's voice for `language` (`openai.language_voices`) when `voice` was made for
+/// another language: OpenAI's names stand for a kind of voice, and one made for the text's
+/// language reads it without an accent.
+fn language_voice(
+    state: &AppState,
+    engine: &str,
+    voice: &VoiceInfo,
+    language: &str,
+) -> Option<String> {
+    let native = voice.native_language.as_deref()?;
+    if tts_contracts::same_language(native, language) {
+        return None;
+    }
+    state
+        .options
+        .openai
+        .language_voices
+        .get(engine)?
+        .get(&tts_contracts::base_language(language))
         .cloned()
-        .unwrap_or_else(|| voice.to_string())
 }
 
 /// OpenAI's API has no language: the text's script decides among the languages the voice
@@ -320,6 +350,7 @@ mod tests {
             sample_rate: None,
             other_languages: others.iter().map(|l| l.to_string()).collect(),
             speed_range: None,
+            native_language: None,
         }
     }
 

@@ -389,6 +389,7 @@ async fn check_form(
         name,
         other_languages: languages.into_iter().filter(|l| *l != language).collect(),
         speed_range: None,
+        native_language: None,
         language,
         engine,
         created_at: Utc::now(),

@@ -156,6 +156,7 @@ impl PiperEngine {
             name: options.voice.clone(),
             engine: "piper".into(),
             created_at: Utc::now(),
+            native_language: Some(language.clone()),
             language,
             status: VoiceStatus::Ready,
             sample_rate: Some(config.audio.sample_rate),

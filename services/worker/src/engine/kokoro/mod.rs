@@ -24,6 +24,7 @@ use super::{
 use crate::runtime::{self, Placement, SessionPool};
 use crate::text::{self, split_sentences};
 
+pub mod stock;
 pub mod style_search;
 
 pub const SAMPLE_RATE: u32 = 24_000;
@@ -37,15 +38,71 @@ const SENTENCE_PAUSE_SECS: f32 = 0.2;
 /// Words a streamed English job's first piece holds at most, as Piper's `first_piece_words`.
 const FIRST_PIECE_WORDS: usize = 4;
 
-/// The languages Kokoro speaks here, with the first as the default.
+/// The languages Kokoro is offered in here: those whose front end is checked to work (espeak-ng
+/// for English, the `zh` front end for Mandarin). The first is the default of a voice whose own
+/// language is not among them.
 const LANGUAGES: [&str; 2] = ["zh", "en"];
+
+/// A voice's native language from Kokoro's naming, the first letter of its name: `af_heart` is
+/// US English, `zf_xiaobei` Mandarin, `jf_alpha` Japanese.
+pub fn native_language(voice: &str) -> Option<&'static str> {
+    Some(match voice.chars().next()? {
+        'a' => "en-US",
+        'b' => "en-GB",
+        'z' => "zh",
+        'j' => "ja",
+        'e' => "es",
+        'f' => "fr",
+        'h' => "hi",
+        'i' => "it",
+        'p' => "pt-BR",
+        _ => return None,
+    })
+}
+
+/// The espeak-ng voice that reads English for a Kokoro voice: British for the `b` voices, so
+/// that they keep their accent, American for the rest.
+fn english_accent(voice: &str) -> &'static str {
+    match native_language(voice) {
+        Some("en-GB") => "en-gb",
+        _ => "en-us",
+    }
+}
+
+/// The stock voice whose accent an input is spoken with: the voice itself, or the one a cloned
+/// voice's style starts from.
+fn speaking_voice(input: &SynthesisInput) -> String {
+    input
+        .voice
+        .as_ref()
+        .and_then(|record| record.engine_data.clone())
+        .and_then(|data| serde_json::from_value::<ClonedStyle>(data).ok())
+        .map_or_else(|| input.voice_id.clone(), |cloned| cloned.base_voice)
+}
+
+/// What a stock voice is offered in: its native language first where it is offered here, then
+/// the other offered languages, which it speaks with its own accent.
+fn offered_languages(voice: &str) -> (String, Vec<String>) {
+    let native = native_language(voice).filter(|native| {
+        LANGUAGES
+            .iter()
+            .any(|l| tts_contracts::same_language(l, native))
+    });
+    let first = native.unwrap_or(LANGUAGES[0]);
+    let others = LANGUAGES
+        .iter()
+        .filter(|l| !tts_contracts::same_language(l, first))
+        .map(|l| l.to_string())
+        .collect();
+    (first.to_string(), others)
+}
 
 /// `workers.kokoro` in the settings.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KokoroConfig {
-    /// A directory with `kokoro-v1.0.int8.onnx`, `vocab.json` and `voices.npz`; empty takes the
-    /// model cache.
+    /// A directory with `kokoro-v1.0.int8.onnx`, `vocab.json` and the voices, as a `voices/`
+    /// directory of `<name>.bin` files or a `voices.npz`; empty takes the model cache.
     #[serde(default)]
     pub model_path: String,
     #[serde(default)]
@@ -64,6 +121,9 @@ pub struct KokoroOptions {
     pub threads: usize,
     pub sessions: usize,
     pub onnxruntime: PathBuf,
+    /// Where the stock voices' speaker embeddings are kept between runs ([`stock`]); `None`
+    /// keeps them in memory only.
+    pub stock_embeddings: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -71,12 +131,16 @@ struct VocabFile {
     vocab: HashMap<String, i64>,
 }
 
-/// What Kokoro keeps with a cloned voice (`engine_data`): the stock voice its style starts from
-/// and the offset the style search found.
+/// What Kokoro keeps with a cloned voice (`engine_data`): the stock voices its style blends and
+/// the offset the style search found.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClonedStyle {
+    /// The heaviest voice of the blend; the whole base of voices enrolled before blends.
     pub base_voice: String,
     pub style_offset: Vec<f32>,
+    /// Stock voices and their weights; empty in voices enrolled before blends.
+    #[serde(default)]
+    pub blend: Vec<tts_contracts::BlendPart>,
 }
 
 /// A style table: one 256-value style per phoneme count.
@@ -88,6 +152,9 @@ pub struct KokoroEngine {
     created_at: chrono::DateTime<Utc>,
     pool: SessionPool,
     placement: Placement,
+    /// Identifies the model file, so that cached results of another model are never used.
+    model_id: String,
+    stock: stock::StockEmbeddings,
 }
 
 impl KokoroEngine {
@@ -106,11 +173,12 @@ impl KokoroEngine {
                 .as_ref()
                 .map_or(paths.model, |d| d.join("kokoro-v1.0.int8.onnx")),
             vocab: dir.as_ref().map_or(paths.vocab, |d| d.join("vocab.json")),
-            voices: dir.as_ref().map_or(paths.voices, |d| d.join("voices.npz")),
+            voices: dir.as_ref().map_or(paths.voices, |d| voices_in(d)),
             device: config.device.as_str().into(),
             threads: config.threads,
             sessions,
             onnxruntime: runtime::onnxruntime_library(models, paths.onnxruntime),
+            stock_embeddings: Some(models.cache_dir.join("kokoro/stock-embeddings")),
         })
     }
 
@@ -134,7 +202,19 @@ impl KokoroEngine {
             created_at: Utc::now(),
             pool,
             placement,
+            model_id: file_id(&options.model)?,
+            stock: stock::StockEmbeddings::new(options.stock_embeddings.clone()),
         })
+    }
+
+    /// Identifies the loaded model file (see [`file_id`]).
+    pub fn model_id(&self) -> &str {
+        &self.model_id
+    }
+
+    /// The stock voices' embeddings, cached (see [`stock`]).
+    pub fn stock_embeddings(&self) -> &stock::StockEmbeddings {
+        &self.stock
     }
 
     /// Phoneme ids of an IPA string; symbols outside the vocabulary are dropped, never guessed.
@@ -178,7 +258,8 @@ impl KokoroEngine {
         styles: &StyleTable,
         progress: &mut dyn FnMut(Step<'_>),
     ) -> Result<Audio, EngineError> {
-        let sentences = self.phonemize(&input.language, &input.text, input.streamed)?;
+        let accent = english_accent(&speaking_voice(input));
+        let sentences = self.phonemize(&input.language, accent, &input.text, input.streamed)?;
         if sentences.is_empty() {
             return Err(EngineError::invalid(
                 "nothing_to_say",
@@ -222,6 +303,7 @@ impl KokoroEngine {
     fn phonemize(
         &self,
         language: &str,
+        english: &str,
         text: &str,
         streamed: bool,
     ) -> Result<Vec<Vec<PhonemizedSentence>>, EngineError> {
@@ -241,7 +323,7 @@ impl KokoroEngine {
             };
             let mut parts = Vec::new();
             for part in text::parts(&sentence, lead_words) {
-                parts.extend(espeak::phonemize_sentence("en-us", &part)?);
+                parts.extend(espeak::phonemize_sentence(english, &part)?);
             }
             if !parts.is_empty() {
                 sentences.push(parts);
@@ -291,16 +373,20 @@ impl Engine for KokoroEngine {
     fn voices(&self) -> Vec<VoiceInfo> {
         self.voices
             .keys()
-            .map(|name| VoiceInfo {
-                voice_id: name.clone(),
-                name: name.clone(),
-                engine: "kokoro".into(),
-                created_at: self.created_at,
-                language: LANGUAGES[0].into(),
-                status: VoiceStatus::Ready,
-                sample_rate: Some(SAMPLE_RATE),
-                other_languages: LANGUAGES[1..].iter().map(|l| l.to_string()).collect(),
-                speed_range: None,
+            .map(|name| {
+                let (language, other_languages) = offered_languages(name);
+                VoiceInfo {
+                    voice_id: name.clone(),
+                    name: name.clone(),
+                    engine: "kokoro".into(),
+                    created_at: self.created_at,
+                    language,
+                    status: VoiceStatus::Ready,
+                    sample_rate: Some(SAMPLE_RATE),
+                    other_languages,
+                    speed_range: None,
+                    native_language: native_language(name).map(str::to_string),
+                }
             })
             .collect()
     }
@@ -330,6 +416,12 @@ impl Engine for KokoroEngine {
         true
     }
 
+    /// The offered languages as base languages: the voices' own say `en-US` or `en-GB`, but the
+    /// engine, and so a cloned voice, speaks English of either kind.
+    fn languages(&self) -> Vec<String> {
+        LANGUAGES.iter().map(|l| l.to_string()).collect()
+    }
+
     fn enroll(
         &self,
         input: &EnrollInput<'_>,
@@ -342,16 +434,27 @@ impl Engine for KokoroEngine {
             input.settings,
             &mut |done, total| progress(Progress { done, total }),
         )?;
+        let blend: Vec<tts_contracts::BlendPart> = result
+            .blend
+            .iter()
+            .map(|(voice, weight)| tts_contracts::BlendPart {
+                voice: voice.clone(),
+                weight: *weight,
+            })
+            .collect();
         Ok(Enrollment {
             similarity: Some(tts_contracts::CloneSimilarity {
                 cloned: result.cloned_similarity,
                 best_stock: result.best_stock_similarity,
-                best_stock_voice: result.base_voice.clone(),
+                best_stock_voice: result.best_stock_voice,
+                beats_best_stock: Some(result.beats_stock),
+                blend: blend.clone(),
             }),
             engine_data: Some(
                 serde_json::to_value(ClonedStyle {
-                    base_voice: result.base_voice,
+                    base_voice: blend[0].voice.clone(),
                     style_offset: result.offset,
+                    blend,
                 })
                 .map_err(|e| EngineError::internal(e.to_string()).with_source(e))?,
             ),
@@ -379,28 +482,42 @@ impl KokoroEngine {
             .clone()
             .and_then(|data| serde_json::from_value(data).ok())
             .ok_or_else(not_ready)?;
-        let (base_name, offset) = (cloned.base_voice.as_str(), cloned.style_offset.as_slice());
-        let base = self.voices.get(base_name).ok_or_else(|| {
-            EngineError::invalid(
-                "unknown_voice",
-                format!(
-                    "voice {} is based on {base_name}, which this model lacks",
-                    record.info.voice_id
-                ),
-            )
-        })?;
-        if offset.len() != base.shape()[2] {
+        // Voices enrolled before blends are their base voice alone.
+        let parts: Vec<(&str, f32)> = if cloned.blend.is_empty() {
+            vec![(cloned.base_voice.as_str(), 1.0)]
+        } else {
+            cloned
+                .blend
+                .iter()
+                .map(|p| (p.voice.as_str(), p.weight))
+                .collect()
+        };
+        let mut tables = Vec::with_capacity(parts.len());
+        for (name, weight) in parts {
+            let table = self.voices.get(name).ok_or_else(|| {
+                EngineError::invalid(
+                    "unknown_voice",
+                    format!(
+                        "voice {} is based on {name}, which this model lacks",
+                        record.info.voice_id
+                    ),
+                )
+            })?;
+            tables.push((table, weight));
+        }
+        let offset = cloned.style_offset.as_slice();
+        let dims = tables[0].0.shape()[2];
+        if offset.len() != dims {
             return Err(EngineError::invalid(
                 "voice_corrupt",
                 format!(
-                    "voice {} has a {}-value style offset; the model takes {}",
+                    "voice {} has a {}-value style offset; the model takes {dims}",
                     record.info.voice_id,
                     offset.len(),
-                    base.shape()[2]
                 ),
             ));
         }
-        Ok(style_search::offset_table(base, offset))
+        Ok(style_search::blend_table(&tables, offset))
     }
 }
 
@@ -434,21 +551,77 @@ fn voices_error(
     EngineError::internal(format!("voices {}: {e}", path.display())).with_source(e)
 }
 
+/// A model file's identity: its length and the SHA-256 of its first and last MiB, which tells
+/// models apart without reading all of one at every start.
+fn file_id(path: &std::path::Path) -> Result<String, EngineError> {
+    use sha2::Digest;
+    use std::io::{Read, Seek, SeekFrom};
+    let fail = |e: std::io::Error| {
+        EngineError::internal(format!("model {}: {e}", path.display())).with_source(e)
+    };
+    let mut file = File::open(path).map_err(fail)?;
+    let len = file.metadata().map_err(fail)?.len();
+    let mut hash = sha2::Sha256::new();
+    hash.update(len.to_le_bytes());
+    let mut buf = vec![0u8; 1 << 20];
+    for start in [0, len.saturating_sub(1 << 20)] {
+        file.seek(SeekFrom::Start(start)).map_err(fail)?;
+        let n = file.read(&mut buf).map_err(fail)?;
+        hash.update(&buf[..n]);
+    }
+    Ok(hash
+        .finalize()
+        .iter()
+        .take(12)
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+/// Where a model directory keeps its voices: a `voices/` directory when it has one, else
+/// `voices.npz`.
+fn voices_in(dir: &std::path::Path) -> PathBuf {
+    let voices = dir.join("voices");
+    if voices.is_dir() {
+        voices
+    } else {
+        dir.join("voices.npz")
+    }
+}
+
+/// Reads the voices' style tables: from a directory of `<name>.bin` files (raw little-endian f32
+/// [510, 1, 256], as Kokoro's voice packs are published) or from an `.npz` of [N, 1, 256] arrays.
 fn read_voices(path: &std::path::Path) -> Result<BTreeMap<String, StyleTable>, EngineError> {
     let fail = |e: Box<dyn std::error::Error + Send + Sync>| voices_error(path, e);
-    let file = File::open(path).map_err(|e| fail(e.into()))?;
-    let mut npz = NpzReader::new(file).map_err(|e| fail(e.into()))?;
     let mut voices = BTreeMap::new();
-    for entry in npz.names().map_err(|e| fail(e.into()))? {
-        let table: StyleTable = npz.by_name(&entry).map_err(|e| fail(e.into()))?;
-        if table.shape()[1..] != [1, 256] {
-            let shape = format!(
-                "voice {entry} has shape {:?}, expected [N, 1, 256]",
-                table.shape()
+    if path.is_dir() {
+        for entry in std::fs::read_dir(path).map_err(|e| fail(e.into()))? {
+            let file = entry.map_err(|e| fail(e.into()))?.path();
+            let (Some(name), Some("bin")) = (
+                file.file_stem().and_then(|n| n.to_str()),
+                file.extension().and_then(|e| e.to_str()),
+            ) else {
+                continue;
+            };
+            let bytes = std::fs::read(&file).map_err(|e| fail(e.into()))?;
+            voices.insert(
+                name.to_string(),
+                style_table_from_bin(name, &bytes).map_err(fail)?,
             );
-            return Err(fail(shape.into()));
         }
-        voices.insert(entry.trim_end_matches(".npy").to_string(), table);
+    } else {
+        let file = File::open(path).map_err(|e| fail(e.into()))?;
+        let mut npz = NpzReader::new(file).map_err(|e| fail(e.into()))?;
+        for entry in npz.names().map_err(|e| fail(e.into()))? {
+            let table: StyleTable = npz.by_name(&entry).map_err(|e| fail(e.into()))?;
+            if table.shape()[1..] != [1, 256] {
+                let shape = format!(
+                    "voice {entry} has shape {:?}, expected [N, 1, 256]",
+                    table.shape()
+                );
+                return Err(fail(shape.into()));
+            }
+            voices.insert(entry.trim_end_matches(".npy").to_string(), table);
+        }
     }
     if voices.is_empty() {
         return Err(fail("no voices".into()));
@@ -456,9 +629,67 @@ fn read_voices(path: &std::path::Path) -> Result<BTreeMap<String, StyleTable>, E
     Ok(voices)
 }
 
+/// A style table from a voice pack's raw bytes: little-endian f32, 256 values per row.
+fn style_table_from_bin(
+    name: &str,
+    bytes: &[u8],
+) -> Result<StyleTable, Box<dyn std::error::Error + Send + Sync>> {
+    const ROW: usize = 256 * 4;
+    if bytes.is_empty() || !bytes.len().is_multiple_of(ROW) {
+        return Err(format!(
+            "voice {name} has {} bytes, not a whole number of 256-value f32 rows",
+            bytes.len()
+        )
+        .into());
+    }
+    let values: Vec<f32> = bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    Ok(Array3::from_shape_vec((bytes.len() / ROW, 1, 256), values)?)
+}
+
 #[cfg(test)]
 mod tests {
-    use super::chunks;
+    use super::{chunks, english_accent, native_language, offered_languages, style_table_from_bin};
+
+    #[test]
+    fn a_voices_name_says_its_language_and_what_it_is_offered_in() {
+        assert_eq!(native_language("af_heart"), Some("en-US"));
+        assert_eq!(native_language("bm_george"), Some("en-GB"));
+        assert_eq!(native_language("zf_xiaobei"), Some("zh"));
+        assert_eq!(native_language("jf_alpha"), Some("ja"));
+        assert_eq!(native_language("pm_alex"), Some("pt-BR"));
+        assert_eq!(native_language("xx_unknown"), None);
+        assert_eq!(
+            offered_languages("af_heart"),
+            ("en-US".to_string(), vec!["zh".to_string()])
+        );
+        assert_eq!(
+            offered_languages("zf_xiaobei"),
+            ("zh".to_string(), vec!["en".to_string()])
+        );
+        // Japanese has no front end here: the voice is offered in the others, Mandarin first.
+        assert_eq!(
+            offered_languages("jf_alpha"),
+            ("zh".to_string(), vec!["en".to_string()])
+        );
+        assert_eq!(english_accent("bf_emma"), "en-gb");
+        assert_eq!(english_accent("af_heart"), "en-us");
+        assert_eq!(english_accent("zf_xiaobei"), "en-us");
+    }
+
+    #[test]
+    fn a_voice_pack_is_rows_of_256_little_endian_floats() {
+        let bytes: Vec<u8> = (0..2 * 256)
+            .flat_map(|i| (i as f32).to_le_bytes())
+            .collect();
+        let table = style_table_from_bin("af_test", &bytes).unwrap();
+        assert_eq!(table.shape(), [2, 1, 256]);
+        assert_eq!(table[[1, 0, 3]], 259.0);
+        assert!(style_table_from_bin("af_test", &bytes[..1000]).is_err());
+        assert!(style_table_from_bin("af_test", &[]).is_err());
+    }
 
     #[test]
     fn long_sentences_split_at_spaces_under_the_limit() {

@@ -1,12 +1,21 @@
-//! Kokoro's style search, how the engine clones a voice: search a style so that the speaker encoder hears the reference
-//! speaker in Kokoro's speech.
+//! Kokoro's style search, how the engine clones a voice: find a style in which the speaker
+//! encoder hears the reference speaker.
 //!
-//! No zero-shot cloning weights can be had, so the voice is found by search. Every stock voice
-//! speaks a fixed sentence and the closest to the reference (by speaker-embedding cosine) becomes
-//! the base; then a (1+1) evolution strategy moves an offset added to every row of the base's
-//! style table, keeping a candidate only when the encoder scores it closer, and adapting its step
-//! size. The result is scored on a second sentence the search never used, against the best stock
-//! voice on the same sentence.
+//! No zero-shot cloning weights can be had, so the voice is found by search, and judged on
+//! material the search never saw, so that what is reported is what a listener gets:
+//!
+//! - The reference is cut in two: the search aims at the first part, the judging at the second.
+//!   Candidates speak [`SEARCH_TEXT`] while searching and [`HOLDOUT_TEXT`] when judged.
+//! - Every stock voice is scored on both (their embeddings are cached, see [`super::stock`]).
+//!   The voices nearest the reference start the search as a blend: a weighted mean of their
+//!   style tables, the weights a softmax of their scores.
+//! - A (1+1) evolution strategy moves the blend's weights and an offset added to every row,
+//!   keeping a candidate only when the encoder scores it closer, and adapting its step size.
+//! - Every few improvements the current best is judged on the held-out material; the search
+//!   stops once that score has not improved for [`PATIENCE`] judgements, and the best judged
+//!   candidate is the result.
+//! - The result is never worse on the held-out score than the best stock voice: when the search
+//!   cannot beat it, the clone is that stock voice, and says so ([`CloneResult::beats_stock`]).
 
 use ndarray::{Array1, Axis};
 use rand::SeedableRng;
@@ -26,18 +35,41 @@ pub const SEARCH_TEXT: &str =
 pub const HOLDOUT_TEXT: &str =
     "Please remember to close the windows before you leave, because a storm is coming tonight.";
 
+/// How many of the stock voices nearest the reference a blend is made of.
+pub const BLEND_VOICES: usize = 5;
+/// Search steps that improved the search score before the best is judged again.
+const JUDGE_AFTER: usize = 3;
+/// Judgements without a better held-out score before the search stops.
+pub const PATIENCE: usize = 2;
+/// The softmax temperature that turns the nearest voices' scores into starting weights: a
+/// voice 0.05 closer weighs e times more.
+const TEMPERATURE: f32 = 0.05;
+/// Each half of a reference is at least this long, in seconds, or both halves are the whole
+/// clip: the encoder needs a second or two of speech to say anything.
+const MIN_PART_SECS: f32 = 2.0;
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct CloneResult {
-    pub base_voice: String,
-    /// Offset added to every row of the base voice's style table.
+    /// The stock voices the style is a blend of, with their weights (summing to 1), heaviest
+    /// first.
+    pub blend: Vec<(String, f32)>,
+    /// Offset added to every row of the blended table.
     pub offset: Vec<f32>,
-    /// Cosine similarity to the reference on the held-out sentence.
+    /// Held-out score of the result (cosine similarity to the reference's second part, on the
+    /// held-out sentence).
     pub cloned_similarity: f32,
+    /// The best stock voice on the same held-out score, and its score.
+    pub best_stock_voice: String,
     pub best_stock_similarity: f32,
-    /// The best score the search reached on its own sentence.
+    /// Whether the search found a style closer than every stock voice; when not, the clone is
+    /// the best stock voice itself.
+    pub beats_stock: bool,
+    /// The best score the search reached on its own sentence and reference part.
     pub search_similarity: f32,
-    /// The best stock voice's score on the search sentence, where the search started.
+    /// The nearest stock voice's score there, where the search started from.
     pub best_stock_search_similarity: f32,
+    /// Syntheses spent: search steps plus held-out judgements.
+    pub syntheses: usize,
 }
 
 /// The base table with `offset` added to every row.
@@ -52,8 +84,48 @@ pub fn offset_table(base: &StyleTable, offset: &[f32]) -> StyleTable {
     table
 }
 
+/// The weighted mean of style tables, with `offset` added to every row. Tables of different
+/// lengths are cut to the shortest.
+pub fn blend_table(parts: &[(&StyleTable, f32)], offset: &[f32]) -> StyleTable {
+    let rows = parts.iter().map(|(t, _)| t.shape()[0]).min().unwrap_or(0);
+    let shape = parts.first().map_or([0, 1, 256], |(t, _)| {
+        let s = t.shape();
+        [rows, s[1], s[2]]
+    });
+    let mut table = StyleTable::zeros(shape);
+    for (part, weight) in parts {
+        table.scaled_add(*weight, &part.slice(ndarray::s![..rows, .., ..]));
+    }
+    offset_table(&table, offset)
+}
+
+/// The two parts of a reference: the first for the search, the second for judging. A clip too
+/// short to halve is used whole for both.
+pub fn split_reference(reference: &[f32]) -> (&[f32], &[f32]) {
+    let min = (MIN_PART_SECS * ANALYSIS_RATE as f32) as usize;
+    if reference.len() < 2 * min {
+        return (reference, reference);
+    }
+    reference.split_at(reference.len() / 2)
+}
+
+fn softmax(logits: &[f32]) -> Vec<f32> {
+    let max = logits.iter().copied().fold(f32::MIN, f32::max);
+    let exp: Vec<f32> = logits.iter().map(|l| (l - max).exp()).collect();
+    let sum: f32 = exp.iter().sum();
+    exp.iter().map(|e| e / sum).collect()
+}
+
+/// A point of the search: blend logits and the offset.
+#[derive(Clone)]
+struct Candidate {
+    logits: Vec<f32>,
+    offset: Vec<f32>,
+}
+
 /// Searches a style for the speaker of `reference` (16 kHz speech). `progress` is called after
-/// each synthesis with (done, total).
+/// each synthesis with (done, total); the total is the budget, and the last call says it is
+/// all done even when the search stopped early.
 pub fn clone_style(
     engine: &KokoroEngine,
     encoder: &SpeakerEncoder,
@@ -61,11 +133,47 @@ pub fn clone_style(
     settings: &CloneSettings,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<CloneResult, EngineError> {
-    let target = encoder.embed(reference)?;
-    let stock: Vec<String> = engine.stock_voice_names();
-    let total = stock.len() + settings.evaluations + 2;
-    let mut done = 0;
-    let mut score = |table: &StyleTable, text: &str| -> Result<f32, EngineError> {
+    let (search_part, held_part) = split_reference(reference);
+    let search_target = encoder.embed(search_part)?;
+    let held_target = encoder.embed(held_part)?;
+
+    // The stock voices' embeddings do not depend on the reference: cached, they cost nothing;
+    // the first enrollment of a model computes the missing ones, and its progress counts them.
+    let stock = engine.stock_embeddings();
+    let budget = settings.evaluations + settings.evaluations / JUDGE_AFTER + 2;
+    let mut computed = 0;
+    let mut on_stock = |done: usize, missing: usize| {
+        computed = missing;
+        progress(done, missing + budget);
+    };
+    let searched = stock.all(engine, encoder, SEARCH_TEXT, &mut on_stock)?;
+    let judged = stock.all(engine, encoder, HOLDOUT_TEXT, &mut on_stock)?;
+    let total = computed + budget;
+    let mut done = computed;
+
+    // The nearest voices by the search part, and the best by the held-out part.
+    let mut nearest: Vec<(String, f32)> = searched
+        .iter()
+        .map(|(name, e)| (name.clone(), cosine(&search_target, e)))
+        .collect();
+    nearest.sort_by(|a, b| b.1.total_cmp(&a.1));
+    nearest.truncate(BLEND_VOICES);
+    let (best_stock_voice, best_stock_similarity) = judged
+        .iter()
+        .map(|(name, e)| (name.clone(), cosine(&held_target, e)))
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .ok_or_else(|| EngineError::internal("kokoro has no stock voices"))?;
+    let tables: Vec<&StyleTable> = nearest
+        .iter()
+        .map(|(name, _)| engine.stock_voice(name).expect("listed voices exist"))
+        .collect();
+
+    let table_of = |c: &Candidate| {
+        let weights = softmax(&c.logits);
+        let parts: Vec<(&StyleTable, f32)> = tables.iter().copied().zip(weights).collect();
+        blend_table(&parts, &c.offset)
+    };
+    let mut score = |table: &StyleTable, text: &str, target: &[f32]| {
         let input = SynthesisInput {
             text: text.into(),
             voice_id: String::new(),
@@ -77,56 +185,143 @@ pub fn clone_style(
         };
         let audio = engine.synthesize_with(&input, table, &mut |_| {})?;
         let speech = resample(&audio.samples, audio.sample_rate, ANALYSIS_RATE)?;
-        let similarity = cosine(&target, &encoder.embed(&speech)?);
+        let similarity = cosine(target, &encoder.embed(&speech)?);
         done += 1;
-        progress(done, total);
-        Ok(similarity)
+        progress(done.min(total), total);
+        Ok::<f32, EngineError>(similarity)
     };
 
-    let mut best_stock = (String::new(), f32::MIN);
-    for name in &stock {
-        let table = engine.stock_voice(name).expect("listed voices exist");
-        let s = score(table, SEARCH_TEXT)?;
-        if s > best_stock.1 {
-            best_stock = (name.clone(), s);
-        }
-    }
-    let base = engine
-        .stock_voice(&best_stock.0)
-        .ok_or_else(|| EngineError::internal("kokoro has no stock voices"))?;
+    let dims = tables[0].shape()[2];
+    let spread = tables[0].std(0.0);
+    let mut current = Candidate {
+        logits: nearest.iter().map(|(_, s)| s / TEMPERATURE).collect(),
+        offset: vec![0.0; dims],
+    };
+    let mut current_score = score(&table_of(&current), SEARCH_TEXT, &search_target)?;
+    let start_score = current_score;
+    let mut judged_best = (
+        score(&table_of(&current), HOLDOUT_TEXT, &held_target)?,
+        current.clone(),
+    );
+    let mut syntheses = 2;
 
-    let dims = base.shape()[2];
-    let spread = base.std(0.0);
-    let mut step = 0.5 * spread;
     let mut rng = StdRng::seed_from_u64(settings.seed);
-    let mut offset = vec![0.0f32; dims];
-    let mut best = best_stock.1;
+    let (mut logit_step, mut offset_step) = (1.0f32, 0.25 * spread);
+    let (mut improved, mut stale) = (0, 0);
     for _ in 0..settings.evaluations {
-        let candidate: Vec<f32> = offset
-            .iter()
-            .map(|o| {
-                let z: f32 = StandardNormal.sample(&mut rng);
-                o + step * z
-            })
-            .collect();
-        let s = score(&offset_table(base, &candidate), SEARCH_TEXT)?;
-        if s > best {
-            best = s;
-            offset = candidate;
-            step *= 1.5;
+        let mut noise = || -> f32 { StandardNormal.sample(&mut rng) };
+        let candidate = Candidate {
+            logits: current
+                .logits
+                .iter()
+                .map(|l| l + logit_step * noise())
+                .collect(),
+            offset: current
+                .offset
+                .iter()
+                .map(|o| o + offset_step * noise())
+                .collect(),
+        };
+        let s = score(&table_of(&candidate), SEARCH_TEXT, &search_target)?;
+        syntheses += 1;
+        if s > current_score {
+            current_score = s;
+            current = candidate;
+            logit_step *= 1.5;
+            offset_step *= 1.5;
+            improved += 1;
         } else {
-            step *= 0.85;
+            logit_step *= 0.85;
+            offset_step *= 0.85;
+        }
+        if improved >= JUDGE_AFTER {
+            improved = 0;
+            let held = score(&table_of(&current), HOLDOUT_TEXT, &held_target)?;
+            syntheses += 1;
+            if held > judged_best.0 {
+                judged_best = (held, current.clone());
+                stale = 0;
+            } else {
+                stale += 1;
+                if stale >= PATIENCE {
+                    break;
+                }
+            }
         }
     }
+    if improved > 0 {
+        // Improvements since the last judgement are judged too, so that none is lost.
+        let held = score(&table_of(&current), HOLDOUT_TEXT, &held_target)?;
+        syntheses += 1;
+        if held > judged_best.0 {
+            judged_best = (held, current.clone());
+        }
+    }
+    progress(total, total);
 
-    let cloned_similarity = score(&offset_table(base, &offset), HOLDOUT_TEXT)?;
-    let best_stock_similarity = score(base, HOLDOUT_TEXT)?;
+    let (cloned_similarity, best) = judged_best;
+    if cloned_similarity <= best_stock_similarity {
+        return Ok(CloneResult {
+            blend: vec![(best_stock_voice.clone(), 1.0)],
+            offset: vec![0.0; dims],
+            cloned_similarity: best_stock_similarity,
+            best_stock_voice,
+            best_stock_similarity,
+            beats_stock: false,
+            search_similarity: current_score,
+            best_stock_search_similarity: start_score,
+            syntheses,
+        });
+    }
+    let mut blend: Vec<(String, f32)> = nearest
+        .iter()
+        .map(|(name, _)| name.clone())
+        .zip(softmax(&best.logits))
+        .collect();
+    blend.sort_by(|a, b| b.1.total_cmp(&a.1));
     Ok(CloneResult {
-        base_voice: best_stock.0,
-        offset,
+        blend,
+        offset: best.offset,
         cloned_similarity,
+        best_stock_voice,
         best_stock_similarity,
-        search_similarity: best,
-        best_stock_search_similarity: best_stock.1,
+        beats_stock: true,
+        search_similarity: current_score,
+        best_stock_search_similarity: start_score,
+        syntheses,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_blend_is_the_weighted_mean_plus_the_offset() {
+        let a = StyleTable::from_elem([3, 1, 4], 1.0);
+        let b = StyleTable::from_elem([2, 1, 4], 3.0);
+        let table = blend_table(&[(&a, 0.75), (&b, 0.25)], &[0.0, 1.0, 0.0, 0.0]);
+        // Cut to the shorter table.
+        assert_eq!(table.shape(), [2, 1, 4]);
+        assert_eq!(table[[1, 0, 0]], 1.5);
+        assert_eq!(table[[1, 0, 1]], 2.5);
+    }
+
+    #[test]
+    fn a_reference_is_halved_when_each_half_is_long_enough() {
+        let rate = ANALYSIS_RATE as usize;
+        let long = vec![0.0f32; 6 * rate];
+        let (a, b) = split_reference(&long);
+        assert_eq!((a.len(), b.len()), (3 * rate, 3 * rate));
+        let short = vec![0.0f32; 3 * rate];
+        let (a, b) = split_reference(&short);
+        assert_eq!((a.len(), b.len()), (3 * rate, 3 * rate));
+    }
+
+    #[test]
+    fn softmax_weights_sum_to_one_and_keep_the_order() {
+        let w = softmax(&[2.0, 1.0, 0.0]);
+        assert!((w.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        assert!(w[0] > w[1] && w[1] > w[2]);
+    }
 }

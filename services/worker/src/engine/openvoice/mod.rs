@@ -598,6 +598,7 @@ mod tests {
             sample_rate: Some(SAMPLE_RATE),
             other_languages: Vec::new(),
             speed_range: None,
+            native_language: None,
         };
         let mut record = VoiceRecord::enrolling(info, None, uuid::Uuid::new_v4());
         record.engine_data = engine_data;

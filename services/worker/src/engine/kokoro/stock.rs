@@ -1,0 +1,213 @@
+//! The stock voices' speaker embeddings, which enrollment compares every reference with.
+//!
+//! They depend on the model, the voice, the speaker encoder and the sentence, never on the
+//! reference: so each is computed once, kept in memory, and written to the model cache under a
+//! key made of all four, where every later worker finds it. The embeddings of the stock model
+//! and voices ship with the worker (`data/kokoro-stock-embeddings.json`, made by
+//! `scripts/stock-embeddings`), so that not even the first enrollment computes them; another
+//! model or encoder gives other keys, and its embeddings are computed as above. With 54 voices
+//! this turns minutes of synthesis per enrollment into a lookup.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use sha2::{Digest, Sha256};
+
+use super::style_search::{HOLDOUT_TEXT, SEARCH_TEXT};
+use super::{KokoroEngine, StyleTable};
+use crate::engine::{EngineError, SynthesisInput};
+use crate::voice::ANALYSIS_RATE;
+use crate::voice::resample::resample;
+use crate::voice::speaker::SpeakerEncoder;
+
+/// The embeddings known so far, by cache key, and where they are kept on disk.
+pub struct StockEmbeddings {
+    dir: Option<PathBuf>,
+    known: Mutex<BTreeMap<String, Vec<f32>>>,
+}
+
+impl StockEmbeddings {
+    /// `dir` keeps them across restarts; `None` keeps them for this process only.
+    pub fn new(dir: Option<PathBuf>) -> Self {
+        StockEmbeddings {
+            dir,
+            known: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// Every stock voice's embedding speaking `text`, computing those not cached yet.
+    /// `progress` is called with (done, total) after each one computed.
+    pub fn all(
+        &self,
+        engine: &KokoroEngine,
+        encoder: &SpeakerEncoder,
+        text: &str,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Vec<(String, Vec<f32>)>, EngineError> {
+        let encoder_id = encoder_fingerprint(encoder)?;
+        let names = engine.stock_voice_names();
+        let keyed: Vec<(String, String)> = names
+            .into_iter()
+            .map(|name| {
+                let table = engine.stock_voice(&name).expect("listed voices exist");
+                let key = cache_key(engine.model_id(), &encoder_id, text, &name, table);
+                (name, key)
+            })
+            .collect();
+        let missing: Vec<&(String, String)> = keyed
+            .iter()
+            .filter(|(_, key)| self.lookup(key).is_none())
+            .collect();
+        for (done, (name, key)) in missing.iter().enumerate() {
+            let table = engine.stock_voice(name).expect("listed voices exist");
+            let embedding = embed_voice(engine, encoder, table, text)?;
+            self.keep(key, embedding);
+            progress(done + 1, missing.len());
+        }
+        Ok(keyed
+            .into_iter()
+            .map(|(name, key)| {
+                let embedding = self.lookup(&key).expect("computed above");
+                (name, embedding)
+            })
+            .collect())
+    }
+
+    fn lookup(&self, key: &str) -> Option<Vec<f32>> {
+        if let Some(found) = self.known.lock().expect("not poisoned").get(key) {
+            return Some(found.clone());
+        }
+        let found = match shipped().get(key) {
+            Some(found) => found.clone(),
+            None => {
+                let path = self.path(key)?;
+                serde_json::from_slice(&std::fs::read(path).ok()?).ok()?
+            }
+        };
+        self.known
+            .lock()
+            .expect("not poisoned")
+            .insert(key.to_string(), found.clone());
+        Some(found)
+    }
+
+    fn keep(&self, key: &str, embedding: Vec<f32>) {
+        if let Some(path) = self.path(key)
+            && let Err(e) = write_atomically(&path, &embedding)
+        {
+            // The cache only saves time: a worker that cannot write it still enrols.
+            tracing::warn!(path = %path.display(), error = %e, "cannot keep a stock embedding");
+        }
+        self.known
+            .lock()
+            .expect("not poisoned")
+            .insert(key.to_string(), embedding);
+    }
+
+    fn path(&self, key: &str) -> Option<PathBuf> {
+        Some(self.dir.as_ref()?.join(format!("{key}.json")))
+    }
+}
+
+/// The embeddings shipped with the worker, by cache key.
+fn shipped() -> &'static BTreeMap<String, Vec<f32>> {
+    static SHIPPED: std::sync::OnceLock<BTreeMap<String, Vec<f32>>> = std::sync::OnceLock::new();
+    SHIPPED.get_or_init(|| {
+        serde_json::from_str(include_str!("../../../data/kokoro-stock-embeddings.json"))
+            .expect("the shipped stock embeddings are valid JSON")
+    })
+}
+
+/// A voice's embedding as enrollment scores it: `text` spoken with its style, at the analysis
+/// rate.
+pub fn embed_voice(
+    engine: &KokoroEngine,
+    encoder: &SpeakerEncoder,
+    table: &StyleTable,
+    text: &str,
+) -> Result<Vec<f32>, EngineError> {
+    let input = SynthesisInput {
+        text: text.into(),
+        voice_id: String::new(),
+        language: "en".into(),
+        speed: 1.0,
+        streamed: false,
+        voice: None,
+        reference_wav: None,
+    };
+    let audio = engine.synthesize_with(&input, table, &mut |_| {})?;
+    let speech = resample(&audio.samples, audio.sample_rate, ANALYSIS_RATE)?;
+    encoder.embed(&speech)
+}
+
+/// What identifies the speaker encoder: its embedding of a fixed probe signal, rounded, so that
+/// another encoder model gives other keys without the encoder having to know its file.
+fn encoder_fingerprint(encoder: &SpeakerEncoder) -> Result<String, EngineError> {
+    let probe: Vec<f32> = (0..ANALYSIS_RATE as usize * 2)
+        .map(|i| {
+            let t = i as f32 / ANALYSIS_RATE as f32;
+            0.3 * (2.0 * std::f32::consts::PI * 180.0 * t).sin()
+                + 0.2 * (2.0 * std::f32::consts::PI * 930.0 * t).sin() * (3.0 * t).sin()
+        })
+        .collect();
+    let embedding = encoder.embed(&probe)?;
+    let mut hash = Sha256::new();
+    for value in embedding {
+        hash.update(((value * 1000.0).round() as i32).to_le_bytes());
+    }
+    Ok(hex(&hash.finalize()[..8]))
+}
+
+/// The key of one voice's embedding: model, encoder, sentence and the voice's own style table.
+fn cache_key(
+    model_id: &str,
+    encoder_id: &str,
+    text: &str,
+    voice: &str,
+    table: &StyleTable,
+) -> String {
+    let mut hash = Sha256::new();
+    hash.update(model_id.as_bytes());
+    hash.update(encoder_id.as_bytes());
+    hash.update(text.as_bytes());
+    for value in table.iter() {
+        hash.update(value.to_le_bytes());
+    }
+    format!("{voice}-{}", hex(&hash.finalize()[..12]))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn write_atomically(path: &Path, embedding: &[f32]) -> std::io::Result<()> {
+    let dir = path.parent().expect("cache files are in a directory");
+    std::fs::create_dir_all(dir)?;
+    let partial = path.with_extension(format!("partial-{}", std::process::id()));
+    std::fs::write(&partial, serde_json::to_vec(embedding)?)?;
+    std::fs::rename(partial, path)
+}
+
+/// Computes the stock voices' embeddings into the model cache ahead of the first enrollment,
+/// when the settings configure Kokoro: `voice-clone-tts fetch-models` calls it, so that no
+/// enrollment waits for them. Returns how many voices were embedded.
+pub fn prepare(settings: &tts_config::Settings) -> Result<usize, EngineError> {
+    let config = match crate::engine::EngineConfig::parse("kokoro", &settings.workers) {
+        Ok(crate::engine::EngineConfig::Kokoro(config)) => config,
+        // No Kokoro configured: nothing to prepare.
+        _ => return Ok(0),
+    };
+    let engine = KokoroEngine::build(&config, &settings.models, 1)?;
+    let analysis = crate::voice::Analysis::load(settings)?;
+    let mut embedded = 0;
+    for text in [SEARCH_TEXT, HOLDOUT_TEXT] {
+        embedded += engine
+            .stock_embeddings()
+            .all(&engine, &analysis.encoder, text, &mut |done, total| {
+                tracing::info!(done, total, "embedding the stock voices for enrollment");
+            })?
+            .len();
+    }
+    Ok(embedded)
+}
