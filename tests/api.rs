@@ -397,7 +397,7 @@ async fn kokoro_speaks_mandarin_and_english_through_the_api() {
     assert_eq!(response.status(), 200);
     // A language the voice does not speak is refused before any job exists.
     let response = app
-        .synthesize(&json!({"text": "Bonjour.", "voice_id": "jf_alpha", "language": "fr"}))
+        .synthesize(&json!({"text": "こんにちは。", "voice_id": "jf_alpha", "language": "ja"}))
         .await;
     assert_eq!(response.status(), 422);
 }

@@ -190,7 +190,10 @@ async fn an_enrolled_voice_speaks_closer_to_its_reference_than_the_best_stock_vo
     let job_id = accepted["job_id"].as_str().unwrap().to_string();
     assert_eq!(accepted["voice"]["status"], "enrolling", "{accepted}");
     assert_eq!(accepted["voice"]["engine"], "kokoro");
-    assert_eq!(accepted["voice"]["other_languages"], json!(["zh"]));
+    assert_eq!(
+        accepted["voice"]["other_languages"],
+        json!(["zh", "es", "fr", "it", "pt-BR"])
+    );
     assert!(
         accepted["ws_url"]
             .as_str()

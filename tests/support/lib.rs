@@ -6,6 +6,7 @@
 //! other's jobs.
 
 pub mod app;
+pub mod asr;
 pub mod clips;
 pub mod engines;
 pub mod ffmpeg;

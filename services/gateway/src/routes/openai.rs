@@ -211,9 +211,17 @@ fn language_for(voice: &VoiceInfo, text: &str) -> String {
     let han = text.chars().any(|c| {
         matches!(c as u32, 0x4E00..=0x9FFF | 0x3400..=0x4DBF | 0xF900..=0xFAFF | 0x20000..=0x2A6DF)
     });
-    let wanted = if han { "zh" } else { "en" };
-    if voice.speaks(wanted) {
-        wanted.to_string()
+    // Without Han characters the text is in a Latin script: the voice's own language where
+    // that is one (a Spanish voice reads Spanish), else English.
+    let wanted = if han {
+        "zh".to_string()
+    } else if !tts_contracts::same_language(&voice.language, "zh") {
+        voice.language.clone()
+    } else {
+        "en".to_string()
+    };
+    if voice.speaks(&wanted) {
+        wanted
     } else {
         voice.language.clone()
     }
@@ -360,6 +368,9 @@ mod tests {
         assert_eq!(language_for(&both, "Hello there."), "en");
         assert_eq!(language_for(&both, "你好，世界。"), "zh");
         assert_eq!(language_for(&both, "我们用 Rust 写。"), "zh");
+        let spanish = voice("es", &["zh", "en"]);
+        assert_eq!(language_for(&spanish, "Hola a todos."), "es");
+        assert_eq!(language_for(&spanish, "你好"), "zh");
         let english = voice("en", &[]);
         assert_eq!(language_for(&english, "你好"), "en");
     }

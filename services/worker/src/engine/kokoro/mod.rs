@@ -38,10 +38,11 @@ const SENTENCE_PAUSE_SECS: f32 = 0.2;
 /// Words a streamed English job's first piece holds at most, as Piper's `first_piece_words`.
 const FIRST_PIECE_WORDS: usize = 4;
 
-/// The languages Kokoro is offered in here: those whose front end is checked to work (espeak-ng
-/// for English, the `zh` front end for Mandarin). The first is the default of a voice whose own
-/// language is not among them.
-const LANGUAGES: [&str; 2] = ["zh", "en"];
+/// The languages Kokoro is offered in here: those whose front end a speech recogniser checks in
+/// the tests (tests/languages.rs): the `zh` front end for Mandarin, espeak-ng for the rest.
+/// Japanese needs a real Japanese front end, and Hindi a recogniser that can check it, so
+/// neither is offered. The first is the default of a voice whose own language is not offered.
+const LANGUAGES: [&str; 6] = ["zh", "en", "es", "fr", "it", "pt-BR"];
 
 /// A voice's native language from Kokoro's naming, the first letter of its name: `af_heart` is
 /// US English, `zf_xiaobei` Mandarin, `jf_alpha` Japanese.
@@ -67,6 +68,20 @@ fn english_accent(voice: &str) -> &'static str {
         Some("en-GB") => "en-gb",
         _ => "en-us",
     }
+}
+
+/// The espeak-ng voice that phonemizes `language` for the Kokoro voice `voice`, as Kokoro's
+/// own front end does for the languages it reads through espeak-ng; `None` for Mandarin, which
+/// has its own front end, and for languages with none here (Japanese).
+fn espeak_voice(language: &str, voice: &str) -> Option<&'static str> {
+    Some(match tts_contracts::base_language(language).as_str() {
+        "en" => english_accent(voice),
+        "es" => "es",
+        "fr" => "fr-fr",
+        "it" => "it",
+        "pt" => "pt-br",
+        _ => return None,
+    })
 }
 
 /// The stock voice whose accent an input is spoken with: the voice itself, or the one a cloned
@@ -258,8 +273,8 @@ impl KokoroEngine {
         styles: &StyleTable,
         progress: &mut dyn FnMut(Step<'_>),
     ) -> Result<Audio, EngineError> {
-        let accent = english_accent(&speaking_voice(input));
-        let sentences = self.phonemize(&input.language, accent, &input.text, input.streamed)?;
+        let espeak = espeak_voice(&input.language, &speaking_voice(input));
+        let sentences = self.phonemize(&input.language, espeak, &input.text, input.streamed)?;
         if sentences.is_empty() {
             return Err(EngineError::invalid(
                 "nothing_to_say",
@@ -300,20 +315,23 @@ impl KokoroEngine {
 
     /// Each sentence as the parts it is spoken in: whole, except the first sentence of a
     /// streamed English job, whose opening words come first (see [`text::lead_in`]).
+    /// Each sentence as the parts it is spoken in: whole, except the first sentence of a
+    /// streamed job, whose opening words come first (see [`text::lead_in`]). `espeak` is the
+    /// espeak-ng voice for the language; Mandarin goes through its own front end.
     fn phonemize(
         &self,
         language: &str,
-        english: &str,
+        espeak: Option<&str>,
         text: &str,
         streamed: bool,
     ) -> Result<Vec<Vec<PhonemizedSentence>>, EngineError> {
-        if tts_contracts::same_language(language, "zh") {
+        let Some(espeak) = espeak.filter(|_| !tts_contracts::same_language(language, "zh")) else {
             let mut latin = |word: &str| espeak::phonemize_clause("en-us", word).ok();
             return Ok(zh::phonemize(text, &mut latin)
                 .into_iter()
                 .map(|sentence| vec![sentence])
                 .collect());
-        }
+        };
         let mut sentences = Vec::new();
         for sentence in split_sentences(text) {
             let lead_words = if streamed && sentences.is_empty() {
@@ -323,7 +341,7 @@ impl KokoroEngine {
             };
             let mut parts = Vec::new();
             for part in text::parts(&sentence, lead_words) {
-                parts.extend(espeak::phonemize_sentence(english, &part)?);
+                parts.extend(espeak::phonemize_sentence(espeak, &part)?);
             }
             if !parts.is_empty() {
                 sentences.push(parts);
@@ -651,7 +669,10 @@ fn style_table_from_bin(
 
 #[cfg(test)]
 mod tests {
-    use super::{chunks, english_accent, native_language, offered_languages, style_table_from_bin};
+    use super::{
+        chunks, english_accent, espeak_voice, native_language, offered_languages,
+        style_table_from_bin,
+    };
 
     #[test]
     fn a_voices_name_says_its_language_and_what_it_is_offered_in() {
@@ -661,22 +682,35 @@ mod tests {
         assert_eq!(native_language("jf_alpha"), Some("ja"));
         assert_eq!(native_language("pm_alex"), Some("pt-BR"));
         assert_eq!(native_language("xx_unknown"), None);
+        let others = |list: &[&str]| list.iter().map(|l| l.to_string()).collect::<Vec<_>>();
         assert_eq!(
             offered_languages("af_heart"),
-            ("en-US".to_string(), vec!["zh".to_string()])
+            (
+                "en-US".to_string(),
+                others(&["zh", "es", "fr", "it", "pt-BR"])
+            )
+        );
+        assert_eq!(
+            offered_languages("pf_dora"),
+            ("pt-BR".to_string(), others(&["zh", "en", "es", "fr", "it"]))
         );
         assert_eq!(
             offered_languages("zf_xiaobei"),
-            ("zh".to_string(), vec!["en".to_string()])
+            ("zh".to_string(), others(&["en", "es", "fr", "it", "pt-BR"]))
         );
-        // Japanese has no front end here: the voice is offered in the others, Mandarin first.
+        // Japanese and Hindi are not offered: those voices speak the others, Mandarin first.
         assert_eq!(
             offered_languages("jf_alpha"),
-            ("zh".to_string(), vec!["en".to_string()])
+            ("zh".to_string(), others(&["en", "es", "fr", "it", "pt-BR"]))
         );
+        assert_eq!(offered_languages("hf_alpha").0, "zh");
         assert_eq!(english_accent("bf_emma"), "en-gb");
         assert_eq!(english_accent("af_heart"), "en-us");
         assert_eq!(english_accent("zf_xiaobei"), "en-us");
+        assert_eq!(espeak_voice("en", "bf_emma"), Some("en-gb"));
+        assert_eq!(espeak_voice("pt-BR", "pf_dora"), Some("pt-br"));
+        assert_eq!(espeak_voice("zh", "zf_xiaobei"), None);
+        assert_eq!(espeak_voice("ja", "jf_alpha"), None);
     }
 
     #[test]
