@@ -648,7 +648,7 @@ pub async fn spawn_gateway_process_with_env(
             serde_json::to_string(&settings.auth.keys).expect("keys serialise"),
         )
         .env("TTS__GATEWAY__GLOBAL_RPM", "100000")
-        // The address is read from the text log.
+        // The address is read from the log, text unless the caller asks for JSON.
         .env("TTS__LOGGING__FORMAT", "text")
         .env("RUST_LOG", "info")
         .envs(env.iter().copied())
@@ -668,11 +668,15 @@ pub async fn spawn_gateway_process_with_env(
     (process, format!("http://{addr}"))
 }
 
-/// The address in the gateway's "gateway listening addr=..." log line.
+/// The address in the gateway's "gateway listening" log line, in text (`addr=...`) or JSON
+/// (`"addr":"..."`).
 fn listening_addr(line: &str) -> Option<std::net::SocketAddr> {
     let line = strip_ansi(line);
     if !line.contains("gateway listening") {
         return None;
+    }
+    if let Ok(json) = serde_json::from_str::<serde_json::Value>(&line) {
+        return json["fields"]["addr"].as_str()?.parse().ok();
     }
     line.split_whitespace()
         .find_map(|word| word.strip_prefix("addr="))?

@@ -59,8 +59,13 @@ async fn main() -> anyhow::Result<()> {
         Command::FetchModels => "fetch-models",
         Command::HashKey => "hash-key",
     };
-    // Held to the end of `main`, whose return sends the spans still buffered.
-    let _telemetry = telemetry::init(&settings.logging, command)?;
+    // Each process logs to its own file, as the origin document lays them out.
+    let process = match &cli.command {
+        Command::Worker { engine, .. } => format!("worker-{engine}"),
+        _ => command.to_string(),
+    };
+    // Held to the end of `main`, whose return sends the spans and log lines still buffered.
+    let _telemetry = telemetry::init(&settings.logging, command, &process)?;
     let mode = match cli.command {
         Command::Standalone { engines, port } => {
             if let Some(port) = port {

@@ -336,6 +336,17 @@ pub struct LoggingSettings {
     pub otlp_endpoint: String,
     /// `service.name` of exported spans; empty: one named after the command.
     pub service_name: String,
+    /// Also write log lines to a file per process in `dir`, as the origin document lays them
+    /// out: `gateway.log`, `worker-<engine>.log`, `standalone.log`.
+    pub files: bool,
+    pub dir: PathBuf,
+    /// One file every process writes to instead (the origin's `logs/voice-clone.log`); setting
+    /// it turns file logging on.
+    pub file: String,
+    /// A log file is rotated when it reaches this many MiB; this many rotated files are kept
+    /// beside it (`gateway.log.1` is the newest).
+    pub max_file_mib: u64,
+    pub max_files: usize,
 }
 
 impl Settings {
