@@ -121,8 +121,11 @@ async fn tenants_see_only_their_own_jobs_and_strangers_nothing() {
     let b: Value = submit(GLOBEX).await.unwrap().json().await.unwrap();
     assert_ne!(a["job_id"], b["job_id"]);
 
-    // The fleet is for admin keys.
+    // The fleet and the metrics are for admin keys.
     assert_eq!(get(&app, "/api/nodes", Some(ACME)).await.status(), 403);
+    assert_eq!(get(&app, "/metrics", Some(ACME)).await.status(), 403);
+    assert_eq!(get(&app, "/metrics", None).await.status(), 401);
+    assert_eq!(get(&app, "/metrics", Some(ADMIN)).await.status(), 200);
     let nodes: Value = get(&app, "/api/nodes", Some(ADMIN))
         .await
         .json()

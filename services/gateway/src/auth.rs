@@ -154,9 +154,9 @@ fn is_public(path: &str) -> bool {
     path == "/health"
 }
 
-/// Paths only admin keys may call: the worker fleet.
+/// Paths only admin keys may call: the worker fleet and the metrics.
 fn is_admin_only(path: &str) -> bool {
-    path == "/api/nodes" || path == "/ws"
+    path == "/api/nodes" || path == "/ws" || path == "/metrics"
 }
 
 /// Middleware: identifies the caller and hands the [`Caller`] (and the client's address) to the

@@ -212,7 +212,10 @@ impl IntoResponse for AppError {
         };
         // Every answer that tells the client to wait says how long in the header too.
         let retry_after = body.retry_after;
+        let code = crate::metrics::ErrorCode(body.error.clone());
         let mut response = (status, Json(body)).into_response();
+        // The metrics count refusals by their code.
+        response.extensions_mut().insert(code);
         if let Some(seconds) = retry_after {
             response
                 .headers_mut()

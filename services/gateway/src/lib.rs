@@ -11,6 +11,7 @@ pub mod body;
 pub mod error;
 pub mod extract;
 pub mod limits;
+pub mod metrics;
 pub mod registry;
 pub mod routes;
 pub mod stream;

@@ -317,6 +317,12 @@ pub async fn submit(
         return Err(e);
     }
     tracing::info!(job_id = %job.job_id, engine = %job.engine, "job queued");
+    let kind = match job.spec {
+        JobSpec::Synthesize { .. } => "synthesize",
+        JobSpec::Enroll { .. } => "enroll",
+    };
+    metrics::counter!(tts_infra::metrics::JOBS_SUBMITTED, "engine" => job.engine.clone(), "kind" => kind)
+        .increment(1);
     Ok(Submitted {
         job_id: job.job_id,
         replayed: false,

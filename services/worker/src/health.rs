@@ -22,7 +22,19 @@ pub struct HealthState {
 pub fn router(state: HealthState) -> Router {
     Router::new()
         .route("/health", get(health))
+        .route("/metrics", get(metrics))
         .with_state(state)
+}
+
+/// The process's Prometheus metrics (tts_infra::metrics), on the same port as `/health`.
+async fn metrics() -> impl IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            tts_infra::metrics::CONTENT_TYPE,
+        )],
+        tts_infra::metrics::render(),
+    )
 }
 
 async fn health(State(state): State<HealthState>) -> impl IntoResponse {

@@ -9,6 +9,7 @@ pub mod circuit;
 pub mod error;
 pub mod jobs;
 pub mod limits;
+pub mod metrics;
 pub mod nats;
 pub mod queue;
 pub mod redis_conn;

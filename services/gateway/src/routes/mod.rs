@@ -57,6 +57,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/audio/speech", post(openai::speech))
         .route("/v1/models", get(openai::models).layer(timeout))
         .route("/v1/audio/voices", get(openai::voices).layer(timeout))
+        .route("/metrics", get(crate::metrics::page))
+        .route_layer(middleware::from_fn(crate::metrics::label))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(json_limit))
@@ -75,6 +77,9 @@ pub fn router(state: AppState) -> Router {
         .layer(option_layer(cors(&state.options.cors_origins)))
         // Outside everything that may refuse a request, so that every refusal drains the body.
         .layer(middleware::from_fn_with_state(state.clone(), body::guard))
+        // Outside every refusal, so that refused requests are counted too; inside OpenAI's
+        // error shape, which rewrites the answers it sees.
+        .layer(middleware::from_fn(crate::metrics::track))
         // Outside every refusal too, so that `/v1` refusals all take OpenAI's shape.
         .layer(middleware::from_fn(openai::errors))
         // The request's own span (trace::context) is current here: its events go into it.

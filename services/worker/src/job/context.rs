@@ -196,11 +196,16 @@ pub(crate) async fn run_engine<T: Send + 'static>(
     let (tx, mut rx) = mpsc::unbounded_channel::<Report>();
     // The engine's own log lines belong to the job attempt too.
     let attempt_span = tracing::Span::current();
+    let engine = ctx.engine.name().to_string();
     let mut task = tokio::task::spawn_blocking(move || {
         let _attempt = attempt_span.enter();
-        work(&mut |r| {
+        let started = std::time::Instant::now();
+        let result = work(&mut |r| {
             let _ = tx.send(r);
-        })
+        });
+        metrics::histogram!(tts_infra::metrics::JOB_ENGINE_TIME, "engine" => engine, "unit" => unit)
+            .record(started.elapsed().as_secs_f64());
+        result
     });
     let mut keepalive = tokio::time::interval(ctx.ack_wait / 3);
     keepalive.tick().await;

@@ -50,7 +50,67 @@ pub async fn handle(ctx: &JobContext, delivery: Box<dyn Delivery>) -> Outcome {
     // For an OpenTelemetry exporter, when one is configured, each attempt is a child of the
     // gateway's request span.
     tts_infra::trace::continue_trace(&span, trace.as_ref());
-    attempt(ctx, delivery, message).instrument(span).await
+    let observed = Observed::start(&message, delivery.attempt());
+    let outcome = attempt(ctx, delivery, message).instrument(span).await;
+    observed.finish(&outcome);
+    outcome
+}
+
+/// A job attempt as the metrics see it (tts_infra::metrics): in flight from its start, then
+/// counted by outcome, with its queue wait and, once the job has ended, its total time.
+struct Observed {
+    engine: String,
+    kind: &'static str,
+    created_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl Observed {
+    fn start(message: &JobMessage, attempt: u32) -> Self {
+        use tts_infra::metrics::{JOB_QUEUE_WAIT, JOB_REDELIVERIES, WORKER_IN_FLIGHT};
+        let engine = message.engine.clone();
+        metrics::gauge!(WORKER_IN_FLIGHT, "engine" => engine.clone()).increment(1.0);
+        if attempt > 1 {
+            metrics::counter!(JOB_REDELIVERIES, "engine" => engine.clone()).increment(1);
+        } else {
+            metrics::histogram!(JOB_QUEUE_WAIT, "engine" => engine.clone())
+                .record(seconds_since(message.created_at));
+        }
+        let kind = match message.spec {
+            JobSpec::Synthesize { .. } => "synthesize",
+            JobSpec::Enroll { .. } => "enroll",
+        };
+        Observed {
+            engine,
+            kind,
+            created_at: message.created_at,
+        }
+    }
+
+    fn finish(self, outcome: &Outcome) {
+        use tts_infra::metrics::{JOB_TOTAL_TIME, JOBS_FINISHED, WORKER_IN_FLIGHT};
+        metrics::gauge!(WORKER_IN_FLIGHT, "engine" => self.engine.clone()).decrement(1.0);
+        let outcome = match outcome {
+            Outcome::Succeeded => "succeeded",
+            Outcome::Duplicate => "duplicate",
+            Outcome::Failed(_) => "failed",
+            Outcome::Retrying(_) => "retried",
+        };
+        metrics::counter!(
+            JOBS_FINISHED,
+            "engine" => self.engine.clone(),
+            "kind" => self.kind,
+            "outcome" => outcome
+        )
+        .increment(1);
+        if matches!(outcome, "succeeded" | "failed") {
+            metrics::histogram!(JOB_TOTAL_TIME, "engine" => self.engine, "outcome" => outcome)
+                .record(seconds_since(self.created_at));
+        }
+    }
+}
+
+fn seconds_since(at: chrono::DateTime<chrono::Utc>) -> f64 {
+    (chrono::Utc::now() - at).num_milliseconds().max(0) as f64 / 1000.0
 }
 
 async fn attempt(ctx: &JobContext, delivery: Box<dyn Delivery>, message: JobMessage) -> Outcome {

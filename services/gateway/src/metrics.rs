@@ -1,0 +1,68 @@
+//! The gateway's request metrics (names in `tts_infra::metrics`) and the `/metrics` page.
+//!
+//! Two middlewares share the work: [`label`], inside the router, knows the route template a
+//! request matched (`/api/jobs/{id}`, never the id itself, so that the series stay few) and
+//! passes it out with the answer; [`track`], outside every refusal, counts every answer, the
+//! refused ones too, by route, method and status, and times it. Refusals are also counted by
+//! their JSON error code, which [`crate::error::AppError`] leaves on the answer.
+
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request};
+use axum::http::header;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use tts_infra::metrics::{HTTP_DURATION, HTTP_REFUSALS, HTTP_REQUESTS};
+
+/// The route template a request matched, handed from [`label`] to [`track`].
+#[derive(Debug, Clone)]
+struct Route(String);
+
+/// The code of a JSON error answer, as `AppError` sets it.
+#[derive(Debug, Clone)]
+pub struct ErrorCode(pub String);
+
+/// Route middleware: passes the matched route template out with the answer.
+pub async fn label(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|path| path.as_str().to_string());
+    let mut response = next.run(request).await;
+    if let Some(route) = route {
+        response.extensions_mut().insert(Route(route));
+    }
+    response
+}
+
+/// Middleware outside every refusal: counts and times each answer; a request refused before it
+/// was routed counts under the route `unmatched`.
+pub async fn track(request: Request, next: Next) -> Response {
+    let method = request.method().as_str().to_string();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let route = response
+        .extensions()
+        .get::<Route>()
+        .map_or_else(|| "unmatched".to_string(), |r| r.0.clone());
+    let status = response.status().as_u16().to_string();
+    metrics::histogram!(HTTP_DURATION, "route" => route.clone())
+        .record(started.elapsed().as_secs_f64());
+    if let Some(ErrorCode(code)) = response.extensions().get::<ErrorCode>() {
+        metrics::counter!(HTTP_REFUSALS, "code" => code.clone(), "status" => status.clone())
+            .increment(1);
+    }
+    metrics::counter!(HTTP_REQUESTS, "route" => route, "method" => method, "status" => status)
+        .increment(1);
+    response
+}
+
+/// `GET /metrics`: the process's metrics in Prometheus's text format. Admin keys only when
+/// authentication is on (see `auth`).
+pub async fn page() -> Response {
+    (
+        [(header::CONTENT_TYPE, tts_infra::metrics::CONTENT_TYPE)],
+        tts_infra::metrics::render(),
+    )
+        .into_response()
+}
