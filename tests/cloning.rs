@@ -97,7 +97,7 @@ async fn bad_uploads_are_refused_and_leave_nothing_behind() {
         (&[("language", "en")], 422, "invalid_name"),
         (&[("name", "Joe")], 422, "invalid_language"),
         (
-            &[("name", "Joe"), ("language", "fr")],
+            &[("name", "Joe"), ("language", "ja")],
             422,
             "unsupported_language",
         ),

@@ -264,7 +264,6 @@ async fn keys_limits_and_tenancy_hold_on_the_openai_routes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_sent_events_carry_the_audio_in_base64() {
-    use base64::Engine as _;
     let app = spawn_app(Deployment::Standalone).await;
     let response = app
         .client
@@ -279,23 +278,7 @@ async fn server_sent_events_carry_the_audio_in_base64() {
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["content-type"], "text/event-stream");
     assert!(response.headers().contains_key("x-job-id"));
-    let body = response.text().await.unwrap();
-    let events: Vec<Value> = body
-        .split("\n\n")
-        .filter_map(|e| e.strip_prefix("data: "))
-        .map(|data| serde_json::from_str(data).unwrap())
-        .collect();
-    let (done, deltas) = events.split_last().expect("events");
-    assert_eq!(done["type"], "speech.audio.done", "{done}");
-    let mut audio = Vec::new();
-    for delta in deltas {
-        assert_eq!(delta["type"], "speech.audio.delta");
-        audio.extend(
-            base64::engine::general_purpose::STANDARD
-                .decode(delta["audio"].as_str().unwrap())
-                .unwrap(),
-        );
-    }
+    let audio = sse_audio(&response.text().await.unwrap());
     let path = tempfile::tempdir().unwrap();
     let file = path.path().join("speech.wav");
     std::fs::write(&file, audio).unwrap();
@@ -304,7 +287,6 @@ async fn server_sent_events_carry_the_audio_in_base64() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_accept_header_asks_the_own_api_to_stream() {
-    use base64::Engine as _;
     let app = spawn_app(Deployment::Standalone).await;
     let post = |accept: &'static str, body: Value| {
         app.client
@@ -324,22 +306,7 @@ async fn the_accept_header_asks_the_own_api_to_stream() {
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["content-type"], "text/event-stream");
     let job_id = response.headers()["x-job-id"].to_str().unwrap().to_string();
-    let body = response.text().await.unwrap();
-    let events: Vec<Value> = body
-        .split("\n\n")
-        .filter_map(|e| e.strip_prefix("data: "))
-        .map(|data| serde_json::from_str(data).unwrap())
-        .collect();
-    let (done, deltas) = events.split_last().expect("events");
-    assert_eq!(done["type"], "speech.audio.done", "{done}");
-    let mut mp3 = Vec::new();
-    for delta in deltas {
-        mp3.extend(
-            base64::engine::general_purpose::STANDARD
-                .decode(delta["audio"].as_str().unwrap())
-                .unwrap(),
-        );
-    }
+    let mp3 = sse_audio(&response.text().await.unwrap());
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("speech.mp3");
     std::fs::write(&file, mp3).unwrap();
@@ -397,6 +364,29 @@ async fn openai_voice_names_read_each_language_with_a_native_voice() {
         assert_eq!(job["status"], "succeeded", "{job}");
         assert_eq!(job["voice_id"], voice, "{input}: {job}");
     }
+}
+
+/// The audio a server-sent events body carries: its `speech.audio.delta` events' base64 audio
+/// laid end to end, checked to end with `speech.audio.done`.
+fn sse_audio(body: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    let events: Vec<Value> = body
+        .split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .map(|data| serde_json::from_str(data).unwrap())
+        .collect();
+    let (done, deltas) = events.split_last().expect("events");
+    assert_eq!(done["type"], "speech.audio.done", "{done}");
+    let mut audio = Vec::new();
+    for delta in deltas {
+        assert_eq!(delta["type"], "speech.audio.delta", "{delta}");
+        audio.extend(
+            base64::engine::general_purpose::STANDARD
+                .decode(delta["audio"].as_str().unwrap())
+                .unwrap(),
+        );
+    }
+    audio
 }
 
 /// The samples of a WAV whose header may give no sizes (a streamed one): everything after the

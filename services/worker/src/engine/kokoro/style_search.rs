@@ -22,10 +22,9 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand_distr::{Distribution, StandardNormal};
 
-use super::{KokoroEngine, StyleTable};
-use crate::engine::{CloneSettings, EngineError, SynthesisInput};
+use super::{KokoroEngine, StyleTable, stock};
+use crate::engine::{CloneSettings, EngineError};
 use crate::voice::ANALYSIS_RATE;
-use crate::voice::resample::resample;
 use crate::voice::speaker::{SpeakerEncoder, cosine};
 
 /// The sentence every candidate speaks during the search.
@@ -174,18 +173,7 @@ pub fn clone_style(
         blend_table(&parts, &c.offset)
     };
     let mut score = |table: &StyleTable, text: &str, target: &[f32]| {
-        let input = SynthesisInput {
-            text: text.into(),
-            voice_id: String::new(),
-            language: "en".into(),
-            speed: 1.0,
-            streamed: false,
-            voice: None,
-            reference_wav: None,
-        };
-        let audio = engine.synthesize_with(&input, table, &mut |_| {})?;
-        let speech = resample(&audio.samples, audio.sample_rate, ANALYSIS_RATE)?;
-        let similarity = cosine(target, &encoder.embed(&speech)?);
+        let similarity = cosine(target, &stock::embed_voice(engine, encoder, table, text)?);
         done += 1;
         progress(done.min(total), total);
         Ok::<f32, EngineError>(similarity)
