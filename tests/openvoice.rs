@@ -351,7 +351,7 @@ fn mandarin_through_a_kokoro_base() {
     let dir = onnx::openvoice_dir();
     let engine = OpenVoiceEngine::load(&options(dir.path(), KOKORO_VOICE), kokoro_base())
         .expect("openvoice loads over kokoro");
-    assert_eq!(engine.languages(), ["zh", "en"]);
+    assert_eq!(engine.languages(), ["zh", "en", "es", "fr", "it", "pt-BR"]);
     assert!(engine.health().detail.contains("kokoro"));
     let (data, _) = enroll(&engine, piper_reference(), "zh").unwrap();
     let voice = record("mandarin", "zh", Some(data));

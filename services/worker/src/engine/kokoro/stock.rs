@@ -14,12 +14,18 @@ use std::sync::Mutex;
 
 use sha2::{Digest, Sha256};
 
-use super::style_search::{HOLDOUT_TEXT, SEARCH_TEXT};
 use super::{KokoroEngine, StyleTable};
 use crate::engine::{EngineError, SynthesisInput};
 use crate::voice::ANALYSIS_RATE;
 use crate::voice::resample::resample;
 use crate::voice::speaker::SpeakerEncoder;
+
+/// The sentence every candidate speaks during enrollment's search.
+pub const SEARCH_TEXT: &str =
+    "The garden was quiet in the early morning, and the air smelled of rain and fresh bread.";
+/// The sentence a clone is judged on; never used in the search.
+pub const HOLDOUT_TEXT: &str =
+    "Please remember to close the windows before you leave, because a storm is coming tonight.";
 
 /// The embeddings known so far, by cache key, and where they are kept on disk.
 pub struct StockEmbeddings {

@@ -27,12 +27,9 @@ use crate::engine::{CloneSettings, EngineError};
 use crate::voice::ANALYSIS_RATE;
 use crate::voice::speaker::{SpeakerEncoder, cosine};
 
-/// The sentence every candidate speaks during the search.
-pub const SEARCH_TEXT: &str =
-    "The garden was quiet in the early morning, and the air smelled of rain and fresh bread.";
-/// The sentence the result is judged on; never used in the search.
-pub const HOLDOUT_TEXT: &str =
-    "Please remember to close the windows before you leave, because a storm is coming tonight.";
+/// The sentences candidates speak: [`SEARCH_TEXT`] while searching, [`HOLDOUT_TEXT`] when
+/// judged. They live with the stock voices' embeddings, which are made on them.
+pub use super::stock::{HOLDOUT_TEXT, SEARCH_TEXT};
 
 /// How many of the stock voices nearest the reference a blend is made of.
 pub const BLEND_VOICES: usize = 5;
