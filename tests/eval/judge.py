@@ -1,0 +1,49 @@
+"""The cloning evaluation's independent judge: CAM++ speaker embeddings (see campp.py).
+
+    judge.py WEIGHTS embed A.wav [B.wav ...]          {"A.wav": [192 floats], ...}
+    judge.py WEIGHTS similarity REF.wav A.wav [...]    {"A.wav": cosine to REF, ...}
+
+WAVs are 16 kHz mono. Prints one JSON object on stdout. Run with the venv
+scripts/eval-references makes (.cache/eval-venv: numpy and soundfile, no torch).
+"""
+import json
+import os
+import sys
+
+import numpy as np
+import soundfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from campp import CAMPPlus  # noqa: E402
+
+
+def read(path):
+    samples, rate = soundfile.read(path, dtype="float32")
+    if samples.ndim > 1:
+        samples = samples.mean(axis=1)
+    if rate != 16000:
+        sys.exit(f"{path}: {rate} Hz, the judge takes 16 kHz")
+    return samples
+
+
+def cosine(a, b):
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def main():
+    if len(sys.argv) < 4 or sys.argv[2] not in ("embed", "similarity"):
+        sys.exit(__doc__)
+    model = CAMPPlus(sys.argv[1])
+    paths = sys.argv[3:]
+    embeddings = {path: model.embed(read(path)) for path in paths}
+    if sys.argv[2] == "embed":
+        result = {path: [float(v) for v in e] for path, e in embeddings.items()}
+    else:
+        reference = embeddings[paths[0]]
+        result = {path: cosine(reference, embeddings[path]) for path in paths[1:]}
+    json.dump(result, sys.stdout)
+    print()
+
+
+if __name__ == "__main__":
+    main()
