@@ -48,7 +48,17 @@ async fn gateway_and_worker_count_known_traffic() {
         .expect("the worker's port");
     let worker_metrics = format!("http://127.0.0.1:{port}/metrics");
 
+    // Both processes count from their start, before anything scraped them: the worker's
+    // heartbeats and the gateway's requests so far are already there.
     let gateway_before = scrape(&app, &app.url("/metrics")).await;
+    assert!(
+        sample(
+            &gateway_before,
+            "tts_http_requests_total",
+            &[("route", "/api/nodes")]
+        ) >= 1.0,
+        "{gateway_before}"
+    );
     let worker_before = scrape(&app, &worker_metrics).await;
 
     for text in ["One sentence.", "Another sentence."] {

@@ -20,6 +20,9 @@ pub struct HealthState {
 }
 
 pub fn router(state: HealthState) -> Router {
+    // The metrics recorder goes in before the first job: what is recorded before it exists is
+    // lost.
+    tts_infra::metrics::handle();
     Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics))

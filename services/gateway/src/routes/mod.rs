@@ -25,6 +25,9 @@ use crate::error::AppError;
 use crate::{AppState, auth, body, limits, trace};
 
 pub fn router(state: AppState) -> Router {
+    // The metrics recorder goes in before the first request: what is recorded before it exists
+    // is lost.
+    tts_infra::metrics::handle();
     let json_limit = state.options.max_json_bytes;
     // Uploads carry a clip of up to max_upload_bytes plus the form's other fields; the clip's own
     // limit is checked exactly while it is read, so that its 413 names the clip.
