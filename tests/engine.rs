@@ -1,19 +1,11 @@
 //! The piper engine on the real voice, without the service around it.
 
-use tts_tests::engines::{piper, piper_options};
+use tts_tests::engines::{piper, piper_options, stock_input};
 use tts_worker::engine::piper::PiperEngine;
 use tts_worker::engine::{Engine, EngineErrorKind, Step, SynthesisInput};
 
 fn input(text: &str) -> SynthesisInput {
-    SynthesisInput {
-        text: text.into(),
-        voice_id: "en_US-joe-medium".into(),
-        language: "en".into(),
-        speed: 1.0,
-        streamed: false,
-        voice: None,
-        reference_wav: None,
-    }
+    stock_input(text, "en_US-joe-medium", "en")
 }
 
 #[test]
@@ -129,7 +121,7 @@ fn inputs_the_voice_cannot_speak_are_invalid_not_retried() {
 }
 
 mod kokoro {
-    use tts_tests::engines::kokoro as engine;
+    use tts_tests::engines::{kokoro as engine, stock_input};
     use tts_worker::engine::kokoro::SAMPLE_RATE;
     use tts_worker::engine::kokoro::style_search::{HOLDOUT_TEXT, SEARCH_TEXT};
     use tts_worker::engine::zh::normalize::normalize;
@@ -151,18 +143,9 @@ mod kokoro {
         assert_eq!(syllables, 37);
         let mut progress = Vec::new();
         let audio = engine
-            .synthesize(
-                &SynthesisInput {
-                    text: text.into(),
-                    voice_id: "jf_alpha".into(),
-                    language: "zh".into(),
-                    speed: 1.0,
-                    streamed: false,
-                    voice: None,
-                    reference_wav: None,
-                },
-                &mut |p| progress.push(p.done),
-            )
+            .synthesize(&stock_input(text, "jf_alpha", "zh"), &mut |p| {
+                progress.push(p.done)
+            })
             .unwrap();
         assert_eq!(audio.sample_rate, SAMPLE_RATE);
         assert_eq!(progress, [1, 2], "one progress step per sentence");
@@ -199,15 +182,11 @@ mod kokoro {
         assert_eq!((natives('a'), natives('b'), natives('z')), (20, 8, 8));
         let audio = engine
             .synthesize(
-                &SynthesisInput {
-                    text: "Good morning. The weather is lovely today.".into(),
-                    voice_id: "jm_kumo".into(),
-                    language: "en".into(),
-                    speed: 1.0,
-                    streamed: false,
-                    voice: None,
-                    reference_wav: None,
-                },
+                &stock_input(
+                    "Good morning. The weather is lovely today.",
+                    "jm_kumo",
+                    "en",
+                ),
                 &mut |_| {},
             )
             .unwrap();
@@ -222,15 +201,7 @@ mod kokoro {
 
     #[test]
     fn each_sentence_is_reported_with_its_audio() {
-        let input = |text: &str, language: &str| SynthesisInput {
-            text: text.into(),
-            voice_id: "jf_alpha".into(),
-            language: language.into(),
-            speed: 1.0,
-            streamed: false,
-            voice: None,
-            reference_wav: None,
-        };
+        let input = |text: &str, language: &str| stock_input(text, "jf_alpha", language);
         let engine = engine();
         let english = input(
             "Good morning. The weather is lovely today! Shall we go?",
@@ -245,15 +216,13 @@ mod kokoro {
     fn a_streamed_english_job_starts_with_the_opening_words_alone() {
         let engine = engine();
         let input = SynthesisInput {
-            text: "The weather is lovely today, and the whole town has gone out to the park. \
-                   Shall we go?"
-                .into(),
-            voice_id: "jf_alpha".into(),
-            language: "en".into(),
-            speed: 1.0,
             streamed: true,
-            voice: None,
-            reference_wav: None,
+            ..stock_input(
+                "The weather is lovely today, and the whole town has gone out to the park. \
+                 Shall we go?",
+                "jf_alpha",
+                "en",
+            )
         };
         assert_eq!(super::pieces_make_the_audio(engine, &input), 3);
         let first = super::pieces(engine, &input)[0].len() as f32 / SAMPLE_RATE as f32;
@@ -352,13 +321,8 @@ mod kokoro {
     fn speed_shortens_the_audio() {
         let engine = engine();
         let input = |speed| SynthesisInput {
-            text: "我们一起去公园散步吧。".into(),
-            voice_id: "jf_alpha".into(),
-            language: "zh".into(),
             speed,
-            streamed: false,
-            voice: None,
-            reference_wav: None,
+            ..stock_input("我们一起去公园散步吧。", "jf_alpha", "zh")
         };
         let normal = engine.synthesize(&input(1.0), &mut |_| {}).unwrap();
         let fast = engine.synthesize(&input(2.0), &mut |_| {}).unwrap();

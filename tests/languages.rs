@@ -7,8 +7,8 @@
 use std::path::PathBuf;
 
 use tts_tests::asr::{character_error_rate, transcribe, word_error_rate};
-use tts_tests::engines::kokoro;
-use tts_worker::engine::{Engine, SynthesisInput};
+use tts_tests::engines::{kokoro, stock_input};
+use tts_worker::engine::Engine;
 
 const ENGLISH: &str = "The weather is lovely today, so we are taking the children to the park.";
 const MANDARIN: &str = "今天天气很好，我们一起去公园散步吧。";
@@ -20,18 +20,7 @@ const NUMBERS_IN_WORDS: &str = "二零二四年三月五日下午三点，价格
 /// Speaks `text` with `voice` in `language` into a WAV file in `dir`.
 fn speak(dir: &std::path::Path, voice: &str, language: &str, text: &str) -> PathBuf {
     let audio = kokoro()
-        .synthesize(
-            &SynthesisInput {
-                text: text.into(),
-                voice_id: voice.into(),
-                language: language.into(),
-                speed: 1.0,
-                streamed: false,
-                voice: None,
-                reference_wav: None,
-            },
-            &mut |_| {},
-        )
+        .synthesize(&stock_input(text, voice, language), &mut |_| {})
         .unwrap();
     let path = dir.join(format!("{voice}-{language}-{}.wav", text.chars().count()));
     std::fs::write(

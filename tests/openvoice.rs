@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde_json::json;
 use tts_contracts::{VoiceInfo, VoiceRecord, VoiceStatus};
 use tts_tests::clips::{self, FIRST, SECOND, THIRD};
+use tts_tests::engines::stock_input;
 use tts_tests::onnx::{self, ConverterNames};
 use tts_tests::{Deployment, KOKORO_VOICE, engines, spawn_engines_with, test_settings};
 use tts_worker::engine::CloneSettings;
@@ -111,18 +112,6 @@ fn kokoro_reference() -> &'static [f32] {
             .expect("kokoro speaks");
         resample(&audio.samples, audio.sample_rate, ANALYSIS_RATE).unwrap()
     })
-}
-
-fn stock_input(text: &str, voice: &str, language: &str) -> SynthesisInput {
-    SynthesisInput {
-        text: text.into(),
-        voice_id: voice.into(),
-        language: language.into(),
-        speed: 1.0,
-        streamed: false,
-        voice: None,
-        reference_wav: None,
-    }
 }
 
 /// A cloned voice of the openvoice engine, with whatever the engine stored for it.

@@ -40,6 +40,20 @@ pub fn kokoro_options() -> KokoroOptions {
     }
 }
 
+/// What a plain synthesis with a stock voice asks an engine for: `text` in `language`, at
+/// normal speed, not streamed.
+pub fn stock_input(text: &str, voice: &str, language: &str) -> tts_worker::engine::SynthesisInput {
+    tts_worker::engine::SynthesisInput {
+        text: text.into(),
+        voice_id: voice.into(),
+        language: language.into(),
+        speed: 1.0,
+        streamed: false,
+        voice: None,
+        reference_wav: None,
+    }
+}
+
 /// The Piper voice on the CPU.
 pub fn piper() -> &'static PiperEngine {
     static ENGINE: OnceLock<PiperEngine> = OnceLock::new();
