@@ -127,6 +127,14 @@ pub async fn serve(
     let closing = state.closing.clone();
     let stop = state.stop.clone();
     let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    // Streamed audio goes out in small writes; without TCP_NODELAY the first small one after
+    // the headers waits for the client's delayed ACK (40 ms on Linux), which was most of the
+    // difference between MP3's and PCM's time to first audio.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY");
+        }
+    });
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             shutdown.await;

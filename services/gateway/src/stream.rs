@@ -389,6 +389,28 @@ fn early_error(job_id: JobId, error: StreamError) -> AppError {
 
 type Chunk = Result<bytes::Bytes, std::io::Error>;
 
+/// Samples the encoder takes at a time: a piece is a sentence or more of audio, and a
+/// compressed format's first bytes should leave once a fraction of it is encoded, not all of it.
+const ENCODE_SLICE: usize = 2048;
+
+/// Cuts the samples of long pieces into [`ENCODE_SLICE`]s; everything else passes as it is.
+fn sliced(
+    pieces: BoxStream<'static, Result<Piece, StreamError>>,
+) -> BoxStream<'static, Result<Piece, StreamError>> {
+    pieces
+        .flat_map(|item| {
+            let items: Vec<Result<Piece, StreamError>> = match item {
+                Ok(Piece::Samples(samples)) if samples.len() > ENCODE_SLICE => samples
+                    .chunks(ENCODE_SLICE)
+                    .map(|slice| Ok(Piece::Samples(slice.to_vec())))
+                    .collect(),
+                other => vec![other],
+            };
+            futures::stream::iter(items)
+        })
+        .boxed()
+}
+
 /// The pieces through the encoder, framed.
 fn encoded(
     pieces: BoxStream<'static, Result<Piece, StreamError>>,
@@ -420,7 +442,7 @@ fn encoded(
     };
     futures::stream::unfold(
         Encoding {
-            pieces,
+            pieces: sliced(pieces),
             encoder: Some(encoder),
         },
         move |mut state| async move {
@@ -496,6 +518,35 @@ mod tests {
     use super::*;
 
     const RATE: u32 = 22050;
+
+    #[tokio::test]
+    async fn long_pieces_reach_the_encoder_in_slices_in_order() {
+        let pieces = futures::stream::iter(vec![
+            Ok(Piece::Rate(RATE)),
+            Ok(Piece::Samples((0..5000).map(|i| i as i16).collect())),
+            Ok(Piece::Samples(vec![7; 10])),
+        ])
+        .boxed();
+        let out: Vec<Piece> = sliced(pieces).map(Result::unwrap).collect().await;
+        let lengths: Vec<usize> = out
+            .iter()
+            .map(|p| match p {
+                Piece::Samples(s) => s.len(),
+                Piece::Rate(_) => 0,
+            })
+            .collect();
+        assert_eq!(lengths, [0, 2048, 2048, 904, 10]);
+        let samples: Vec<i16> = out
+            .into_iter()
+            .filter_map(|p| match p {
+                Piece::Samples(s) => Some(s),
+                Piece::Rate(_) => None,
+            })
+            .flatten()
+            .take(5000)
+            .collect();
+        assert_eq!(samples, (0..5000).map(|i| i as i16).collect::<Vec<_>>());
+    }
 
     /// A job whose record and stored audio the test controls, and the streams it feeds.
     struct Fixture {
