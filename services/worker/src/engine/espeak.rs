@@ -7,7 +7,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 
 use super::EngineError;
-use crate::text::{Piece, split_clauses, split_sentences};
+use crate::text::{Piece, split_clauses};
 
 /// One sentence as IPA, with Piper-style punctuation: clauses joined by their punctuation and a
 /// space, the sentence's end punctuation last.
@@ -56,19 +56,8 @@ pub fn phonemize_clause(voice: &str, text: &str) -> Result<String, EngineError> 
     Ok(ipa.split_whitespace().collect::<Vec<_>>().join(" "))
 }
 
-/// Splits text into sentences and phonemizes each.
-pub fn phonemize(voice: &str, text: &str) -> Result<Vec<PhonemizedSentence>, EngineError> {
-    let mut sentences = Vec::new();
-    for sentence in split_sentences(text) {
-        if let Some(phonemized) = phonemize_sentence(voice, &sentence)? {
-            sentences.push(phonemized);
-        }
-    }
-    Ok(sentences)
-}
-
-/// Phonemizes one sentence of [`split_sentences`]; `None` when it has nothing to say. Engines
-/// that stream call it a sentence at a time, so that the first sentence is spoken without
+/// Phonemizes one sentence of [`crate::text::split_sentences`]; `None` when it has nothing to
+/// say. Engines call it a sentence at a time, so that the first sentence is spoken without
 /// waiting for the rest to be phonemized.
 pub fn phonemize_sentence(
     voice: &str,

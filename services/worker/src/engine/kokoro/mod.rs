@@ -314,8 +314,6 @@ impl KokoroEngine {
     }
 
     /// Each sentence as the parts it is spoken in: whole, except the first sentence of a
-    /// streamed English job, whose opening words come first (see [`text::lead_in`]).
-    /// Each sentence as the parts it is spoken in: whole, except the first sentence of a
     /// streamed job, whose opening words come first (see [`text::lead_in`]). `espeak` is the
     /// espeak-ng voice for the language; Mandarin goes through its own front end.
     fn phonemize(
