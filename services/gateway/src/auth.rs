@@ -149,9 +149,13 @@ fn unauthorized(message: &str) -> AppError {
     AppError::client(StatusCode::UNAUTHORIZED, "unauthorized", message)
 }
 
-/// Paths anyone may call: the health probe.
+/// Paths anyone may call: the health probe, and the API's document and its page, which hold no
+/// data (the page sends the key the user types with every call it makes).
 fn is_public(path: &str) -> bool {
     path == "/health"
+        || path == crate::openapi::DOCUMENT_PATH
+        || path == crate::openapi::PAGE_PATH
+        || path.starts_with(&format!("{}/", crate::openapi::PAGE_PATH))
 }
 
 /// Paths only admin keys may call: the worker fleet and the metrics.

@@ -12,6 +12,7 @@ pub mod error;
 pub mod extract;
 pub mod limits;
 pub mod metrics;
+pub mod openapi;
 pub mod registry;
 pub mod routes;
 pub mod stream;

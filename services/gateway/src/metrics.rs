@@ -59,6 +59,16 @@ pub async fn track(request: Request, next: Next) -> Response {
 
 /// `GET /metrics`: the process's metrics in Prometheus's text format. Admin keys only when
 /// authentication is on (see `auth`).
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    summary = "Prometheus metrics",
+    responses(
+        (status = 200, description = "Prometheus's text format", content_type = "text/plain", body = String),
+        (status = 403, description = "`forbidden`: not an admin key", body = tts_contracts::ApiError),
+    )
+)]
 pub async fn page() -> Response {
     (
         [(header::CONTENT_TYPE, tts_infra::metrics::CONTENT_TYPE)],

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 /// A format audio can be delivered in. Workers always store 16-bit WAV; the gateway converts on
 /// the way out, so one stored job can be fetched in any of them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum AudioFormat {
     #[default]

@@ -27,6 +27,7 @@ pub type JobId = Uuid;
 
 /// Body of `POST /api/synthesize` and `POST /api/jobs`, as the origin document defines it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SynthesizeRequest {
     pub text: String,
@@ -66,6 +67,7 @@ pub const SPEED_RANGE: (f32, f32) = (0.25, 4.0);
 
 /// The speeds an engine or a voice can honour, inclusive, within [`SPEED_RANGE`].
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SpeedRange {
     pub min: f32,
     pub max: f32,
@@ -150,6 +152,7 @@ pub struct JobMessage {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum JobStatus {
     Queued,
@@ -176,6 +179,7 @@ impl JobStatus {
 
 /// Why a job failed, in the same `{error, message}` shape as HTTP errors.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct JobFailure {
     pub error: String,
     pub message: String,
@@ -195,7 +199,9 @@ pub struct JobAudio {
 /// Its fields are public for reading; it changes only through its methods (`start`, `progress`,
 /// `succeed`, `requeue`, `fail`), which leave a terminal record (`succeeded`, `failed`) as it is.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct JobRecord {
+    #[cfg_attr(feature = "openapi", schema(value_type = uuid::Uuid))]
     pub job_id: JobId,
     pub engine: String,
     pub voice_id: String,
@@ -360,7 +366,9 @@ impl JobRecord {
 
 /// A change in a job's state, published on `tts.events.<job_id>` and sent to WebSocket clients.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct JobEvent {
+    #[cfg_attr(feature = "openapi", schema(value_type = uuid::Uuid))]
     pub job_id: JobId,
     pub status: JobStatus,
     pub progress: f32,
@@ -375,7 +383,9 @@ pub struct JobEvent {
 
 /// Answer of `POST /api/jobs`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct JobAccepted {
+    #[cfg_attr(feature = "openapi", schema(value_type = uuid::Uuid))]
     pub job_id: JobId,
     pub status: JobStatus,
     pub status_url: String,
@@ -385,10 +395,12 @@ pub struct JobAccepted {
 
 /// The body of every 4xx and 5xx answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ApiError {
     pub error: String,
     pub message: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<uuid::Uuid>))]
     pub job_id: Option<JobId>,
     /// Seconds to wait before trying again (rate limits, backpressure), as in `Retry-After`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -396,6 +408,7 @@ pub struct ApiError {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum VoiceStatus {
     Enrolling,
@@ -405,6 +418,7 @@ pub enum VoiceStatus {
 
 /// A voice, as the origin document's VoiceInfo plus its language and status.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct VoiceInfo {
     pub voice_id: String,
     pub name: String,
@@ -441,6 +455,7 @@ impl VoiceInfo {
 /// How close a cloned voice came to its reference, by speaker-embedding cosine similarity on a
 /// sentence the enrollment search did not use.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CloneSimilarity {
     pub cloned: f32,
     pub best_stock: f32,
@@ -456,6 +471,7 @@ pub struct CloneSimilarity {
 
 /// One stock voice of a cloned voice's blend.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BlendPart {
     pub voice: String,
     pub weight: f32,
@@ -529,12 +545,14 @@ impl VoiceRecord {
 
 /// A voice as `GET /api/voices` shows it: a stock voice of an engine or a cloned one.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct VoiceView {
     #[serde(flatten)]
     pub info: VoiceInfo,
     /// Whether the voice was cloned from an upload (and can be deleted).
     pub cloned: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<uuid::Uuid>))]
     pub job_id: Option<JobId>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prompt_text: Option<String>,
@@ -562,8 +580,10 @@ impl VoiceView {
 
 /// Answer of `POST /api/voices`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct VoiceAccepted {
     pub voice: VoiceView,
+    #[cfg_attr(feature = "openapi", schema(value_type = uuid::Uuid))]
     pub job_id: JobId,
     pub status_url: String,
     pub ws_url: String,
@@ -589,6 +609,7 @@ pub fn reference_key(voice_id: &str) -> String {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum WorkerStatus {
     /// Taking jobs, with free capacity.
@@ -635,6 +656,7 @@ pub struct NodeInfo {
 /// A worker as `GET /api/nodes` and the `/ws` fleet stream show it: the origin document's
 /// NodeInfo plus when its last heartbeat arrived.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NodeView {
     pub node_id: String,
     pub engine: String,

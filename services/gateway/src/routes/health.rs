@@ -21,6 +21,18 @@ const FRESH_FOR: Duration = Duration::from_secs(1);
 #[derive(Default)]
 pub struct HealthCache(tokio::sync::Mutex<Option<(Instant, bool, Value)>>);
 
+/// The gateway's health and its dependencies'; public, for load balancers and orchestrators.
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "operations",
+    summary = "Health",
+    security(()),
+    responses(
+        (status = 200, description = "`status: ok`, each dependency's state and the live workers", body = Object),
+        (status = 503, description = "`status: unavailable`: a dependency is down, and why", body = Object),
+    )
+)]
 pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let (healthy, dependencies) = {
         // Held across the probe: callers that arrive meanwhile wait for its answer.

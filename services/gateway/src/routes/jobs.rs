@@ -5,7 +5,7 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
-use tts_contracts::{JobAccepted, JobId, JobRecord, JobStatus, SynthesizeRequest};
+use tts_contracts::{ApiError, JobAccepted, JobId, JobRecord, JobStatus, SynthesizeRequest};
 
 use super::{Caller, parse_job_id};
 use crate::error::AppError;
@@ -14,6 +14,28 @@ use crate::submit;
 use crate::trace::RequestContext;
 use crate::{AppState, auth};
 
+/// Queues a job and answers at once with its id and where to follow it.
+#[utoipa::path(
+    post,
+    path = "/api/jobs",
+    tag = "synthesis",
+    summary = "Queue a synthesis job",
+    request_body = SynthesizeRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes the request safe to \
+        retry: a second request with the same key answers for the job the first one made")),
+    responses(
+        (status = 202, description = "Queued (or, with a key already used, the job it made; \
+            `Idempotent-Replayed: true`); `Location` is the status URL", body = JobAccepted),
+        (status = 400, description = "`invalid_json`, `invalid_body` or `invalid_idempotency_key`", body = ApiError),
+        (status = 409, description = "`voice_not_ready`: the cloned voice is still enrolling", body = ApiError),
+        (status = 413, description = "`payload_too_large`", body = ApiError),
+        (status = 415, description = "`unsupported_media_type`: the body is not JSON", body = ApiError),
+        (status = 422, description = "`invalid_request`, `invalid_text`, `text_too_long`, `invalid_speed`, \
+            `unsupported_format`, `invalid_voice`, `unknown_voice`, `voice_failed`, `invalid_language`, \
+            `unsupported_language` or `unsupported_speed`", body = ApiError),
+        (status = 503, description = "`engine_unavailable`: no live worker runs the voice's engine", body = ApiError),
+    )
+)]
 pub async fn create(
     State(state): State<AppState>,
     Extension(caller): Caller,
@@ -67,6 +89,19 @@ pub async fn create(
     Ok(response)
 }
 
+/// A job's state: queued, running (with progress), succeeded (with its audio's link) or failed
+/// (with the reason).
+#[utoipa::path(
+    get,
+    path = "/api/jobs/{id}",
+    tag = "synthesis",
+    summary = "A job's state",
+    params(("id" = String, Path, description = "The job's id (a UUID)")),
+    responses(
+        (status = 200, description = "The job's record", body = JobView),
+        (status = 404, description = "`job_not_found`: no such job (or another tenant's)", body = ApiError),
+    )
+)]
 pub async fn status(
     State(state): State<AppState>,
     Extension(caller): Caller,
@@ -85,13 +120,28 @@ pub(crate) fn base_url(state: &AppState) -> &str {
 }
 
 /// The query of `GET /api/jobs/{id}/audio`.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct AudioQuery {
     /// Overrides the format the job was submitted with.
     format: Option<String>,
 }
 
 /// The job's audio, in `?format=` if given, else in the format the job was submitted with.
+#[utoipa::path(
+    get,
+    path = "/api/jobs/{id}/audio",
+    tag = "synthesis",
+    summary = "A finished job's audio",
+    params(("id" = String, Path, description = "The job's id (a UUID)"), AudioQuery),
+    responses(
+        (status = 200, description = "The audio",
+            content(("audio/wav"), ("audio/mpeg"), ("audio/ogg"), ("audio/flac"), ("audio/pcm"))),
+        (status = 400, description = "`invalid_query`", body = ApiError),
+        (status = 404, description = "`job_not_found`, or `audio_not_ready`: the job has not succeeded", body = ApiError),
+        (status = 422, description = "`unsupported_format`", body = ApiError),
+    )
+)]
 pub async fn audio(
     State(state): State<AppState>,
     Extension(caller): Caller,
@@ -147,9 +197,10 @@ pub(crate) async fn load_job(
 }
 
 /// A job as `GET /api/jobs/{id}` shows it: the record plus the link to its audio.
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct JobView {
     #[serde(flatten)]
     record: JobRecord,
+    /// Where the audio is, once the job has succeeded.
     audio_url: Option<String>,
 }

@@ -15,11 +15,12 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, HeaderValue, Method, header};
 use axum::middleware;
-use axum::routing::{get, post};
 use tower::util::option_layer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
+use utoipa_axum::routes;
 
 use crate::error::AppError;
 use crate::{AppState, auth, body, limits, trace};
@@ -32,35 +33,13 @@ pub fn router(state: AppState) -> Router {
     // Uploads carry a clip of up to max_upload_bytes plus the form's other fields; the clip's own
     // limit is checked exactly while it is read, so that its 413 names the clip.
     let upload_limit = body::limit(&state, &Method::POST, "/api/voices");
-    // Plain requests get a deadline; sync synthesis has its own (sync_timeout_secs), and
-    // uploads and WebSockets last as long as they need.
     let timeout = TimeoutLayer::with_status_code(
         axum::http::StatusCode::GATEWAY_TIMEOUT,
         state.options.request_timeout,
     );
-    Router::new()
-        .route("/api/jobs", post(jobs::create).layer(timeout))
-        .route("/api/jobs/{id}", get(jobs::status).layer(timeout))
-        .route("/api/jobs/{id}/audio", get(jobs::audio).layer(timeout))
-        .route(
-            "/api/voices",
-            get(voices::list)
-                .layer(timeout)
-                .merge(post(voices::create).layer(DefaultBodyLimit::max(upload_limit))),
-        )
-        .route(
-            "/api/voices/{id}",
-            get(voices::get).delete(voices::delete).layer(timeout),
-        )
-        .route("/health", get(health::health).layer(timeout))
-        .route("/api/synthesize", post(synthesize::synthesize))
-        .route("/ws/jobs/{id}", get(ws::job_events))
-        .route("/api/nodes", get(nodes::list).layer(timeout))
-        .route("/ws", get(nodes::stream))
-        .route("/v1/audio/speech", post(openai::speech))
-        .route("/v1/models", get(openai::models).layer(timeout))
-        .route("/v1/audio/voices", get(openai::voices).layer(timeout))
-        .route("/metrics", get(crate::metrics::page))
+    let (api, document) = api(timeout, upload_limit).split_for_parts();
+    let document = crate::openapi::finish(document);
+    api.merge(docs(document))
         .route_layer(middleware::from_fn(crate::metrics::label))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -92,6 +71,45 @@ pub fn router(state: AppState) -> Router {
         )
         .layer(middleware::from_fn(trace::context))
         .with_state(state)
+}
+
+/// The documented API: every handler is registered together with its documented path, so that
+/// the router serves nothing the document leaves out. Per-route layers: plain requests get a
+/// deadline; sync synthesis has its own (`sync_timeout_secs`), and uploads and WebSockets last as
+/// long as they need.
+fn api(timeout: TimeoutLayer, upload_limit: usize) -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(crate::openapi::skeleton())
+        .routes(routes!(synthesize::synthesize))
+        .routes(routes!(jobs::create).layer(timeout))
+        .routes(routes!(jobs::status).layer(timeout))
+        .routes(routes!(jobs::audio).layer(timeout))
+        .routes(routes!(ws::job_events))
+        .routes(routes!(voices::list).layer(timeout))
+        .routes(routes!(voices::create).layer(DefaultBodyLimit::max(upload_limit)))
+        .routes(routes!(voices::get, voices::delete).layer(timeout))
+        .routes(routes!(openai::speech))
+        .routes(routes!(openai::models).layer(timeout))
+        .routes(routes!(openai::voices).layer(timeout))
+        .routes(routes!(health::health).layer(timeout))
+        .routes(routes!(nodes::list).layer(timeout))
+        .routes(routes!(nodes::stream))
+        .routes(routes!(crate::metrics::page))
+}
+
+/// The OpenAPI document of every route [`router`] serves, as `/openapi.json` answers it.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let timeout = TimeoutLayer::with_status_code(
+        axum::http::StatusCode::GATEWAY_TIMEOUT,
+        std::time::Duration::from_secs(1),
+    );
+    crate::openapi::finish(api(timeout, 0).into_openapi())
+}
+
+/// `/openapi.json` and the interactive page at `/docs`, whose assets are compiled in.
+fn docs(document: utoipa::openapi::OpenApi) -> Router<AppState> {
+    utoipa_swagger_ui::SwaggerUi::new(crate::openapi::PAGE_PATH)
+        .url(crate::openapi::DOCUMENT_PATH, document)
+        .into()
 }
 
 /// CORS as configured: no layer at all (so no headers) when no origin is listed.

@@ -6,21 +6,53 @@ use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Extension, State};
 use axum::response::Response;
-use serde_json::{Value, json};
 
 use super::{ClientIp, close_going_away};
 use crate::AppState;
 use crate::error::AppError;
 use crate::limits::WebSocketPermit;
+use tts_contracts::ApiError;
 
-fn fleet(state: &AppState) -> Value {
-    json!({ "nodes": state.registry.node_views() })
+/// The fleet as `GET /api/nodes` and each `/ws` message show it.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct NodeList {
+    nodes: Vec<tts_contracts::NodeView>,
 }
 
-pub async fn list(State(state): State<AppState>) -> Json<Value> {
+fn fleet(state: &AppState) -> NodeList {
+    NodeList {
+        nodes: state.registry.node_views(),
+    }
+}
+
+/// The live worker fleet (admin keys only).
+#[utoipa::path(
+    get,
+    path = "/api/nodes",
+    tag = "operations",
+    summary = "The worker fleet",
+    responses(
+        (status = 200, description = "Every live worker", body = NodeList),
+        (status = 403, description = "`forbidden`: not an admin key", body = ApiError),
+    )
+)]
+pub async fn list(State(state): State<AppState>) -> Json<NodeList> {
     Json(fleet(&state))
 }
 
+/// The fleet over a WebSocket (admin keys only): `{"nodes": [...]}` at once and on every change.
+#[utoipa::path(
+    get,
+    path = "/ws",
+    tag = "operations",
+    summary = "Follow the worker fleet (WebSocket)",
+    responses(
+        (status = 101, description = "Switching to the WebSocket protocol; each text message is a `NodeList`"),
+        (status = 400, description = "`websocket_required`: not a WebSocket handshake", body = ApiError),
+        (status = 403, description = "`forbidden`: not an admin key", body = ApiError),
+        (status = 429, description = "`too_many_websockets`", body = ApiError),
+    )
+)]
 pub async fn stream(
     State(state): State<AppState>,
     Extension(client): ClientIp,
@@ -39,7 +71,7 @@ async fn push(mut socket: WebSocket, state: AppState, _permit: WebSocketPermit) 
     changes.mark_unchanged();
     let closing = state.closing.clone();
     loop {
-        let snapshot = fleet(&state).to_string();
+        let snapshot = serde_json::to_string(&fleet(&state)).expect("plain data serialises");
         if socket.send(Message::Text(snapshot.into())).await.is_err() {
             return;
         }

@@ -36,20 +36,66 @@ pub struct OpenAiOptions {
 }
 
 /// The body of `POST /v1/audio/speech`, as OpenAI defines it.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct SpeechRequest {
+    /// OpenAI's model name (`tts-1`, `tts-1-hd`, `gpt-4o-mini-tts`) or an engine's name.
     pub model: String,
+    /// The text to speak.
     pub input: String,
+    /// OpenAI's voice name (`alloy`, ...) or any voice id of `GET /api/voices`.
     pub voice: String,
+    /// `mp3` (the default), `wav`, `pcm`, `opus` or `flac`.
     #[serde(default)]
     pub response_format: Option<String>,
+    /// Speaking rate, 0.25 to 4.0.
     #[serde(default)]
     pub speed: Option<f32>,
     /// Accepted for compatibility; no engine here takes a style prompt yet.
     #[serde(default)]
     pub instructions: Option<String>,
+    /// `audio` (the default) or `sse` for OpenAI's server-sent events.
     #[serde(default)]
     pub stream_format: Option<String>,
+}
+
+/// The body of every error on `/v1`, in OpenAI's shape.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct OpenAiError {
+    error: OpenAiErrorDetail,
+}
+
+/// What an OpenAI-shaped error says.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct OpenAiErrorDetail {
+    /// For people; may change.
+    message: String,
+    /// `invalid_request_error`, `authentication_error`, `rate_limit_error`, ...
+    #[schema(rename = "type")]
+    kind: String,
+    /// The request field the error is about, if any.
+    param: Option<String>,
+    /// The service's own error code, as on `/api` (docs/API.md lists them).
+    code: String,
+}
+
+/// `GET /v1/models`' answer.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ModelList {
+    /// Always `list`.
+    object: &'static str,
+    data: Vec<Model>,
+}
+
+/// One model: an engine, or OpenAI's name for one.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Model {
+    id: String,
+    /// Always `model`.
+    object: &'static str,
+    created: u64,
+    owned_by: &'static str,
 }
 
 /// How the audio goes back: whole, or as server-sent events.
@@ -59,6 +105,29 @@ enum StreamFormat {
     Sse,
 }
 
+/// OpenAI's speech endpoint: a synthesis job like `POST /api/synthesize`, in OpenAI's terms.
+#[utoipa::path(
+    post,
+    path = "/v1/audio/speech",
+    tag = "openai",
+    summary = "Speech, as OpenAI's API makes it",
+    request_body = SpeechRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes the request safe to \
+        retry: a second request with the same key answers for the job the first one made")),
+    responses(
+        (status = 200, description = "The audio in `response_format` (or server-sent events with \
+            `stream_format: sse`)",
+            content(("audio/mpeg"), ("audio/wav"), ("audio/pcm"), ("audio/ogg"), ("audio/flac"), ("text/event-stream"))),
+        (status = 400, description = "`invalid_json`, `voice_not_of_model`, `invalid_stream_format`, ...", body = OpenAiError),
+        (status = 404, description = "`model_not_found`", body = OpenAiError),
+        (status = 409, description = "`voice_not_ready`", body = OpenAiError),
+        (status = 413, description = "`payload_too_large`", body = OpenAiError),
+        (status = 415, description = "`unsupported_media_type`", body = OpenAiError),
+        (status = 422, description = "The request's values, as on `POST /api/synthesize`", body = OpenAiError),
+        (status = 503, description = "`engine_unavailable` or `queue_full`", body = OpenAiError),
+        (status = 504, description = "`timeout`", body = OpenAiError),
+    )
+)]
 pub async fn speech(
     State(state): State<AppState>,
     Extension(caller): Caller,
@@ -235,16 +304,40 @@ fn model_ids(state: &AppState) -> Vec<String> {
 }
 
 /// `GET /v1/models`, as OpenAI lists them.
-pub async fn models(State(state): State<AppState>) -> Response {
-    let data: Vec<Value> = model_ids(&state)
+#[utoipa::path(
+    get,
+    path = "/v1/models",
+    tag = "openai",
+    summary = "Models, as OpenAI lists them",
+    responses((status = 200, description = "OpenAI's model names and the engines", body = ModelList))
+)]
+pub async fn models(State(state): State<AppState>) -> axum::Json<ModelList> {
+    let data = model_ids(&state)
         .into_iter()
-        .map(|id| json!({"id": id, "object": "model", "created": 0, "owned_by": "voice-clone-tts"}))
+        .map(|id| Model {
+            id,
+            object: "model",
+            created: 0,
+            owned_by: "voice-clone-tts",
+        })
         .collect();
-    axum::Json(json!({"object": "list", "data": data})).into_response()
+    axum::Json(ModelList {
+        object: "list",
+        data,
+    })
 }
 
 /// `GET /v1/audio/voices`: the voice ids a caller sees (stock voices of live workers and the
 /// caller's cloned voices, with their status in `data`), and OpenAI's names for stock voices.
+#[utoipa::path(
+    get,
+    path = "/v1/audio/voices",
+    tag = "openai",
+    summary = "Voice ids, and OpenAI's names for stock voices",
+    responses((status = 200, description = "`voices`: the ids; `data`: the voices as \
+        `GET /api/voices` shows them; `aliases`: per engine, OpenAI's names and the voice each \
+        stands for", body = Object))
+)]
 pub async fn voices(
     State(state): State<AppState>,
     Extension(caller): Caller,

@@ -9,7 +9,7 @@ use axum::response::Response;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use tokio::time::Instant;
-use tts_contracts::{JobEvent, JobId, JobRecord, JobStatus, SynthesizeRequest, subjects};
+use tts_contracts::{ApiError, JobEvent, JobId, JobRecord, JobStatus, SynthesizeRequest, subjects};
 use tts_infra::{BusMessage, JobStore};
 
 use super::Caller;
@@ -24,6 +24,33 @@ const POLL_EVERY: Duration = Duration::from_secs(1);
 
 /// Queues the job (or, with an `Idempotency-Key` already used, finds the job it names) and
 /// answers with its audio once it is done, in the requested format.
+#[utoipa::path(
+    post,
+    path = "/api/synthesize",
+    tag = "synthesis",
+    summary = "Synthesise speech and answer with the audio",
+    description = "Answers once the job is done, or streams as the audio is made with \
+        `\"stream\": true`, `Accept: text/event-stream` (OpenAI's server-sent events) or \
+        `Accept: audio/pcm` with no `format`.",
+    request_body = SynthesizeRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes the request safe to \
+        retry: a second request with the same key answers for the job the first one made")),
+    responses(
+        (status = 200, description = "The audio, in `format` (WAV when absent); `X-Job-Id` names the job",
+            content(("audio/wav"), ("audio/mpeg"), ("audio/ogg"), ("audio/flac"), ("audio/pcm"), ("text/event-stream"))),
+        (status = 400, description = "`invalid_json`, `invalid_body` or `invalid_idempotency_key`", body = ApiError),
+        (status = 409, description = "`voice_not_ready`: the cloned voice is still enrolling", body = ApiError),
+        (status = 413, description = "`payload_too_large`", body = ApiError),
+        (status = 415, description = "`unsupported_media_type`: the body is not JSON", body = ApiError),
+        (status = 422, description = "`invalid_request`, `invalid_text`, `text_too_long`, `invalid_speed`, \
+            `unsupported_format`, `invalid_voice`, `unknown_voice`, `voice_failed`, `invalid_language`, \
+            `unsupported_language`, `unsupported_speed`, or `synthesis_failed` (the job failed; \
+            `job_id` names it)", body = ApiError),
+        (status = 503, description = "`engine_unavailable` or `queue_full` (with `Retry-After`)", body = ApiError),
+        (status = 504, description = "`timeout`: the job did not finish in `gateway.sync_timeout_secs`; \
+            it goes on, and `job_id` names it", body = ApiError),
+    )
+)]
 pub async fn synthesize(
     State(state): State<AppState>,
     Extension(caller): Caller,

@@ -11,10 +11,9 @@ use axum::response::{IntoResponse, Json, Response};
 use bytes::{Bytes, BytesMut};
 use chrono::Utc;
 use futures::StreamExt;
-use serde_json::{Value, json};
 use tts_contracts::{
-    JobEvent, JobMessage, JobSpec, JobStatus, REFERENCE_ACCEPTED, VoiceAccepted, VoiceInfo,
-    VoiceRecord, VoiceStatus, VoiceView, subjects, upload_key, voice_prefix,
+    ApiError, JobEvent, JobMessage, JobSpec, JobStatus, REFERENCE_ACCEPTED, VoiceAccepted,
+    VoiceInfo, VoiceRecord, VoiceStatus, VoiceView, subjects, upload_key, voice_prefix,
 };
 use uuid::Uuid;
 
@@ -42,12 +41,28 @@ const CLIP_ERRORS: [&str; 6] = [
     "prompt_text_required",
 ];
 
+/// The voices as `GET /api/voices` lists them.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct VoiceList {
+    voices: Vec<VoiceView>,
+}
+
+/// Every voice the caller can speak with.
+#[utoipa::path(
+    get,
+    path = "/api/voices",
+    tag = "voices",
+    summary = "List voices",
+    description = "The stock voices of live workers, then the caller's cloned voices (with their \
+        status: `enrolling`, `ready` or `failed`).",
+    responses((status = 200, description = "The voices", body = VoiceList))
+)]
 pub async fn list(
     State(state): State<AppState>,
     Extension(caller): Caller,
-) -> Result<Json<Value>, AppError> {
+) -> Result<Json<VoiceList>, AppError> {
     let voices = visible(&state, &caller).await?;
-    Ok(Json(json!({ "voices": voices })))
+    Ok(Json(VoiceList { voices }))
 }
 
 /// The stock voices of live workers, then the caller's cloned voices.
@@ -74,6 +89,18 @@ pub(crate) async fn visible(
     Ok(voices)
 }
 
+/// One voice, stock or cloned; a cloned voice shows its enrollment's state and scores.
+#[utoipa::path(
+    get,
+    path = "/api/voices/{id}",
+    tag = "voices",
+    summary = "One voice",
+    params(("id" = String, Path, description = "The voice's id")),
+    responses(
+        (status = 200, description = "The voice", body = VoiceView),
+        (status = 404, description = "`voice_not_found`", body = ApiError),
+    )
+)]
 pub async fn get(
     State(state): State<AppState>,
     Extension(caller): Caller,
@@ -91,6 +118,18 @@ pub async fn get(
 
 /// Deletes the record first, so that no new job can use the voice, then its objects. A job
 /// already queued for it fails with `voice_not_found`.
+#[utoipa::path(
+    delete,
+    path = "/api/voices/{id}",
+    tag = "voices",
+    summary = "Delete a cloned voice",
+    params(("id" = String, Path, description = "The voice's id")),
+    responses(
+        (status = 204, description = "Deleted, with its reference clip"),
+        (status = 404, description = "`voice_not_found`", body = ApiError),
+        (status = 409, description = "`stock_voice`: stock voices cannot be deleted", body = ApiError),
+    )
+)]
 pub async fn delete(
     State(state): State<AppState>,
     Extension(caller): Caller,
@@ -140,6 +179,23 @@ async fn remove_objects(state: &AppState, voice_id: &str) -> Result<(), AppError
         .await?)
 }
 
+/// The form of `POST /api/voices`, as the document describes it; [`UploadForm`] is what is read.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct VoiceUpload {
+    /// The reference clip: WAV or MP3 (judged by its bytes), 3 to 30 s of speech.
+    #[schema(value_type = String, format = Binary, content_media_type = "application/octet-stream")]
+    file: Vec<u8>,
+    /// A display name, 1 to 100 characters.
+    name: String,
+    /// The voice's default language; one the engine speaks.
+    language: String,
+    /// What the clip says, for engines that need it (GPT-SoVITS).
+    prompt_text: Option<String>,
+    /// The engine to clone with; the default cloning engine when absent.
+    engine: Option<String>,
+}
+
 /// The fields of an upload.
 #[derive(Default)]
 struct UploadForm {
@@ -154,6 +210,28 @@ struct UploadForm {
 /// its enrollment. It then waits (`voices.check_wait_secs`) for a worker to check the clip's
 /// speech, so that a clip with too little or too much speech is refused with 422 like any other
 /// bad upload; once the clip is accepted, or the wait is over, it answers 202.
+#[utoipa::path(
+    post,
+    path = "/api/voices",
+    tag = "voices",
+    summary = "Clone a voice from a reference clip",
+    description = "Checks the clip, stores it and queues its enrollment; answers once a worker has \
+        accepted the clip's speech (or after `voices.check_wait_secs`). Follow the enrollment at \
+        `status_url` or `ws_url` until the voice is `ready` or `failed`.",
+    request_body(content = inline(VoiceUpload), content_type = "multipart/form-data"),
+    responses(
+        (status = 202, description = "Enrolling", body = VoiceAccepted),
+        (status = 400, description = "`invalid_multipart`: the form is malformed", body = ApiError),
+        (status = 413, description = "`file_too_large` (over `voices.max_upload_bytes`) or `payload_too_large`", body = ApiError),
+        (status = 415, description = "`unsupported_media_type`: not multipart/form-data", body = ApiError),
+        (status = 422, description = "`missing_file`, `unknown_field`, `duplicate_field`, `invalid_name`, \
+            `invalid_language`, `text_too_long`, `unknown_engine`, `cloning_unsupported`, \
+            `unsupported_language`, `invalid_audio`, `no_speech`, `too_little_speech`, \
+            `too_much_speech`, and the engine's own rules on the clip (`reference_too_long`, \
+            `prompt_text_required`)", body = ApiError),
+        (status = 503, description = "`engine_unavailable`: no live worker can enrol with the engine", body = ApiError),
+    )
+)]
 pub async fn create(
     State(state): State<AppState>,
     Extension(caller): Caller,

@@ -17,7 +17,7 @@ use axum::extract::{Path, Query, State};
 use axum::response::Response;
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use tts_contracts::{JobEvent, JobId, JobStatus, subjects};
+use tts_contracts::{ApiError, JobEvent, JobId, JobStatus, subjects};
 use tts_infra::BusMessage;
 
 use super::{Caller, ClientIp, close_going_away, parse_job_id};
@@ -32,13 +32,32 @@ const RECHECK_EVERY: Duration = Duration::from_secs(2);
 /// The longest a socket follows a job's audio; the job's end closes it sooner.
 const AUDIO_FOR_AT_MOST: Duration = Duration::from_secs(3600);
 
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct Params {
     /// `pcm` to receive the audio as binary messages.
     #[serde(default)]
     audio: Option<String>,
 }
 
+/// Follows a job over a WebSocket: its current state at once, then every change, ending with the
+/// terminal event and a normal close.
+#[utoipa::path(
+    get,
+    path = "/ws/jobs/{id}",
+    tag = "synthesis",
+    summary = "Follow a job (WebSocket)",
+    description = "Each text message is a job event (`job_id`, `status`, `progress`, `attempt`, \
+        `at`, and `error` or `message` when there is one). With `?audio=pcm` the audio comes too, \
+        as binary messages of 16-bit little-endian samples after a text message naming the rate.",
+    params(("id" = String, Path, description = "The job's id (a UUID)"), Params),
+    responses(
+        (status = 101, description = "Switching to the WebSocket protocol"),
+        (status = 400, description = "`websocket_required`: not a WebSocket handshake", body = ApiError),
+        (status = 404, description = "`job_not_found`", body = ApiError),
+        (status = 429, description = "`too_many_websockets` or `rate_limit_exceeded`", body = ApiError),
+    )
+)]
 pub async fn job_events(
     State(state): State<AppState>,
     Extension(caller): Caller,
