@@ -3,6 +3,8 @@
 //! engine time, each on its own `/metrics`.
 
 use serde_json::{Value, json};
+use tts_config::ApiKeySettings;
+use tts_gateway::auth::hash_key;
 use tts_tests::app::VOICE;
 use tts_tests::{Deployment, TestApp, spawn_engines_with, spawn_worker_process};
 
@@ -37,8 +39,13 @@ async fn scrape(app: &TestApp, url: &str) -> String {
     response.text().await.unwrap()
 }
 
+/// The tests of this binary share one metrics recorder (one process); the fleet's gauges are set
+/// by whichever gateway is scraped, so the tests take turns.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_and_worker_count_known_traffic() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let app = spawn_engines_with(Deployment::GatewayOnly, &[], |_| {}).await;
     let _worker = spawn_worker_process(&app.settings, "metrics-worker");
     app.wait_for_voice(VOICE, 1).await;
@@ -113,6 +120,28 @@ async fn gateway_and_worker_count_known_traffic() {
         2.0
     );
 
+    // The fleet as the gateway sees it at the scrape: piper's queue is empty again, and its one
+    // worker (max_concurrent 2 in the tests' settings) is idle.
+    let piper = [("engine", "piper")];
+    for gauge in [
+        "tts_queue_depth",
+        "tts_workers_live",
+        "tts_workers_capacity",
+    ] {
+        assert!(
+            gateway.contains(&format!("{gauge}{{engine=\"piper\"}}")),
+            "{gauge} is missing:\n{gateway}"
+        );
+    }
+    assert_eq!(sample(&gateway, "tts_queue_depth", &piper), 0.0);
+    assert_eq!(sample(&gateway, "tts_workers_live", &piper), 1.0);
+    assert_eq!(sample(&gateway, "tts_workers_capacity", &piper), 2.0);
+    // Enrollment jobs are counted as jobs of kind `enroll`; nothing was enrolled.
+    assert_eq!(
+        sample(&gateway, "tts_jobs_submitted_total", &[("kind", "enroll")]),
+        0.0
+    );
+
     // The worker's own process: its jobs, by outcome, timed.
     let worker = scrape(&app, &worker_metrics).await;
     let delta = |name: &str, labels: &[(&str, &str)]| {
@@ -142,4 +171,38 @@ async fn gateway_and_worker_count_known_traffic() {
         sample(&worker, "tts_job_engine_seconds_sum", &[piper])
             <= sample(&worker, "tts_job_total_seconds_sum", &[piper])
     );
+}
+
+const KEY: &str = "metrics-test-key-0123456789";
+
+/// With `gateway.metrics_listen` the metrics have a listener of their own that needs no key,
+/// while the API port keeps them for admin keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_of_their_own_serves_the_metrics_without_a_key() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let app = spawn_engines_with(Deployment::Standalone, &["piper"], |s| {
+        s.gateway.metrics_listen = "127.0.0.1:0".into();
+        s.auth.mode = "on".into();
+        s.auth.keys = vec![ApiKeySettings {
+            name: "tenant".into(),
+            tenant: "tenant".into(),
+            sha256: hash_key(KEY),
+            admin: false,
+            rpm: None,
+        }];
+    })
+    .await;
+    let on_api_port = app.client.get(app.url("/metrics")).bearer_auth(KEY);
+    assert_eq!(on_api_port.send().await.unwrap().status(), 403);
+    let url = app.metrics_url.clone().expect("a metrics listener");
+    let page = scrape(&app, &url).await;
+    assert!(page.contains("tts_http_requests_total"), "{page}");
+    assert_eq!(
+        sample(&page, "tts_workers_live", &[("engine", "piper")]),
+        1.0
+    );
+    // Only the metrics: the API is not served there.
+    let base = url.trim_end_matches("/metrics");
+    let voices = app.client.get(format!("{base}/api/voices")).send().await;
+    assert_eq!(voices.unwrap().status(), 404);
 }

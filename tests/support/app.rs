@@ -94,6 +94,8 @@ pub async fn wait_until_listed(
 
 pub struct TestApp {
     pub base_url: String,
+    /// The gateway's own `/metrics` listener (`gateway.metrics_listen`), when configured.
+    pub metrics_url: Option<String>,
     pub client: reqwest::Client,
     pub settings: Settings,
     pub audio: AudioStore,
@@ -198,9 +200,13 @@ async fn spawn(
         }
     };
     let addr = gateway.gateway_addr().expect("a gateway");
+    let metrics_url = gateway
+        .metrics_addr()
+        .map(|a| format!("http://{a}/metrics"));
     stops.push(run(gateway).await);
     let app = TestApp {
         base_url: format!("http://{addr}"),
+        metrics_url,
         client: reqwest::Client::new(),
         settings,
         audio,
@@ -225,9 +231,11 @@ pub async fn spawn_gateway(settings: &Settings) -> TestApp {
         .await
         .expect("gateway builds");
     let addr = app.gateway_addr().expect("a gateway");
+    let metrics_url = app.metrics_addr().map(|a| format!("http://{a}/metrics"));
     let stop = run(app).await;
     TestApp {
         base_url: format!("http://{addr}"),
+        metrics_url,
         client: reqwest::Client::new(),
         settings: settings.clone(),
         audio: AudioStore::from_settings(&settings.storage).expect("storage opens"),

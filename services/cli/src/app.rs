@@ -31,6 +31,8 @@ pub enum Mode {
 
 pub struct Application {
     gateway: Option<(TcpListener, AppState)>,
+    /// The listener of `/metrics` alone (`gateway.metrics_listen`), when configured.
+    metrics: Option<(TcpListener, AppState)>,
     workers: Vec<(Worker, Option<TcpListener>)>,
     gateway_addr: Option<SocketAddr>,
     background: Background,
@@ -82,6 +84,13 @@ impl Application {
     /// The gateway's address, when this process runs one.
     pub fn gateway_addr(&self) -> Option<SocketAddr> {
         self.gateway_addr
+    }
+
+    /// The address of the gateway's own `/metrics` listener, when one is configured.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics
+            .as_ref()
+            .and_then(|(listener, _)| listener.local_addr().ok())
     }
 
     async fn standalone(
@@ -145,6 +154,7 @@ impl Application {
         }
         Ok(Application {
             gateway_addr: Some(listener.local_addr()?),
+            metrics: metrics_listener(&settings, &state).await?,
             gateway: Some((listener, state)),
             workers,
             background,
@@ -164,6 +174,7 @@ impl Application {
         let (listener, state) = Self::gateway_parts(&settings, adapters, true, &background).await?;
         Ok(Application {
             gateway_addr: Some(listener.local_addr()?),
+            metrics: metrics_listener(&settings, &state).await?,
             gateway: Some((listener, state)),
             workers: Vec::new(),
             background,
@@ -199,6 +210,7 @@ impl Application {
         options.port = listener.local_addr()?.port();
         Ok(Application {
             gateway: None,
+            metrics: None,
             gateway_addr: None,
             workers: vec![(Worker::new(options, deps), Some(listener))],
             background,
@@ -283,6 +295,7 @@ impl Application {
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let Application {
             gateway,
+            metrics,
             workers,
             background,
             ..
@@ -297,6 +310,15 @@ impl Application {
                 tts_gateway::serve(listener, state, signal)
                     .await
                     .context("gateway")
+            });
+        }
+        if let Some((listener, state)) = metrics {
+            tracing::info!(addr = %listener.local_addr()?, "metrics listening");
+            let signal = stopping.clone().cancelled_owned();
+            parts.spawn(async move {
+                tts_gateway::serve_metrics(listener, state, signal)
+                    .await
+                    .context("metrics listener")
             });
         }
         for (worker, listener) in workers {
@@ -323,6 +345,22 @@ impl Application {
         background.stop().await;
         result
     }
+}
+
+/// The listener of the gateway's `/metrics` alone, bound now so that a taken address fails the
+/// start, not the first scrape; none unless `gateway.metrics_listen` names one.
+async fn metrics_listener(
+    settings: &Settings,
+    state: &AppState,
+) -> anyhow::Result<Option<(TcpListener, AppState)>> {
+    let addr = settings.gateway.metrics_listen.trim();
+    if addr.is_empty() {
+        return Ok(None);
+    }
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("gateway.metrics_listen: cannot listen on {addr}"))?;
+    Ok(Some((listener, state.clone())))
 }
 
 fn queue_settings(settings: &Settings) -> QueueSettings {

@@ -145,3 +145,15 @@ pub async fn serve(
     stop.cancel();
     served
 }
+
+/// Serves `/metrics` alone on `listener` (`gateway.metrics_listen`), without a key, until
+/// `shutdown` completes.
+pub async fn serve_metrics(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, metrics::router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}

@@ -8,11 +8,19 @@
 
 use std::time::Instant;
 
+use axum::Router;
+use axum::extract::State;
 use axum::extract::{MatchedPath, Request};
 use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use tts_infra::metrics::{HTTP_DURATION, HTTP_REFUSALS, HTTP_REQUESTS};
+use axum::routing::get;
+use tts_infra::metrics::{
+    HTTP_DURATION, HTTP_REFUSALS, HTTP_REQUESTS, QUEUE_DEPTH, WORKERS_CAPACITY, WORKERS_LIVE,
+    WORKERS_LOAD,
+};
+
+use crate::AppState;
 
 /// The route template a request matched, handed from [`label`] to [`track`].
 #[derive(Debug, Clone)]
@@ -58,7 +66,8 @@ pub async fn track(request: Request, next: Next) -> Response {
 }
 
 /// `GET /metrics`: the process's metrics in Prometheus's text format. Admin keys only when
-/// authentication is on (see `auth`).
+/// authentication is on (see `auth`), unless it is served on a listener of its own
+/// ([`router`]).
 #[utoipa::path(
     get,
     path = "/metrics",
@@ -69,10 +78,39 @@ pub async fn track(request: Request, next: Next) -> Response {
         (status = 403, description = "`forbidden`: not an admin key", body = tts_contracts::ApiError),
     )
 )]
-pub async fn page() -> Response {
+pub async fn page(State(state): State<AppState>) -> Response {
+    refresh(&state).await;
     (
         [(header::CONTENT_TYPE, tts_infra::metrics::CONTENT_TYPE)],
         tts_infra::metrics::render(),
     )
         .into_response()
+}
+
+/// Sets the gauges that describe the fleet rather than this process's own events: each
+/// configured engine's queue depth (asked of the queue now) and its live workers, their load and
+/// their capacity (from the registry's last heartbeats). A depth the queue cannot give (NATS
+/// down) keeps its last value: the scrape itself still answers.
+async fn refresh(state: &AppState) {
+    let nodes = state.registry.node_views();
+    for engine in &state.options.engines {
+        match state.deps.queue.depth(engine).await {
+            Ok(depth) => metrics::gauge!(QUEUE_DEPTH, "engine" => engine.clone()).set(depth as f64),
+            Err(e) => tracing::debug!(%engine, error = %e, "queue depth unavailable for metrics"),
+        }
+        let live: Vec<_> = nodes.iter().filter(|n| &n.engine == engine).collect();
+        let load: u32 = live.iter().map(|n| n.current_load).sum();
+        let capacity: u32 = live.iter().map(|n| n.max_concurrent).sum();
+        metrics::gauge!(WORKERS_LIVE, "engine" => engine.clone()).set(live.len() as f64);
+        metrics::gauge!(WORKERS_LOAD, "engine" => engine.clone()).set(f64::from(load));
+        metrics::gauge!(WORKERS_CAPACITY, "engine" => engine.clone()).set(f64::from(capacity));
+    }
+}
+
+/// `/metrics` alone, for a listener of its own (`gateway.metrics_listen`): whoever can reach
+/// that address may read it, without a key, so that a scraper needs no admin key and the
+/// address can be kept off the public network.
+pub fn router(state: AppState) -> Router {
+    tts_infra::metrics::handle();
+    Router::new().route("/metrics", get(page)).with_state(state)
 }

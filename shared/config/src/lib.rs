@@ -141,6 +141,10 @@ pub struct GatewaySettings {
     /// any.
     #[serde(default, deserialize_with = "list_or_string")]
     pub cors_origins: Vec<String>,
+    /// An address (`host:port`) that serves `/metrics` alone, without a key; empty serves it
+    /// only on the API port, to admin keys.
+    #[serde(default)]
+    pub metrics_listen: String,
 }
 
 fn default_queue_depth() -> u64 {

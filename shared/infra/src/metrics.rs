@@ -31,6 +31,15 @@ pub const JOB_ENGINE_TIME: &str = "tts_job_engine_seconds";
 pub const JOB_TOTAL_TIME: &str = "tts_job_total_seconds";
 /// Jobs a worker is running now, by `engine`.
 pub const WORKER_IN_FLIGHT: &str = "tts_worker_jobs_in_flight";
+/// Jobs waiting in an engine's queue (not yet delivered to a worker), by `engine`; the gateway
+/// asks JetStream at each scrape.
+pub const QUEUE_DEPTH: &str = "tts_queue_depth";
+/// Live workers as the gateway's registry knows them, by `engine`.
+pub const WORKERS_LIVE: &str = "tts_workers_live";
+/// Jobs the live workers of an engine report running in their heartbeats, by `engine`.
+pub const WORKERS_LOAD: &str = "tts_workers_load";
+/// Jobs the live workers of an engine can run at once, by `engine`.
+pub const WORKERS_CAPACITY: &str = "tts_workers_capacity";
 
 /// Histogram buckets in seconds: from a few milliseconds (a queue wait on an idle fleet) to
 /// minutes (an enrollment).
