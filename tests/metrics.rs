@@ -2,11 +2,13 @@
 //! refusals by code, and a worker process counts its jobs by outcome with their queue wait and
 //! engine time, each on its own `/metrics`.
 
+use std::time::Duration;
+
 use serde_json::{Value, json};
 use tts_config::ApiKeySettings;
 use tts_gateway::auth::hash_key;
 use tts_tests::app::VOICE;
-use tts_tests::{Deployment, TestApp, spawn_engines_with, spawn_worker_process};
+use tts_tests::{Deployment, TestApp, spawn_engines_with, spawn_worker_process, wait_until_listed};
 
 /// The value of the sample `name` whose labels include every one of `labels`; 0 when there is
 /// none yet.
@@ -180,7 +182,7 @@ const KEY: &str = "metrics-test-key-0123456789";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_listener_of_their_own_serves_the_metrics_without_a_key() {
     let _turn = ONE_AT_A_TIME.lock().await;
-    let app = spawn_engines_with(Deployment::Standalone, &["piper"], |s| {
+    let app = spawn_engines_with(Deployment::GatewayOnly, &[], |s| {
         s.gateway.metrics_listen = "127.0.0.1:0".into();
         s.auth.mode = "on".into();
         s.auth.keys = vec![ApiKeySettings {
@@ -191,6 +193,15 @@ async fn a_listener_of_their_own_serves_the_metrics_without_a_key() {
             rpm: None,
         }];
     })
+    .await;
+    let _worker = spawn_worker_process(&app.settings, "metrics-listener-worker");
+    wait_until_listed(
+        &app.client,
+        &app.base_url,
+        Some(KEY),
+        VOICE,
+        Duration::from_secs(120),
+    )
     .await;
     let on_api_port = app.client.get(app.url("/metrics")).bearer_auth(KEY);
     assert_eq!(on_api_port.send().await.unwrap().status(), 403);

@@ -8,7 +8,9 @@ use std::process::Command;
 use serde_json::Value;
 use tts_config::ApiKeySettings;
 use tts_gateway::auth::hash_key;
-use tts_tests::{Deployment, TestApp, spawn_app, spawn_engines_with, workspace_root};
+use tts_tests::{
+    Deployment, TestApp, spawn_app, spawn_engines_with, spawn_standalone, workspace_root,
+};
 
 /// Every operation the router serves, as `METHOD path`. The router registers each handler with
 /// its documented path in one call, so a route missing here is one the document (and this list)
@@ -115,7 +117,7 @@ const KEY: &str = "docs-test-key-0123456789";
 
 #[tokio::test]
 async fn the_docs_page_works_offline_and_without_a_key() {
-    let app = spawn_engines_with(Deployment::Standalone, &["piper"], |s| {
+    let app = spawn_engines_with(Deployment::GatewayOnly, &[], |s| {
         s.auth.mode = "on".into();
         s.auth.keys = vec![ApiKeySettings {
             name: "docs".into(),
@@ -198,8 +200,9 @@ fn local_assets(html: &str) -> Vec<String> {
 /// answered with a server error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn generated_and_malformed_requests_never_get_a_server_error() {
-    let app: TestApp = spawn_app(Deployment::Standalone).await;
-    app.wait_for_voice(tts_tests::app::VOICE, 1).await;
+    // Both built-in engines, so that every operation has what it needs: a deployment without
+    // the cloning engine answers uploads with 503 engine_unavailable, as it should.
+    let app: TestApp = spawn_standalone(&["piper", "kokoro"]).await;
     let root = workspace_root();
     let schemathesis = root.join(".cache/schemathesis-venv/bin/schemathesis");
     assert!(
@@ -237,10 +240,9 @@ async fn generated_and_malformed_requests_never_get_a_server_error() {
         String::from_utf8_lossy(&output.stderr)
     );
     // Every operation was exercised.
-    for operation in OPERATIONS {
-        assert!(
-            stdout.contains(operation),
-            "{operation} was not tested:\n{stdout}"
-        );
-    }
+    let tested = format!("Tested: {}", OPERATIONS.len());
+    assert!(
+        stdout.contains(&tested),
+        "not every operation was tested:\n{stdout}"
+    );
 }

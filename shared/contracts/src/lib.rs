@@ -30,7 +30,9 @@ pub type JobId = Uuid;
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SynthesizeRequest {
+    #[cfg_attr(feature = "openapi", schema(example = "Hello from voice-clone-tts."))]
     pub text: String,
+    #[cfg_attr(feature = "openapi", schema(example = "en_US-joe-medium"))]
     pub voice_id: String,
     /// Defaults to the voice's own language.
     #[serde(default)]

@@ -39,10 +39,13 @@ pub struct OpenAiOptions {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct SpeechRequest {
     /// OpenAI's model name (`tts-1`, `tts-1-hd`, `gpt-4o-mini-tts`) or an engine's name.
+    #[schema(example = "tts-1")]
     pub model: String,
     /// The text to speak.
+    #[schema(example = "Hello from voice-clone-tts.")]
     pub input: String,
     /// OpenAI's voice name (`alloy`, ...) or any voice id of `GET /api/voices`.
+    #[schema(example = "alloy")]
     pub voice: String,
     /// `mp3` (the default), `wav`, `pcm`, `opus` or `flac`.
     #[serde(default)]
