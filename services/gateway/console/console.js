@@ -816,10 +816,13 @@ function updateJob(jobId, changes) {
   const jobs = recentJobs();
   const job = jobs.find((j) => j.job_id === jobId);
   if (!job) return;
+  const before = JSON.stringify(job);
   for (const [name, value] of Object.entries(changes)) {
     if (value !== undefined) job[name] = value;
   }
-  saveJobs(jobs);
+  // Redrawn only on a change, so that the refresh every two seconds never takes the focus
+  // from a button in the table.
+  if (JSON.stringify(job) !== before) saveJobs(jobs);
 }
 
 async function refreshJob(jobId) {
