@@ -7,6 +7,7 @@
 
 pub mod app;
 pub mod asr;
+pub mod browser;
 pub mod clips;
 pub mod engines;
 pub mod ffmpeg;

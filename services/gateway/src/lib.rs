@@ -8,6 +8,7 @@
 pub mod audio;
 pub mod auth;
 pub mod body;
+pub mod console;
 pub mod error;
 pub mod extract;
 pub mod limits;

@@ -56,6 +56,9 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             auth::authenticate,
         ))
+        // The console's page and assets hold no data: merged here, outside the API's keys and
+        // limits (they count as requests without a key, see console.rs), inside the rest.
+        .merge(crate::console::router(&state))
         .layer(option_layer(cors(&state.options.cors_origins)))
         // Outside everything that may refuse a request, so that every refusal drains the body.
         .layer(middleware::from_fn_with_state(state.clone(), body::guard))
@@ -144,7 +147,7 @@ async fn not_found() -> AppError {
     AppError::not_found("not_found", "no such endpoint")
 }
 
-async fn method_not_allowed() -> AppError {
+pub(crate) async fn method_not_allowed() -> AppError {
     AppError::client(
         axum::http::StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
