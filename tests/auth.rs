@@ -12,12 +12,15 @@ use tts_tests::{Deployment, TestApp, spawn_engines_with};
 const ACME: &str = "acme-key-0123456789";
 const GLOBEX: &str = "globex-key-9876543210";
 const ADMIN: &str = "admin-key-5555555555";
+/// A key with characters a query string must percent-encode.
+const SIGNED: &str = "admin+key/with=signs";
 
 fn keys() -> Vec<ApiKeySettings> {
     [
         ("acme", ACME, false),
         ("globex", GLOBEX, false),
         ("ops", ADMIN, true),
+        ("ops2", SIGNED, true),
     ]
     .into_iter()
     .map(|(tenant, key, admin)| ApiKeySettings {
@@ -139,6 +142,12 @@ async fn tenants_see_only_their_own_jobs_and_strangers_nothing() {
     );
     let with_token = format!("{ws}?access_token={ADMIN}");
     assert!(tokio_tungstenite::connect_async(&with_token).await.is_ok());
+    let encoded = SIGNED
+        .replace('+', "%2B")
+        .replace('/', "%2F")
+        .replace('=', "%3D");
+    let with_signs = format!("{ws}?access_token={encoded}");
+    assert!(tokio_tungstenite::connect_async(&with_signs).await.is_ok());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,11 +12,18 @@ use tts_tests::{
     Deployment, TestApp, spawn_app, spawn_engines_with, spawn_standalone, workspace_root,
 };
 
-/// Every operation the router serves, as `METHOD path`. The router registers each handler with
-/// its documented path in one call, so a route missing here is one the document (and this list)
+/// Every operation the router serves, as `METHOD path`. The router registers each API handler
+/// with its documented path in one call, and the document adds the console's files and its own
+/// pages from the lists the router serves them from; an operation missing here is one this list
 /// has not caught up with.
-const OPERATIONS: [&str; 16] = [
+const OPERATIONS: [&str; 22] = [
     "DELETE /api/voices/{id}",
+    "GET /",
+    "GET /console/console.css",
+    "GET /console/console.js",
+    "GET /console/icon.svg",
+    "GET /docs/",
+    "GET /openapi.json",
     "GET /api/jobs/{id}",
     "GET /api/jobs/{id}/audio",
     "GET /api/nodes",
@@ -239,8 +246,9 @@ async fn generated_and_malformed_requests_never_get_a_server_error() {
         "schemathesis found failures:\n{stdout}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    // Every operation was exercised.
-    let tested = format!("Tested: {}", OPERATIONS.len());
+    // Every operation was exercised but the document itself, which schemathesis reads rather
+    // than tests.
+    let tested = format!("Tested: {}", OPERATIONS.len() - 1);
     assert!(
         stdout.contains(&tested),
         "not every operation was tested:\n{stdout}"

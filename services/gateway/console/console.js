@@ -77,15 +77,14 @@ async function refusal(response) {
 }
 
 // A WebSocket URL for `path` with the key in `access_token` (browsers cannot send headers on a
-// WebSocket), or null when the key has characters that cannot travel in a URL as they are; the
-// caller then polls over plain requests, which carry the key in a header.
+// WebSocket), percent-encoded as the gateway reads it. Callers still handle null (no socket) by
+// polling over plain requests, which carry the key in a header.
 function socketUrl(path) {
   const url = new URL(path, window.location.href);
   url.protocol = url.protocol === 'https:' || url.protocol === 'wss:' ? 'wss:' : 'ws:';
   const key = apiKey();
   if (key) {
-    if (!/^[A-Za-z0-9._~-]+$/.test(key)) return null;
-    url.search = `${url.search ? `${url.search}&` : '?'}access_token=${key}`;
+    url.searchParams.set('access_token', key);
   }
   return url.href;
 }

@@ -180,11 +180,12 @@ pub async fn authenticate(
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    // Browsers cannot set headers on WebSockets; they may pass the key as ?access_token=.
+    // Browsers cannot set headers on WebSockets; they may pass the key as ?access_token=,
+    // percent-encoded as a query value is, so that keys with `+`, `/` or `=` work too.
     let from_query = request.uri().query().and_then(|q| {
-        q.split('&')
-            .find_map(|pair| pair.strip_prefix("access_token="))
-            .map(|t| format!("Bearer {t}"))
+        form_urlencoded::parse(q.as_bytes())
+            .find(|(name, _)| name == "access_token")
+            .map(|(_, token)| format!("Bearer {token}"))
     });
     let caller = match state.auth.caller(authorization.or(from_query.as_deref())) {
         Ok(c) => c,

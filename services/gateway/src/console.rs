@@ -51,6 +51,11 @@ const ASSETS: &[Asset] = &[
     },
 ];
 
+/// Every file of the console, as `(path, content type)`, for the API document.
+pub fn files() -> impl Iterator<Item = (&'static str, &'static str)> {
+    ASSETS.iter().map(|a| (a.path, a.content_type))
+}
+
 /// What the page may load and where it may connect: its own files and the API of the gateway
 /// that served it, audio from the blobs and media sources it makes, nothing from elsewhere, and
 /// no framing by other sites.

@@ -7,7 +7,7 @@
 //! shares — the API key, and the refusals any request can meet before its handler runs — is added
 //! here, once.
 
-use utoipa::openapi::path::Operation;
+use utoipa::openapi::path::{HttpMethod, Operation, OperationBuilder, PathItem};
 use utoipa::openapi::response::{Response, ResponseBuilder};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::{Content, OpenApi, Ref, RefOr};
@@ -34,6 +34,7 @@ pub const PAGE_PATH: &str = "/docs";
         (name = "voices", description = "Stock voices and cloned voices"),
         (name = "openai", description = "OpenAI's speech API, for its clients"),
         (name = "operations", description = "Health, the worker fleet and metrics"),
+        (name = "pages", description = "The web console and this document"),
     ),
     components(schemas(tts_contracts::ApiError)),
     modifiers(&Shared)
@@ -71,8 +72,9 @@ impl Modify for Shared {
     }
 }
 
-/// Adds the shared refusals to every operation of `openapi`; called once the routes have added
-/// their paths. The public health probe is refused by nothing but its own dependencies.
+/// Adds the shared refusals to every operation of `openapi`, then the pages the gateway serves
+/// beside the API; called once the routes have added their paths. The public health probe is
+/// refused by nothing but its own dependencies.
 pub fn finish(mut openapi: OpenApi) -> OpenApi {
     for (path, item) in openapi.paths.paths.iter_mut() {
         let public = path == "/health";
@@ -101,7 +103,45 @@ pub fn finish(mut openapi: OpenApi) -> OpenApi {
             );
         }
     }
+    add_pages(&mut openapi);
     openapi
+}
+
+/// The pages beside the API, so that the document names every route the gateway serves: the
+/// web console's files, this document, and its interactive page (whose own assets are served
+/// below it). None needs a key or holds data.
+fn add_pages(openapi: &mut OpenApi) {
+    let mut pages: Vec<(&str, &str, &str)> = crate::console::files()
+        .map(|(path, content_type)| {
+            let summary = if path == "/" {
+                "The web console"
+            } else {
+                "A file of the web console"
+            };
+            (path, content_type, summary)
+        })
+        .collect();
+    let page = format!("{PAGE_PATH}/");
+    pages.push((DOCUMENT_PATH, "application/json", "This document"));
+    pages.push((&page, "text/html", "This document's interactive page"));
+    for (path, content_type, summary) in pages {
+        let operation = OperationBuilder::new()
+            .summary(Some(summary))
+            .tag("pages")
+            .security(SecurityRequirement::default())
+            .response(
+                "200",
+                ResponseBuilder::new()
+                    .description(summary)
+                    .content(content_type, Content::default())
+                    .build(),
+            )
+            .build();
+        openapi
+            .paths
+            .paths
+            .insert(path.to_string(), PathItem::new(HttpMethod::Get, operation));
+    }
 }
 
 fn operations(item: &mut utoipa::openapi::PathItem) -> impl Iterator<Item = &mut Operation> {
