@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex, OnceLock};
 
-use ort::environment::Environment;
+use ort::environment::{Environment, GlobalThreadPoolOptions};
 use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
 
@@ -28,9 +28,20 @@ pub fn environment(library: &Path) -> Result<&'static Environment, EngineError> 
         }
         let builder = ort::init_from(library)
             .map_err(|e| format!("cannot load ONNX Runtime from {}: {e}", library.display()))?;
+        // One intra-op thread pool, as many threads as cores, shared by every session that does
+        // not ask for threads of its own: a lone request gets every core, and concurrent
+        // requests share them instead of each spinning up a pool that competes for the cores.
+        let shared = GlobalThreadPoolOptions::default()
+            .with_intra_threads(0)
+            .and_then(|o| o.with_inter_threads(1))
+            // Runs of several sessions share these threads: a thread that spins waiting for
+            // its next task takes the core another run needs.
+            .and_then(|o| o.with_spin_control(false))
+            .map_err(|e| format!("cannot configure ONNX Runtime's threads: {e}"))?;
         let env = builder
             .with_name("voice-clone-tts")
             .with_telemetry(false)
+            .with_global_thread_pool(shared)
             .build()
             .map_err(|e| format!("cannot start ONNX Runtime: {e}"))?;
         Ok((env, library.to_path_buf()))
@@ -65,7 +76,9 @@ impl Placement {
 }
 
 /// Builds a session for `model` on `device` (`cuda` or `cpu`). When CUDA cannot be used the
-/// session runs on the CPU and the reason is logged and returned.
+/// session runs on the CPU and the reason is logged and returned. With `threads` 0 the session
+/// runs on the process's shared thread pool (see [`environment`]); otherwise on a pool of its
+/// own with that many threads.
 pub fn session(
     env: &Environment,
     model: &Path,
@@ -78,7 +91,8 @@ pub fn session(
             .map_err(ort::Error::<()>::from)?;
         if threads > 0 {
             b = b
-                .with_intra_threads(threads)
+                .with_independent_thread_pool()
+                .and_then(|b| b.with_intra_threads(threads))
                 .map_err(ort::Error::<()>::from)?;
         }
         Ok(b)
@@ -134,6 +148,7 @@ pub fn session(
 pub(crate) struct SessionPool {
     free: Mutex<Vec<Session>>,
     returned: Condvar,
+    size: usize,
 }
 
 pub(crate) struct PooledSession<'a> {
@@ -144,9 +159,25 @@ pub(crate) struct PooledSession<'a> {
 impl SessionPool {
     pub(crate) fn new(sessions: Vec<Session>) -> Self {
         SessionPool {
+            size: sessions.len(),
             free: Mutex::new(sessions),
             returned: Condvar::new(),
         }
+    }
+
+    /// A free session, if one is free now: for work that is worth doing only on a core that
+    /// nothing else wants.
+    pub(crate) fn try_take(&self) -> Option<PooledSession<'_>> {
+        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        free.pop().map(|session| PooledSession {
+            pool: self,
+            session: Some(session),
+        })
+    }
+
+    /// How many sessions the pool holds, free or not.
+    pub(crate) fn size(&self) -> usize {
+        self.size
     }
 
     pub(crate) fn take(&self) -> PooledSession<'_> {

@@ -30,6 +30,11 @@ pub fn check_available() -> Result<String, EngineError> {
 /// Phonemizes one piece of text with `voice` (an espeak-ng voice such as `en-us`). espeak-ng
 /// prints one line per clause it finds; they are joined with spaces.
 pub fn phonemize_clause(voice: &str, text: &str) -> Result<String, EngineError> {
+    Ok(words(&run(voice, text)?))
+}
+
+/// espeak-ng's IPA output for `text`, as it prints it.
+fn run(voice: &str, text: &str) -> Result<String, EngineError> {
     let mut child = Command::new("espeak-ng")
         .args(["-q", "--ipa", "-v", voice, "--stdin"])
         .stdin(Stdio::piped())
@@ -52,8 +57,31 @@ pub fn phonemize_clause(voice: &str, text: &str) -> Result<String, EngineError> 
             String::from_utf8_lossy(&out.stderr).trim()
         )));
     }
-    let ipa = String::from_utf8_lossy(&out.stdout);
-    Ok(ipa.split_whitespace().collect::<Vec<_>>().join(" "))
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Phonemizes several clauses, one result each, in one run of espeak-ng where that can be done
+/// safely: starting the program costs far more than phonemizing a clause (about 20 ms against
+/// 1 ms), and a sentence has a clause per comma. Clauses go in separated by blank lines, which
+/// espeak-ng ends a clause at, and each comes out as a line of its own, the same as when it is
+/// phonemized alone. When a clause might give no line (nothing to pronounce) or the lines do not
+/// come out one per clause (espeak-ng ends a clause at an abbreviation's full stop, say), each
+/// clause is phonemized on its own instead.
+pub fn phonemize_clauses(voice: &str, clauses: &[&str]) -> Result<Vec<String>, EngineError> {
+    let pronounceable = |c: &&str| c.chars().any(char::is_alphanumeric);
+    if clauses.len() > 1 && clauses.iter().all(pronounceable) {
+        let lines = run(voice, &clauses.join("\n\n"))?;
+        let lines: Vec<&str> = lines.lines().filter(|l| !l.trim().is_empty()).collect();
+        if lines.len() == clauses.len() {
+            return Ok(lines.iter().map(|l| words(l)).collect());
+        }
+    }
+    clauses.iter().map(|c| phonemize_clause(voice, c)).collect()
+}
+
+/// espeak-ng's output lines joined with single spaces.
+fn words(ipa: &str) -> String {
+    ipa.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// Phonemizes one sentence of [`crate::text::split_sentences`]; `None` when it has nothing to
@@ -64,9 +92,13 @@ pub fn phonemize_sentence(
     sentence: &Piece,
 ) -> Result<Option<PhonemizedSentence>, EngineError> {
     let clauses = split_clauses(&sentence.text);
+    let texts: Vec<&str> = clauses.iter().map(|c| c.text.as_str()).collect();
     let mut ipa = String::new();
-    for (i, clause) in clauses.iter().enumerate() {
-        let phonemes = phonemize_clause(voice, &clause.text)?;
+    for (i, (clause, phonemes)) in clauses
+        .iter()
+        .zip(phonemize_clauses(voice, &texts)?)
+        .enumerate()
+    {
         if phonemes.is_empty() {
             continue;
         }
@@ -109,5 +141,29 @@ fn ascii_punct(c: char) -> char {
         '；' => ';',
         '：' => ':',
         other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One run for many clauses gives what a run per clause gives, abbreviations (which espeak
+    /// ends a clause at) and clauses with nothing to say included.
+    #[test]
+    fn clauses_phonemized_together_match_clauses_phonemized_alone() {
+        for clauses in [
+            &["The committee reviewed the proposal", "and agreed to fund it"][..],
+            &["Dr. Smith paid 3.5 dollars", "then left"][..],
+            &["Hello", "...", "world"][..],
+            &["In 2024 prices rose", "however", "the result was good"][..],
+        ] {
+            let together = phonemize_clauses("en-us", clauses).unwrap();
+            let alone: Vec<String> = clauses
+                .iter()
+                .map(|c| phonemize_clause("en-us", c).unwrap())
+                .collect();
+            assert_eq!(together, alone, "{clauses:?}");
+        }
     }
 }

@@ -19,8 +19,11 @@ use super::{
     Audio, Device, Engine, EngineError, EngineHealth, Step, SynthesisInput,
     check_voice_and_language,
 };
-use crate::runtime::{self, Placement, SessionPool};
-use crate::text::{self, split_sentences};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Mutex, mpsc};
+
+use crate::runtime::{self, Placement, PooledSession, SessionPool};
+use crate::text::{self, Piece, split_sentences};
 
 /// Silence put between sentences, in seconds.
 const SENTENCE_PAUSE_SECS: f32 = 0.2;
@@ -195,14 +198,18 @@ impl PiperEngine {
         ids
     }
 
-    fn infer(&self, ids: Vec<i64>, speed: f32) -> Result<Vec<f32>, EngineError> {
+    fn infer(
+        &self,
+        session: &mut ort::session::Session,
+        ids: Vec<i64>,
+        speed: f32,
+    ) -> Result<Vec<f32>, EngineError> {
         let inf = &self.config.inference;
         let len = ids.len();
         let input = Array2::from_shape_vec((1, len), ids)
             .map_err(|e| EngineError::internal(e.to_string()).with_source(e))?;
         let lengths = Array1::from_vec(vec![len as i64]);
         let scales = Array1::from_vec(vec![inf.noise_scale, inf.length_scale / speed, inf.noise_w]);
-        let mut session = self.pool.take();
         let outputs = session.run(ort::inputs![
             "input" => Tensor::from_array(input)?,
             "input_lengths" => Tensor::from_array(lengths)?,
@@ -211,6 +218,129 @@ impl PiperEngine {
         let (_, audio) = outputs["output"].try_extract_tensor::<f32>()?;
         Ok(audio.to_vec())
     }
+
+    /// Phonemizes and speaks one piece on a session, peak-normalised; `None` when the piece has
+    /// nothing to say. `session` is asked for only once there is something to run on it.
+    fn speak<'p>(
+        &'p self,
+        piece: &Piece,
+        speed: f32,
+        session: Option<PooledSession<'p>>,
+    ) -> Result<Option<Vec<f32>>, EngineError> {
+        let voice = &self.config.espeak.voice;
+        let Some(phonemes) = espeak::phonemize_sentence(voice, piece)? else {
+            return Ok(None);
+        };
+        let ids = self.phoneme_ids(&phonemes.ipa);
+        let mut session = session.unwrap_or_else(|| self.pool.take());
+        let mut audio = self.infer(&mut session, ids, speed)?;
+        normalise_peak(&mut audio);
+        Ok(Some(audio))
+    }
+
+    /// The pieces a text is spoken in, in order: its sentences, a streamed job's first sentence
+    /// split after its opening words.
+    fn plan(&self, input: &SynthesisInput) -> Vec<Planned> {
+        let sentences = split_sentences(&input.text);
+        let mut planned = Vec::new();
+        for (i, sentence) in sentences.iter().enumerate() {
+            let lead_words = if input.streamed && i == 0 {
+                self.first_piece_words
+            } else {
+                0
+            };
+            let parts = text::parts(sentence, lead_words);
+            let last = parts.len() - 1;
+            for (j, part) in parts.into_iter().enumerate() {
+                planned.push(Planned {
+                    piece: part,
+                    sentence: i,
+                    done: if j == last { i + 1 } else { i },
+                });
+            }
+        }
+        planned
+    }
+
+    /// Speaks every piece, in parallel on the sessions that are free (a lone job uses them all;
+    /// under load each job gets one), and hands each to `emit` in order as soon as it and those
+    /// before it are ready, so that streamed audio starts with the first piece.
+    fn speak_all(
+        &self,
+        pieces: &[Planned],
+        speed: f32,
+        emit: &mut dyn FnMut(usize, Option<Vec<f32>>),
+    ) -> Result<(), EngineError> {
+        let n = pieces.len();
+        let next = AtomicUsize::new(0);
+        let stop = AtomicBool::new(false);
+        let results: Vec<Mutex<Option<Spoken>>> = (0..n).map(|_| Mutex::new(None)).collect();
+        let put = |i: usize, spoken: Spoken| {
+            *results[i].lock().unwrap_or_else(|p| p.into_inner()) = Some(spoken);
+        };
+        std::thread::scope(|scope| {
+            let (ready, finished) = mpsc::channel::<()>();
+            // Helpers run only while a session is free; each piece is claimed once, in order.
+            for _ in 1..n.min(self.pool.size()) {
+                let ready = ready.clone();
+                let (next, stop, put) = (&next, &stop, &put);
+                let span = tracing::Span::current();
+                scope.spawn(move || {
+                    let _entered = span.enter();
+                    while !stop.load(Ordering::Relaxed) {
+                        let Some(session) = self.pool.try_take() else {
+                            break;
+                        };
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= n {
+                            break;
+                        }
+                        put(i, self.speak(&pieces[i].piece, speed, Some(session)));
+                        let _ = ready.send(());
+                    }
+                });
+            }
+            drop(ready);
+            let mut emitted = 0;
+            while emitted < n {
+                let done = results[emitted]
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take();
+                if let Some(spoken) = done {
+                    match spoken {
+                        Ok(audio) => emit(emitted, audio),
+                        Err(e) => {
+                            stop.store(true, Ordering::Relaxed);
+                            return Err(e);
+                        }
+                    }
+                    emitted += 1;
+                    continue;
+                }
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i < n {
+                    put(i, self.speak(&pieces[i].piece, speed, None));
+                } else if finished.recv().is_err() {
+                    // Every helper has ended; whatever they claimed is in `results`.
+                    continue;
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
+/// A piece's audio, `None` when it had nothing to say.
+type Spoken = Result<Option<Vec<f32>>, EngineError>;
+
+/// One piece of a job's text and where it belongs.
+struct Planned {
+    piece: Piece,
+    /// The sentence it is part of.
+    sentence: usize,
+    /// Sentences done once it is spoken.
+    done: usize,
 }
 
 impl Engine for PiperEngine {
@@ -230,55 +360,35 @@ impl Engine for PiperEngine {
         check_voice_and_language(self, input)?;
         let rate = self.sample_rate();
         let pause = vec![0.0; (SENTENCE_PAUSE_SECS * rate as f32) as usize];
+        let pieces = self.plan(input);
+        let total = pieces.last().map_or(0, |p| p.sentence + 1);
         let mut samples = Vec::new();
+        // Sentences that have said something, and the last one that did.
         let mut spoken = 0;
-        // Each sentence is phonemized just before it is spoken, so that the first one's audio
-        // does not wait for the rest of the text.
-        let sentences = split_sentences(&input.text);
-        let total = sentences.len();
-        for (i, sentence) in sentences.iter().enumerate() {
-            let lead_words = if input.streamed && spoken == 0 {
-                self.first_piece_words
-            } else {
-                0
-            };
-            let parts = text::parts(sentence, lead_words);
-            let last = parts.len() - 1;
-            let mut said = false;
-            for (j, part) in parts.iter().enumerate() {
-                let done = if j == last { i + 1 } else { i };
-                let voice = &self.config.espeak.voice;
-                let Some(part) = espeak::phonemize_sentence(voice, part)? else {
-                    // A part with nothing to say still counts, with no audio.
-                    progress(Step {
-                        done,
-                        total,
-                        audio: &[],
-                        sample_rate: rate,
-                    });
-                    continue;
-                };
-                let mut audio = self.infer(self.phoneme_ids(&part.ipa), input.speed)?;
-                normalise_peak(&mut audio);
+        let mut speaking: Option<usize> = None;
+        self.speak_all(&pieces, input.speed, &mut |i, audio| {
+            let piece = &pieces[i];
+            let start = samples.len();
+            if let Some(audio) = audio {
                 // The pause before a sentence is part of its first piece, so that the pieces
                 // laid end to end are the whole audio.
-                let start = samples.len();
-                if spoken > 0 && !said {
-                    samples.extend_from_slice(&pause);
+                if speaking != Some(piece.sentence) {
+                    if spoken > 0 {
+                        samples.extend_from_slice(&pause);
+                    }
+                    spoken += 1;
+                    speaking = Some(piece.sentence);
                 }
-                said = true;
                 samples.extend(audio);
-                progress(Step {
-                    done,
-                    total,
-                    audio: &samples[start..],
-                    sample_rate: rate,
-                });
             }
-            if said {
-                spoken += 1;
-            }
-        }
+            // A piece with nothing to say still counts, with no audio.
+            progress(Step {
+                done: piece.done,
+                total,
+                audio: &samples[start..],
+                sample_rate: rate,
+            });
+        })?;
         if spoken == 0 {
             return Err(EngineError::invalid(
                 "nothing_to_say",
