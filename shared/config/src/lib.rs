@@ -674,6 +674,21 @@ mod tests {
         assert_eq!(s.gateway.dead_threshold, 30);
         assert_eq!(s.gateway.max_text_chars, 5000);
         assert!(s.workers.contains_key("piper"));
+        // The origin's worker ports, and the built-in engines after them.
+        let ports: Vec<(&str, u16)> = ["xtts", "openvoice", "gpt_sovits", "piper", "kokoro"]
+            .into_iter()
+            .map(|engine| (engine, s.workers[engine].port))
+            .collect();
+        assert_eq!(
+            ports,
+            [
+                ("xtts", 8001),
+                ("openvoice", 8002),
+                ("gpt_sovits", 8003),
+                ("piper", 8004),
+                ("kokoro", 8005)
+            ]
+        );
         assert!(s.notes().is_empty(), "{:?}", s.notes());
     }
 
@@ -721,6 +736,8 @@ mod tests {
         let notes = s.notes().join("\n");
         assert!(notes.contains("logging.format"), "{notes}");
         assert!(notes.contains("paths.temp"), "{notes}");
+        // The built-in engines keep their sections beside the origin's.
+        assert_eq!(s.workers["piper"].port, 8004);
     }
 
     #[test]
