@@ -55,8 +55,8 @@ ENV TTS__MODELS__CACHE_DIR=/models \
 WORKDIR /app
 USER tts
 
-# The gateway's HTTP API (gateway.port). A piper worker serves /health on workers.piper.port
-# (8001 by default).
+# The gateway's HTTP API (gateway.port). A worker serves /health on workers.<engine>.port
+# (xtts 8001, openvoice 8002, gpt_sovits 8003, piper 8004, kokoro 8005 by default).
 EXPOSE 8080
 
 # Without arguments the image runs standalone: gateway and workers in one process, no NATS or

@@ -61,6 +61,8 @@ fn settings(url: &str) -> StorageSettings {
         s3_access_key_id: String::new(),
         s3_secret_access_key: Default::default(),
         s3_allow_http: false,
+        voices_dir: String::new(),
+        audio_dir: String::new(),
     }
 }
 
@@ -74,6 +76,42 @@ async fn local_directory_backend() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("file://{}", dir.path().display());
     conformance(AudioStore::from_settings(&settings(&url)).unwrap()).await;
+}
+
+/// The origin document's `paths.voices` and `paths.output` (`storage.voices_dir` and
+/// `storage.audio_dir`): cloned voices and audio in directories of their own, beside the storage
+/// directory, and the same behaviour through the same keys.
+#[tokio::test]
+async fn local_directory_backend_with_voices_and_audio_apart() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = |name: &str| root.path().join(name).display().to_string();
+    let mut apart = settings(&format!("file://{}", dir("objects")));
+    apart.voices_dir = dir("voices");
+    apart.audio_dir = dir("output");
+    let store = AudioStore::from_settings(&apart).unwrap();
+    conformance(store.clone()).await;
+    store
+        .put("voices/v2/reference.wav", Bytes::from_static(b"v"))
+        .await
+        .unwrap();
+    store
+        .put("audio/job.wav", Bytes::from_static(b"a"))
+        .await
+        .unwrap();
+    let read = |path: &str| std::fs::read(root.path().join(path)).ok();
+    assert_eq!(read("voices/v2/reference.wav").as_deref(), Some(&b"v"[..]));
+    assert_eq!(read("output/job.wav").as_deref(), Some(&b"a"[..]));
+    assert_eq!(read("objects/audio/job.wav"), None);
+    assert_eq!(read("objects/other/b.wav").as_deref(), Some(&b"b"[..]));
+    assert_eq!(
+        store.list("voices/v2").await.unwrap(),
+        vec!["voices/v2/reference.wav"]
+    );
+    // Buckets have no directories to move objects to.
+    let mut bucket = settings("s3://b");
+    bucket.voices_dir = dir("voices");
+    let err = AudioStore::from_settings(&bucket).unwrap_err();
+    assert!(err.to_string().contains("storage.voices_dir"), "{err}");
 }
 
 #[tokio::test]

@@ -91,6 +91,8 @@ impl S3Server {
             s3_access_key_id: ACCESS_KEY.into(),
             s3_secret_access_key: SECRET_KEY.into(),
             s3_allow_http: true,
+            voices_dir: String::new(),
+            audio_dir: String::new(),
         }
     }
 }

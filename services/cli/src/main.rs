@@ -66,6 +66,13 @@ async fn main() -> anyhow::Result<()> {
     };
     // Held to the end of `main`, whose return sends the spans and log lines still buffered.
     let _telemetry = telemetry::init(&settings.logging, command, &process)?;
+    // Keys of the origin document that mean something else here are said once, in the log of
+    // each service; `hash-key` prints only the hash.
+    if !matches!(cli.command, Command::HashKey) {
+        for note in settings.notes() {
+            tracing::info!("{note}");
+        }
+    }
     let mode = match cli.command {
         Command::Standalone { engines, port } => {
             if let Some(port) = port {

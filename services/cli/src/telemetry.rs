@@ -211,6 +211,19 @@ mod tests {
         );
     }
 
+    /// The origin document writes its level in capitals (`INFO`).
+    #[test]
+    fn level_names_are_read_in_any_case() {
+        use tracing_subscriber::filter::LevelFilter;
+        for level in ["INFO", "info", "Info"] {
+            assert_eq!(
+                EnvFilter::new(level).max_level_hint(),
+                Some(LevelFilter::INFO),
+                "{level}"
+            );
+        }
+    }
+
     #[test]
     fn log_files_are_named_after_the_process_or_given_whole() {
         let mut settings = logging("");

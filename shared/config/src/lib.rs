@@ -10,6 +10,9 @@ use std::path::{Path, PathBuf};
 use config::{Environment, File, FileFormat};
 use serde::Deserialize;
 
+mod origin;
+use origin::OriginKeys;
+
 /// The embedded defaults: the same text as the repository's `config.yaml`.
 pub const DEFAULT_CONFIG_YAML: &str = include_str!("../../../config.yaml");
 
@@ -30,6 +33,19 @@ pub struct Settings {
     pub auth: AuthSettings,
     pub models: ModelSettings,
     pub logging: LoggingSettings,
+    /// The origin document's `paths` section, less the keys that have a counterpart here.
+    #[serde(default)]
+    pub paths: PathSettings,
+}
+
+/// What is left of the origin document's `paths` once `paths.voices` and `paths.output` have
+/// become `storage.voices_dir` and `storage.audio_dir`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PathSettings {
+    /// The origin's scratch directory. Accepted so that its config files load; this service
+    /// writes no scratch files of its own (see [`Settings::notes`]).
+    pub temp: String,
 }
 
 /// Who may call the API.
@@ -204,6 +220,34 @@ impl EngineSettings {
     }
 }
 
+/// Whether `format` is a Python `logging` format string: one or more `%(name)` fields, each
+/// followed by a conversion such as `s` or `d`, as in `"%(asctime)s - %(message)s"`.
+fn is_python_logging_format(format: &str) -> bool {
+    let mut fields = 0;
+    let mut rest = format;
+    while let Some(start) = rest.find("%(") {
+        let after = &rest[start + 2..];
+        let Some(end) = after.find(')') else {
+            return false;
+        };
+        let name = &after[..end];
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return false;
+        }
+        // Flags, width and precision may stand between the field and its conversion letter.
+        let conversion = after[end + 1..]
+            .trim_start_matches(|c: char| c.is_ascii_digit() || "-+ #.".contains(c))
+            .chars()
+            .next();
+        if !conversion.is_some_and(|c| "sdifrxXeEgGoc".contains(c)) {
+            return false;
+        }
+        fields += 1;
+        rest = &after[end + 1..];
+    }
+    fields > 0
+}
+
 fn looks_like_cidr(s: &str) -> bool {
     match s.split_once('/') {
         Some((addr, bits)) => {
@@ -324,6 +368,21 @@ pub struct StorageSettings {
     pub s3_access_key_id: String,
     pub s3_secret_access_key: Secret,
     pub s3_allow_http: bool,
+    /// With `file://` storage, the directory that holds cloned voices' objects (`voices/...`)
+    /// instead of the storage directory (the origin's `paths.voices`). Empty: the storage
+    /// directory.
+    #[serde(default)]
+    pub voices_dir: String,
+    /// The same for audio (`audio/...`), the origin's `paths.output`.
+    #[serde(default)]
+    pub audio_dir: String,
+}
+
+impl StorageSettings {
+    /// The directory of `file://` storage, or `None` for other backends.
+    pub fn file_dir(&self) -> Option<&str> {
+        self.url.trim().strip_prefix("file://")
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -365,8 +424,13 @@ impl Settings {
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Settings, ConfigError> {
-        let mut builder = config::Config::builder()
-            .add_source(File::from_str(DEFAULT_CONFIG_YAML, FileFormat::Yaml));
+        // Every layer has the origin document's keys rewritten to this service's before the
+        // layers are merged, so that an origin key overrides the layers below it like its
+        // counterpart does.
+        let mut builder = config::Config::builder().add_source(OriginKeys(File::from_str(
+            DEFAULT_CONFIG_YAML,
+            FileFormat::Yaml,
+        )));
         if let Some(path) = file {
             if !path.exists() {
                 return Err(ConfigError(format!(
@@ -374,19 +438,19 @@ impl Settings {
                     path.display()
                 )));
             }
-            builder = builder.add_source(File::from(path).format(FileFormat::Yaml));
+            builder = builder.add_source(OriginKeys(File::from(path).format(FileFormat::Yaml)));
         }
         let env: config::Map<String, String> = env
             .into_iter()
             .filter(|(key, _)| key.starts_with("TTS__"))
             .collect();
-        builder = builder.add_source(
+        builder = builder.add_source(OriginKeys(
             Environment::with_prefix("TTS")
                 .prefix_separator("__")
                 .separator("__")
                 .try_parsing(true)
                 .source(Some(env)),
-        );
+        ));
         let settings: Settings = builder
             .build()
             .and_then(|c| c.try_deserialize())
@@ -467,9 +531,14 @@ impl Settings {
                 self.auth.mode
             ));
         }
-        if !matches!(self.logging.format.as_str(), "text" | "json") {
-            return fail("logging.format must be text or json".into());
+        let format = self.logging.format.as_str();
+        if !matches!(format, "text" | "json") && !is_python_logging_format(format) {
+            return fail(format!(
+                "logging.format must be text, json or a Python logging format such as \
+                 \"%(asctime)s - %(levelname)s - %(message)s\" (written as text), not {format:?}"
+            ));
         }
+        self.validate_storage_dirs()?;
         let endpoint = &self.logging.otlp_endpoint;
         if !(endpoint.is_empty()
             || endpoint.starts_with("http://")
@@ -480,6 +549,68 @@ impl Settings {
             );
         }
         Ok(())
+    }
+
+    /// `storage.voices_dir` and `storage.audio_dir` move objects out of a storage directory,
+    /// which only `file://` storage has. The directories must be apart: a listing of one must
+    /// not find the objects of another.
+    fn validate_storage_dirs(&self) -> Result<(), ConfigError> {
+        let storage = &self.storage;
+        let moved = [
+            ("storage.voices_dir", "paths.voices", &storage.voices_dir),
+            ("storage.audio_dir", "paths.output", &storage.audio_dir),
+        ];
+        let mut dirs = Vec::new();
+        if let Some(dir) = storage.file_dir() {
+            dirs.push(("the storage.url directory".to_string(), dir));
+        }
+        for (key, origin, dir) in moved {
+            if dir.is_empty() {
+                continue;
+            }
+            if storage.file_dir().is_none() {
+                return Err(ConfigError(format!(
+                    "{key} ({origin} in the origin document) is {dir:?}, but only file:// \
+                     storage keeps objects in directories and storage.url is {:?}; leave it \
+                     empty",
+                    redact_url(&storage.url)
+                )));
+            }
+            dirs.push((format!("{key} ({origin})"), dir.as_str()));
+        }
+        let absolute = |dir: &str| std::path::absolute(dir).unwrap_or_else(|_| dir.into());
+        for (i, (a, dir_a)) in dirs.iter().enumerate() {
+            for (b, dir_b) in &dirs[i + 1..] {
+                let (path_a, path_b) = (absolute(dir_a), absolute(dir_b));
+                if path_a.starts_with(&path_b) || path_b.starts_with(&path_a) {
+                    return Err(ConfigError(format!(
+                        "{a} ({dir_a:?}) and {b} ({dir_b:?}) overlap; give each its own directory"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// What the service does with keys of the origin document that mean something else here,
+    /// or nothing, in sentences for the log at start-up.
+    pub fn notes(&self) -> Vec<String> {
+        let mut notes = Vec::new();
+        if is_python_logging_format(&self.logging.format) {
+            notes.push(format!(
+                "logging.format {:?} is a Python logging format; log lines are written in the \
+                 text format, which has the same fields (time, level, target, message)",
+                self.logging.format
+            ));
+        }
+        if !self.paths.temp.is_empty() {
+            notes.push(format!(
+                "paths.temp ({:?}) is not used: the service writes no scratch files of its own \
+                 (GPT-SoVITS reference clips go to workers.gpt_sovits.shared_dir)",
+                self.paths.temp
+            ));
+        }
+        notes
     }
 
     pub fn engine(&self, name: &str) -> Result<&EngineSettings, ConfigError> {
@@ -547,6 +678,214 @@ mod tests {
         assert_eq!(s.gateway.dead_threshold, 30);
         assert_eq!(s.gateway.max_text_chars, 5000);
         assert!(s.workers.contains_key("piper"));
+        // The origin's worker ports, and the built-in engines after them.
+        let ports: Vec<(&str, u16)> = ["xtts", "openvoice", "gpt_sovits", "piper", "kokoro"]
+            .into_iter()
+            .map(|engine| (engine, s.workers[engine].port))
+            .collect();
+        assert_eq!(
+            ports,
+            [
+                ("xtts", 8001),
+                ("openvoice", 8002),
+                ("gpt_sovits", 8003),
+                ("piper", 8004),
+                ("kokoro", 8005)
+            ]
+        );
+        assert!(s.notes().is_empty(), "{:?}", s.notes());
+    }
+
+    /// The origin document's config.yaml, as it is written there.
+    fn origin_config() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/seed-config.yaml")
+    }
+
+    /// Writes `yaml` to a file of its own and loads it with `vars`.
+    fn load_yaml(name: &str, yaml: &str, vars: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let dir = tempfile_dir(name);
+        let path = dir.join("c.yaml");
+        std::fs::write(&path, yaml).unwrap();
+        let loaded = Settings::load_with_env(Some(&path), env(vars));
+        std::fs::remove_dir_all(dir).ok();
+        loaded
+    }
+
+    #[test]
+    fn the_origin_documents_config_file_loads_as_written() {
+        let s = Settings::load_with_env(Some(&origin_config()), env(&[])).unwrap();
+        assert_eq!(s.gateway.host, "0.0.0.0");
+        assert_eq!(s.gateway.port, 8080);
+        assert_eq!(s.gateway.global_rpm, 1000);
+        assert_eq!(s.gateway.ip_rpm, 100);
+        assert_eq!(s.gateway.concurrent_limit, 50);
+        assert_eq!(s.worker.heartbeat_interval, 10);
+        assert_eq!(s.gateway.dead_threshold, 30);
+        assert_eq!(s.workers["xtts"].port, 8001);
+        assert_eq!(s.workers["xtts"].options["model_path"], "");
+        assert_eq!(s.workers["xtts"].options["device"], "cuda");
+        assert_eq!(s.workers["openvoice"].port, 8002);
+        assert_eq!(s.workers["openvoice"].options["device"], "cuda");
+        assert_eq!(s.workers["gpt_sovits"].port, 8003);
+        assert_eq!(
+            s.workers["gpt_sovits"].options["urls"],
+            serde_json::json!(["http://127.0.0.1:9880"])
+        );
+        assert!(!s.workers["gpt_sovits"].options.contains_key("api_url"));
+        assert_eq!(s.logging.level, "INFO");
+        assert_eq!(s.logging.file, "logs/voice-clone.log");
+        assert_eq!(s.storage.voices_dir, "voices");
+        assert_eq!(s.storage.audio_dir, "output");
+        assert_eq!(s.paths.temp, "temp");
+        let notes = s.notes().join("\n");
+        assert!(notes.contains("logging.format"), "{notes}");
+        assert!(notes.contains("paths.temp"), "{notes}");
+        // The built-in engines keep their sections beside the origin's.
+        assert_eq!(s.workers["piper"].port, 8004);
+    }
+
+    #[test]
+    fn api_url_is_a_list_of_one_server_in_its_layer() {
+        let file = "workers:\n  gpt_sovits:\n    port: 8003\n    api_url: \"http://gs:9880\"\n";
+        let urls = |s: &Settings| s.workers["gpt_sovits"].options["urls"].clone();
+        let s = load_yaml("api-url", file, &[]).unwrap();
+        assert_eq!(urls(&s), serde_json::json!(["http://gs:9880"]));
+        // A variable overrides the file's api_url as it would the file's urls, in either spelling.
+        let s = load_yaml(
+            "api-url-env",
+            file,
+            &[("TTS__WORKERS__GPT_SOVITS__URLS", "http://a:1,http://b:2")],
+        )
+        .unwrap();
+        assert_eq!(urls(&s), "http://a:1,http://b:2");
+        let s = Settings::load_with_env(
+            None,
+            env(&[("TTS__WORKERS__GPT_SOVITS__API_URL", "http://c:3")]),
+        )
+        .unwrap();
+        assert_eq!(urls(&s), serde_json::json!(["http://c:3"]));
+        // Both spellings in one layer must agree.
+        let agree = format!("{file}    urls: [\"http://gs:9880\"]\n");
+        assert_eq!(
+            urls(&load_yaml("api-url-agree", &agree, &[]).unwrap()),
+            serde_json::json!(["http://gs:9880"])
+        );
+        let differ = format!("{file}    urls: [\"http://other:9880\"]\n");
+        let err = load_yaml("api-url-differ", &differ, &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("workers.gpt_sovits.api_url"), "{err}");
+        assert!(err.contains("workers.gpt_sovits.urls"), "{err}");
+        let list = "workers:\n  gpt_sovits:\n    port: 1\n    api_url: [\"http://a:1\"]\n";
+        let err = load_yaml("api-url-list", list, &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("workers.gpt_sovits.api_url must be one server URL"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_gateways_heartbeat_interval_is_the_workers() {
+        let s = load_yaml("heartbeat", "gateway:\n  heartbeat_interval: 4\n", &[]).unwrap();
+        assert_eq!(s.worker.heartbeat_interval, 4);
+        let s = load_yaml(
+            "heartbeat-env",
+            "gateway:\n  heartbeat_interval: 4\n",
+            &[("TTS__WORKER__HEARTBEAT_INTERVAL", "6")],
+        )
+        .unwrap();
+        assert_eq!(s.worker.heartbeat_interval, 6);
+        let s = Settings::load_with_env(None, env(&[("TTS__GATEWAY__HEARTBEAT_INTERVAL", "7")]))
+            .unwrap();
+        assert_eq!(s.worker.heartbeat_interval, 7);
+        let both = "gateway:\n  heartbeat_interval: 4\nworker:\n  heartbeat_interval: 5\n";
+        let err = load_yaml("heartbeat-both", both, &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("gateway.heartbeat_interval"), "{err}");
+        assert!(err.contains("worker.heartbeat_interval"), "{err}");
+        let err = load_yaml(
+            "heartbeat-bad",
+            "gateway:\n  heartbeat_interval: soon\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("gateway.heartbeat_interval must be whole seconds"),
+            "{err}"
+        );
+        // Zero is refused under the key the service uses, as it would be when spelt that way.
+        let err = load_yaml("heartbeat-zero", "gateway:\n  heartbeat_interval: 0\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("heartbeat_interval must be at least 1"),
+            "{err}"
+        );
+        let s = load_yaml("dead", "gateway:\n  dead_threshold: 45\n", &[]).unwrap();
+        assert_eq!(s.gateway.dead_threshold, 45);
+    }
+
+    #[test]
+    fn a_python_logging_format_is_written_as_text() {
+        for format in [
+            "%(asctime)s - %(name)s - %(levelname)s - %(message)s",
+            "%(levelname)-8s %(process)5d %(message)s",
+        ] {
+            let s =
+                Settings::load_with_env(None, env(&[("TTS__LOGGING__FORMAT", format)])).unwrap();
+            assert_eq!(s.logging.format, format);
+            assert!(s.notes()[0].contains("text format"), "{:?}", s.notes());
+        }
+        for format in ["xml", "%(message", "%()s", "%(message)q", "100%"] {
+            let err = Settings::load_with_env(None, env(&[("TTS__LOGGING__FORMAT", format)]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("logging.format must be"), "{format}: {err}");
+        }
+        let s = Settings::load_with_env(None, env(&[("TTS__LOGGING__FORMAT", "json")])).unwrap();
+        assert!(s.notes().is_empty());
+    }
+
+    #[test]
+    fn origin_paths_move_voices_and_audio_out_of_the_storage_directory() {
+        let paths = "paths:\n  voices: \"voices\"\n  output: \"output\"\n";
+        let s = load_yaml("paths", paths, &[]).unwrap();
+        assert_eq!(s.storage.file_dir(), Some("data/objects"));
+        assert_eq!(s.storage.voices_dir, "voices");
+        assert_eq!(s.storage.audio_dir, "output");
+        let s = load_yaml("paths-env", paths, &[("TTS__STORAGE__VOICES_DIR", "")]).unwrap();
+        assert_eq!(s.storage.voices_dir, "");
+        let s =
+            Settings::load_with_env(None, env(&[("TTS__PATHS__OUTPUT", "/srv/audio")])).unwrap();
+        assert_eq!(s.storage.audio_dir, "/srv/audio");
+        // Buckets have no directories: the keys would be ignored there, so they are refused.
+        let err = load_yaml("paths-s3", paths, &[("TTS__STORAGE__URL", "s3://b")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("storage.voices_dir (paths.voices"), "{err}");
+        for (voices, output) in [("same", "same"), ("v", "v/audio"), ("data/objects/v", "o")] {
+            let yaml = format!("paths:\n  voices: {voices:?}\n  output: {output:?}\n");
+            let err = load_yaml("paths-overlap", &yaml, &[])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("overlap"), "{voices} {output}: {err}");
+        }
+        let both = "paths:\n  voices: a\nstorage:\n  voices_dir: b\n";
+        let err = load_yaml("paths-both", both, &[]).unwrap_err().to_string();
+        assert!(err.contains("paths.voices and storage.voices_dir"), "{err}");
+        // The scratch directory has no counterpart: accepted, and said so at start-up.
+        let s = load_yaml("paths-temp", "paths:\n  temp: tmp\n", &[]).unwrap();
+        assert_eq!(s.paths.temp, "tmp");
+        assert!(s.notes()[0].contains("paths.temp"), "{:?}", s.notes());
+        let err = load_yaml("paths-typo", "paths:\n  tmp: x\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("tmp"), "{err}");
+        assert!(err.contains("paths"), "{err}");
     }
 
     #[test]

@@ -17,6 +17,10 @@ use crate::error::{InfraError, Result};
 pub struct AudioStore {
     inner: Arc<dyn ObjectStore>,
     description: String,
+    /// Top-level prefixes (`voices`, `audio`) kept in a store of their own instead of `inner`:
+    /// `storage.voices_dir` and `storage.audio_dir`. Keys keep their prefix outside; inside its
+    /// store an object's path lacks it.
+    routes: Vec<(&'static str, Arc<dyn ObjectStore>)>,
 }
 
 impl std::fmt::Debug for AudioStore {
@@ -32,23 +36,33 @@ impl AudioStore {
         AudioStore {
             inner,
             description: description.into(),
+            routes: Vec::new(),
         }
     }
 
     /// Builds the backend named by `storage.url`: `file://DIR`, `s3://BUCKET` or `memory://`.
+    /// With `file://`, `storage.voices_dir` and `storage.audio_dir` keep cloned voices and audio
+    /// in directories of their own.
     pub fn from_settings(settings: &StorageSettings) -> Result<Self> {
         let url = settings.url.trim();
+        let moved = [
+            ("voices", "storage.voices_dir", settings.voices_dir.as_str()),
+            ("audio", "storage.audio_dir", settings.audio_dir.as_str()),
+        ];
         if let Some(dir) = url.strip_prefix("file://") {
             if dir.is_empty() {
                 return Err(InfraError::invalid("storage.url file:// needs a directory"));
             }
-            std::fs::create_dir_all(dir).map_err(|e| {
-                InfraError::invalid(format!("storage directory {dir}")).with_source(e)
-            })?;
-            let fs = LocalFileSystem::new_with_prefix(dir).map_err(|e| {
-                InfraError::invalid(format!("storage directory {dir}")).with_source(e)
-            })?;
-            Ok(Self::new(Arc::new(fs), format!("local directory {dir}")))
+            let mut store = Self::new(local_dir(dir)?, format!("local directory {dir}"));
+            for (prefix, _, dir) in moved.into_iter().filter(|(_, _, dir)| !dir.is_empty()) {
+                store.routes.push((prefix, local_dir(dir)?));
+                store.description += &format!(", {prefix}/ in {dir}");
+            }
+            Ok(store)
+        } else if let Some((_, key, _)) = moved.iter().find(|(_, _, dir)| !dir.is_empty()) {
+            Err(InfraError::invalid(format!(
+                "{key} is only for file:// storage, not {url:?}"
+            )))
         } else if let Some(bucket) = url.strip_prefix("s3://") {
             let bucket = bucket.trim_end_matches('/');
             if bucket.is_empty() || bucket.contains('/') {
@@ -88,10 +102,24 @@ impl AudioStore {
             .map_err(|e| InfraError::invalid(format!("object key {key:?}")).with_source(e))
     }
 
+    /// The store that holds `key` and the object's path in it.
+    fn locate(&self, key: &str) -> Result<(&dyn ObjectStore, Path)> {
+        let path = Self::path(key)?;
+        let mut parts = path.parts();
+        let first = parts.next();
+        for (prefix, store) in &self.routes {
+            if first.as_ref().is_some_and(|part| part.as_ref() == *prefix) {
+                return Ok((store.as_ref(), parts.collect()));
+            }
+        }
+        Ok((self.inner.as_ref(), path))
+    }
+
     /// Writes an object whole; readers see either the old object or the new one, never a part.
     pub async fn put(&self, key: &str, data: Bytes) -> Result<()> {
-        self.inner
-            .put(&Self::path(key)?, PutPayload::from_bytes(data))
+        let (store, path) = self.locate(key)?;
+        store
+            .put(&path, PutPayload::from_bytes(data))
             .await
             .map(|_| ())
             .map_err(|e| InfraError::unavailable(format!("store {key}")).with_source(e))
@@ -99,7 +127,8 @@ impl AudioStore {
 
     /// Reads an object; `None` when there is none at `key`.
     pub async fn get(&self, key: &str) -> Result<Option<Bytes>> {
-        match self.inner.get(&Self::path(key)?).await {
+        let (store, path) = self.locate(key)?;
+        match store.get(&path).await {
             Ok(result) => result
                 .bytes()
                 .await
@@ -111,7 +140,8 @@ impl AudioStore {
     }
 
     pub async fn exists(&self, key: &str) -> Result<bool> {
-        match self.inner.head(&Self::path(key)?).await {
+        let (store, path) = self.locate(key)?;
+        match store.head(&path).await {
             Ok(_) => Ok(true),
             Err(object_store::Error::NotFound { .. }) => Ok(false),
             Err(e) => Err(InfraError::unavailable(format!("head {key}")).with_source(e)),
@@ -120,7 +150,8 @@ impl AudioStore {
 
     /// Deletes an object; deleting a missing one is not an error.
     pub async fn delete(&self, key: &str) -> Result<()> {
-        match self.inner.delete(&Self::path(key)?).await {
+        let (store, path) = self.locate(key)?;
+        match store.delete(&path).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(InfraError::unavailable(format!("delete {key}")).with_source(e)),
         }
@@ -141,18 +172,38 @@ impl AudioStore {
     /// Keys under a prefix, for tests and housekeeping.
     pub async fn list(&self, prefix: &str) -> Result<Vec<String>> {
         use futures::TryStreamExt;
-        let prefix = Self::path(prefix)?;
-        let metas: Vec<_> = self
-            .inner
-            .list(Some(&prefix))
+        let (store, path) = self.locate(prefix)?;
+        // A routed store's paths lack the prefix that routed them there; keys carry it again.
+        let routed = Self::path(prefix)?
+            .parts()
+            .next()
+            .filter(|first| self.routes.iter().any(|(p, _)| first.as_ref() == *p))
+            .map(|first| first.as_ref().to_string());
+        let metas: Vec<_> = store
+            .list(Some(&path))
             .try_collect()
             .await
             .map_err(|e| InfraError::unavailable(format!("list {prefix}")).with_source(e))?;
-        Ok(metas.into_iter().map(|m| m.location.to_string()).collect())
+        Ok(metas
+            .into_iter()
+            .map(|m| match &routed {
+                Some(first) => format!("{first}/{}", m.location),
+                None => m.location.to_string(),
+            })
+            .collect())
     }
 
     /// A cheap request that proves the backend answers, for health checks.
     pub async fn check(&self) -> Result<()> {
         self.exists("health/probe").await.map(|_| ())
     }
+}
+
+/// A local directory as an object store, created when missing.
+fn local_dir(dir: &str) -> Result<Arc<dyn ObjectStore>> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| InfraError::invalid(format!("storage directory {dir}")).with_source(e))?;
+    let fs = LocalFileSystem::new_with_prefix(dir)
+        .map_err(|e| InfraError::invalid(format!("storage directory {dir}")).with_source(e))?;
+    Ok(Arc::new(fs))
 }

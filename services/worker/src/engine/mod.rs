@@ -309,7 +309,11 @@ impl EngineConfig {
             "piper" => EngineConfig::Piper(section.parse(name).map_err(invalid)?),
             "kokoro" => EngineConfig::Kokoro(section.parse(name).map_err(invalid)?),
             "gpt_sovits" => EngineConfig::GptSovits(section.parse(name).map_err(invalid)?),
-            "xtts" => EngineConfig::Xtts(section.parse(name).map_err(invalid)?),
+            "xtts" => {
+                let config: xtts::XttsConfig = section.parse(name).map_err(invalid)?;
+                config.check()?;
+                EngineConfig::Xtts(config)
+            }
             "openvoice" => {
                 let config: openvoice::OpenVoiceConfig = section.parse(name).map_err(invalid)?;
                 let base = config.base_engine.as_str();
@@ -360,7 +364,16 @@ pub fn build(
         EngineConfig::GptSovits(config) => {
             Arc::new(gpt_sovits::GptSovitsEngine::load(&config.options())?)
         }
-        EngineConfig::Xtts(config) => Arc::new(xtts::XttsEngine::load(&config.options())?),
+        EngineConfig::Xtts(config) => {
+            if let Some(device) = config.device {
+                tracing::info!(
+                    device = device.as_str(),
+                    "workers.xtts.device is not used by this worker: the XTTS streaming server \
+                     runs the model on its own device"
+                );
+            }
+            Arc::new(xtts::XttsEngine::load(&config.options())?)
+        }
         EngineConfig::OpenVoice { config, base } => {
             // The model is checked first: an engine that is not installed should say so before
             // the base engine spends seconds loading.
@@ -442,5 +455,33 @@ mod tests {
         );
         let err = refusal(&[("TTS__WORKERS__PIPR__PORT", "9")]);
         assert!(err.contains("not built into this binary"), "{err}");
+    }
+
+    #[test]
+    fn the_origin_documents_config_file_passes_every_engines_check() {
+        let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/seed-config.yaml");
+        let s = tts_config::Settings::load_with_env(Some(&file), std::iter::empty()).unwrap();
+        EngineConfig::check_all(&s.workers).unwrap();
+        match EngineConfig::parse("xtts", &s.workers).unwrap() {
+            EngineConfig::Xtts(config) => {
+                assert_eq!(config.device, Some(Device::Cuda));
+                assert_eq!(config.model_path, "");
+            }
+            other => panic!("{other:?}"),
+        }
+        match EngineConfig::parse("gpt_sovits", &s.workers).unwrap() {
+            EngineConfig::GptSovits(config) => assert_eq!(config.urls, ["http://127.0.0.1:9880"]),
+            other => panic!("{other:?}"),
+        }
+        match EngineConfig::parse("openvoice", &s.workers).unwrap() {
+            EngineConfig::OpenVoice { config, .. } => assert_eq!(config.device, Device::Cuda),
+            other => panic!("{other:?}"),
+        }
+        // A model path for XTTS would be ignored by the server that loads the model.
+        let err = refusal(&[("TTS__WORKERS__XTTS__MODEL_PATH", "/models/xtts_v2")]);
+        assert!(err.contains("workers.xtts.model_path"), "{err}");
+        let err = refusal(&[("TTS__WORKERS__XTTS__DEVICE", "tpu")]);
+        assert!(err.contains("workers.xtts.device"), "{err}");
     }
 }

@@ -36,6 +36,15 @@ pub struct XttsConfig {
     /// Tokens per streamed chunk.
     #[serde(default = "default_stream_chunk_size")]
     pub stream_chunk_size: u32,
+    /// The origin document's `model_path`, where its XTTS worker loaded the model from. Here
+    /// the streaming server loads the model, so only the origin's default, empty, is accepted
+    /// ([`XttsConfig::check`]).
+    #[serde(default)]
+    pub model_path: String,
+    /// The origin document's `device`. The streaming server decides where the model runs (the
+    /// CUDA build on a GPU); the worker runs no model, so it only logs this at start.
+    #[serde(default)]
+    pub device: Option<super::Device>,
 }
 
 fn default_stream_chunk_size() -> u32 {
@@ -43,6 +52,20 @@ fn default_stream_chunk_size() -> u32 {
 }
 
 impl XttsConfig {
+    /// Refuses a `model_path`: a path given for the model would be ignored, and the server it
+    /// is meant for would go on loading its own.
+    pub fn check(&self) -> Result<(), EngineError> {
+        if self.model_path.is_empty() {
+            return Ok(());
+        }
+        Err(EngineError::internal(format!(
+            "workers.xtts.model_path is {:?}, but the XTTS-v2 model is loaded by the XTTS \
+             streaming server at workers.xtts.urls, not by this worker; give the model to that \
+             server and leave workers.xtts.model_path empty",
+            self.model_path
+        )))
+    }
+
     pub fn options(&self) -> XttsOptions {
         XttsOptions {
             urls: self.urls.clone(),
