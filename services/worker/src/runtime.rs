@@ -92,7 +92,8 @@ pub fn session(
         if threads > 0 {
             b = b
                 .with_independent_thread_pool()
-                .and_then(|b| b.with_intra_threads(threads))
+                .map_err(ort::Error::<()>::from)?
+                .with_intra_threads(threads)
                 .map_err(ort::Error::<()>::from)?;
         }
         Ok(b)

@@ -153,7 +153,10 @@ mod tests {
     #[test]
     fn clauses_phonemized_together_match_clauses_phonemized_alone() {
         for clauses in [
-            &["The committee reviewed the proposal", "and agreed to fund it"][..],
+            &[
+                "The committee reviewed the proposal",
+                "and agreed to fund it",
+            ][..],
             &["Dr. Smith paid 3.5 dollars", "then left"][..],
             &["Hello", "...", "world"][..],
             &["In 2024 prices rose", "however", "the result was good"][..],
