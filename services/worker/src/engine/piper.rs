@@ -71,7 +71,7 @@ pub struct PiperConfig {
     pub voice: String,
     #[serde(default)]
     pub device: Device,
-    /// ONNX Runtime intra-op threads per session; 0 lets the runtime decide.
+    /// ONNX Runtime intra-op threads per session; 0 runs on the process's shared pool.
     #[serde(default)]
     pub threads: usize,
     /// Words a streamed job's first piece holds at most (see [`text::lead_in`]); 0 speaks the
@@ -281,26 +281,33 @@ impl PiperEngine {
         std::thread::scope(|scope| {
             let (ready, finished) = mpsc::channel::<()>();
             // Helpers run only while a session is free; each piece is claimed once, in order.
-            for _ in 1..n.min(self.pool.size()) {
-                let ready = ready.clone();
-                let (next, stop, put) = (&next, &stop, &put);
-                let span = tracing::Span::current();
-                scope.spawn(move || {
-                    let _entered = span.enter();
-                    while !stop.load(Ordering::Relaxed) {
-                        let Some(session) = self.pool.try_take() else {
-                            break;
-                        };
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        if i >= n {
-                            break;
+            // They start once the first piece is out: it has the cores to itself, since a
+            // streamed answer's first audio waits for it alone.
+            let mut ready = Some(ready);
+            let mut start_helpers = || {
+                let Some(ready) = ready.take() else {
+                    return;
+                };
+                for _ in 1..n.min(self.pool.size()) {
+                    let ready = ready.clone();
+                    let (next, stop, put) = (&next, &stop, &put);
+                    let span = tracing::Span::current();
+                    scope.spawn(move || {
+                        let _entered = span.enter();
+                        while !stop.load(Ordering::Relaxed) {
+                            let Some(session) = self.pool.try_take() else {
+                                break;
+                            };
+                            let i = next.fetch_add(1, Ordering::Relaxed);
+                            if i >= n {
+                                break;
+                            }
+                            put(i, self.speak(&pieces[i].piece, speed, Some(session)));
+                            let _ = ready.send(());
                         }
-                        put(i, self.speak(&pieces[i].piece, speed, Some(session)));
-                        let _ = ready.send(());
-                    }
-                });
-            }
-            drop(ready);
+                    });
+                }
+            };
             let mut emitted = 0;
             while emitted < n {
                 let done = results[emitted]
@@ -316,6 +323,7 @@ impl PiperEngine {
                         }
                     }
                     emitted += 1;
+                    start_helpers();
                     continue;
                 }
                 let i = next.fetch_add(1, Ordering::Relaxed);
