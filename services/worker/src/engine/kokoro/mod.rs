@@ -122,7 +122,7 @@ pub struct KokoroConfig {
     pub model_path: String,
     #[serde(default)]
     pub device: Device,
-    /// ONNX Runtime intra-op threads per session; 0 lets the runtime decide.
+    /// ONNX Runtime intra-op threads per session; 0 runs on the process's shared pool.
     #[serde(default)]
     pub threads: usize,
 }

@@ -81,7 +81,7 @@ pub struct OpenVoiceConfig {
     pub base_engine: String,
     #[serde(default)]
     pub device: Device,
-    /// ONNX Runtime intra-op threads per session; 0 lets the runtime decide.
+    /// ONNX Runtime intra-op threads per session; 0 runs on the process's shared pool.
     #[serde(default)]
     pub threads: usize,
     /// How much of the base speech's variation the converter keeps (at least 0).
