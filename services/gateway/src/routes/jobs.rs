@@ -21,8 +21,7 @@ use crate::{AppState, auth};
     tag = "synthesis",
     summary = "Queue a synthesis job",
     request_body = SynthesizeRequest,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Makes the request safe to \
-        retry: a second request with the same key answers for the job the first one made")),
+    params(super::IdempotencyKey),
     responses(
         (status = 202, description = "Queued (or, with a key already used, the job it made; \
             `Idempotent-Replayed: true`); `Location` is the status URL", body = JobAccepted),

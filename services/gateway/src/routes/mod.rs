@@ -164,6 +164,19 @@ fn parse_job_id(raw: &str) -> Result<tts_contracts::JobId, AppError> {
         .map_err(|_| AppError::not_found("job_not_found", format!("no job {raw:?}")))
 }
 
+/// The `Idempotency-Key` header of the routes that queue a job, as the API document describes
+/// it; `submit::idempotency_key` reads it.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)]
+struct IdempotencyKey {
+    // One line in the document, hence a string rather than a doc comment of two lines.
+    #[doc = "Makes the request safe to retry: a second request with the same key answers for \
+        the job the first one made"]
+    #[param(rename = "Idempotency-Key")]
+    idempotency_key: Option<String>,
+}
+
 /// The client's address, as the middleware found it.
 pub(crate) type ClientIp = axum::Extension<crate::limits::ClientIp>;
 

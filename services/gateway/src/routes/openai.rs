@@ -115,8 +115,7 @@ enum StreamFormat {
     tag = "openai",
     summary = "Speech, as OpenAI's API makes it",
     request_body = SpeechRequest,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Makes the request safe to \
-        retry: a second request with the same key answers for the job the first one made")),
+    params(super::IdempotencyKey),
     responses(
         (status = 200, description = "The audio in `response_format` (or server-sent events with \
             `stream_format: sse`)",

@@ -33,8 +33,7 @@ const POLL_EVERY: Duration = Duration::from_secs(1);
         `\"stream\": true`, `Accept: text/event-stream` (OpenAI's server-sent events) or \
         `Accept: audio/pcm` with no `format`.",
     request_body = SynthesizeRequest,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Makes the request safe to \
-        retry: a second request with the same key answers for the job the first one made")),
+    params(super::IdempotencyKey),
     responses(
         (status = 200, description = "The audio, in `format` (WAV when absent); `X-Job-Id` names the job",
             content(("audio/wav"), ("audio/mpeg"), ("audio/ogg"), ("audio/flac"), ("audio/pcm"), ("text/event-stream"))),
