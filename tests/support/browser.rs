@@ -54,42 +54,41 @@ pub struct ChromeDriver {
 impl ChromeDriver {
     pub async fn start() -> Self {
         let binary = std::env::var("CHROMEDRIVER_BIN").unwrap_or_else(|_| "chromedriver".into());
-        let mut refused = Vec::new();
-        for _ in 0..5 {
-            // A port that was free a moment ago; chromedriver exits if it is taken by then.
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .and_then(|listener| listener.local_addr())
-                .expect("a free port")
-                .port();
-            let log = tempfile::NamedTempFile::new().expect("a log file");
-            let mut child = Command::new(&binary)
-                .arg(format!("--port={port}"))
-                .stdout(Stdio::piped())
-                .stderr(log.reopen().expect("the log file reopens"))
-                .process_group(0)
-                .spawn()
-                .unwrap_or_else(|e| {
-                    panic!("cannot start {binary} (scripts/deps --servers installs it): {e}")
+        let log = tempfile::NamedTempFile::new().expect("a log file");
+        // Port 0: chromedriver picks a free port itself and names it when it has started.
+        let mut child = Command::new(&binary)
+            .arg("--port=0")
+            .stdout(Stdio::piped())
+            .stderr(log.reopen().expect("the log file reopens"))
+            .process_group(0)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start {binary} (scripts/deps --servers installs it): {e}")
+            });
+        let mut stdout = Lines::follow(child.stdout.take().expect("stdout is piped"));
+        let started = stdout
+            .wait_for(Duration::from_secs(30), |line| {
+                line.split("started successfully on port ")
+                    .nth(1)
+                    .and_then(|rest| rest.trim_end_matches('.').trim().parse::<u16>().ok())
+            })
+            .await;
+        match started {
+            Ok(port) => {
+                let mut driver = ChromeDriver { child, port, log };
+                driver.wait_until_ready().await;
+                driver
+            }
+            Err(printed) => {
+                // Dropped as a driver, so that its process group goes too.
+                drop(ChromeDriver {
+                    child,
+                    port: 0,
+                    log,
                 });
-            let mut stdout = Lines::follow(child.stdout.take().expect("stdout is piped"));
-            let started = stdout
-                .wait_for(Duration::from_secs(30), |line| {
-                    line.contains("started successfully").then_some(())
-                })
-                .await;
-            let mut driver = ChromeDriver { child, port, log };
-            match started {
-                Ok(()) => {
-                    driver.wait_until_ready().await;
-                    return driver;
-                }
-                Err(printed) => {
-                    driver.kill();
-                    refused.push(format!("port {port}: {printed}"));
-                }
+                panic!("chromedriver never started: {printed}");
             }
         }
-        panic!("chromedriver never started:\n{}", refused.join("\n"));
     }
 
     pub fn url(&self) -> String {
