@@ -233,6 +233,9 @@ async fn generated_and_malformed_requests_never_get_a_server_error() {
             .arg("--no-color")
             .arg("--report-dir")
             .arg(report.path())
+            // Its own cache of failures goes in the working directory: a temporary one, so that
+            // nothing is written into the repository.
+            .current_dir(report.path())
             .env("SCHEMATHESIS_HOOKS", "")
             .output()
             .expect("schemathesis runs")
