@@ -79,6 +79,54 @@ pub fn lead_in(sentence: &Piece, max_words: usize) -> Option<(Piece, Piece)> {
     ))
 }
 
+/// Splits a long sentence in two at the clause boundary nearest its middle, so that the halves
+/// can be spoken at the same time on two cores; `None` when it has fewer than `min_words` words
+/// or a single clause. The first half keeps its clause's punctuation, which the voices read as
+/// "more to come", and the second the sentence's.
+pub fn halves(sentence: &Piece, min_words: usize) -> Option<(Piece, Piece)> {
+    if sentence.text.split_whitespace().count() < min_words {
+        return None;
+    }
+    let clauses = split_clauses(&sentence.text);
+    if clauses.len() < 2 {
+        return None;
+    }
+    let total: usize = clauses.iter().map(|c| c.text.chars().count()).sum();
+    // The boundary after clause `k - 1` whose first half is nearest half the characters.
+    let mut before = 0;
+    let mut best = (usize::MAX, 1);
+    for (k, clause) in clauses.iter().enumerate().take(clauses.len() - 1) {
+        before += clause.text.chars().count();
+        let off = (2 * before).abs_diff(total);
+        if off < best.0 {
+            best = (off, k + 1);
+        }
+    }
+    let k = best.1;
+    let join = |part: &[Piece]| {
+        let mut text = String::new();
+        for (i, clause) in part.iter().enumerate() {
+            text.push_str(&clause.text);
+            if i + 1 < part.len() {
+                text.push_str(&clause.punctuation);
+                text.push(' ');
+            }
+        }
+        text
+    };
+    let punctuation = clauses[k - 1].punctuation.clone();
+    Some((
+        Piece {
+            text: join(&clauses[..k]),
+            punctuation,
+        },
+        Piece {
+            text: join(&clauses[k..]),
+            punctuation: sentence.punctuation.clone(),
+        },
+    ))
+}
+
 fn split(text: &str, ends: &[char]) -> Vec<Piece> {
     let chars: Vec<char> = text.chars().collect();
     let mut pieces = Vec::new();
@@ -169,6 +217,34 @@ mod tests {
             text: text.into(),
             punctuation: ".".into(),
         }
+    }
+
+    #[test]
+    fn a_long_sentence_halves_at_the_clause_nearest_its_middle() {
+        let sentence = piece(
+            "First of all, the committee reviewed the proposal carefully, and after a long \
+             discussion it agreed; then it went home",
+        );
+        let (first, second) = halves(&sentence, 12).unwrap();
+        assert_eq!(
+            first.text,
+            "First of all, the committee reviewed the proposal carefully"
+        );
+        assert_eq!(first.punctuation, ",");
+        assert_eq!(
+            second.text,
+            "and after a long discussion it agreed; then it went home"
+        );
+        assert_eq!(second.punctuation, ".");
+        // Short sentences and sentences of one clause stay whole.
+        assert_eq!(halves(&piece("Short, but with a comma"), 12), None);
+        assert_eq!(
+            halves(
+                &piece("A long sentence without any comma in it goes on and on for a while"),
+                12
+            ),
+            None
+        );
     }
 
     #[test]

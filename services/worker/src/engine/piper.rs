@@ -28,6 +28,10 @@ use crate::text::{self, Piece, split_sentences};
 /// Silence put between sentences, in seconds.
 const SENTENCE_PAUSE_SECS: f32 = 0.2;
 
+/// Words a sentence needs before it is spoken in two halves at once: each half should take
+/// longer to make than starting it costs (a second of speech is about 80 ms on one core).
+const HALVES_MIN_WORDS: usize = 12;
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct VoiceConfig {
     pub audio: AudioConfig,
@@ -239,7 +243,8 @@ impl PiperEngine {
     }
 
     /// The pieces a text is spoken in, in order: its sentences, a streamed job's first sentence
-    /// split after its opening words.
+    /// split after its opening words, and a lone long sentence (a job of one sentence, or
+    /// the last of an odd number) in halves, so that a job keeps two sessions busy.
     fn plan(&self, input: &SynthesisInput) -> Vec<Planned> {
         let sentences = split_sentences(&input.text);
         let mut planned = Vec::new();
@@ -249,7 +254,14 @@ impl PiperEngine {
             } else {
                 0
             };
-            let parts = text::parts(sentence, lead_words);
+            let lone = i + 1 == sentences.len() && sentences.len() % 2 == 1;
+            let halves = (lone && lead_words == 0 && self.pool.size() > 1)
+                .then(|| text::halves(sentence, HALVES_MIN_WORDS))
+                .flatten();
+            let parts = match halves {
+                Some((first, second)) => vec![first, second],
+                None => text::parts(sentence, lead_words),
+            };
             let last = parts.len() - 1;
             for (j, part) in parts.into_iter().enumerate() {
                 planned.push(Planned {
@@ -264,11 +276,14 @@ impl PiperEngine {
 
     /// Speaks every piece, in parallel on the sessions that are free (a lone job uses them all;
     /// under load each job gets one), and hands each to `emit` in order as soon as it and those
-    /// before it are ready, so that streamed audio starts with the first piece.
+    /// before it are ready, so that streamed audio starts with the first piece. With
+    /// `first_alone` the first piece has the cores to itself, since a streamed answer's first
+    /// audio waits for it alone; otherwise every piece starts as soon as a session is free.
     fn speak_all(
         &self,
         pieces: &[Planned],
         speed: f32,
+        first_alone: bool,
         emit: &mut dyn FnMut(usize, Option<Vec<f32>>),
     ) -> Result<(), EngineError> {
         let n = pieces.len();
@@ -281,8 +296,6 @@ impl PiperEngine {
         std::thread::scope(|scope| {
             let (ready, finished) = mpsc::channel::<()>();
             // Helpers run only while a session is free; each piece is claimed once, in order.
-            // They start once the first piece is out: it has the cores to itself, since a
-            // streamed answer's first audio waits for it alone.
             let mut ready = Some(ready);
             let mut start_helpers = || {
                 let Some(ready) = ready.take() else {
@@ -308,6 +321,9 @@ impl PiperEngine {
                     });
                 }
             };
+            if !first_alone {
+                start_helpers();
+            }
             let mut emitted = 0;
             while emitted < n {
                 let done = results[emitted]
@@ -374,7 +390,7 @@ impl Engine for PiperEngine {
         // Sentences that have said something, and the last one that did.
         let mut spoken = 0;
         let mut speaking: Option<usize> = None;
-        self.speak_all(&pieces, input.speed, &mut |i, audio| {
+        self.speak_all(&pieces, input.speed, input.streamed, &mut |i, audio| {
             let piece = &pieces[i];
             let start = samples.len();
             if let Some(audio) = audio {
