@@ -12,7 +12,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tts_config::Settings;
 use tts_contracts::JobEvent;
 use tts_infra::AudioStore;
-use voice_clone_tts::{Application, Mode};
+use voice_clone_tts::{Application, Mode, SuppliedEngines};
 
 use crate::process::{Lines, blocking, strip_ansi};
 use crate::{NatsServer, redis_url, workspace_root};
@@ -101,6 +101,8 @@ pub struct TestApp {
     pub audio: AudioStore,
     pub nats: Option<NatsServer>,
     stops: Vec<oneshot::Sender<()>>,
+    /// Engines the test built itself, which workers it adds run too.
+    supplied: SuppliedEngines,
     _storage: tempfile::TempDir,
 }
 
@@ -146,6 +148,19 @@ pub async fn spawn_engines_with(
     spawn(deployment, engines, configure).await
 }
 
+/// A deployment whose workers run engines the caller built, one worker for each name in
+/// `engines` (none for `GatewayOnly`), through the real gateway, queue and stores (see
+/// `Application::build_with_engines`). For the benchmarks' engine that does no inference.
+/// Returns once a live worker runs each engine.
+pub async fn spawn_with_engines(
+    deployment: Deployment,
+    engines: SuppliedEngines,
+    configure: impl FnOnce(&mut Settings),
+) -> TestApp {
+    let names: Vec<&str> = engines.keys().map(String::as_str).collect();
+    spawn_supplied(deployment, &names, engines.clone(), configure).await
+}
+
 /// A stock voice of each engine that has them, to wait for.
 fn stock_voice(engine: &str) -> Option<&'static str> {
     match engine {
@@ -160,6 +175,16 @@ async fn spawn(
     engines: &[&str],
     configure: impl FnOnce(&mut Settings),
 ) -> TestApp {
+    spawn_supplied(deployment, engines, SuppliedEngines::new(), configure).await
+}
+
+/// As [`spawn`], with the workers of the engines in `supplied` running those engines.
+async fn spawn_supplied(
+    deployment: Deployment,
+    engines: &[&str],
+    supplied: SuppliedEngines,
+    configure: impl FnOnce(&mut Settings),
+) -> TestApp {
     let storage = tempfile::tempdir().expect("a storage directory");
     let mut settings = test_settings(storage.path());
     configure(&mut settings);
@@ -167,11 +192,12 @@ async fn spawn(
     let mut stops = Vec::new();
     let (gateway, nats) = match deployment {
         Deployment::Standalone => {
-            let app = Application::build(
+            let app = Application::build_with_engines(
                 settings.clone(),
                 Mode::Standalone {
                     engines: engines.iter().map(|e| e.to_string()).collect(),
                 },
+                supplied.clone(),
             )
             .await
             .expect("standalone builds");
@@ -180,16 +206,18 @@ async fn spawn(
         Deployment::Distributed | Deployment::GatewayOnly => {
             let nats = NatsServer::start().await;
             settings.nats.url = nats.url();
-            let gateway = Application::build(settings.clone(), Mode::Gateway)
-                .await
-                .expect("gateway builds");
+            let gateway =
+                Application::build_with_engines(settings.clone(), Mode::Gateway, supplied.clone())
+                    .await
+                    .expect("gateway builds");
             if deployment == Deployment::Distributed {
                 for engine in engines {
-                    let worker = Application::build(
+                    let worker = Application::build_with_engines(
                         settings.clone(),
                         Mode::Worker {
                             engine: engine.to_string(),
                         },
+                        supplied.clone(),
                     )
                     .await
                     .expect("worker builds");
@@ -212,6 +240,7 @@ async fn spawn(
         audio,
         nats,
         stops,
+        supplied,
         _storage: storage,
     };
     if deployment != Deployment::GatewayOnly {
@@ -241,6 +270,7 @@ pub async fn spawn_gateway(settings: &Settings) -> TestApp {
         audio: AudioStore::from_settings(&settings.storage).expect("storage opens"),
         nats: None,
         stops: vec![stop],
+        supplied: SuppliedEngines::new(),
         _storage: tempfile::tempdir().expect("a directory"),
     }
 }
@@ -248,6 +278,26 @@ pub async fn spawn_gateway(settings: &Settings) -> TestApp {
 impl TestApp {
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base_url)
+    }
+
+    /// One more in-process worker of `engine` on a distributed deployment's NATS, Redis and
+    /// storage, with its settings changed by `configure` first; it runs the engine the
+    /// deployment was given for that name, if any. Returns once it is built, not once the
+    /// gateway has heard of it (see [`TestApp::wait_for_voice`]).
+    pub async fn add_worker(&mut self, engine: &str, configure: impl FnOnce(&mut Settings)) {
+        assert!(self.nats.is_some(), "workers join distributed deployments");
+        let mut settings = self.settings.clone();
+        configure(&mut settings);
+        let worker = Application::build_with_engines(
+            settings,
+            Mode::Worker {
+                engine: engine.to_string(),
+            },
+            self.supplied.clone(),
+        )
+        .await
+        .expect("worker builds");
+        self.stops.push(run(worker).await);
     }
 
     /// Waits until `workers` live workers serve `voice`.
@@ -489,40 +539,53 @@ const INHERITED_FROM_CARGO_TEST: &[&str] = &[
 /// The service binary, built once per test run. The build blocks (see [`blocking`]).
 pub fn binary() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let mut build = Command::new(cargo);
-            // Cargo describes the test crate to this process in variables that build scripts
-            // (ring's, for one) watch: passed on, they would rebuild those crates here, and the
-            // next `cargo test` would rebuild them back.
-            for (name, _) in std::env::vars_os() {
-                let name = name.to_string_lossy();
-                if INHERITED_FROM_CARGO_TEST
-                    .iter()
-                    .any(|prefix| name.starts_with(prefix))
-                {
-                    build.env_remove(name.as_ref());
-                }
-            }
-            build
-                .args([
-                    "build",
-                    "--quiet",
-                    "-p",
-                    "voice-clone-tts",
-                    "--bin",
-                    "voice-clone-tts",
-                ])
-                .current_dir(workspace_root());
-            let status = blocking(|| build.status()).expect("cargo runs");
-            assert!(status.success(), "the service binary builds");
-            let target = std::env::var("CARGO_TARGET_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|_| workspace_root().join("target"));
-            target.join("debug/voice-clone-tts")
-        })
-        .clone()
+    BUILT.get_or_init(|| build_binary(false)).clone()
+}
+
+/// The service binary in the release profile, as it is deployed, built once per run: for the
+/// benchmarks that measure the processes themselves (memory, say), where the debug build's
+/// figures would mean nothing.
+pub fn release_binary() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| build_binary(true)).clone()
+}
+
+fn build_binary(release: bool) -> PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut build = Command::new(cargo);
+    // Cargo describes the test crate to this process in variables that build scripts
+    // (ring's, for one) watch: passed on, they would rebuild those crates here, and the
+    // next `cargo test` would rebuild them back.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if INHERITED_FROM_CARGO_TEST
+            .iter()
+            .any(|prefix| name.starts_with(prefix))
+        {
+            build.env_remove(name.as_ref());
+        }
+    }
+    build
+        .args([
+            "build",
+            "--quiet",
+            "-p",
+            "voice-clone-tts",
+            "--bin",
+            "voice-clone-tts",
+        ])
+        .current_dir(workspace_root());
+    if release {
+        build.arg("--release");
+    }
+    let status = blocking(|| build.status()).expect("cargo runs");
+    assert!(status.success(), "the service binary builds");
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| workspace_root().join("target"));
+    target
+        .join(if release { "release" } else { "debug" })
+        .join("voice-clone-tts")
 }
 
 /// A worker in a process of its own, so that a test can kill it. Killed on drop.
@@ -593,8 +656,27 @@ pub fn spawn_worker_process_logged(settings: &Settings, node_id: &str) -> (Worke
     (WorkerProcess { child }, logs)
 }
 
+/// As [`spawn_worker_process_with_env`], running `binary` (such as [`release_binary`]).
+pub fn spawn_worker_process_from(
+    binary: &std::path::Path,
+    settings: &Settings,
+    node_id: &str,
+    env: &[(&str, &str)],
+) -> WorkerProcess {
+    let child = worker_command_of(binary, settings, node_id)
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("worker process starts");
+    WorkerProcess { child }
+}
+
 fn worker_command(settings: &Settings, node_id: &str) -> Command {
-    let mut command = Command::new(binary());
+    worker_command_of(&binary(), settings, node_id)
+}
+
+fn worker_command_of(binary: &std::path::Path, settings: &Settings, node_id: &str) -> Command {
+    let mut command = Command::new(binary);
     command
         .args(["worker", "--engine", "piper", "--port", "0"])
         .env("TTS__NATS__URL", &settings.nats.url)
@@ -642,7 +724,16 @@ pub async fn spawn_gateway_process_with_env(
     settings: &Settings,
     env: &[(&str, &str)],
 ) -> (WorkerProcess, String) {
-    let mut child = Command::new(binary())
+    spawn_gateway_process_from(&binary(), settings, env).await
+}
+
+/// As [`spawn_gateway_process_with_env`], running `binary` (such as [`release_binary`]).
+pub async fn spawn_gateway_process_from(
+    binary: &std::path::Path,
+    settings: &Settings,
+    env: &[(&str, &str)],
+) -> (WorkerProcess, String) {
+    let mut child = Command::new(binary)
         .args(["gateway", "--port", "0"])
         .env("TTS__GATEWAY__HOST", "127.0.0.1")
         .env("TTS__NATS__URL", &settings.nats.url)

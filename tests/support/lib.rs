@@ -22,8 +22,8 @@ pub mod wav;
 pub use app::{
     Deployment, KOKORO_VOICE, TestApp, WorkerProcess, spawn_app, spawn_app_with,
     spawn_engines_with, spawn_gateway, spawn_gateway_process, spawn_gateway_process_with_env,
-    spawn_standalone, spawn_worker_process, spawn_worker_process_with_env, test_settings,
-    wait_until_listed,
+    spawn_standalone, spawn_with_engines, spawn_worker_process, spawn_worker_process_with_env,
+    test_settings, wait_until_listed,
 };
 pub use nats::NatsServer;
 pub use redis::RedisServer;

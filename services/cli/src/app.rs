@@ -1,5 +1,6 @@
 //! `Application::build(settings, mode)` then `run_until_stopped(shutdown)`.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -68,16 +69,53 @@ impl Background {
     }
 }
 
+/// Engines a caller built itself, by the name their workers serve; see
+/// [`Application::build_with_engines`].
+pub type SuppliedEngines = BTreeMap<String, Arc<dyn tts_worker::Engine>>;
+
 impl Application {
     pub async fn build(settings: Settings, mode: Mode) -> anyhow::Result<Self> {
-        // Every engine's options are checked in every role, so that a misspelt key fails the
-        // deployment at once rather than the first worker that runs the engine.
-        tts_worker::engine::EngineConfig::check_all(&settings.workers)?;
+        Self::build_with_engines(settings, mode, SuppliedEngines::new()).await
+    }
+
+    /// As [`Application::build`], with engines the caller built for the names in `engines`:
+    /// a worker for such a name runs the given engine instead of loading one from its
+    /// `workers.<name>` section, and the section's options are not checked. This is how the
+    /// benchmarks run an engine that does no inference through the real gateway, queue and
+    /// worker; the binary never calls it.
+    ///
+    /// A supplied name without a `workers.<name>` section gets an empty one (port 0, no
+    /// options), because the worker's health port and the gateway's list of engines come from
+    /// there. Everything else behaves as `build` does, engines not in `engines` included.
+    pub async fn build_with_engines(
+        mut settings: Settings,
+        mode: Mode,
+        engines: SuppliedEngines,
+    ) -> anyhow::Result<Self> {
+        for name in engines.keys() {
+            settings
+                .workers
+                .entry(name.clone())
+                .or_insert_with(|| tts_config::EngineSettings {
+                    port: 0,
+                    options: Default::default(),
+                });
+        }
+        // Every other engine's options are checked in every role, so that a misspelt key fails
+        // the deployment at once rather than the first worker that runs the engine.
+        for name in settings.workers.keys() {
+            if !engines.contains_key(name) {
+                tts_worker::engine::EngineConfig::parse(name, &settings.workers)?;
+            }
+        }
         let background = Background::new();
+        let engines = Engines { supplied: engines };
         match mode {
-            Mode::Standalone { engines } => Self::standalone(settings, engines, background).await,
+            Mode::Standalone { engines: names } => {
+                Self::standalone(settings, names, &engines, background).await
+            }
             Mode::Gateway => Self::gateway(settings, background).await,
-            Mode::Worker { engine } => Self::worker(settings, engine, background).await,
+            Mode::Worker { engine } => Self::worker(settings, engine, &engines, background).await,
         }
     }
 
@@ -96,6 +134,7 @@ impl Application {
     async fn standalone(
         settings: Settings,
         engines: Vec<String>,
+        loader: &Engines,
         background: Background,
     ) -> anyhow::Result<Self> {
         // Engines named on the command line must start; with none named, every configured
@@ -131,7 +170,7 @@ impl Application {
             Self::gateway_parts(&settings, adapters.clone(), false, &background).await?;
         let mut workers = Vec::new();
         for engine in engines {
-            let (engine_impl, analysis) = match load_engine(&settings, &engine).await {
+            let (engine_impl, analysis) = match loader.load(&settings, &engine).await {
                 Ok(loaded) => loaded,
                 Err(e) if !explicit => {
                     tracing::warn!(%engine, error = %format!("{e:#}"), "engine skipped");
@@ -184,6 +223,7 @@ impl Application {
     async fn worker(
         settings: Settings,
         engine: String,
+        loader: &Engines,
         background: Background,
     ) -> anyhow::Result<Self> {
         let engine_settings = settings.engine(&engine)?.clone();
@@ -196,7 +236,7 @@ impl Application {
         .await?;
         let queue = JetStreamQueue::connect(client.clone(), queue_settings(&settings)).await?;
         let source: Arc<dyn JobSource> = Arc::new(queue.source(&engine).await?);
-        let (engine_impl, analysis) = load_engine(&settings, &engine).await?;
+        let (engine_impl, analysis) = loader.load(&settings, &engine).await?;
         let deps = WorkerDeps {
             engine: engine_impl,
             source,
@@ -400,6 +440,32 @@ type LoadedEngine = (
     Arc<dyn tts_worker::Engine>,
     Option<Arc<tts_worker::voice::Analysis>>,
 );
+
+/// Where a worker's engine comes from: the caller's, when it supplied one by that name, or else
+/// loaded from configuration.
+struct Engines {
+    supplied: SuppliedEngines,
+}
+
+impl Engines {
+    async fn load(&self, settings: &Settings, engine: &str) -> anyhow::Result<LoadedEngine> {
+        let Some(supplied) = self.supplied.get(engine) else {
+            return load_engine(settings, engine).await;
+        };
+        let supplied = supplied.clone();
+        let analysis = if supplied.clones() {
+            let settings = settings.clone();
+            let analysis =
+                tokio::task::spawn_blocking(move || tts_worker::voice::Analysis::load(&settings))
+                    .await?
+                    .map_err(|e| anyhow::anyhow!("engine {engine}: {e}"))?;
+            Some(Arc::new(analysis))
+        } else {
+            None
+        };
+        Ok((supplied, analysis))
+    }
+}
 
 /// Loads an engine, and the reference-analysis models when it clones voices, on a blocking
 /// thread: fetching and loading models takes a while.

@@ -4,4 +4,4 @@
 pub mod app;
 pub mod telemetry;
 
-pub use app::{Application, Mode};
+pub use app::{Application, Mode, SuppliedEngines};

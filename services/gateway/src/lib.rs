@@ -73,6 +73,8 @@ pub struct AppState {
     pub stop: CancellationToken,
     /// The last probe of the dependencies that `/health` made.
     pub health: Arc<routes::HealthCache>,
+    /// The queue depths sync requests were last checked against (see `submit::QueueDepths`).
+    pub depths: Arc<submit::QueueDepths>,
 }
 
 impl AppState {
@@ -109,6 +111,7 @@ impl AppState {
             closing: stop.child_token(),
             stop,
             health: Arc::default(),
+            depths: Arc::default(),
         })
     }
 }

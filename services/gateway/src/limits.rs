@@ -113,6 +113,9 @@ pub struct Limits {
     websockets_per_ip: Arc<Mutex<HashMap<IpAddr, u32>>>,
     max_websockets_per_ip: u32,
     checks: AtomicU64,
+    /// The clock refusals count their wait from, made once: making one reads the CPU's
+    /// features, which every request would pay for.
+    clock: DefaultClock,
 }
 
 /// Which quotas a request counts against besides its address's.
@@ -171,6 +174,7 @@ impl Limits {
             websockets_per_ip: Arc::new(Mutex::new(HashMap::new())),
             max_websockets_per_ip: options.max_websockets_per_ip.max(1),
             checks: AtomicU64::new(0),
+            clock: DefaultClock::default(),
         })
     }
 
@@ -239,9 +243,9 @@ impl Limits {
         if self.checks.fetch_add(1, Ordering::Relaxed) % FORGET_EVERY == FORGET_EVERY - 1 {
             self.local_ip.retain_recent();
         }
-        let clock = DefaultClock::default();
-        let refuse =
-            |not_until: NotUntil<_>| AppError::rate_limited(not_until.wait_time_from(clock.now()));
+        let refuse = |not_until: NotUntil<_>| {
+            AppError::rate_limited(not_until.wait_time_from(self.clock.now()))
+        };
         // The narrowest quota first: a request one of the process's limiters refuses has then
         // used up as little of the wider ones as possible (governor cannot check without
         // taking).

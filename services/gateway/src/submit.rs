@@ -210,7 +210,7 @@ async fn check_capacity(state: &AppState, engine: &str) -> Result<(), AppError> 
             RETRY_AFTER_SECS,
         ));
     }
-    let depth = state.deps.queue.depth(engine).await?;
+    let depth = state.depths.depth(state, engine).await?;
     if depth > state.options.max_queue_depth {
         return Err(AppError::unavailable_for_now(
             "queue_full",
@@ -221,6 +221,44 @@ async fn check_capacity(state: &AppState, engine: &str) -> Result<(), AppError> 
         ));
     }
     Ok(())
+}
+
+/// How long a queue depth read for one sync request answers for the next ones. Asking the
+/// queue costs a round trip to NATS on every sync request otherwise; a bound on the queue's
+/// depth needs no fresher reading than this, since it only keeps the wait of a sync request from
+/// growing without limit.
+const DEPTH_FRESH_FOR: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// The latest depth read of each engine's queue and when it was read.
+#[derive(Default)]
+pub struct QueueDepths {
+    read: std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, u64)>>,
+}
+
+impl QueueDepths {
+    /// The engine's queue depth: the latest reading while it is fresh, else the queue's answer.
+    /// Only readings within the bound are reused, so that a full queue is asked again each time
+    /// and is seen to drain as soon as it does.
+    async fn depth(&self, state: &AppState, engine: &str) -> Result<u64, AppError> {
+        let now = std::time::Instant::now();
+        let fresh = |(at, depth): &(std::time::Instant, u64)| {
+            now.duration_since(*at) < DEPTH_FRESH_FOR && *depth <= state.options.max_queue_depth
+        };
+        if let Some((_, depth)) = self.lock().get(engine).filter(|r| fresh(r)) {
+            return Ok(*depth);
+        }
+        let depth = state.deps.queue.depth(engine).await?;
+        self.lock().insert(engine.to_string(), (now, depth));
+        Ok(depth)
+    }
+
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, (std::time::Instant, u64)>>
+    {
+        // Every update is a single insert, so a poisoned lock holds nothing half-written.
+        self.read.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// The request's `Idempotency-Key`, checked: 1 to 255 visible ASCII characters.

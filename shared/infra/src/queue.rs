@@ -196,24 +196,25 @@ impl JobQueue for JetStreamQueue {
 
     async fn depth(&self, engine: &str) -> Result<u64> {
         crate::nats::ensure_connected(&self.client)?;
-        let stream = self
+        // Every sync request asks, so this is one request to the server: the consumer's info,
+        // fetched without looking the stream up first, and read as fetched.
+        match self
             .js
-            .get_stream(subjects::JOBS_STREAM)
-            .await
-            .map_err(depth_unavailable)?;
-        // Before the engine's first worker creates its consumer, its jobs wait in the stream.
-        match stream
-            .get_consumer::<jetstream::consumer::pull::Config>(&subjects::consumer(engine))
+            .get_consumer_from_stream::<jetstream::consumer::pull::Config, _, _>(
+                subjects::consumer(engine),
+                subjects::JOBS_STREAM,
+            )
             .await
         {
-            Ok(mut consumer) => Ok(consumer
-                .info()
-                .await
-                .map_err(depth_unavailable)?
-                .num_pending),
+            Ok(consumer) => Ok(consumer.cached_info().num_pending),
+            // Before the engine's first worker creates its consumer, its jobs wait in the stream.
             Err(_) => {
-                let info = stream.get_info().await.map_err(depth_unavailable)?;
-                Ok(info.state.messages)
+                let stream = self
+                    .js
+                    .get_stream(subjects::JOBS_STREAM)
+                    .await
+                    .map_err(depth_unavailable)?;
+                Ok(stream.cached_info().state.messages)
             }
         }
     }

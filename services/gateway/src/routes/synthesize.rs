@@ -82,7 +82,14 @@ pub async fn synthesize(
         events = bus.subscribe(subjects::job_events(&job_id)).await?;
     }
     let deadline = Instant::now() + state.options.sync_timeout;
-    let record = wait_for_end(state.deps.store.as_ref(), job_id, events, deadline).await?;
+    let record = wait_for_end(
+        state.deps.store.as_ref(),
+        job_id,
+        events,
+        deadline,
+        submitted.replayed,
+    )
+    .await?;
     let mut response = match record.status {
         JobStatus::Succeeded => {
             let key = record.audio_key.ok_or_else(|| {
@@ -157,15 +164,24 @@ async fn streamed(
 /// Waits until the job's record is terminal and returns it, or answers `504` with the job id at
 /// `deadline`. An event only says "look": the record is read on each terminal event and every
 /// [`POLL_EVERY`], so a missed event costs a second at most. When the event stream ends (the bus
-/// went away), the wait goes on by polling alone.
+/// went away), the wait goes on by polling alone. With `read_first` (a job an earlier request
+/// made, which may have finished before the subscription) the record is read at once too; a
+/// job queued after the subscription has no event to miss, and its record was just written, so
+/// reading it at once would only cost every sync request a read of the store.
 async fn wait_for_end(
     store: &dyn JobStore,
     job_id: JobId,
     mut events: BoxStream<'static, BusMessage>,
     deadline: Instant,
+    read_first: bool,
 ) -> Result<JobRecord, AppError> {
     let mut events_open = true;
-    let mut poll = tokio::time::interval(POLL_EVERY);
+    let first_read = if read_first {
+        Instant::now()
+    } else {
+        Instant::now() + POLL_EVERY
+    };
+    let mut poll = tokio::time::interval_at(first_read, POLL_EVERY);
     loop {
         let look = tokio::select! {
             _ = tokio::time::sleep_until(deadline) => return Err(AppError::Timeout(job_id)),
@@ -222,7 +238,7 @@ mod tests {
         .boxed();
 
         let deadline = Instant::now() + Duration::from_millis(300);
-        let answer = wait_for_end(&store, job.job_id, events, deadline).await;
+        let answer = wait_for_end(&store, job.job_id, events, deadline, true).await;
         assert!(matches!(answer, Err(AppError::Timeout(id)) if id == job.job_id));
         assert_eq!(
             polls.load(Ordering::Relaxed),

@@ -207,8 +207,10 @@ pub(crate) async fn run_engine<T: Send + 'static>(
             .record(started.elapsed().as_secs_f64());
         result
     });
-    let mut keepalive = tokio::time::interval(ctx.ack_wait / 3);
-    keepalive.tick().await;
+    // The first progress ack is due a period from now. An `interval` whose first tick is taken
+    // at once would still wait for the timer's next millisecond to take it, on every job.
+    let every = ctx.ack_wait / 3;
+    let mut keepalive = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     loop {
         tokio::select! {
             joined = &mut task => {
