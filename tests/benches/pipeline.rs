@@ -234,14 +234,26 @@ async fn overhead(deployment: Deployment, warmup: usize, requests: usize) {
 
 /// Runs `jobs` sync requests, `in_flight` at a time; returns jobs a second.
 async fn run_concurrently(app: &TestApp, in_flight: usize, jobs: usize) -> f64 {
-    let url = Arc::new(app.url("/api/synthesize"));
-    let body = tiny_request();
-    let left = Arc::new(AtomicUsize::new(jobs));
+    let url = app.url("/api/synthesize");
     let start = Instant::now();
+    send_all(&app.client, &url, &tiny_request(), in_flight, jobs).await;
+    jobs as f64 / start.elapsed().as_secs_f64()
+}
+
+/// Sends `jobs` sync requests of `body` to `url`, `in_flight` at a time, and waits for every
+/// answer.
+async fn send_all(
+    client: &reqwest::Client,
+    url: &str,
+    body: &Bytes,
+    in_flight: usize,
+    jobs: usize,
+) {
+    let url = Arc::new(url.to_string());
+    let left = Arc::new(AtomicUsize::new(jobs));
     let mut tasks = Vec::new();
     for _ in 0..in_flight {
-        let (client, url, body, left) =
-            (app.client.clone(), url.clone(), body.clone(), left.clone());
+        let (client, url, body, left) = (client.clone(), url.clone(), body.clone(), left.clone());
         tasks.push(tokio::spawn(async move {
             while left
                 .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
@@ -254,7 +266,6 @@ async fn run_concurrently(app: &TestApp, in_flight: usize, jobs: usize) -> f64 {
     for task in tasks {
         task.await.expect("a client task");
     }
-    jobs as f64 / start.elapsed().as_secs_f64()
 }
 
 /// Sync requests with `in_flight` of them at a time, through one worker that takes as many.
@@ -354,27 +365,11 @@ async fn memory(jobs: usize) {
         rss_mb(gateway.pid())
     );
     let body = Bytes::from(json!({"text": "Hi.", "voice_id": PIPER_VOICE}).to_string());
-    let synth = Arc::new(format!("{url}/api/synthesize"));
+    let synth = format!("{url}/api/synthesize");
     let in_flight = settings.worker.max_concurrent as usize;
     let start = Instant::now();
     for done in (1_000..=jobs).step_by(1_000) {
-        let left = Arc::new(AtomicUsize::new(1_000));
-        let mut tasks = Vec::new();
-        for _ in 0..in_flight {
-            let (client, synth, body, left) =
-                (client.clone(), synth.clone(), body.clone(), left.clone());
-            tasks.push(tokio::spawn(async move {
-                while left
-                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
-                    .is_ok()
-                {
-                    synthesize(&client, &synth, &body).await;
-                }
-            }));
-        }
-        for task in tasks {
-            task.await.expect("a client task");
-        }
+        send_all(&client, &synth, &body, in_flight, 1_000).await;
         println!(
             "memory      worker after {done:5} jobs: {:.1} MB (gateway {:.1} MB), {:.0} s",
             rss_mb(worker.pid()),

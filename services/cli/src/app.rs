@@ -109,7 +109,6 @@ impl Application {
             }
         }
         let background = Background::new();
-        let engines = Engines { supplied: engines };
         match mode {
             Mode::Standalone { engines: names } => {
                 Self::standalone(settings, names, &engines, background).await
@@ -134,7 +133,7 @@ impl Application {
     async fn standalone(
         settings: Settings,
         engines: Vec<String>,
-        loader: &Engines,
+        supplied: &SuppliedEngines,
         background: Background,
     ) -> anyhow::Result<Self> {
         // Engines named on the command line must start; with none named, every configured
@@ -170,7 +169,7 @@ impl Application {
             Self::gateway_parts(&settings, adapters.clone(), false, &background).await?;
         let mut workers = Vec::new();
         for engine in engines {
-            let (engine_impl, analysis) = match loader.load(&settings, &engine).await {
+            let (engine_impl, analysis) = match load_engine(&settings, &engine, supplied).await {
                 Ok(loaded) => loaded,
                 Err(e) if !explicit => {
                     tracing::warn!(%engine, error = %format!("{e:#}"), "engine skipped");
@@ -223,7 +222,7 @@ impl Application {
     async fn worker(
         settings: Settings,
         engine: String,
-        loader: &Engines,
+        supplied: &SuppliedEngines,
         background: Background,
     ) -> anyhow::Result<Self> {
         let engine_settings = settings.engine(&engine)?.clone();
@@ -236,7 +235,7 @@ impl Application {
         .await?;
         let queue = JetStreamQueue::connect(client.clone(), queue_settings(&settings)).await?;
         let source: Arc<dyn JobSource> = Arc::new(queue.source(&engine).await?);
-        let (engine_impl, analysis) = loader.load(&settings, &engine).await?;
+        let (engine_impl, analysis) = load_engine(&settings, &engine, supplied).await?;
         let deps = WorkerDeps {
             engine: engine_impl,
             source,
@@ -441,41 +440,26 @@ type LoadedEngine = (
     Option<Arc<tts_worker::voice::Analysis>>,
 );
 
-/// Where a worker's engine comes from: the caller's, when it supplied one by that name, or else
-/// loaded from configuration.
-struct Engines {
-    supplied: SuppliedEngines,
-}
-
-impl Engines {
-    async fn load(&self, settings: &Settings, engine: &str) -> anyhow::Result<LoadedEngine> {
-        let Some(supplied) = self.supplied.get(engine) else {
-            return load_engine(settings, engine).await;
-        };
-        let supplied = supplied.clone();
-        let analysis = if supplied.clones() {
-            let settings = settings.clone();
-            let analysis =
-                tokio::task::spawn_blocking(move || tts_worker::voice::Analysis::load(&settings))
-                    .await?
-                    .map_err(|e| anyhow::anyhow!("engine {engine}: {e}"))?;
-            Some(Arc::new(analysis))
-        } else {
-            None
-        };
-        Ok((supplied, analysis))
-    }
-}
-
-/// Loads an engine, and the reference-analysis models when it clones voices, on a blocking
-/// thread: fetching and loading models takes a while.
-async fn load_engine(settings: &Settings, engine: &str) -> anyhow::Result<LoadedEngine> {
+/// Loads an engine (unless the caller supplied one by that name), and the reference-analysis
+/// models when it clones voices, on a blocking thread: fetching and loading models takes a
+/// while.
+async fn load_engine(
+    settings: &Settings,
+    engine: &str,
+    supplied: &SuppliedEngines,
+) -> anyhow::Result<LoadedEngine> {
     let settings = settings.clone();
     let name = engine.to_string();
     let sessions = settings.worker.max_concurrent as usize;
+    let supplied = supplied.get(engine).cloned();
     tokio::task::spawn_blocking(move || {
-        let config = tts_worker::engine::EngineConfig::parse(&name, &settings.workers)?;
-        let engine = tts_worker::engine::build(&config, &settings.models, sessions)?;
+        let engine = match supplied {
+            Some(engine) => engine,
+            None => {
+                let config = tts_worker::engine::EngineConfig::parse(&name, &settings.workers)?;
+                tts_worker::engine::build(&config, &settings.models, sessions)?
+            }
+        };
         let analysis = if engine.clones() {
             Some(Arc::new(tts_worker::voice::Analysis::load(&settings)?))
         } else {

@@ -124,10 +124,7 @@ impl Resident {
     fn phonemize(voice: &str, clauses: &[&str]) -> Option<Vec<String>> {
         // A clause's line breaks would split it into lines of its own; espeak-ng reads one
         // inside a clause as a space, so they are sent as spaces.
-        let clauses: Vec<String> = clauses
-            .iter()
-            .map(|c| c.split_whitespace().collect::<Vec<_>>().join(" "))
-            .collect();
+        let clauses: Vec<String> = clauses.iter().map(|c| words(c)).collect();
         if clauses.iter().any(|c| c.to_lowercase().contains(MARKER)) {
             return None;
         }
