@@ -733,6 +733,24 @@ pub async fn spawn_gateway_process_from(
     settings: &Settings,
     env: &[(&str, &str)],
 ) -> (WorkerProcess, String) {
+    let (mut process, mut log) = start_gateway_process_from(binary, settings, env);
+    let addr = log
+        .wait_for(Duration::from_secs(60), listening_addr)
+        .await
+        .unwrap_or_else(|printed| {
+            process.kill();
+            panic!("the gateway process never listened: {printed}")
+        });
+    (process, format!("http://{addr}"))
+}
+
+/// A gateway process as [`spawn_gateway_process_from`] starts it, returned before it listens,
+/// with the lines it logs (text), for tests that watch it start.
+pub fn start_gateway_process_from(
+    binary: &std::path::Path,
+    settings: &Settings,
+    env: &[(&str, &str)],
+) -> (WorkerProcess, Lines) {
     let mut child = Command::new(binary)
         .args(["gateway", "--port", "0"])
         .env("TTS__GATEWAY__HOST", "127.0.0.1")
@@ -755,21 +773,13 @@ pub async fn spawn_gateway_process_from(
         .stderr(Stdio::inherit())
         .spawn()
         .expect("gateway process starts");
-    let mut log = Lines::follow(child.stdout.take().expect("stdout is piped"));
-    let mut process = WorkerProcess { child };
-    let addr = log
-        .wait_for(Duration::from_secs(60), listening_addr)
-        .await
-        .unwrap_or_else(|printed| {
-            process.kill();
-            panic!("the gateway process never listened: {printed}")
-        });
-    (process, format!("http://{addr}"))
+    let log = Lines::follow(child.stdout.take().expect("stdout is piped"));
+    (WorkerProcess { child }, log)
 }
 
 /// The address in the gateway's "gateway listening" log line, in text (`addr=...`) or JSON
 /// (`"addr":"..."`).
-fn listening_addr(line: &str) -> Option<std::net::SocketAddr> {
+pub fn listening_addr(line: &str) -> Option<std::net::SocketAddr> {
     let line = strip_ansi(line);
     if !line.contains("gateway listening") {
         return None;

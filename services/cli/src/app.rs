@@ -16,6 +16,7 @@ use tts_gateway::{AppState, GatewayOptions};
 use tts_infra::{
     Adapters, AudioStore, JetStreamQueue, JobSource, LocalBus, LocalQueue, MemoryJobStore,
     MemoryVoiceStore, NatsBus, QueueSettings, RedisJobStore, RedisRateLimiter, RedisVoiceStore,
+    nats,
 };
 use tts_worker::{Worker, WorkerDeps, WorkerOptions};
 
@@ -200,14 +201,8 @@ impl Application {
     }
 
     async fn gateway(settings: Settings, background: Background) -> anyhow::Result<Self> {
-        let client = tts_infra::nats::connect(
-            &settings.nats.url,
-            "voice-clone-tts gateway",
-            &settings.nats.user,
-            settings.nats.password.expose(),
-        )
-        .await?;
-        let queue = JetStreamQueue::connect(client.clone(), queue_settings(&settings)).await?;
+        let client = connect_nats(&settings, "voice-clone-tts gateway").await?;
+        let queue = jobs_queue(&settings, &client).await?;
         let adapters = distributed_adapters(&settings, NatsBus::new(client), queue).await?;
         let (listener, state) = Self::gateway_parts(&settings, adapters, true, &background).await?;
         Ok(Application {
@@ -226,15 +221,16 @@ impl Application {
         background: Background,
     ) -> anyhow::Result<Self> {
         let engine_settings = settings.engine(&engine)?.clone();
-        let client = tts_infra::nats::connect(
-            &settings.nats.url,
-            &format!("voice-clone-tts worker {engine}"),
-            &settings.nats.user,
-            settings.nats.password.expose(),
-        )
-        .await?;
-        let queue = JetStreamQueue::connect(client.clone(), queue_settings(&settings)).await?;
-        let source: Arc<dyn JobSource> = Arc::new(queue.source(&engine).await?);
+        let client = connect_nats(&settings, &format!("voice-clone-tts worker {engine}")).await?;
+        let queue = jobs_queue(&settings, &client).await?;
+        let source: Arc<dyn JobSource> = Arc::new(
+            nats::retry_startup(
+                "the engine's jobs consumer",
+                settings.nats.startup_wait(),
+                || queue.source(&engine),
+            )
+            .await?,
+        );
         let (engine_impl, analysis) = load_engine(&settings, &engine, supplied).await?;
         let deps = WorkerDeps {
             engine: engine_impl,
@@ -400,6 +396,30 @@ async fn metrics_listener(
         .await
         .with_context(|| format!("gateway.metrics_listen: cannot listen on {addr}"))?;
     Ok(Some((listener, state.clone())))
+}
+
+/// Connects to NATS, waiting for a server to answer for up to `nats.startup_wait_secs`.
+async fn connect_nats(settings: &Settings, name: &str) -> anyhow::Result<nats::Client> {
+    let servers = settings.nats.servers();
+    let user = &settings.nats.user;
+    let password = settings.nats.password.expose();
+    Ok(
+        nats::retry_startup("nats", settings.nats.startup_wait(), || {
+            nats::connect(&servers, name, user, password)
+        })
+        .await?,
+    )
+}
+
+/// The jobs stream, waiting for JetStream to answer (a cluster may still be electing its leader)
+/// for up to `nats.startup_wait_secs`.
+async fn jobs_queue(settings: &Settings, client: &nats::Client) -> anyhow::Result<JetStreamQueue> {
+    Ok(
+        nats::retry_startup("the jobs stream", settings.nats.startup_wait(), || {
+            JetStreamQueue::connect(client.clone(), queue_settings(settings))
+        })
+        .await?,
+    )
 }
 
 fn queue_settings(settings: &Settings) -> QueueSettings {

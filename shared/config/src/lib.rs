@@ -332,14 +332,40 @@ pub fn redact_url(url: &str) -> String {
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct NatsSettings {
+    /// One server's URL, or several separated by commas: the client tries each in turn, at
+    /// start-up and on every reconnect, so no single server has to be up.
     pub url: String,
     pub replicas: usize,
+    /// How long a starting gateway or worker waits for NATS and JetStream to answer before it
+    /// gives up; 0 waits for as long as it takes.
+    #[serde(default = "default_startup_wait_secs")]
+    pub startup_wait_secs: u64,
     /// The user this process connects as (nats/nats-server.conf defines `gateway` and
     /// `worker`); empty connects without credentials.
     #[serde(default)]
     pub user: String,
     #[serde(default)]
     pub password: Secret,
+}
+
+fn default_startup_wait_secs() -> u64 {
+    120
+}
+
+impl NatsSettings {
+    /// The servers `url` names, in the order given.
+    pub fn servers(&self) -> Vec<&str> {
+        self.url
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect()
+    }
+
+    /// `None` waits for as long as it takes.
+    pub fn startup_wait(&self) -> Option<std::time::Duration> {
+        (self.startup_wait_secs > 0).then(|| std::time::Duration::from_secs(self.startup_wait_secs))
+    }
 }
 
 #[derive(Clone, Deserialize)]
@@ -462,6 +488,24 @@ impl Settings {
     /// Checks that catch a bad deployment at start-up rather than at the first request.
     fn validate(&self) -> Result<(), ConfigError> {
         let fail = |m: String| Err(ConfigError(m));
+        if self.nats.servers().is_empty() {
+            return fail("nats.url must name at least one server".into());
+        }
+        for server in self.nats.servers() {
+            // A URL without a scheme is a host and port, which is what the client takes too.
+            let authority = server.split_once("://").map_or(server, |(_, rest)| rest);
+            let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+            let bad_port = host_port
+                .rsplit_once(':')
+                .is_some_and(|(_, port)| !port.ends_with(']') && port.parse::<u16>().is_err());
+            if bad_port || host_port.is_empty() || host_port.contains(['/', ';', ' ']) {
+                return fail(format!(
+                    "nats.url: {server:?} is not a server address (host:port, with an optional \
+                     nats:// scheme); several servers are separated by commas \
+                     (nats://a:4222,nats://b:4222)"
+                ));
+            }
+        }
         if self.worker.max_concurrent == 0 {
             return fail("worker.max_concurrent must be at least 1".into());
         }
@@ -633,6 +677,41 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn nats_url_names_one_server_or_several() {
+        let s = Settings::load_with_env(
+            None,
+            env(&[("TTS__NATS__URL", "nats://a:4222, nats://b:4223,")]),
+        )
+        .unwrap();
+        assert_eq!(s.nats.servers(), ["nats://a:4222", "nats://b:4223"]);
+        assert_eq!(
+            s.nats.startup_wait(),
+            Some(std::time::Duration::from_secs(120))
+        );
+        let s = Settings::load_with_env(
+            None,
+            env(&[
+                ("TTS__NATS__URL", "nats://[::1]:4222,localhost"),
+                ("TTS__NATS__STARTUP_WAIT_SECS", "0"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.nats.servers(), ["nats://[::1]:4222", "localhost"]);
+        assert_eq!(s.nats.startup_wait(), None);
+
+        for (url, want) in [
+            ("nats://a:4222;nats://b:4222", "not a server address"),
+            ("nats://a:42x", "not a server address"),
+            (" , ", "at least one server"),
+        ] {
+            let error = Settings::load_with_env(None, env(&[("TTS__NATS__URL", url)]))
+                .err()
+                .unwrap_or_else(|| panic!("{url} was accepted"));
+            assert!(error.to_string().contains(want), "{url}: {error}");
+        }
     }
 
     #[test]
