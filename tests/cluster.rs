@@ -153,21 +153,49 @@ async fn a_job_that_uses_up_its_deliveries_is_marked_failed() {
     }
     second.kill();
 
-    // Another worker of the engine hears the server's advisory and records the failure.
+    // Another worker of the engine takes the server's advisory, kept in a stream however late
+    // the worker starts, and records the failure.
     let _other = spawn_worker_process(&app.settings, "other");
     let job = app.wait_for_job(&job_id, Duration::from_secs(60)).await;
     assert_eq!(job["status"], "failed", "{job}");
     assert_eq!(job["error"]["error"], "max_deliveries_exceeded", "{job}");
     assert_eq!(job["attempts"], 2, "{job}");
     assert_eq!(app.audio(&job_id).await.status(), 404);
+
+    // The job is kept as a dead letter, which an admin lists and requeues; it then runs on the
+    // worker that is left, under the same id.
+    let letters = app.get_json("/api/admin/dead-letters").await;
+    let letters = letters["dead_letters"].as_array().unwrap();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0]["job_id"], job_id.as_str());
+    assert_eq!(letters[0]["reason"]["error"], "max_deliveries_exceeded");
+    assert_eq!(letters[0]["deliveries"], 2);
+    let requeue = |id: &str| {
+        app.client
+            .post(app.url(&format!("/api/admin/dead-letters/{id}/requeue")))
+            .send()
+    };
+    let response = requeue(&job_id).await.unwrap();
+    assert_eq!(response.status(), 202);
+    let job = app.wait_for_job(&job_id, Duration::from_secs(120)).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(job["worker"], "other", "{job}");
+    assert_eq!(app.audio(&job_id).await.status(), 200);
+    let letters = app.get_json("/api/admin/dead-letters").await;
+    assert_eq!(letters["dead_letters"], json!([]));
+    // Requeueing it again finds nothing to requeue.
+    let again = requeue(&job_id).await.unwrap();
+    assert_eq!(again.status(), 404);
+    let body: Value = again.json().await.unwrap();
+    assert_eq!(body["error"], "dead_letter_not_found");
 }
 
-/// The reaper takes a job that used up its deliveries out of the stream by its sequence. A
-/// sequence that is no longer there (taken already, or never stored) answers "nothing to fail",
-/// which the queue tells from a failure by the server's error kind.
+/// The queue's side of a job that used up its deliveries: it is read from the jobs stream by its
+/// sequence, kept as a dead letter (once, however often it is buried), taken out of the jobs
+/// stream (a message already gone is no error), listed, found by its id, and requeued.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_exhausted_job_is_taken_once_and_a_missing_one_is_nothing() {
-    use tts_contracts::{JobMessage, JobSpec};
+async fn an_exhausted_job_becomes_a_dead_letter_that_can_be_requeued() {
+    use tts_contracts::{JobFailure, JobMessage, JobSpec};
     use tts_infra::{JetStreamQueue, JobQueue, QueueSettings};
 
     let nats = tts_tests::NatsServer::start().await;
@@ -176,13 +204,14 @@ async fn an_exhausted_job_is_taken_once_and_a_missing_one_is_nothing() {
         ack_wait: Duration::from_secs(30),
         max_deliver: 3,
         replicas: 1,
+        dead_letter_max_age: Duration::from_secs(3600),
     };
     let queue = JetStreamQueue::connect(client, settings).await.unwrap();
     let job = JobMessage {
         job_id: uuid::Uuid::new_v4(),
         engine: "piper".into(),
         created_at: chrono::Utc::now(),
-        tenant: None,
+        tenant: Some("acme".into()),
         spec: JobSpec::Synthesize {
             text: "Hello.".into(),
             voice_id: VOICE.into(),
@@ -194,8 +223,40 @@ async fn an_exhausted_job_is_taken_once_and_a_missing_one_is_nothing() {
     queue.enqueue(&job, None).await.unwrap();
 
     // The new stream's first message has sequence 1.
-    let taken = queue.take_exhausted(1).await.unwrap().expect("the job");
-    assert_eq!(serde_json::from_slice::<JobMessage>(&taken).unwrap(), job);
-    assert!(queue.take_exhausted(1).await.unwrap().is_none());
-    assert!(queue.take_exhausted(99).await.unwrap().is_none());
+    let payload = queue.job_at(1).await.unwrap().expect("the job");
+    assert_eq!(serde_json::from_slice::<JobMessage>(&payload).unwrap(), job);
+    let reason = JobFailure {
+        error: "max_deliveries_exceeded".into(),
+        message: "delivered 3 times".into(),
+    };
+    queue.bury(&job, &reason, 3).await.unwrap();
+    queue.bury(&job, &reason, 3).await.unwrap();
+    queue.remove_job(1).await.unwrap();
+    queue.remove_job(1).await.unwrap();
+    queue.remove_job(99).await.unwrap();
+    assert!(queue.job_at(1).await.unwrap().is_none());
+    assert_eq!(queue.depth("piper").await.unwrap(), 0);
+
+    let letters = queue.dead_letters(100).await.unwrap().expect("kept");
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0].job, job);
+    assert_eq!(letters[0].reason, reason);
+    assert_eq!(letters[0].deliveries, 3);
+    let letter = queue
+        .dead_letter(&job.job_id)
+        .await
+        .unwrap()
+        .expect("found");
+    assert!(
+        queue
+            .dead_letter(&uuid::Uuid::new_v4())
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    queue.requeue(&letter).await.unwrap();
+    assert_eq!(queue.depth("piper").await.unwrap(), 1);
+    assert!(queue.dead_letter(&job.job_id).await.unwrap().is_none());
+    assert!(queue.dead_letters(100).await.unwrap().unwrap().is_empty());
 }

@@ -427,6 +427,7 @@ fn queue_settings(settings: &Settings) -> QueueSettings {
         ack_wait: Duration::from_secs(settings.worker.ack_wait_secs),
         max_deliver: settings.worker.max_deliver,
         replicas: settings.nats.replicas,
+        dead_letter_max_age: Duration::from_secs(settings.nats.dead_letter_days.max(1) * 86_400),
     }
 }
 

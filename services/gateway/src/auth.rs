@@ -158,9 +158,9 @@ fn is_public(path: &str) -> bool {
         || path.starts_with(&format!("{}/", crate::openapi::PAGE_PATH))
 }
 
-/// Paths only admin keys may call: the worker fleet and the metrics.
+/// Paths only admin keys may call: the worker fleet, the metrics and the queue's operations.
 fn is_admin_only(path: &str) -> bool {
-    path == "/api/nodes" || path == "/ws" || path == "/metrics"
+    path == "/api/nodes" || path == "/ws" || path == "/metrics" || path.starts_with("/api/admin/")
 }
 
 /// Middleware: identifies the caller and hands the [`Caller`] (and the client's address) to the
@@ -217,7 +217,7 @@ pub async fn authorize(request: Request, next: Next) -> Response {
         return AppError::client(
             StatusCode::FORBIDDEN,
             "forbidden",
-            "the worker fleet is visible to admin keys only",
+            "this path is for admin keys only",
         )
         .into_response();
     }

@@ -340,6 +340,9 @@ pub struct NatsSettings {
     /// gives up; 0 waits for as long as it takes.
     #[serde(default = "default_startup_wait_secs")]
     pub startup_wait_secs: u64,
+    /// Days a dead letter (a job that used up its deliveries) is kept for an admin to requeue.
+    #[serde(default = "default_dead_letter_days")]
+    pub dead_letter_days: u64,
     /// The user this process connects as (nats/nats-server.conf defines `gateway` and
     /// `worker`); empty connects without credentials.
     #[serde(default)]
@@ -350,6 +353,10 @@ pub struct NatsSettings {
 
 fn default_startup_wait_secs() -> u64 {
     120
+}
+
+fn default_dead_letter_days() -> u64 {
+    14
 }
 
 impl NatsSettings {

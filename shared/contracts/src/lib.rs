@@ -153,6 +153,25 @@ pub struct JobMessage {
     pub spec: JobSpec,
 }
 
+/// A job the queue gave up on after its last delivery, as the dead-letter stream keeps it and
+/// `GET /api/admin/dead-letters` lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct DeadLetter {
+    #[cfg_attr(feature = "openapi", schema(value_type = uuid::Uuid))]
+    pub job_id: JobId,
+    pub engine: String,
+    /// Why the queue gave up on it.
+    pub reason: JobFailure,
+    /// Deliveries it had.
+    pub deliveries: u32,
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
+    pub dead_at: DateTime<Utc>,
+    /// The job as it was queued, so that requeueing it runs the same job.
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub job: JobMessage,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]

@@ -49,6 +49,31 @@ pub fn max_deliveries_advisory(engine: &str) -> String {
     )
 }
 
+/// The stream that keeps the server's max-deliveries advisories for the jobs stream until a
+/// worker has dealt with them. The server publishes an advisory once, whether or not anyone
+/// listens; kept in a stream, none is lost while no worker of the engine runs.
+pub const EXHAUSTED_STREAM: &str = "TTS_EXHAUSTED";
+
+/// Every max-deliveries advisory of the jobs stream, for the exhausted stream's subject filter.
+pub const EXHAUSTED_ALL: &str = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.TTS_JOBS.>";
+
+/// The durable consumer through which an engine's workers share its advisories.
+pub fn reaper(engine: &str) -> String {
+    format!("tts-reaper-{engine}")
+}
+
+/// The stream of dead letters: jobs that used up their deliveries, kept with the reason until an
+/// admin requeues them or they age out.
+pub const DEAD_LETTERS_STREAM: &str = "TTS_DEAD_LETTERS";
+
+/// Every dead letter, for the dead-letter stream's subject filter.
+pub const DEAD_LETTERS_ALL: &str = "tts.dead.>";
+
+/// The dead letter of one job: one subject per job, so that it is found by its id.
+pub fn dead_letter(job_id: &impl std::fmt::Display) -> String {
+    format!("tts.dead.{job_id}")
+}
+
 /// Engine names become subject tokens and consumer names, so they are restricted to characters
 /// that are safe in both.
 pub fn is_valid_engine_name(engine: &str) -> bool {

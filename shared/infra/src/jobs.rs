@@ -22,6 +22,10 @@ pub trait JobStore: Send + Sync + 'static {
     /// written.
     async fn put(&self, record: &JobRecord) -> Result<bool>;
 
+    /// Stores `record` whatever the stored one says: the one way a terminal record changes, for
+    /// an admin who requeues a job the queue gave up on.
+    async fn reset(&self, record: &JobRecord) -> Result<()>;
+
     /// Maps an idempotency key to `job_id`. When the key is already mapped to another job,
     /// nothing changes and that job is returned; a key already mapped to `job_id` itself (a
     /// retried claim whose first attempt landed) counts as claimed now.
@@ -146,6 +150,21 @@ impl JobStore for RedisJobStore {
         Ok(written == 1)
     }
 
+    async fn reset(&self, record: &JobRecord) -> Result<()> {
+        let json = serde_json::to_string(record)
+            .map_err(|e| InfraError::wrap(InfraErrorKind::Corrupt, e))?;
+        let _: () = self
+            .run(
+                redis::cmd("SET")
+                    .arg(self.job_key(&record.job_id))
+                    .arg(json)
+                    .arg("EX")
+                    .arg(self.ttl.as_secs().max(1)),
+            )
+            .await?;
+        Ok(())
+    }
+
     async fn claim_idempotency_key(&self, key: &str, job_id: &JobId) -> Result<Option<JobId>> {
         let redis_key = self.idempotency_key(key);
         let set: Option<String> = self
@@ -247,6 +266,14 @@ impl JobStore for MemoryJobStore {
             .jobs
             .insert(record.job_id, (record.clone(), now + self.ttl));
         Ok(true)
+    }
+
+    async fn reset(&self, record: &JobRecord) -> Result<()> {
+        let expires = Instant::now() + self.ttl;
+        self.lock()
+            .jobs
+            .insert(record.job_id, (record.clone(), expires));
+        Ok(())
     }
 
     async fn claim_idempotency_key(&self, key: &str, job_id: &JobId) -> Result<Option<JobId>> {

@@ -6,6 +6,7 @@
 
 pub mod bus;
 pub mod circuit;
+pub mod dead_letters;
 pub mod error;
 pub mod jobs;
 pub mod limits;

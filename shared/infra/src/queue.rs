@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_nats::jetstream::stream::RawMessageErrorKind;
 use async_nats::jetstream::{self, AckKind};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -18,7 +17,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tts_contracts::trace::TRACEPARENT;
-use tts_contracts::{JobMessage, TraceParent, subjects};
+use tts_contracts::{DeadLetter, JobId, JobMessage, TraceParent, subjects};
 
 use crate::error::{InfraError, InfraErrorKind, Result, Source};
 
@@ -29,6 +28,8 @@ pub struct QueueSettings {
     /// Deliveries of one job before the server gives up on it.
     pub max_deliver: i64,
     pub replicas: usize,
+    /// How long a dead letter is kept before it ages out of the dead-letter stream.
+    pub dead_letter_max_age: Duration,
 }
 
 #[async_trait]
@@ -41,6 +42,25 @@ pub trait JobQueue: Send + Sync + 'static {
     async fn depth(&self, engine: &str) -> Result<u64>;
 
     fn is_connected(&self) -> bool;
+
+    /// Up to `limit` jobs the queue gave up on, oldest first; `None` from a queue that keeps no
+    /// dead letters (the in-process one, whose jobs never outlive the process).
+    async fn dead_letters(&self, limit: usize) -> Result<Option<Vec<DeadLetter>>> {
+        let _ = limit;
+        Ok(None)
+    }
+
+    /// The dead letter of `job_id`, if the queue keeps one.
+    async fn dead_letter(&self, job_id: &JobId) -> Result<Option<DeadLetter>> {
+        let _ = job_id;
+        Ok(None)
+    }
+
+    /// Queues a dead letter's job again and removes the letter.
+    async fn requeue(&self, letter: &DeadLetter) -> Result<()> {
+        let _ = letter;
+        Err(InfraError::invalid("this queue keeps no dead letters"))
+    }
 }
 
 /// Where a worker takes jobs from.
@@ -85,7 +105,8 @@ pub struct JetStreamQueue {
 }
 
 impl JetStreamQueue {
-    /// Creates the jobs stream when it does not exist yet.
+    /// Creates the jobs stream, and the streams of exhausted jobs and dead letters, when they do
+    /// not exist yet.
     pub async fn connect(client: async_nats::Client, settings: QueueSettings) -> Result<Self> {
         let js = jetstream::new(client.clone());
         js.get_or_create_stream(jetstream::stream::Config {
@@ -99,6 +120,7 @@ impl JetStreamQueue {
         })
         .await
         .map_err(|e| InfraError::unavailable("jobs stream").with_source(e))?;
+        crate::dead_letters::create_streams(&js, &settings).await?;
         Ok(JetStreamQueue {
             client,
             js,
@@ -106,7 +128,11 @@ impl JetStreamQueue {
         })
     }
 
-    async fn stream(&self) -> Result<jetstream::stream::Stream> {
+    pub(crate) fn js(&self) -> &jetstream::Context {
+        &self.js
+    }
+
+    pub(crate) async fn jobs_stream(&self) -> Result<jetstream::stream::Stream> {
         self.js
             .get_stream(subjects::JOBS_STREAM)
             .await
@@ -117,7 +143,7 @@ impl JetStreamQueue {
     pub async fn source(&self, engine: &str) -> Result<JetStreamSource> {
         let name = subjects::consumer(engine);
         let consumer = self
-            .stream()
+            .jobs_stream()
             .await?
             .get_or_create_consumer(
                 &name,
@@ -148,24 +174,6 @@ impl JetStreamQueue {
             consumer,
             max_deliver,
         })
-    }
-
-    /// Removes a job that has used up its deliveries from the stream and returns it. The server
-    /// keeps such a message and announces it with an advisory naming its stream sequence.
-    pub async fn take_exhausted(&self, stream_seq: u64) -> Result<Option<Bytes>> {
-        let stream = self.stream().await?;
-        let message = match stream.get_raw_message(stream_seq).await {
-            Ok(m) => m,
-            // The message has left the stream already: there is no job left to fail.
-            Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => return Ok(None),
-            Err(e) => {
-                return Err(InfraError::unavailable(format!("get job {stream_seq}")).with_source(e));
-            }
-        };
-        if let Err(e) = stream.delete_message(stream_seq).await {
-            tracing::warn!(stream_seq, error = %e, "could not delete an exhausted job");
-        }
-        Ok(Some(message.payload))
     }
 
     pub fn client(&self) -> &async_nats::Client {
@@ -221,6 +229,21 @@ impl JobQueue for JetStreamQueue {
 
     fn is_connected(&self) -> bool {
         self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    async fn dead_letters(&self, limit: usize) -> Result<Option<Vec<DeadLetter>>> {
+        crate::nats::ensure_connected(&self.client)?;
+        self.list_dead_letters(limit).await.map(Some)
+    }
+
+    async fn dead_letter(&self, job_id: &JobId) -> Result<Option<DeadLetter>> {
+        crate::nats::ensure_connected(&self.client)?;
+        self.find_dead_letter(job_id).await
+    }
+
+    async fn requeue(&self, letter: &DeadLetter) -> Result<()> {
+        crate::nats::ensure_connected(&self.client)?;
+        self.requeue_dead_letter(letter).await
     }
 }
 

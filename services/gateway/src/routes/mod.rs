@@ -1,5 +1,6 @@
 //! The HTTP API, one module per resource.
 
+mod admin;
 mod health;
 mod jobs;
 mod nodes;
@@ -96,6 +97,8 @@ fn api(timeout: TimeoutLayer, upload_limit: usize) -> OpenApiRouter<AppState> {
         .routes(routes!(health::health).layer(timeout))
         .routes(routes!(nodes::list).layer(timeout))
         .routes(routes!(nodes::stream))
+        .routes(routes!(admin::dead_letters).layer(timeout))
+        .routes(routes!(admin::requeue).layer(timeout))
         .routes(routes!(crate::metrics::page))
 }
 

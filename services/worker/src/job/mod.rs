@@ -280,19 +280,19 @@ async fn reject_unreadable(
 
 /// Marks a job failed after the queue gave up on it (its deliveries are used up), unless it
 /// already finished.
-pub async fn fail_exhausted(ctx: &JobContext, message: &JobMessage) -> Result<bool, InfraError> {
+pub async fn fail_exhausted(
+    ctx: &JobContext,
+    message: &JobMessage,
+    reason: &JobFailure,
+) -> Result<bool, InfraError> {
     let mut record = match ctx.adapters.store.get(&message.job_id).await? {
         Some(r) => r,
         None => JobRecord::queued(message),
     };
-    let reason = JobFailure {
-        error: failure::MAX_DELIVERIES_EXCEEDED.into(),
-        message: "the job was delivered the maximum number of times without finishing".into(),
-    };
     if !record.fail(&reason.error, reason.message.clone()) {
         return Ok(false);
     }
-    fail_enrolling_voice(ctx, &message.spec, &reason).await;
+    fail_enrolling_voice(ctx, &message.spec, reason).await;
     let written = ctx.adapters.store.put(&record).await?;
     publish(ctx, &record, None).await;
     Ok(written)
