@@ -2,15 +2,19 @@
 //! servers that die while it runs. Every server here is the test's own, on a port it picked
 //! itself, and is killed and restarted by the test.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use serde_json::json;
+use serde_json::{Value, json};
+use tts_contracts::audio_key;
 use tts_tests::app::{
     VOICE, binary, listening_addr, spawn_worker_process_logged, start_gateway_process_from,
 };
 use tts_tests::wait_until_listed;
 use tts_tests::wav::assert_plausible_speech;
-use tts_tests::{NatsServer, spawn_gateway_process, spawn_worker_process, test_settings};
+use tts_tests::{
+    Deployment, NatsServer, TestApp, spawn_app_with, spawn_gateway_process, spawn_worker_process,
+    test_settings,
+};
 
 /// Sends a sync request for a short sentence to the gateway at `url` and checks the speech.
 async fn speaks(client: &reqwest::Client, url: &str) {
@@ -77,4 +81,107 @@ async fn a_list_of_servers_reaches_the_one_that_is_up() {
     let client = reqwest::Client::new();
     wait_until_listed(&client, &url, None, VOICE, Duration::from_secs(60)).await;
     speaks(&client, &url).await;
+}
+
+/// Text long enough that a job is still running when the test cancels it.
+fn long_text() -> String {
+    "This long passage keeps a worker busy for several seconds, so that the test can act while \
+     the job is running. "
+        .repeat(12)
+}
+
+async fn submit(app: &TestApp, text: &str) -> String {
+    let response = app
+        .submit(&json!({"text": text, "voice_id": VOICE}), None)
+        .await;
+    assert_eq!(response.status(), 202);
+    let body: Value = response.json().await.unwrap();
+    body["job_id"].as_str().unwrap().to_string()
+}
+
+async fn cancel(app: &TestApp, job_id: &str) -> reqwest::Response {
+    app.client
+        .delete(app.url(&format!("/api/jobs/{job_id}")))
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_job_that_is_cancelled_never_runs() {
+    // A worker that announced the voice and was then killed: the gateway still lists the voice
+    // (its threshold for a dead worker is far off), and the job waits in the queue.
+    let mut app = spawn_app_with(Deployment::GatewayOnly, |s| {
+        s.worker.max_concurrent = 1;
+        s.gateway.dead_threshold = 3600;
+    })
+    .await;
+    let mut announcer = spawn_worker_process(&app.settings, "announcer");
+    app.wait_for_voice(VOICE, 1).await;
+    announcer.kill();
+    let job_id = submit(&app, "This job is cancelled before it runs.").await;
+    let response = cancel(&app, &job_id).await;
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["status"], "cancelled", "{body}");
+    assert_eq!(body["error"]["error"], "cancelled", "{body}");
+    // Repeating it is harmless.
+    let again = cancel(&app, &job_id).await;
+    assert_eq!(again.status(), 200);
+    assert_eq!(again.json::<Value>().await.unwrap()["status"], "cancelled");
+    assert_eq!(
+        cancel(&app, &uuid::Uuid::new_v4().to_string())
+            .await
+            .status(),
+        404
+    );
+    let events = app.ws_events(&job_id).await;
+    assert_eq!(events.last().map(|e| e.status.as_str()), Some("cancelled"));
+
+    // A worker with one slot takes the cancelled job first and drops it; the next one runs.
+    app.add_worker("piper", |_| {}).await;
+    let next = submit(&app, "This one runs.").await;
+    let done = app.wait_for_job(&next, Duration::from_secs(120)).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let job = app.job(&job_id).await;
+    assert_eq!(job["status"], "cancelled", "{job}");
+    assert_eq!(job["attempts"], 0, "{job}");
+    assert_eq!(app.audio(&job_id).await.status(), 404);
+    let stored = app.audio.get(&audio_key(&job_id.parse().unwrap())).await;
+    assert!(stored.unwrap().is_none(), "a cancelled job left audio");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_job_that_is_cancelled_stops_and_leaves_no_audio() {
+    let app = spawn_app_with(Deployment::Distributed, |s| s.worker.max_concurrent = 1).await;
+    let job_id = submit(&app, &long_text()).await;
+    let (events, ()) = tokio::join!(app.ws_events(&job_id), async {
+        // Wait for the first sentence's progress: the engine is at work.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let job = app.job(&job_id).await;
+            if job["status"] == "running" && job["progress"].as_f64().unwrap_or(0.0) > 0.0 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "never ran: {job}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let response = cancel(&app, &job_id).await;
+        assert_eq!(response.status(), 200);
+    });
+    assert_eq!(events.last().map(|e| e.status.as_str()), Some("cancelled"));
+
+    // The worker's one slot frees once the cancelled attempt has stopped; the next job runs.
+    let next = submit(&app, "After the cancelled one.").await;
+    let done = app.wait_for_job(&next, Duration::from_secs(120)).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let job = app.job(&job_id).await;
+    assert_eq!(job["status"], "cancelled", "{job}");
+    assert!(job["progress"].as_f64().unwrap() < 0.95, "{job}");
+    let stored = app.audio.get(&audio_key(&job_id.parse().unwrap())).await;
+    assert!(stored.unwrap().is_none(), "a cancelled job left audio");
+    // A finished job cannot be cancelled.
+    let late = cancel(&app, &next).await;
+    assert_eq!(late.status(), 409);
+    assert_eq!(late.json::<Value>().await.unwrap()["error"], "job_finished");
 }

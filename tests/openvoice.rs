@@ -179,6 +179,7 @@ fn cloned_input(text: &str, language: &str, voice: &VoiceRecord) -> SynthesisInp
         streamed: false,
         voice: Some(voice.clone()),
         reference_wav: None,
+        cancel: Default::default(),
     }
 }
 

@@ -33,6 +33,7 @@ fn speak(voice: &str, text: &str) -> Vec<f32> {
         speed: 1.0,
         streamed: false,
         voice: None,
+        cancel: Default::default(),
         reference_wav: None,
     };
     let audio = if voice == "en_US-joe-medium" {

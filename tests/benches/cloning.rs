@@ -89,6 +89,7 @@ fn speak(engine: &KokoroEngine, table: &StyleTable, voice_id: &str, language: &s
         speed: 1.0,
         streamed: false,
         voice: None,
+        cancel: Default::default(),
         reference_wav: None,
     };
     let audio = engine

@@ -41,6 +41,7 @@ fn engine_rtf(threads: usize) {
             speed: 1.0,
             streamed: false,
             voice: None,
+            cancel: Default::default(),
             reference_wav: None,
         };
         // One warm-up run, then the measured ones.

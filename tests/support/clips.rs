@@ -18,6 +18,7 @@ pub fn speech(text: &str) -> (Vec<f32>, u32) {
         speed: 1.0,
         streamed: false,
         voice: None,
+        cancel: Default::default(),
         reference_wav: None,
     };
     let audio = engines::piper()

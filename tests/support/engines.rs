@@ -51,6 +51,7 @@ pub fn stock_input(text: &str, voice: &str, language: &str) -> tts_worker::engin
         streamed: false,
         voice: None,
         reference_wav: None,
+        cancel: Default::default(),
     }
 }
 

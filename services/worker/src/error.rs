@@ -94,6 +94,15 @@ impl EngineError {
         Self::new(EngineErrorKind::InvalidInput, code, message)
     }
 
+    /// The job was cancelled while the engine worked; nobody waits for its audio any more.
+    pub fn cancelled() -> Self {
+        Self::new(
+            EngineErrorKind::Transient,
+            tts_contracts::failure::CANCELLED,
+            "the job was cancelled",
+        )
+    }
+
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(EngineErrorKind::Internal, "engine_error", message)
     }

@@ -4,6 +4,8 @@
 //! spelled once, here, and never as a literal elsewhere. Engines name their own codes (see the
 //! worker's `EngineError`); these are the ones the job handling itself gives.
 
+/// The job's owner cancelled it (the reason a `cancelled` record carries).
+pub const CANCELLED: &str = "cancelled";
 /// A failed record that says no more (one written before failures carried a reason).
 pub const JOB_FAILED: &str = "job_failed";
 /// The engine's thread stopped (panicked) before returning.

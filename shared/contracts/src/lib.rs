@@ -180,12 +180,17 @@ pub enum JobStatus {
     Running,
     Succeeded,
     Failed,
+    /// Stopped by its owner (`DELETE /api/jobs/{id}`) before it finished; it made no audio.
+    Cancelled,
 }
 
 impl JobStatus {
     /// A terminal status never changes again; clients stop polling and WebSockets close.
     pub fn is_terminal(self) -> bool {
-        matches!(self, JobStatus::Succeeded | JobStatus::Failed)
+        matches!(
+            self,
+            JobStatus::Succeeded | JobStatus::Failed | JobStatus::Cancelled
+        )
     }
 
     pub fn as_str(self) -> &'static str {
@@ -194,6 +199,7 @@ impl JobStatus {
             JobStatus::Running => "running",
             JobStatus::Succeeded => "succeeded",
             JobStatus::Failed => "failed",
+            JobStatus::Cancelled => "cancelled",
         }
     }
 }
@@ -218,7 +224,8 @@ pub struct JobAudio {
 /// The state of a job as the state store keeps it and `GET /api/jobs/{id}` returns it.
 ///
 /// Its fields are public for reading; it changes only through its methods (`start`, `progress`,
-/// `succeed`, `requeue`, `fail`), which leave a terminal record (`succeeded`, `failed`) as it is.
+/// `succeed`, `requeue`, `fail`, `cancel`), which leave a terminal record (`succeeded`, `failed`,
+/// `cancelled`) as it is.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct JobRecord {
@@ -365,6 +372,24 @@ impl JobRecord {
 
     /// The event that announces this record's current state.
     /// Why a failed job failed: its recorded failure, or a general one when it recorded none.
+    /// Marks the job cancelled now. Returns false, changing nothing, when the record is already
+    /// terminal: a job that finished cannot be cancelled any more.
+    #[must_use = "a terminal record refuses the change"]
+    pub fn cancel(&mut self) -> bool {
+        if self.status.is_terminal() {
+            return false;
+        }
+        let now = Utc::now();
+        self.status = JobStatus::Cancelled;
+        self.updated_at = now;
+        self.finished_at = Some(now);
+        self.error = Some(JobFailure {
+            error: failure::CANCELLED.into(),
+            message: "the job was cancelled".into(),
+        });
+        true
+    }
+
     pub fn failure(&self) -> JobFailure {
         self.error.clone().unwrap_or_else(|| JobFailure {
             error: failure::JOB_FAILED.into(),

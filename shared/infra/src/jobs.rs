@@ -54,7 +54,8 @@ const PUT_UNLESS_TERMINAL: &str = r#"
 local current = redis.call('GET', KEYS[1])
 if current then
   local ok, decoded = pcall(cjson.decode, current)
-  if ok and (decoded['status'] == 'succeeded' or decoded['status'] == 'failed') then
+  if ok and (decoded['status'] == 'succeeded' or decoded['status'] == 'failed'
+      or decoded['status'] == 'cancelled') then
     return 0
   end
 end

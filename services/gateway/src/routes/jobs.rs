@@ -1,4 +1,4 @@
-//! `POST /api/jobs`, `GET /api/jobs/{id}` and `GET /api/jobs/{id}/audio`.
+//! `POST /api/jobs`, `GET /api/jobs/{id}`, `DELETE /api/jobs/{id}` and `GET /api/jobs/{id}/audio`.
 
 use axum::Extension;
 use axum::extract::rejection::QueryRejection;
@@ -111,6 +111,65 @@ pub async fn status(
     let audio_url = (record.status == JobStatus::Succeeded && record.audio_key.is_some())
         .then(|| format!("{}/api/jobs/{}/audio", base_url(&state), record.job_id));
     Ok(Json(JobView { record, audio_url }))
+}
+
+/// Cancels a job: a queued one never runs, a running one stops after the sentence it is on, and
+/// neither leaves audio. Listeners (WebSockets, a waiting sync request) hear `cancelled`.
+/// Cancelling a cancelled job again changes nothing and answers the same.
+#[utoipa::path(
+    delete,
+    path = "/api/jobs/{id}",
+    tag = "synthesis",
+    summary = "Cancel a job",
+    params(("id" = String, Path, description = "The job's id (a UUID)")),
+    responses(
+        (status = 200, description = "The job is cancelled; its record", body = JobView),
+        (status = 404, description = "`job_not_found`: no such job (or another tenant's)", body = ApiError),
+        (status = 409, description = "`job_finished`: the job succeeded or failed before it could be cancelled", body = ApiError),
+        (status = 503, description = "`dependency_unavailable`: the job store did not answer", body = ApiError),
+    )
+)]
+pub async fn cancel(
+    State(state): State<AppState>,
+    Extension(caller): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<JobView>, AppError> {
+    let mut record = load(&state, &caller, &id).await?;
+    if record.cancel() {
+        if state.deps.store.put(&record).await? {
+            tracing::info!(job_id = %record.job_id, "job cancelled");
+            announce(&state, &record).await;
+        } else {
+            // It finished (or was cancelled) between the read and the write.
+            record = load_job(&state, &caller, record.job_id).await?;
+        }
+    }
+    match record.status {
+        JobStatus::Cancelled => Ok(Json(JobView {
+            record,
+            audio_url: None,
+        })),
+        status => Err(AppError::client(
+            StatusCode::CONFLICT,
+            "job_finished",
+            format!(
+                "job {} has {} and can no longer be cancelled",
+                record.job_id,
+                status.as_str()
+            ),
+        )),
+    }
+}
+
+/// Tells the job's listeners of its new state. Best effort: they re-read the store.
+async fn announce(state: &AppState, record: &JobRecord) {
+    let Ok(payload) = serde_json::to_vec(&record.to_event()) else {
+        return;
+    };
+    let subject = tts_contracts::subjects::job_events(&record.job_id);
+    if let Err(e) = state.deps.bus.publish(subject, payload.into()).await {
+        tracing::warn!(job_id = %record.job_id, error = %e, "could not announce the cancellation");
+    }
 }
 
 /// The configured public URL without a trailing slash; empty gives links that are paths.

@@ -85,7 +85,7 @@ fn api(timeout: TimeoutLayer, upload_limit: usize) -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(crate::openapi::skeleton())
         .routes(routes!(synthesize::synthesize))
         .routes(routes!(jobs::create).layer(timeout))
-        .routes(routes!(jobs::status).layer(timeout))
+        .routes(routes!(jobs::status, jobs::cancel).layer(timeout))
         .routes(routes!(jobs::audio).layer(timeout))
         .routes(routes!(ws::job_events))
         .routes(routes!(voices::list).layer(timeout))

@@ -36,6 +36,46 @@ pub struct SynthesisInput {
     /// For a cloned voice of an engine that [`Engine::needs_reference`], the voice's trimmed
     /// reference clip as WAV bytes (16 kHz mono).
     pub reference_wav: Option<bytes::Bytes>,
+    /// Set while the engine works when the job is cancelled (or finished by another delivery):
+    /// an engine that speaks in pieces checks it before each piece and stops.
+    pub cancel: Cancel,
+}
+
+/// A job's "stop now" flag, shared by the worker (which sets it) and the engine's thread (which
+/// reads it between pieces of work).
+#[derive(Clone, Default)]
+pub struct Cancel(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl Cancel {
+    pub fn set(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn is_set(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Fails with [`EngineError::cancelled`] once the flag is set.
+    pub fn check(&self) -> Result<(), EngineError> {
+        if self.is_set() {
+            Err(EngineError::cancelled())
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl std::fmt::Debug for Cancel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Cancel({})", self.is_set())
+    }
+}
+
+/// Two inputs are alike whether or not their jobs were cancelled.
+impl PartialEq for Cancel {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 /// The budget and seed of voice enrollment, the same for every voice a worker enrols.

@@ -16,7 +16,7 @@ use tts_contracts::{VoiceInfo, VoiceStatus};
 
 use super::espeak;
 use super::{
-    Audio, Device, Engine, EngineError, EngineHealth, Step, SynthesisInput,
+    Audio, Cancel, Device, Engine, EngineError, EngineHealth, Step, SynthesisInput,
     check_voice_and_language,
 };
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -284,6 +284,7 @@ impl PiperEngine {
         pieces: &[Planned],
         speed: f32,
         first_alone: bool,
+        cancel: &Cancel,
         emit: &mut dyn FnMut(usize, Option<Vec<f32>>),
     ) -> Result<(), EngineError> {
         let n = pieces.len();
@@ -307,7 +308,7 @@ impl PiperEngine {
                     let span = tracing::Span::current();
                     scope.spawn(move || {
                         let _entered = span.enter();
-                        while !stop.load(Ordering::Relaxed) {
+                        while !stop.load(Ordering::Relaxed) && !cancel.is_set() {
                             let Some(session) = self.pool.try_take() else {
                                 break;
                             };
@@ -326,6 +327,10 @@ impl PiperEngine {
             }
             let mut emitted = 0;
             while emitted < n {
+                if cancel.is_set() {
+                    stop.store(true, Ordering::Relaxed);
+                    return Err(EngineError::cancelled());
+                }
                 let done = results[emitted]
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
@@ -390,29 +395,35 @@ impl Engine for PiperEngine {
         // Sentences that have said something, and the last one that did.
         let mut spoken = 0;
         let mut speaking: Option<usize> = None;
-        self.speak_all(&pieces, input.speed, input.streamed, &mut |i, audio| {
-            let piece = &pieces[i];
-            let start = samples.len();
-            if let Some(audio) = audio {
-                // The pause before a sentence is part of its first piece, so that the pieces
-                // laid end to end are the whole audio.
-                if speaking != Some(piece.sentence) {
-                    if spoken > 0 {
-                        samples.extend_from_slice(&pause);
+        self.speak_all(
+            &pieces,
+            input.speed,
+            input.streamed,
+            &input.cancel,
+            &mut |i, audio| {
+                let piece = &pieces[i];
+                let start = samples.len();
+                if let Some(audio) = audio {
+                    // The pause before a sentence is part of its first piece, so that the pieces
+                    // laid end to end are the whole audio.
+                    if speaking != Some(piece.sentence) {
+                        if spoken > 0 {
+                            samples.extend_from_slice(&pause);
+                        }
+                        spoken += 1;
+                        speaking = Some(piece.sentence);
                     }
-                    spoken += 1;
-                    speaking = Some(piece.sentence);
+                    samples.extend(audio);
                 }
-                samples.extend(audio);
-            }
-            // A piece with nothing to say still counts, with no audio.
-            progress(Step {
-                done: piece.done,
-                total,
-                audio: &samples[start..],
-                sample_rate: rate,
-            });
-        })?;
+                // A piece with nothing to say still counts, with no audio.
+                progress(Step {
+                    done: piece.done,
+                    total,
+                    audio: &samples[start..],
+                    sample_rate: rate,
+                });
+            },
+        )?;
         if spoken == 0 {
             return Err(EngineError::invalid(
                 "nothing_to_say",

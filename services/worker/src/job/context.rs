@@ -12,7 +12,7 @@ use tts_contracts::chunk::{AudioChunk, to_i16};
 use tts_contracts::{JobAudio, JobFailure, JobId, JobRecord, failure, subjects};
 use tts_infra::{Adapters, Delivery, InfraError};
 
-use crate::engine::{CloneSettings, Engine, EngineError, EngineErrorKind, Progress, Step};
+use crate::engine::{Cancel, CloneSettings, Engine, EngineError, EngineErrorKind, Progress, Step};
 use crate::voice::Analysis;
 
 /// What a job handler needs from its worker.
@@ -184,6 +184,11 @@ impl AudioStream {
 /// job is not redelivered while it runs. `unit` names a step in progress messages. With a
 /// `stream`, the audio the engine reports is published as it arrives, before its progress is
 /// recorded, since a listener waits for the audio and not for the record.
+///
+/// When a progress write finds the stored record terminal (the job was cancelled, or another
+/// delivery finished it), `cancel` is set, so that an engine that checks it stops before its next
+/// piece, and the job ends as already finished whatever the engine returns.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn run_engine<T: Send + 'static>(
     ctx: &JobContext,
     delivery: &dyn Delivery,
@@ -191,6 +196,7 @@ pub(crate) async fn run_engine<T: Send + 'static>(
     span: (f32, f32),
     unit: &'static str,
     mut stream: Option<&mut AudioStream>,
+    cancel: Cancel,
     work: impl FnOnce(&mut dyn FnMut(Report)) -> Result<T, EngineError> + Send + 'static,
 ) -> Result<T, JobError> {
     let (tx, mut rx) = mpsc::unbounded_channel::<Report>();
@@ -216,7 +222,11 @@ pub(crate) async fn run_engine<T: Send + 'static>(
             joined = &mut task => {
                 // Report what arrived just before the engine returned.
                 while let Ok(r) = rx.try_recv() {
-                    take(ctx, record, span, unit, stream.as_deref_mut(), r).await;
+                    take(ctx, record, span, unit, stream.as_deref_mut(), &cancel, r).await;
+                }
+                if cancel.is_set() {
+                    tracing::info!("the job ended elsewhere (cancelled or finished); stopped");
+                    return Err(JobError::AlreadyFinished);
                 }
                 return match joined {
                     Ok(result) => result.map_err(JobError::from),
@@ -226,7 +236,9 @@ pub(crate) async fn run_engine<T: Send + 'static>(
                     )),
                 };
             }
-            Some(r) = rx.recv() => take(ctx, record, span, unit, stream.as_deref_mut(), r).await,
+            Some(r) = rx.recv() => {
+                take(ctx, record, span, unit, stream.as_deref_mut(), &cancel, r).await;
+            }
             _ = keepalive.tick() => settle(delivery.in_progress().await, "progress ack"),
         }
     }
@@ -239,33 +251,43 @@ async fn take(
     span: (f32, f32),
     unit: &str,
     stream: Option<&mut AudioStream>,
+    cancel: &Cancel,
     r: Report,
 ) {
+    if cancel.is_set() {
+        // Nobody wants this attempt's audio or progress any more.
+        return;
+    }
     if let Some(stream) = stream {
         stream.publish(ctx, &r.audio, r.sample_rate).await;
     }
-    report(ctx, record, span, unit, r.progress).await;
+    if !report(ctx, record, span, unit, r.progress).await {
+        cancel.set();
+    }
 }
 
-/// Records progress. A failed write is only logged: the engine keeps its session until it
-/// returns, so giving up on the job here would not free anything, and the final write decides.
+/// Records progress; false when the stored record is terminal, so that the job stops. A failed
+/// write is only logged: the final write decides.
 async fn report(
     ctx: &JobContext,
     record: &mut JobRecord,
     (from, to): (f32, f32),
     unit: &str,
     p: Progress,
-) {
+) -> bool {
     // Progress stops short of the span's end until the step after it is done.
     let fraction = (p.done as f32 / p.total.max(1) as f32).min(1.0);
     if !record.progress(from + (to - from) * fraction) {
-        return;
+        return true;
     }
     let message = format!("{unit} {} of {}", p.done, p.total);
-    if let Err(JobError::Transient(f) | JobError::Permanent(f)) =
-        save(ctx, record, Some(message)).await
-    {
-        tracing::warn!(job_id = %record.job_id, error = %f.message, "progress not recorded");
+    match save(ctx, record, Some(message)).await {
+        Ok(written) => written,
+        Err(JobError::Transient(f) | JobError::Permanent(f)) => {
+            tracing::warn!(job_id = %record.job_id, error = %f.message, "progress not recorded");
+            true
+        }
+        Err(JobError::AlreadyFinished) => false,
     }
 }
 

@@ -17,7 +17,7 @@ use tts_contracts::{
 use tts_infra::Delivery;
 
 use super::context::{JobContext, JobError, finish, run_engine, save};
-use crate::engine::{EngineError, EnrollInput, Enrollment};
+use crate::engine::{Cancel, EngineError, EnrollInput, Enrollment};
 use crate::voice::reference::{self, Reference};
 use crate::voice::{ANALYSIS_RATE, Analysis};
 use crate::wav;
@@ -174,6 +174,7 @@ async fn condition(
         span,
         "enrollment step",
         None,
+        Cancel::default(),
         move |report| {
             let embedding = analysis.encoder.embed(&samples)?;
             let input = EnrollInput {

@@ -124,7 +124,9 @@ async fn attempt(ctx: &JobContext, delivery: Box<dyn Delivery>, message: JobMess
         }
     };
     if record.status.is_terminal() {
-        // An earlier delivery finished the job but its ack was lost.
+        // An earlier delivery finished the job but its ack was lost, or it was cancelled while
+        // it waited.
+        cancel_enrolling_voice(ctx, &message).await;
         settle(delivery.ack().await, "ack");
         return Outcome::Duplicate;
     }
@@ -136,10 +138,24 @@ async fn attempt(ctx: &JobContext, delivery: Box<dyn Delivery>, message: JobMess
             Outcome::Succeeded
         }
         Err(JobError::AlreadyFinished) => {
+            cancel_enrolling_voice(ctx, &message).await;
             settle(delivery.ack().await, "ack");
             Outcome::Duplicate
         }
         Err(e) => retry_or_fail(ctx, delivery.as_ref(), &message, Some(record), e).await,
+    }
+}
+
+/// An enrollment whose job was cancelled while it ran leaves its voice failed, not enrolling for
+/// ever.
+async fn cancel_enrolling_voice(ctx: &JobContext, message: &JobMessage) {
+    if !matches!(message.spec, JobSpec::Enroll { .. }) {
+        return;
+    }
+    if let Ok(Some(record)) = ctx.adapters.store.get(&message.job_id).await
+        && record.status == tts_contracts::JobStatus::Cancelled
+    {
+        fail_enrolling_voice(ctx, &message.spec, &record.failure()).await;
     }
 }
 

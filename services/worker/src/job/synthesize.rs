@@ -66,6 +66,7 @@ async fn engine_input(ctx: &JobContext, request: Request<'_>) -> Result<Synthesi
         streamed: request.streamed,
         voice,
         reference_wav,
+        cancel: Default::default(),
     })
 }
 
@@ -79,6 +80,7 @@ async fn speak(
     stream: &mut AudioStream,
 ) -> Result<Audio, JobError> {
     let engine = ctx.engine.clone();
+    let cancel = input.cancel.clone();
     run_engine(
         ctx,
         delivery,
@@ -86,6 +88,7 @@ async fn speak(
         (0.0, 0.95),
         "sentence",
         Some(stream),
+        cancel,
         move |report| engine.synthesize(&input, &mut |step| report(step.into())),
     )
     .await

@@ -285,6 +285,7 @@ impl KokoroEngine {
         let mut samples = Vec::new();
         let total = sentences.len();
         for (i, parts) in sentences.iter().enumerate() {
+            input.cancel.check()?;
             for (j, part) in parts.iter().enumerate() {
                 // The part's piece, with the pause before it, is clamped before it is reported,
                 // so that the pieces laid end to end are the whole audio. A sentence's later

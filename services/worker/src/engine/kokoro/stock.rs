@@ -140,6 +140,7 @@ pub fn embed_voice(
         speed: 1.0,
         streamed: false,
         voice: None,
+        cancel: Default::default(),
         reference_wav: None,
     };
     let audio = engine.synthesize_with(&input, table, &mut |_| {})?;

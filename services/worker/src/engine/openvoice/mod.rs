@@ -249,6 +249,7 @@ impl OpenVoiceEngine {
             speed: 1.0,
             streamed: false,
             voice: None,
+            cancel: Default::default(),
             reference_wav: None,
         };
         let audio = self.base.synthesize(&input, &mut |_| {}).map_err(|e| {
@@ -457,6 +458,7 @@ impl Engine for OpenVoiceEngine {
             streamed: input.streamed,
             voice: None,
             reference_wav: None,
+            cancel: input.cancel.clone(),
         };
         // The base voice's speech is not the job's audio, so its steps carry none; the converted
         // parts are.
@@ -475,6 +477,7 @@ impl Engine for OpenVoiceEngine {
         let parts = pieces(&speech, max, SAMPLE_RATE as usize);
         let mut samples = Vec::with_capacity(speech.len());
         for (i, part) in parts.iter().enumerate() {
+            input.cancel.check()?;
             // Each converted part is clamped before it is reported, so that the parts laid end
             // to end are the whole audio.
             let start = samples.len();
