@@ -185,3 +185,46 @@ async fn a_running_job_that_is_cancelled_stops_and_leaves_no_audio() {
     assert_eq!(late.status(), 409);
     assert_eq!(late.json::<Value>().await.unwrap()["error"], "job_finished");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audio_and_job_records_expire_after_their_retention() {
+    let app = spawn_app_with(Deployment::Distributed, |s| {
+        s.redis.job_ttl_secs = 2;
+        s.storage.audio_retention_secs = 2;
+        s.storage.sweep_interval_secs = 1;
+    })
+    .await;
+    // A cloned voice's files are users' data, not output: retention leaves them alone.
+    let reference = "voices/kept/reference.wav";
+    app.audio
+        .put(reference, bytes::Bytes::from_static(b"RIFF"))
+        .await
+        .unwrap();
+    let job_id = submit(&app, "Gone tomorrow.").await;
+    let done = app.wait_for_job(&job_id, Duration::from_secs(120)).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let key = audio_key(&job_id.parse().unwrap());
+    assert!(app.audio.get(&key).await.unwrap().is_some());
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let record = app
+            .client
+            .get(app.url(&format!("/api/jobs/{job_id}")))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        let audio = app.audio.get(&key).await.unwrap();
+        if record == 404 && audio.is_none() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still there: record {record}, audio {}",
+            audio.is_some()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(app.audio.get(reference).await.unwrap().is_some());
+}

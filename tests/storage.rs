@@ -51,6 +51,22 @@ async fn conformance(store: AudioStore) {
     let big = Bytes::from(vec![7u8; 5 << 20]);
     store.put("audio/big.wav", big.clone()).await.unwrap();
     assert_eq!(store.get("audio/big.wav").await.unwrap().unwrap(), big);
+
+    // Each object says when it was written, which the retention sweep goes by: a long
+    // retention keeps everything, none at all removes every audio object and nothing else.
+    let before = chrono::Utc::now() - chrono::Duration::minutes(5);
+    let dated = store.list_dated("audio").await.unwrap();
+    assert_eq!(dated.len(), 1, "{dated:?}");
+    assert!(dated[0].1 > before, "{dated:?}");
+    let day = std::time::Duration::from_secs(86_400);
+    assert_eq!(tts_infra::retention::sweep(&store, day).await.unwrap(), 0);
+    let none = std::time::Duration::ZERO;
+    assert_eq!(tts_infra::retention::sweep(&store, none).await.unwrap(), 1);
+    assert!(store.list("audio").await.unwrap().is_empty());
+    assert_eq!(
+        store.list("voices").await.unwrap(),
+        vec!["voices/v10/upload"]
+    );
 }
 
 fn settings(url: &str) -> StorageSettings {
@@ -63,6 +79,8 @@ fn settings(url: &str) -> StorageSettings {
         s3_allow_http: false,
         voices_dir: String::new(),
         audio_dir: String::new(),
+        audio_retention_secs: 86_400,
+        sweep_interval_secs: 600,
     }
 }
 

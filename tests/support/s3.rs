@@ -93,6 +93,8 @@ impl S3Server {
             s3_allow_http: true,
             voices_dir: String::new(),
             audio_dir: String::new(),
+            audio_retention_secs: 86_400,
+            sweep_interval_secs: 600,
         }
     }
 }

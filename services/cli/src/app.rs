@@ -309,6 +309,15 @@ impl Application {
                     .collect(),
             },
         };
+        let storage = &settings.storage;
+        if storage.audio_retention_secs > 0 {
+            background.tasks.spawn(tts_infra::retention::run(
+                deps.audio.clone(),
+                Duration::from_secs(storage.audio_retention_secs),
+                Duration::from_secs(storage.sweep_interval_secs),
+                background.stop.child_token(),
+            ));
+        }
         // A child token of its own, which `serve` cancels once the server has finished.
         let state = AppState::start(
             deps,

@@ -409,6 +409,20 @@ pub struct StorageSettings {
     /// The same for audio (`audio/...`), the origin's `paths.output`.
     #[serde(default)]
     pub audio_dir: String,
+    /// Seconds a job's audio is kept after it was written; 0 keeps it for ever.
+    #[serde(default = "default_audio_retention_secs")]
+    pub audio_retention_secs: u64,
+    /// Seconds between two sweeps for expired audio.
+    #[serde(default = "default_sweep_interval_secs")]
+    pub sweep_interval_secs: u64,
+}
+
+fn default_audio_retention_secs() -> u64 {
+    86_400
+}
+
+fn default_sweep_interval_secs() -> u64 {
+    600
 }
 
 impl StorageSettings {
@@ -572,6 +586,9 @@ impl Settings {
                     "workers.{engine}: engine names are lower-case letters, digits, _ and -"
                 ));
             }
+        }
+        if self.storage.sweep_interval_secs == 0 {
+            return fail("storage.sweep_interval_secs must be at least 1".into());
         }
         if self.voices.max_upload_bytes == 0 {
             return fail("voices.max_upload_bytes must be at least 1".into());

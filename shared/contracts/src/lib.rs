@@ -714,10 +714,13 @@ pub struct NodeView {
     pub last_seen: DateTime<Utc>,
 }
 
+/// The prefix of every job's audio object, which the retention sweep lists.
+pub const AUDIO_PREFIX: &str = "audio";
+
 /// Object key of a job's audio. Fixed per job so that a redelivered job overwrites, never
 /// duplicates, its output.
 pub fn audio_key(job_id: &JobId) -> String {
-    format!("audio/{job_id}.wav")
+    format!("{AUDIO_PREFIX}/{job_id}.wav")
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod nats;
 pub mod queue;
 pub mod redis_conn;
+pub mod retention;
 pub mod storage;
 pub mod trace;
 pub mod voices;

@@ -171,6 +171,19 @@ impl AudioStore {
 
     /// Keys under a prefix, for tests and housekeeping.
     pub async fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        Ok(self
+            .list_dated(prefix)
+            .await?
+            .into_iter()
+            .map(|(key, _)| key)
+            .collect())
+    }
+
+    /// Keys under a prefix with the time each object was last written, for the retention sweep.
+    pub async fn list_dated(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<(String, chrono::DateTime<chrono::Utc>)>> {
         use futures::TryStreamExt;
         let (store, path) = self.locate(prefix)?;
         // A routed store's paths lack the prefix that routed them there; keys carry it again.
@@ -186,9 +199,12 @@ impl AudioStore {
             .map_err(|e| InfraError::unavailable(format!("list {prefix}")).with_source(e))?;
         Ok(metas
             .into_iter()
-            .map(|m| match &routed {
-                Some(first) => format!("{first}/{}", m.location),
-                None => m.location.to_string(),
+            .map(|m| {
+                let key = match &routed {
+                    Some(first) => format!("{first}/{}", m.location),
+                    None => m.location.to_string(),
+                };
+                (key, m.last_modified)
             })
             .collect())
     }
