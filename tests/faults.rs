@@ -228,3 +228,79 @@ async fn audio_and_job_records_expire_after_their_retention() {
     }
     assert!(app.audio.get(reference).await.unwrap().is_some());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cloned_voices_survive_a_voice_store_that_loses_its_data() {
+    use std::sync::Arc;
+    use tts_contracts::{VoiceInfo, VoiceRecord, VoiceStatus};
+    use tts_infra::{MirroredVoiceStore, RedisJobStore, RedisVoiceStore, VoiceStore};
+
+    let app = spawn_app_with(Deployment::GatewayOnly, |_| {}).await;
+    // A voice as enrollment leaves it, written through the same kind of store the service uses.
+    let jobs = RedisJobStore::connect(
+        &app.settings.redis.url,
+        &app.settings.redis.key_prefix,
+        Duration::from_secs(60),
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+    let voices = MirroredVoiceStore::new(Arc::new(RedisVoiceStore::new(&jobs)), app.audio.clone());
+    let record = VoiceRecord {
+        info: VoiceInfo {
+            voice_id: "kept-voice".into(),
+            name: "Kept".into(),
+            engine: "kokoro".into(),
+            created_at: chrono::Utc::now(),
+            language: "en".into(),
+            status: VoiceStatus::Ready,
+            sample_rate: Some(24_000),
+            other_languages: vec![],
+            speed_range: None,
+            native_language: None,
+        },
+        prompt_text: None,
+        reference_key: Some("voices/kept-voice/reference.wav".into()),
+        job_id: None,
+        embedding: None,
+        similarity: None,
+        speech_seconds: None,
+        engine_data: None,
+        error: None,
+        tenant: None,
+    };
+    voices.put(&record).await.unwrap();
+    let path = "/api/voices/kept-voice";
+    assert_eq!(app.get_json(path).await["status"], "ready");
+
+    // Redis loses everything of this deployment, as a restart without persistence would.
+    let redis = redis::Client::open(app.settings.redis.url.as_str()).unwrap();
+    let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
+    let pattern = format!("{}:*", app.settings.redis.key_prefix);
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(&pattern)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("DEL")
+        .arg(&keys)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(voices.get("kept-voice").await.unwrap().is_none());
+
+    // The running gateway finds the store empty and puts the voice back from storage.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = app.client.get(app.url(path)).send().await.unwrap().status();
+        if status == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the voice never came back: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(voices.get("kept-voice").await.unwrap(), Some(record));
+}

@@ -244,6 +244,34 @@ mod voice_store {
         conformance(&MemoryVoiceStore::default()).await;
     }
 
+    /// A store mirrored in object storage passes the same suite, keeps exactly the records it
+    /// holds in storage, and a new, empty store over that storage gets them back.
+    #[tokio::test]
+    async fn mirrored_backend_restores_from_storage() {
+        use std::sync::Arc;
+        use tts_infra::{AudioStore, MirroredVoiceStore};
+        let storage = AudioStore::in_memory();
+        let mirrored =
+            MirroredVoiceStore::new(Arc::new(MemoryVoiceStore::default()), storage.clone());
+        conformance(&mirrored).await;
+        assert_eq!(
+            storage.list("voices").await.unwrap(),
+            ["voices/v2/record.json"]
+        );
+        let fresh = MirroredVoiceStore::new(Arc::new(MemoryVoiceStore::default()), storage);
+        assert_eq!(fresh.restore().await.unwrap(), 1);
+        let ids: Vec<String> = fresh
+            .list()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.info.voice_id)
+            .collect();
+        assert_eq!(ids, ["v2"]);
+        // A store that has voices is left alone.
+        assert_eq!(fresh.restore().await.unwrap(), 0);
+    }
+
     #[tokio::test]
     async fn redis_backend() {
         let prefix = format!("tts-test-{}", uuid::Uuid::new_v4().simple());

@@ -15,8 +15,8 @@ use tts_config::Settings;
 use tts_gateway::{AppState, GatewayOptions};
 use tts_infra::{
     Adapters, AudioStore, JetStreamQueue, JobSource, LocalBus, LocalQueue, MemoryJobStore,
-    MemoryVoiceStore, NatsBus, QueueSettings, RedisJobStore, RedisRateLimiter, RedisVoiceStore,
-    nats,
+    MemoryVoiceStore, MirroredVoiceStore, NatsBus, QueueSettings, RedisJobStore, RedisRateLimiter,
+    RedisVoiceStore, nats,
 };
 use tts_worker::{Worker, WorkerDeps, WorkerOptions};
 
@@ -153,14 +153,18 @@ impl Application {
             background.tasks.clone(),
             background.stop.clone(),
         );
+        let audio = AudioStore::from_settings(&settings.storage)?;
         let adapters = Adapters {
             store: Arc::new(MemoryJobStore::new(
                 Duration::from_secs(settings.redis.job_ttl_secs),
                 Duration::from_secs(settings.gateway.idempotency_ttl_secs),
             )),
-            voices: Arc::new(MemoryVoiceStore::default()),
+            voices: Arc::new(MirroredVoiceStore::new(
+                Arc::new(MemoryVoiceStore::default()),
+                audio.clone(),
+            )),
             bus: Arc::new(LocalBus::default()),
-            audio: AudioStore::from_settings(&settings.storage)?,
+            audio,
             queue: Arc::new(queue.clone()),
             rate_limiter: None,
             jetstream: None,
@@ -318,6 +322,12 @@ impl Application {
                 background.stop.child_token(),
             ));
         }
+        // Cloned voices come back from storage whenever the voice store is found empty.
+        background.tasks.spawn(tts_infra::voices::keep_restored(
+            deps.voices.clone(),
+            VOICE_RESTORE_INTERVAL,
+            background.stop.child_token(),
+        ));
         // A child token of its own, which `serve` cancels once the server has finished.
         let state = AppState::start(
             deps,
@@ -431,6 +441,9 @@ async fn jobs_queue(settings: &Settings, client: &nats::Client) -> anyhow::Resul
     )
 }
 
+/// How often a gateway checks that the voice store still has its voices.
+const VOICE_RESTORE_INTERVAL: Duration = Duration::from_secs(10);
+
 fn queue_settings(settings: &Settings) -> QueueSettings {
     QueueSettings {
         ack_wait: Duration::from_secs(settings.worker.ack_wait_secs),
@@ -454,12 +467,16 @@ async fn distributed_adapters(
         Duration::from_secs(settings.gateway.idempotency_ttl_secs),
     )
     .await?;
+    let audio = AudioStore::from_settings(&settings.storage)?;
     Ok(Adapters {
-        voices: Arc::new(RedisVoiceStore::new(&jobs)),
+        voices: Arc::new(MirroredVoiceStore::new(
+            Arc::new(RedisVoiceStore::new(&jobs)),
+            audio.clone(),
+        )),
         rate_limiter: Some(RedisRateLimiter::new(&jobs)),
         store: Arc::new(jobs),
         bus: Arc::new(bus),
-        audio: AudioStore::from_settings(&settings.storage)?,
+        audio,
         queue: Arc::new(queue.clone()),
         jetstream: Some(queue),
     })

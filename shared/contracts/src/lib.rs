@@ -654,6 +654,12 @@ pub fn reference_key(voice_id: &str) -> String {
     format!("{}/reference.wav", voice_prefix(voice_id))
 }
 
+/// Object key of a cloned voice's record, kept beside its reference so that a voice store that
+/// loses its data (Redis without persistence) can be rebuilt from storage.
+pub fn voice_record_key(voice_id: &str) -> String {
+    format!("{}/record.json", voice_prefix(voice_id))
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]

@@ -27,7 +27,7 @@ pub use jobs::{JobStore, MemoryJobStore, RedisJobStore};
 pub use limits::{RateBucket, RedisRateLimiter, Verdict};
 pub use queue::{Delivery, JetStreamQueue, JobQueue, JobSource, LocalQueue, QueueSettings};
 pub use storage::AudioStore;
-pub use voices::{MemoryVoiceStore, RedisVoiceStore, VoiceStore};
+pub use voices::{MemoryVoiceStore, MirroredVoiceStore, RedisVoiceStore, VoiceStore};
 
 /// The outside world of one process, built once by the binary and handed whole to the gateway
 /// and to each worker, which take from it what they use. Each field is one adapter, distributed
