@@ -304,3 +304,52 @@ async fn cloned_voices_survive_a_voice_store_that_loses_its_data() {
     }
     assert_eq!(voices.get("kept-voice").await.unwrap(), Some(record));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_that_meet_object_storage_down_succeed_once_it_is_back() {
+    let mut s3 = tts_tests::S3Server::start().await;
+    let storage = s3.settings();
+    let app = spawn_app_with(Deployment::Distributed, move |s| s.storage = storage).await;
+    s3.stop();
+    let mut jobs = Vec::new();
+    for i in 0..4 {
+        jobs.push(submit(&app, &format!("Stored once storage is back, number {i}.")).await);
+    }
+    // Wait until a job has met the outage: its write failed and it waits for another delivery.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    'outage: loop {
+        for job_id in &jobs {
+            let job = app.job(job_id).await;
+            if job["status"] == "queued" && job["attempts"].as_u64().unwrap_or(0) >= 1 {
+                break 'outage;
+            }
+            assert_ne!(
+                job["status"], "succeeded",
+                "stored while storage was down: {job}"
+            );
+        }
+        assert!(Instant::now() < deadline, "no job met the outage");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    s3.restart().await;
+    for job_id in &jobs {
+        let job = app.wait_for_job(job_id, Duration::from_secs(120)).await;
+        assert_eq!(job["status"], "succeeded", "{job}");
+        // The stored object is whole: a WAV as long as the record says.
+        let wav = app
+            .audio
+            .get(&audio_key(&job_id.parse().unwrap()))
+            .await
+            .unwrap()
+            .expect("the audio is stored");
+        let reader = hound::WavReader::new(std::io::Cursor::new(&wav[..])).unwrap();
+        let seconds = reader.duration() as f64 / reader.spec().sample_rate as f64;
+        let recorded = job["duration_seconds"].as_f64().unwrap();
+        assert!(
+            (seconds - recorded).abs() < 0.01,
+            "{seconds} s stored, {recorded} s recorded"
+        );
+    }
+    assert_eq!(app.audio.list("audio").await.unwrap().len(), jobs.len());
+}

@@ -15,7 +15,7 @@ const ACCESS_KEY: &str = "test-access-key";
 const SECRET_KEY: &str = "test-secret-key";
 
 pub struct S3Server {
-    child: Child,
+    child: Option<Child>,
     addr: SocketAddr,
     _dir: tempfile::TempDir,
 }
@@ -42,44 +42,29 @@ impl S3Server {
         let dir = tempfile::tempdir().expect("a directory for the buckets");
         // s3s-fs serves each sub-directory as a bucket.
         std::fs::create_dir(dir.path().join(BUCKET)).expect("the bucket directory");
-        let binary = binary();
-        let mut child = Command::new(&binary)
-            .args(["--host", "127.0.0.1", "--port", "0"])
-            .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
-            .arg(dir.path())
-            // The line with the address is logged at info.
-            .env("RUST_LOG", "s3s_fs=info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot start {} (scripts/test installs it: cargo install s3s-fs \
-                     --version 0.14.1 --features binary --locked): {e}",
-                    binary.display()
-                )
-            });
-        let mut log = Lines::follow(child.stdout.take().expect("stdout is piped"));
-        let running = log
-            .wait_for(Duration::from_secs(10), |line| {
-                let line = strip_ansi(line);
-                let (_, rest) = line.split_once("server is running at http://")?;
-                rest.split_whitespace().next()?.parse::<SocketAddr>().ok()
-            })
-            .await;
-        let addr = match running {
-            Ok(addr) => addr,
-            Err(printed) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("s3s-fs did not start: {printed}");
-            }
-        };
+        let (child, addr) = launch(dir.path(), 0).await;
         S3Server {
-            child,
+            child: Some(child),
             addr,
             _dir: dir,
         }
+    }
+
+    /// Kills the server, as a crash or an outage would; `restart` brings it back.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port and directory, so that its objects and its
+    /// clients' address are as before.
+    pub async fn restart(&mut self) {
+        self.stop();
+        let (child, addr) = launch(self._dir.path(), self.addr.port()).await;
+        assert_eq!(addr, self.addr, "s3s-fs came back elsewhere");
+        self.child = Some(child);
     }
 
     /// Storage settings pointing at this server's bucket.
@@ -101,7 +86,44 @@ impl S3Server {
 
 impl Drop for S3Server {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
+    }
+}
+
+/// Runs s3s-fs on `dir` and `port` (0: one it picks) and returns it with the address it says it
+/// runs at.
+async fn launch(dir: &std::path::Path, port: u16) -> (Child, SocketAddr) {
+    let binary = binary();
+    let mut child = Command::new(&binary)
+        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
+        .arg(dir)
+        // The line with the address is logged at info.
+        .env("RUST_LOG", "s3s_fs=info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot start {} (scripts/test installs it: cargo install s3s-fs \
+                 --version 0.14.1 --features binary --locked): {e}",
+                binary.display()
+            )
+        });
+    let mut log = Lines::follow(child.stdout.take().expect("stdout is piped"));
+    let running = log
+        .wait_for(Duration::from_secs(10), |line| {
+            let line = strip_ansi(line);
+            let (_, rest) = line.split_once("server is running at http://")?;
+            rest.split_whitespace().next()?.parse::<SocketAddr>().ok()
+        })
+        .await;
+    match running {
+        Ok(addr) => (child, addr),
+        Err(printed) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("s3s-fs did not start: {printed}");
+        }
     }
 }

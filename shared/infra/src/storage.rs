@@ -68,7 +68,14 @@ impl AudioStore {
             if bucket.is_empty() || bucket.contains('/') {
                 return Err(InfraError::invalid("storage.url s3:// needs a bucket name"));
             }
+            // Retries ride out a blip; past half a minute the write fails, and the job's own
+            // retry, with its back-off, takes over rather than one request holding the job.
+            let retry = object_store::RetryConfig {
+                retry_timeout: std::time::Duration::from_secs(30),
+                ..Default::default()
+            };
             let mut builder = AmazonS3Builder::from_env()
+                .with_retry(retry)
                 .with_bucket_name(bucket)
                 .with_region(&settings.s3_region)
                 .with_allow_http(settings.s3_allow_http);

@@ -244,6 +244,46 @@ pub(crate) async fn run_engine<T: Send + 'static>(
     }
 }
 
+/// Runs `work` (the steps after the engine: writing the audio and the record) while progress acks
+/// keep the delivery alive, so that a slow write (object storage retrying through an outage) does
+/// not get the job redelivered to another worker while this one still finishes it.
+pub(crate) async fn kept_alive<T>(
+    ctx: &JobContext,
+    delivery: &dyn Delivery,
+    work: impl std::future::Future<Output = T>,
+) -> T {
+    let every = ctx.ack_wait / 3;
+    let mut keepalive = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            out = &mut work => return out,
+            _ = keepalive.tick() => settle(delivery.in_progress().await, "progress ack"),
+        }
+    }
+}
+
+/// Fails with [`JobError::AlreadyFinished`] unless the stored record is still this attempt's:
+/// running, on this worker, at this attempt. A worker that was stopped (paused, cut off) past
+/// `ack_wait` finds its job redelivered, or finished, by another, and must not write over it.
+pub(crate) async fn still_ours(ctx: &JobContext, record: &JobRecord) -> Result<(), JobError> {
+    match ctx.adapters.store.get(&record.job_id).await? {
+        Some(stored)
+            if stored.status != tts_contracts::JobStatus::Running
+                || stored.attempts != record.attempts
+                || stored.worker != record.worker =>
+        {
+            tracing::info!(
+                stored_status = stored.status.as_str(),
+                stored_attempt = stored.attempts,
+                "the job moved on without this attempt; it stops"
+            );
+            Err(JobError::AlreadyFinished)
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Publishes a report's audio, then records its progress.
 async fn take(
     ctx: &JobContext,

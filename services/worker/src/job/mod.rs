@@ -250,7 +250,12 @@ async fn retry_or_fail(
             // Best effort: the retry happens whether or not the store answers.
             let _ = save(ctx, &record, Some(note)).await;
         }
-        settle(delivery.nak(ctx.retry_delay).await, "nak");
+        settle(
+            delivery
+                .nak(backoff(ctx.retry_delay, delivery.attempt()))
+                .await,
+            "nak",
+        );
         return Outcome::Retrying(failure.message);
     }
     // The voice learns of a failed enrollment before the job's failure is announced, so that a
@@ -271,6 +276,17 @@ async fn retry_or_fail(
     }
     settle(delivery.term().await, "term");
     Outcome::Failed(failure.message)
+}
+
+/// The wait before the next delivery of a job that failed on `attempt`: `retry_delay`, doubled
+/// after each attempt and at most a minute (or `retry_delay`, if that is longer), so that a
+/// dependency that is away for a while (object storage, an upstream server) gets time to come
+/// back before the job uses up its deliveries.
+fn backoff(retry_delay: std::time::Duration, attempt: u32) -> std::time::Duration {
+    let cap = retry_delay.max(std::time::Duration::from_secs(60));
+    retry_delay
+        .saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
+        .min(cap)
 }
 
 /// A message that is not a job: mark it failed if its id can be read, and drop it.
@@ -330,5 +346,23 @@ async fn fail_enrolling_voice(ctx: &JobContext, spec: &JobSpec, failure: &JobFai
         }
         Ok(_) => {}
         Err(e) => tracing::warn!(%voice_id, error = %e, "could not read the voice"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    #[test]
+    fn the_retry_delay_doubles_up_to_a_minute() {
+        let delays: Vec<u64> = (1..=8)
+            .map(|a| super::backoff(Duration::from_secs(2), a).as_secs())
+            .collect();
+        assert_eq!(delays, [2, 4, 8, 16, 32, 60, 60, 60]);
+        assert_eq!(super::backoff(Duration::from_secs(90), 3).as_secs(), 90);
+        assert_eq!(
+            super::backoff(Duration::from_secs(1), u32::MAX).as_secs(),
+            60
+        );
     }
 }

@@ -9,7 +9,9 @@ use tts_contracts::{
 };
 use tts_infra::Delivery;
 
-use super::context::{AudioStream, JobContext, JobError, finish, run_engine};
+use super::context::{
+    AudioStream, JobContext, JobError, finish, kept_alive, run_engine, still_ours,
+};
 use crate::engine::{Audio, SynthesisInput};
 use crate::wav;
 
@@ -41,13 +43,17 @@ pub(crate) async fn run(
             "the streamed audio differs in length from the engine's audio"
         );
     }
-    let key = store_audio(ctx, record, &audio).await?;
-    let made = JobAudio {
-        key,
-        duration_seconds: audio.duration_seconds(),
-        sample_rate: audio.sample_rate,
-    };
-    finish(ctx, record, Some(made)).await
+    kept_alive(ctx, delivery, async {
+        still_ours(ctx, record).await?;
+        let key = store_audio(ctx, record, &audio).await?;
+        let made = JobAudio {
+            key,
+            duration_seconds: audio.duration_seconds(),
+            sample_rate: audio.sample_rate,
+        };
+        finish(ctx, record, Some(made)).await
+    })
+    .await
 }
 
 /// The engine's input: the request with the cloned voice's record and, for an engine that
