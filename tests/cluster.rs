@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use tts_tests::app::VOICE;
+use tts_tests::cluster::NatsCluster;
 use tts_tests::wav::assert_plausible_speech;
 use tts_tests::{Deployment, TestApp, spawn_app, spawn_app_with, spawn_worker_process};
 
@@ -259,4 +260,119 @@ async fn an_exhausted_job_becomes_a_dead_letter_that_can_be_requeued() {
     assert_eq!(queue.depth("piper").await.unwrap(), 1);
     assert!(queue.dead_letter(&job.job_id).await.unwrap().is_none());
     assert!(queue.dead_letters(100).await.unwrap().unwrap().is_empty());
+}
+
+/// Queues a job through `app`, retrying with the same idempotency key while the gateway answers
+/// 503 (its NATS server died and the client is reconnecting, or the stream is electing a leader).
+async fn submit_until_accepted(app: &TestApp, text: &str) -> String {
+    let key = uuid::Uuid::new_v4().to_string();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let response = app
+            .submit(&json!({"text": text, "voice_id": VOICE}), Some(&key))
+            .await;
+        let status = response.status();
+        let body: Value = response.json().await.unwrap();
+        if status == 202 {
+            return body["job_id"].as_str().unwrap().to_string();
+        }
+        assert_eq!(status, 503, "{body}");
+        assert!(Instant::now() < deadline, "never accepted: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The server that leads the jobs stream now.
+async fn stream_leader(js: &async_nats::jetstream::Context) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(mut stream) = js.get_stream(tts_contracts::subjects::JOBS_STREAM).await
+            && let Ok(info) = stream.info().await
+            && let Some(leader) = info.cluster.as_ref().and_then(|c| c.leader.clone())
+        {
+            return leader;
+        }
+        assert!(Instant::now() < deadline, "the jobs stream has no leader");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The server that holds the connection named `connection`, from each server's monitoring.
+async fn server_holding(cluster: &NatsCluster, connection: &str) -> String {
+    let client = reqwest::Client::new();
+    for name in cluster.names() {
+        let url = format!("{}/connz", cluster.monitoring(&name));
+        let Ok(response) = client.get(url).send().await else {
+            continue;
+        };
+        let connz: Value = response.json().await.unwrap();
+        let holds = connz["connections"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|c| c["name"] == connection));
+        if holds {
+            return name;
+        }
+    }
+    panic!("no server holds the connection {connection}");
+}
+
+/// Three servers, the streams at three replicas: killing the stream's leader, or the server the
+/// gateway is connected to, while jobs are being queued loses none of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_three_server_cluster_loses_no_job_when_a_server_dies() {
+    let config = tts_tests::workspace_root().join("nats/nats-cluster.conf");
+    let env = [
+        ("TTS_NATS_GATEWAY_PASSWORD", "gateway-pass"),
+        ("TTS_NATS_WORKER_PASSWORD", "worker-pass"),
+    ];
+    let mut cluster = NatsCluster::start(&config, &env).await;
+    let storage = tempfile::tempdir().unwrap();
+    let mut settings = tts_tests::test_settings(storage.path());
+    settings.nats.url = cluster.urls();
+    settings.nats.replicas = 3;
+    let mut workers = settings.clone();
+    workers.nats.user = "worker".into();
+    workers.nats.password = "worker-pass".into();
+    settings.nats.user = "gateway".into();
+    settings.nats.password = "gateway-pass".into();
+    let app = tts_tests::spawn_gateway(&settings).await;
+    let _a = spawn_worker_process(&workers, "cluster-a");
+    let _b = spawn_worker_process(&workers, "cluster-b");
+    app.wait_for_voice(VOICE, 2).await;
+    let servers: Vec<String> = settings
+        .nats
+        .servers()
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let observer =
+        async_nats::ConnectOptions::with_user_and_password("gateway".into(), "gateway-pass".into())
+            .connect(servers)
+            .await
+            .unwrap();
+    let js = async_nats::jetstream::new(observer);
+
+    let mut all = Vec::new();
+    for round in ["stream leader", "gateway's server"] {
+        let mut victim = None;
+        for i in 0..40 {
+            if i == 10 {
+                let name = if round == "stream leader" {
+                    stream_leader(&js).await
+                } else {
+                    server_holding(&cluster, "voice-clone-tts gateway").await
+                };
+                cluster.kill(&name);
+                victim = Some(name);
+            }
+            all.push(submit_until_accepted(&app, &format!("Job {i}, {round} round.")).await);
+        }
+        for job_id in &all {
+            let job = app.wait_for_job(job_id, Duration::from_secs(180)).await;
+            assert_eq!(job["status"], "succeeded", "{round}: {job}");
+        }
+        // Back to three servers before the next round.
+        cluster.restart(&victim.expect("a server was killed")).await;
+    }
+    assert_eq!(app.audio.list("audio").await.unwrap().len(), all.len());
 }

@@ -9,6 +9,7 @@ pub mod app;
 pub mod asr;
 pub mod browser;
 pub mod clips;
+pub mod cluster;
 pub mod engines;
 pub mod ffmpeg;
 pub mod nats;

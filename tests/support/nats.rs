@@ -80,6 +80,7 @@ impl NatsServer {
                 let text = replace_setting(&text, "store_dir:", &store);
                 let copy = self.store.path().join("nats-server.conf");
                 std::fs::write(&copy, text).expect("the config copy is written");
+                copy_includes(config, self.store.path());
                 // The file's fixed monitoring port would clash between tests: let the server
                 // choose that one too.
                 command
@@ -156,6 +157,12 @@ impl Drop for NatsServer {
 /// The client port from the ports file in `dir` (`{"nats": ["nats://host:port"], ...}`), once
 /// the file is there and complete.
 fn client_port(dir: &Path) -> Option<u16> {
+    port_of(dir, "nats")
+}
+
+/// The port of `kind` (`nats`, `cluster`, `monitoring`) from the ports file in `dir`, once the
+/// file is there and complete.
+pub(crate) fn port_of(dir: &Path, kind: &str) -> Option<u16> {
     let entry = std::fs::read_dir(dir).ok()?.flatten().find(|e| {
         e.path()
             .extension()
@@ -163,12 +170,25 @@ fn client_port(dir: &Path) -> Option<u16> {
     })?;
     let text = std::fs::read_to_string(entry.path()).ok()?;
     let ports: serde_json::Value = serde_json::from_str(&text).ok()?;
-    let url = ports["nats"].get(0)?.as_str()?;
+    let url = ports[kind].get(0)?.as_str()?;
     url.rsplit(':').next()?.parse().ok()
 }
 
+/// Copies the files `config` includes (`include name.conf`, beside it) into `dir`, beside the
+/// copy of `config` that is run there.
+pub(crate) fn copy_includes(config: &Path, dir: &Path) {
+    let text = std::fs::read_to_string(config).expect("the config file reads");
+    let beside = config.parent().expect("the config file is in a directory");
+    for line in text.lines() {
+        if let Some(name) = line.trim().strip_prefix("include ") {
+            let name = name.trim().trim_matches('"');
+            std::fs::copy(beside.join(name), dir.join(name)).expect("an included file copies");
+        }
+    }
+}
+
 /// `text` with every line that starts (after indentation) with `key` replaced by `line`.
-fn replace_setting(text: &str, key: &str, line: &str) -> String {
+pub(crate) fn replace_setting(text: &str, key: &str, line: &str) -> String {
     text.lines()
         .map(|l| {
             if l.trim_start().starts_with(key) {
