@@ -353,3 +353,101 @@ async fn jobs_that_meet_object_storage_down_succeed_once_it_is_back() {
     }
     assert_eq!(app.audio.list("audio").await.unwrap().len(), jobs.len());
 }
+
+/// A process's resident memory in MB, from /proc.
+fn rss_mb(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .expect("VmRSS");
+    kb / 1024.0
+}
+
+/// 500 WebSocket clients that only listen, and steady sync synthesis beside them, for
+/// `TTS_SOAK_SECS` (five minutes unless set): every request succeeds, every socket stays open,
+/// and the gateway's memory after the first quarter stays flat to the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_websockets_and_steady_load_keep_the_gateway_flat() {
+    use futures::StreamExt;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let soak = Duration::from_secs(
+        std::env::var("TTS_SOAK_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(300),
+    );
+    let nats = NatsServer::start().await;
+    let storage = tempfile::tempdir().unwrap();
+    let mut settings = test_settings(storage.path());
+    settings.nats.url = nats.url();
+    let env = [
+        ("TTS__GATEWAY__MAX_WEBSOCKETS_PER_IP", "1000"),
+        ("TTS__GATEWAY__CONCURRENT_LIMIT", "1000"),
+    ];
+    let (gateway, url) = tts_tests::spawn_gateway_process_with_env(&settings, &env).await;
+    let _worker = spawn_worker_process(&settings, "soak-worker");
+    let client = reqwest::Client::new();
+    wait_until_listed(&client, &url, None, VOICE, Duration::from_secs(60)).await;
+
+    // Each socket is read by a task of its own until it closes; a socket that closes or errs
+    // before the end is counted.
+    let ended = Arc::new(AtomicUsize::new(0));
+    let mut readers = Vec::new();
+    let ws_url = format!("{}/ws", url.replacen("http", "ws", 1));
+    for _ in 0..500 {
+        let (mut socket, _) = tokio_tungstenite::connect_async(&ws_url)
+            .await
+            .expect("websocket connects");
+        // The fleet is pushed at once: the socket is open and served.
+        let first = socket.next().await.expect("a first message");
+        assert!(first.is_ok(), "{first:?}");
+        let ended = ended.clone();
+        readers.push(tokio::spawn(async move {
+            while let Some(message) = socket.next().await {
+                if message.is_err() {
+                    break;
+                }
+            }
+            ended.fetch_add(1, Ordering::Relaxed);
+        }));
+    }
+
+    let started = Instant::now();
+    let mut settled = None;
+    let mut requests = 0;
+    while started.elapsed() < soak {
+        let response = client
+            .post(format!("{url}/api/synthesize"))
+            .json(&json!({"text": "Steady as she goes.", "voice_id": VOICE}))
+            .send()
+            .await
+            .expect("request sent");
+        assert_eq!(response.status(), 200, "request {requests}");
+        response.bytes().await.unwrap();
+        requests += 1;
+        if settled.is_none() && started.elapsed() > soak / 4 {
+            settled = Some(rss_mb(gateway.pid()));
+        }
+    }
+    let settled = settled.expect("a quarter of the soak passed");
+    let end = rss_mb(gateway.pid());
+    assert_eq!(
+        ended.load(Ordering::Relaxed),
+        0,
+        "sockets closed during the soak"
+    );
+    assert!(
+        end <= settled * 1.15 + 5.0,
+        "the gateway grew from {settled:.1} MB to {end:.1} MB over {requests} requests"
+    );
+    eprintln!(
+        "soak: {requests} requests; gateway {settled:.1} MB after a quarter, {end:.1} MB at the end"
+    );
+    for reader in readers {
+        reader.abort();
+    }
+}
