@@ -3,7 +3,7 @@
 mod health;
 mod jobs;
 mod nodes;
-mod openai;
+pub mod openai;
 mod synthesize;
 mod voices;
 mod ws;
