@@ -19,6 +19,7 @@ pub mod routes;
 pub mod stream;
 pub mod submit;
 pub mod trace;
+pub mod upload;
 
 use std::future::Future;
 use std::sync::Arc;

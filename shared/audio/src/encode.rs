@@ -82,9 +82,8 @@ pub trait Encoder {
     fn finish(self: Box<Self>) -> Result<Vec<u8>, EncodeError>;
 }
 
-/// The highest input rate accepted, far above anything a TTS model produces; it bounds the
-/// resampler's buffers.
-const MAX_INPUT_RATE: u32 = 384_000;
+/// The highest input rate accepted: the one the decoder accepts.
+const MAX_INPUT_RATE: u32 = crate::MAX_SAMPLE_RATE;
 
 /// A streaming encoder of `format` for mono audio at `input_rate` Hz.
 ///

@@ -61,6 +61,36 @@ pub enum DecodeError {
 /// leaves room for pauses while bounding the memory a small, highly compressed file can claim.
 pub const MAX_CLIP_SECONDS: u32 = 600;
 
+/// The highest sample rate accepted, far above anything recorded for speech or produced by a
+/// TTS model; it bounds the resampler's buffers, and the encoders take nothing higher.
+pub const MAX_SAMPLE_RATE: u32 = 384_000;
+
+/// The most channels a WAV file may have: WAVE's speaker mask names 18, and symphonia's WAV
+/// reader multiplies the count by the sample size in 16 bits, which overflows (a panic where
+/// overflow checks are on) for counts in the thousands, before it refuses them itself.
+const MAX_CHANNELS: u16 = 64;
+
+/// The channel count a RIFF/WAVE file's `fmt ` chunk states, when the bytes are one.
+fn wav_channels(bytes: &[u8]) -> Option<u16> {
+    if bytes.get(0..4)? != b"RIFF" || bytes.get(8..12)? != b"WAVE" {
+        return None;
+    }
+    let mut at = 12usize;
+    while let Some(header) = bytes.get(at..at + 8) {
+        let size = u32::from_le_bytes([header[4], header[5], header[6], header[7]]) as usize;
+        if &header[0..4] == b"fmt " {
+            let channels = bytes.get(at + 10..at + 12)?;
+            return Some(u16::from_le_bytes([channels[0], channels[1]]));
+        }
+        // Chunks are padded to an even size.
+        at = at
+            .checked_add(8)?
+            .checked_add(size)?
+            .checked_add(size & 1)?;
+    }
+    None
+}
+
 /// Decodes WAV or MP3 bytes to mono, up to [`MAX_CLIP_SECONDS`].
 pub fn decode(bytes: &[u8]) -> Result<Clip, DecodeError> {
     decode_at_most(bytes, MAX_CLIP_SECONDS)
@@ -68,6 +98,13 @@ pub fn decode(bytes: &[u8]) -> Result<Clip, DecodeError> {
 
 /// Decodes WAV or MP3 bytes to mono, refusing clips over `max_seconds`.
 pub fn decode_at_most(bytes: &[u8], max_seconds: u32) -> Result<Clip, DecodeError> {
+    if let Some(channels) = wav_channels(bytes)
+        && channels > MAX_CHANNELS
+    {
+        return Err(DecodeError::Unsupported(format!(
+            "{channels} channels (at most {MAX_CHANNELS})"
+        )));
+    }
     let source = MediaSourceStream::new(Box::new(Cursor::new(bytes.to_vec())), Default::default());
     let mut format = symphonia::default::get_probe()
         .probe(
@@ -124,9 +161,25 @@ pub fn decode_at_most(bytes: &[u8], max_seconds: u32) -> Result<Clip, DecodeErro
         };
         let channels = buffer.spec().channels().count().max(1);
         sample_rate = buffer.spec().rate();
+        // A WAV header may state any rate; audio at one no resampler or encoder here takes
+        // would be accepted now only to fail in the worker.
+        if sample_rate > MAX_SAMPLE_RATE {
+            return Err(DecodeError::Unsupported(format!(
+                "a sample rate of {sample_rate} Hz is over {MAX_SAMPLE_RATE} Hz"
+            )));
+        }
         buffer.copy_to_vec_interleaved(&mut interleaved);
         for frame in interleaved.chunks(channels) {
-            samples.push(frame.iter().sum::<f32>() / channels as f32);
+            let sample = frame.iter().sum::<f32>() / channels as f32;
+            // Integer PCM and MP3 decode into [-1, 1], but a float WAV holds whatever its writer
+            // put there: NaN would poison every level and model downstream, and values past
+            // full scale are clipped as any 16-bit copy of them would be.
+            if !sample.is_finite() {
+                return Err(DecodeError::Corrupt(
+                    "the audio holds samples that are not numbers".into(),
+                ));
+            }
+            samples.push(sample.clamp(-1.0, 1.0));
         }
         if samples.len() as u64 > max_seconds as u64 * sample_rate.max(1) as u64 {
             return Err(DecodeError::TooLong(max_seconds));
@@ -216,6 +269,80 @@ mod tests {
             "{:?}",
             decode(&bytes).map(|c| c.samples.len())
         );
+    }
+
+    /// A 32-bit float WAV file holding `samples`, mono at 8 kHz.
+    fn float_wav(samples: &[f32]) -> Vec<u8> {
+        let data_len = samples.len() * 4;
+        let mut out = Vec::new();
+        out.extend(b"RIFF");
+        out.extend(((36 + data_len) as u32).to_le_bytes());
+        out.extend(b"WAVEfmt ");
+        out.extend(16u32.to_le_bytes());
+        out.extend(3u16.to_le_bytes());
+        out.extend(1u16.to_le_bytes());
+        out.extend(8000u32.to_le_bytes());
+        out.extend((8000u32 * 4).to_le_bytes());
+        out.extend(4u16.to_le_bytes());
+        out.extend(32u16.to_le_bytes());
+        out.extend(b"data");
+        out.extend((data_len as u32).to_le_bytes());
+        for s in samples {
+            out.extend(s.to_le_bytes());
+        }
+        out
+    }
+
+    #[test]
+    fn float_samples_past_full_scale_are_clipped() {
+        // Found by the audio_decode fuzz target: a float WAV's samples reached the caller as
+        // they were, -6e23 among them.
+        let clip = decode(&float_wav(&[0.5, 3.0, -6.0e23, -0.25])).unwrap();
+        assert_eq!(clip.samples, vec![0.5, 1.0, -1.0, -0.25]);
+    }
+
+    #[test]
+    fn float_samples_that_are_not_numbers_are_refused() {
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            assert!(
+                matches!(
+                    decode(&float_wav(&[0.1, bad, 0.1])),
+                    Err(DecodeError::Corrupt(_))
+                ),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn sample_rates_no_encoder_takes_are_refused() {
+        // Found by the audio_decode fuzz target: a WAV header stating 352 MHz decoded, and the
+        // clip could then not be encoded or resampled.
+        let bytes = wav(100, 1, 352_329_536);
+        assert!(
+            matches!(decode(&bytes), Err(DecodeError::Unsupported(_))),
+            "{:?}",
+            decode(&bytes).map(|c| c.sample_rate)
+        );
+        assert_eq!(
+            decode(&wav(100, 1, MAX_SAMPLE_RATE)).unwrap().sample_rate,
+            MAX_SAMPLE_RATE
+        );
+    }
+
+    #[test]
+    fn a_wav_stating_thousands_of_channels_is_refused() {
+        // Found by the audio_decode fuzz target: 65 534 channels of 32-bit samples overflowed
+        // a multiplication in the WAV reader, a panic in builds with overflow checks.
+        let mut bytes = wav(10, 1, 8000);
+        bytes[22..24].copy_from_slice(&65_534u16.to_le_bytes());
+        bytes[34..36].copy_from_slice(&32u16.to_le_bytes());
+        assert!(
+            matches!(decode(&bytes), Err(DecodeError::Unsupported(_))),
+            "{:?}",
+            decode(&bytes).map(|c| c.sample_rate)
+        );
+        assert_eq!(decode(&wav(10, 2, 8000)).unwrap().samples.len(), 10);
     }
 
     #[test]

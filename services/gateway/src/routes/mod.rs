@@ -4,7 +4,7 @@ mod admin;
 mod health;
 mod jobs;
 mod nodes;
-mod openai;
+pub mod openai;
 mod synthesize;
 mod voices;
 mod ws;

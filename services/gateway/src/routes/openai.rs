@@ -22,7 +22,7 @@ use crate::AppState;
 use crate::error::AppError;
 use crate::extract::ApiJson;
 use crate::trace::RequestContext;
-use crate::{stream, submit};
+use crate::{auth, stream, submit};
 
 /// How OpenAI's names map onto this service (the `openai` section of the settings).
 #[derive(Debug, Clone, Default)]
@@ -103,7 +103,7 @@ pub struct Model {
 
 /// How the audio goes back: whole, or as server-sent events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum StreamFormat {
+pub enum StreamFormat {
     Audio,
     Sse,
 }
@@ -138,11 +138,32 @@ pub async fn speech(
     ApiJson(request): ApiJson<SpeechRequest>,
 ) -> Result<Response, AppError> {
     let key = submit::idempotency_key(&headers)?;
+    let (submit::Validated { job, format }, stream_kind) = check(&state, &caller, request).await?;
+    let (submitted, subscriptions) =
+        stream::submit(&state, job, format, key.as_deref(), &context.trace).await?;
+    let framing = match stream_kind {
+        StreamFormat::Audio => stream::Framing::Audio,
+        StreamFormat::Sse => stream::Framing::Sse,
+    };
+    let mut response =
+        stream::respond(&state, submitted.job_id, subscriptions, format, framing).await?;
+    submitted.tag(response.headers_mut());
+    Ok(response)
+}
+
+/// Checks a speech request and turns it into the synthesis job it stands for, with how its
+/// audio is to go back. It queues nothing, so arbitrary requests can be checked in bulk (the
+/// fuzz target `request_json` does).
+pub async fn check(
+    state: &AppState,
+    caller: &auth::Caller,
+    request: SpeechRequest,
+) -> Result<(submit::Validated, StreamFormat), AppError> {
     let format = response_format(request.response_format.as_deref())?;
     let stream_kind = stream_format(request.stream_format.as_deref())?;
-    let (engine, explicit) = model_engine(&state, &request.model)?;
-    let (voice_id, mapped) = voice_id(&state, &engine, &request.voice);
-    let mut voice = submit::resolve_voice(&state, &caller, &voice_id).await?;
+    let (engine, explicit) = model_engine(state, &request.model)?;
+    let (voice_id, mapped) = voice_id(state, &engine, &request.voice);
+    let mut voice = submit::resolve_voice(state, caller, &voice_id).await?;
     if explicit && voice.engine != engine {
         return Err(AppError::client(
             StatusCode::BAD_REQUEST,
@@ -161,12 +182,12 @@ pub async fn speech(
         );
     }
     let language = language_for(&voice, &request.input);
-    if mapped && let Some(native) = language_voice(&state, &engine, &voice, &language) {
-        voice = submit::resolve_voice(&state, &caller, &native).await?;
+    if mapped && let Some(native) = language_voice(state, &engine, &voice, &language) {
+        voice = submit::resolve_voice(state, caller, &native).await?;
     }
-    let submit::Validated { job, format } = submit::validate(
-        &state,
-        &caller,
+    let validated = submit::validate(
+        state,
+        caller,
         SynthesizeRequest {
             text: request.input,
             voice_id: voice.voice_id,
@@ -177,16 +198,7 @@ pub async fn speech(
         },
     )
     .await?;
-    let (submitted, subscriptions) =
-        stream::submit(&state, job, format, key.as_deref(), &context.trace).await?;
-    let framing = match stream_kind {
-        StreamFormat::Audio => stream::Framing::Audio,
-        StreamFormat::Sse => stream::Framing::Sse,
-    };
-    let mut response =
-        stream::respond(&state, submitted.job_id, subscriptions, format, framing).await?;
-    submitted.tag(response.headers_mut());
-    Ok(response)
+    Ok((validated, stream_kind))
 }
 
 fn response_format(name: Option<&str>) -> Result<AudioFormat, AppError> {

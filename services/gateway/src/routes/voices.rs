@@ -4,11 +4,11 @@
 use std::time::Duration;
 
 use axum::Extension;
-use axum::extract::multipart::{Field, MultipartError, MultipartRejection};
+use axum::extract::multipart::MultipartRejection;
 use axum::extract::{Multipart, Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use chrono::Utc;
 use futures::StreamExt;
 use tts_contracts::{
@@ -22,6 +22,7 @@ use super::jobs::base_url;
 use crate::error::AppError;
 use crate::submit;
 use crate::trace::RequestContext;
+use crate::upload::{UploadForm, read_form};
 use crate::{AppState, auth};
 
 /// Longest accepted voice name.
@@ -196,16 +197,6 @@ struct VoiceUpload {
     engine: Option<String>,
 }
 
-/// The fields of an upload.
-#[derive(Default)]
-struct UploadForm {
-    file: Option<Bytes>,
-    name: Option<String>,
-    language: Option<String>,
-    prompt_text: Option<String>,
-    engine: Option<String>,
-}
-
 /// `POST /api/voices`: checks the upload, stores it, records the voice as `enrolling` and queues
 /// its enrollment. It then waits (`voices.check_wait_secs`) for a worker to check the clip's
 /// speech, so that a clip with too little or too much speech is refused with 422 like any other
@@ -350,92 +341,6 @@ async fn forget(state: &AppState, voice_id: &str) {
     }
     if let Err(e) = remove_objects(state, voice_id).await {
         tracing::warn!(%voice_id, error = %e, "could not delete a refused voice's objects");
-    }
-}
-
-async fn read_form(multipart: &mut Multipart, max_upload: usize) -> Result<UploadForm, AppError> {
-    let mut form = UploadForm::default();
-    let mut too_large = false;
-    while let Some(field) = multipart.next_field().await.map_err(multipart_error)? {
-        let name = field.name().unwrap_or_default().to_string();
-        match name.as_str() {
-            "file" => {
-                if form.file.is_some() {
-                    return Err(duplicate(&name));
-                }
-                match read_file(field, max_upload).await? {
-                    Some(bytes) => form.file = Some(bytes),
-                    None => too_large = true,
-                }
-            }
-            "name" | "language" | "prompt_text" | "engine" => {
-                let text = field.text().await.map_err(multipart_error)?;
-                let slot = match name.as_str() {
-                    "name" => &mut form.name,
-                    "language" => &mut form.language,
-                    "prompt_text" => &mut form.prompt_text,
-                    _ => &mut form.engine,
-                };
-                if slot.replace(text).is_some() {
-                    return Err(duplicate(&name));
-                }
-            }
-            other => {
-                return Err(AppError::unprocessable(
-                    "unknown_field",
-                    format!(
-                        "unknown field {other:?}; the fields are file, name, language, prompt_text and engine"
-                    ),
-                ));
-            }
-        }
-    }
-    if too_large {
-        return Err(AppError::client(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "file_too_large",
-            format!("the clip is larger than {max_upload} bytes"),
-        ));
-    }
-    Ok(form)
-}
-
-/// Reads the clip; `None` when it is over `max` bytes. An oversized clip is still read to its
-/// end (and dropped) so that the client, still sending, receives the 413 rather than a reset.
-async fn read_file(mut field: Field<'_>, max: usize) -> Result<Option<Bytes>, AppError> {
-    let mut buffer = BytesMut::new();
-    let mut size = 0usize;
-    while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
-        size += chunk.len();
-        if size <= max {
-            buffer.extend_from_slice(&chunk);
-        } else {
-            buffer = BytesMut::new();
-        }
-    }
-    Ok((size <= max).then(|| buffer.freeze()))
-}
-
-fn duplicate(field: &str) -> AppError {
-    AppError::unprocessable(
-        "duplicate_field",
-        format!("the field {field:?} is given more than once"),
-    )
-}
-
-fn multipart_error(e: MultipartError) -> AppError {
-    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        AppError::client(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            "the body is too large",
-        )
-    } else {
-        AppError::client(
-            StatusCode::BAD_REQUEST,
-            "invalid_multipart",
-            format!("the multipart body could not be read: {}", e.body_text()),
-        )
     }
 }
 

@@ -111,11 +111,11 @@ fn rules() -> &'static [Rule] {
         };
         vec![
             // 2024-03-05, 2024/3/5
-            rule(r"(\d{4})[-/.](\d{1,2})[-/.](\d{1,2})", |c| {
+            rule(r"([0-9]{4})[-/.]([0-9]{1,2})[-/.]([0-9]{1,2})", |c| {
                 format!("{}年{}月{}日", digits(&c[1]), number(&c[2]), number(&c[3]))
             }),
             // 15:30
-            rule(r"(\d{1,2}):(\d{2})", |c| {
+            rule(r"([0-9]{1,2}):([0-9]{2})", |c| {
                 let minutes = c[2].parse::<u64>().unwrap_or(0);
                 if minutes == 0 {
                     format!("{}点", number(&c[1]))
@@ -124,22 +124,50 @@ fn rules() -> &'static [Rule] {
                 }
             }),
             // 12.5%, -3%
-            rule(r"(-?\d+(?:\.\d+)?)\s*[%％]", |c| {
+            rule(r"(-?[0-9]+(?:\.[0-9]+)?)\s*[%％]", |c| {
                 format!("百分之{}", number(&c[1]))
             }),
             // A year: 2024年
-            rule(r"(\d{2,4})\s*年", |c| format!("{}年", digits(&c[1]))),
+            rule(r"([0-9]{2,4})\s*年", |c| format!("{}年", digits(&c[1]))),
             // Phone numbers and other long digit strings are read digit by digit.
-            rule(r"\+?\d{3,4}-\d{7,8}|\+?\d{7,}", |c| phone(&c[0])),
+            rule(r"\+?[0-9]{3,4}-[0-9]{7,8}|\+?[0-9]{7,}", |c| phone(&c[0])),
             // Everything else that is a number.
-            rule(r"-?\d+(?:,\d{3})*(?:\.\d+)?", |c| number(&c[0])),
+            rule(r"-?[0-9]+(?:,[0-9]{3})*(?:\.[0-9]+)?", |c| number(&c[0])),
         ]
     })
 }
 
-/// Rewrites every number in `text` as words.
+/// Full-width digits as ASCII ones, and the full-width `．：－／` between two digits as their
+/// ASCII forms, so that `２０２４／３／５` and `１２．５％` are read like `2024/3/5` and `12.5%`.
+/// Elsewhere those marks are the text's own punctuation and stay.
+fn ascii_digits(text: &str) -> String {
+    let chars: Vec<char> = text
+        .chars()
+        .map(|c| match c {
+            '０'..='９' => char::from(b'0' + (c as u32 - '０' as u32) as u8),
+            c => c,
+        })
+        .collect();
+    let digit_at = |i: Option<usize>| {
+        i.and_then(|i| chars.get(i))
+            .is_some_and(char::is_ascii_digit)
+    };
+    chars
+        .iter()
+        .enumerate()
+        .map(|(i, &c)| match c {
+            '．' | '：' | '－' | '／' if digit_at(i.checked_sub(1)) && digit_at(Some(i + 1)) => {
+                char::from_u32(c as u32 - 0xFEE0).unwrap_or(c)
+            }
+            c => c,
+        })
+        .collect()
+}
+
+/// Rewrites every number in `text` as words. Digits are ASCII or full-width; other scripts'
+/// digits are left as written rather than read as Chinese.
 pub fn normalize(text: &str) -> String {
-    let mut text = text.to_string();
+    let mut text = ascii_digits(text);
     for (pattern, replace) in rules() {
         text = pattern
             .replace_all(&text, |c: &Captures| replace(c))
@@ -191,5 +219,24 @@ mod tests {
         assert_eq!(normalize("电话13812345678"), "电话幺三八幺二三四五六七八");
         assert_eq!(normalize("零下-5度"), "零下负五度");
         assert_eq!(normalize("共1,200人"), "共一千二百人");
+    }
+
+    #[test]
+    fn full_width_digits_are_read() {
+        // Found by the zh_normalize fuzz target: full-width digits matched the patterns but
+        // were no digits to `to_digit`, so every one of them vanished from the text.
+        assert_eq!(
+            normalize("２０２４年共有３５％的人参加。"),
+            "二零二四年共有百分之三十五的人参加。"
+        );
+        assert_eq!(normalize("１２．５元"), "十二点五元");
+        assert_eq!(normalize("２０２４／３／５"), "二零二四年三月五日");
+        assert_eq!(normalize("时间：１５：３０"), "时间：十五点三十分");
+    }
+
+    #[test]
+    fn other_scripts_digits_are_left_as_written() {
+        assert_eq!(normalize("第٣章"), "第٣章");
+        assert_eq!(normalize("共٣5人"), "共٣五人");
     }
 }
