@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tts_contracts::{JobStatus, reference_key, upload_key, voice_prefix};
+use tts_contracts::{JobStatus, reference_key, upload_key, voice_prefix, voice_record_key};
 use tts_infra::{RedisJobStore, RedisVoiceStore, VoiceStore};
 use tts_tests::clips::{self, FIRST, SECOND, THIRD};
 use tts_tests::{Deployment, KOKORO_VOICE, TestApp, spawn_engines_with};
@@ -270,10 +270,12 @@ async fn an_enrolled_voice_speaks_closer_to_its_reference_than_the_best_stock_vo
         voice["similarity"]["beats_best_stock"].is_boolean(),
         "{voice}"
     );
-    // The trimmed reference is kept; the raw upload is not.
+    // The trimmed reference is kept, beside the voice's record; the raw upload is not.
+    let mut kept = objects(&app, &voice_id).await;
+    kept.sort();
     assert_eq!(
-        objects(&app, &voice_id).await,
-        vec![reference_key(&voice_id)]
+        kept,
+        vec![reference_key(&voice_id), voice_record_key(&voice_id)]
     );
     assert!(
         !objects(&app, &voice_id)
