@@ -5,26 +5,10 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use tts_tests::app::VOICE;
+use tts_tests::app::{VOICE, long_text};
 use tts_tests::cluster::NatsCluster;
 use tts_tests::wav::assert_plausible_speech;
 use tts_tests::{Deployment, TestApp, spawn_app, spawn_app_with, spawn_worker_process};
-
-/// Text long enough that a job is still running when the test acts on it.
-fn long_text() -> String {
-    "This long passage keeps a worker busy for several seconds, so that the test can act while \
-     the job is running. "
-        .repeat(12)
-}
-
-async fn submit(app: &TestApp, text: &str) -> String {
-    let response = app
-        .submit(&json!({"text": text, "voice_id": VOICE}), None)
-        .await;
-    assert_eq!(response.status(), 202);
-    let body: Value = response.json().await.unwrap();
-    body["job_id"].as_str().unwrap().to_string()
-}
 
 /// Waits until a job is running and returns the node running it.
 async fn wait_running(app: &TestApp, job_id: &str) -> String {
@@ -52,11 +36,8 @@ async fn two_workers_of_one_engine_split_the_jobs() {
     let mut jobs = Vec::new();
     for i in 0..20 {
         jobs.push(
-            submit(
-                &app,
-                &format!("This is job number {i}. It has two sentences."),
-            )
-            .await,
+            app.submit_text(&format!("This is job number {i}. It has two sentences."))
+                .await,
         );
     }
     let mut by_worker: HashMap<String, usize> = HashMap::new();
@@ -84,7 +65,7 @@ async fn a_job_whose_worker_is_killed_is_redelivered_and_succeeds_once() {
     app.wait_for_voice(VOICE, 1).await;
 
     let text = long_text();
-    let job_id = submit(&app, &text).await;
+    let job_id = app.submit_text(&text).await;
     assert_eq!(wait_running(&app, &job_id).await, "doomed");
     doomed.kill();
 
@@ -108,7 +89,7 @@ async fn sigterm_finishes_the_running_job_then_exits_cleanly() {
     let mut worker = spawn_worker_process(&app.settings, "leaving");
     app.wait_for_voice(VOICE, 1).await;
 
-    let job_id = submit(&app, &long_text()).await;
+    let job_id = app.submit_text(&long_text()).await;
     wait_running(&app, &job_id).await;
     let status = worker.terminate();
     assert!(status.success(), "worker exited with {status}");
@@ -137,7 +118,7 @@ async fn a_job_that_uses_up_its_deliveries_is_marked_failed() {
     let job_id = {
         let mut first = spawn_worker_process(&app.settings, "doomed-1");
         app.wait_for_voice(VOICE, 1).await;
-        let job_id = submit(&app, &long_text()).await;
+        let job_id = app.submit_text(&long_text()).await;
         assert_eq!(wait_running(&app, &job_id).await, "doomed-1");
         first.kill();
         job_id

@@ -7,8 +7,10 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tts_contracts::audio_key;
 use tts_tests::app::{
-    VOICE, binary, listening_addr, spawn_worker_process_logged, start_gateway_process_from,
+    VOICE, binary, listening_addr, long_text, spawn_worker_process_logged,
+    start_gateway_process_from,
 };
+use tts_tests::process::rss_mb;
 use tts_tests::wait_until_listed;
 use tts_tests::wav::assert_plausible_speech;
 use tts_tests::{
@@ -83,22 +85,6 @@ async fn a_list_of_servers_reaches_the_one_that_is_up() {
     speaks(&client, &url).await;
 }
 
-/// Text long enough that a job is still running when the test cancels it.
-fn long_text() -> String {
-    "This long passage keeps a worker busy for several seconds, so that the test can act while \
-     the job is running. "
-        .repeat(12)
-}
-
-async fn submit(app: &TestApp, text: &str) -> String {
-    let response = app
-        .submit(&json!({"text": text, "voice_id": VOICE}), None)
-        .await;
-    assert_eq!(response.status(), 202);
-    let body: Value = response.json().await.unwrap();
-    body["job_id"].as_str().unwrap().to_string()
-}
-
 async fn cancel(app: &TestApp, job_id: &str) -> reqwest::Response {
     app.client
         .delete(app.url(&format!("/api/jobs/{job_id}")))
@@ -119,7 +105,9 @@ async fn a_queued_job_that_is_cancelled_never_runs() {
     let mut announcer = spawn_worker_process(&app.settings, "announcer");
     app.wait_for_voice(VOICE, 1).await;
     announcer.kill();
-    let job_id = submit(&app, "This job is cancelled before it runs.").await;
+    let job_id = app
+        .submit_text("This job is cancelled before it runs.")
+        .await;
     let response = cancel(&app, &job_id).await;
     assert_eq!(response.status(), 200);
     let body: Value = response.json().await.unwrap();
@@ -140,7 +128,7 @@ async fn a_queued_job_that_is_cancelled_never_runs() {
 
     // A worker with one slot takes the cancelled job first and drops it; the next one runs.
     app.add_worker("piper", |_| {}).await;
-    let next = submit(&app, "This one runs.").await;
+    let next = app.submit_text("This one runs.").await;
     let done = app.wait_for_job(&next, Duration::from_secs(120)).await;
     assert_eq!(done["status"], "succeeded", "{done}");
     let job = app.job(&job_id).await;
@@ -154,7 +142,7 @@ async fn a_queued_job_that_is_cancelled_never_runs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_running_job_that_is_cancelled_stops_and_leaves_no_audio() {
     let app = spawn_app_with(Deployment::Distributed, |s| s.worker.max_concurrent = 1).await;
-    let job_id = submit(&app, &long_text()).await;
+    let job_id = app.submit_text(&long_text()).await;
     let (events, ()) = tokio::join!(app.ws_events(&job_id), async {
         // Wait for the first sentence's progress: the engine is at work.
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -172,7 +160,7 @@ async fn a_running_job_that_is_cancelled_stops_and_leaves_no_audio() {
     assert_eq!(events.last().map(|e| e.status.as_str()), Some("cancelled"));
 
     // The worker's one slot frees once the cancelled attempt has stopped; the next job runs.
-    let next = submit(&app, "After the cancelled one.").await;
+    let next = app.submit_text("After the cancelled one.").await;
     let done = app.wait_for_job(&next, Duration::from_secs(120)).await;
     assert_eq!(done["status"], "succeeded", "{done}");
     let job = app.job(&job_id).await;
@@ -200,7 +188,7 @@ async fn audio_and_job_records_expire_after_their_retention() {
         .put(reference, bytes::Bytes::from_static(b"RIFF"))
         .await
         .unwrap();
-    let job_id = submit(&app, "Gone tomorrow.").await;
+    let job_id = app.submit_text("Gone tomorrow.").await;
     let done = app.wait_for_job(&job_id, Duration::from_secs(120)).await;
     assert_eq!(done["status"], "succeeded", "{done}");
     let key = audio_key(&job_id.parse().unwrap());
@@ -313,7 +301,10 @@ async fn jobs_that_meet_object_storage_down_succeed_once_it_is_back() {
     s3.stop();
     let mut jobs = Vec::new();
     for i in 0..4 {
-        jobs.push(submit(&app, &format!("Stored once storage is back, number {i}.")).await);
+        jobs.push(
+            app.submit_text(&format!("Stored once storage is back, number {i}."))
+                .await,
+        );
     }
     // Wait until a job has met the outage: its write failed and it waits for another delivery.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -352,17 +343,6 @@ async fn jobs_that_meet_object_storage_down_succeed_once_it_is_back() {
         );
     }
     assert_eq!(app.audio.list("audio").await.unwrap().len(), jobs.len());
-}
-
-/// A process's resident memory in MB, from /proc.
-fn rss_mb(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
-    let kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .expect("VmRSS");
-    kb / 1024.0
 }
 
 /// 500 WebSocket clients that only listen, and steady sync synthesis beside them, for

@@ -29,6 +29,7 @@ use tts_tests::app::{
     VOICE as PIPER_VOICE, release_binary, spawn_gateway_process_from, spawn_worker_process_from,
     wait_until_listed,
 };
+use tts_tests::process::rss_mb;
 use tts_tests::{Deployment, NatsServer, TestApp, spawn_with_engines, test_settings};
 use tts_worker::engine::{Audio, Engine, EngineError, EngineHealth, Step, SynthesisInput};
 
@@ -311,17 +312,6 @@ async fn scaling(hold: Duration) {
             rate / (k as f64 * one),
         );
     }
-}
-
-/// A process's resident memory, in MB, from /proc.
-fn rss_mb(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
-    let kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .expect("VmRSS");
-    kb / 1024.0
 }
 
 /// The release binary as a gateway process (idle, then after serving) and as a real piper

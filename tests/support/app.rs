@@ -92,6 +92,13 @@ pub async fn wait_until_listed(
     }
 }
 
+/// Text long enough that a job is still running when a test acts on it.
+pub fn long_text() -> String {
+    "This long passage keeps a worker busy for several seconds, so that the test can act while \
+     the job is running. "
+        .repeat(12)
+}
+
 pub struct TestApp {
     pub base_url: String,
     /// The gateway's own `/metrics` listener (`gateway.metrics_listen`), when configured.
@@ -378,6 +385,16 @@ impl TestApp {
             .send()
             .await
             .expect("request sent")
+    }
+
+    /// Queues `text` in the test voice and returns the job's id, checking that it was accepted.
+    pub async fn submit_text(&self, text: &str) -> String {
+        let response = self
+            .submit(&serde_json::json!({"text": text, "voice_id": VOICE}), None)
+            .await;
+        assert_eq!(response.status(), 202);
+        let body: Value = response.json().await.expect("a JSON body");
+        body["job_id"].as_str().expect("a job id").to_string()
     }
 
     pub async fn submit(&self, body: &Value, idempotency_key: Option<&str>) -> reqwest::Response {

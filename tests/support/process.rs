@@ -74,6 +74,17 @@ impl Lines {
     }
 }
 
+/// A process's resident memory in MB, from /proc.
+pub fn rss_mb(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .expect("VmRSS");
+    kb / 1024.0
+}
+
 /// `line` without ANSI colour sequences (`ESC [ ... letter`), which loggers may add even when
 /// writing to a pipe.
 pub fn strip_ansi(line: &str) -> String {

@@ -11,12 +11,11 @@ use async_nats::jetstream::stream::{LastRawMessageErrorKind, RawMessageErrorKind
 use async_nats::jetstream::{self, AckKind};
 use bytes::Bytes;
 use chrono::Utc;
-use futures::StreamExt;
 use serde::Deserialize;
 use tts_contracts::{DeadLetter, JobFailure, JobId, JobMessage, subjects};
 
 use crate::error::{InfraError, InfraErrorKind, Result};
-use crate::queue::{JetStreamQueue, QueueSettings};
+use crate::queue::{JetStreamQueue, QueueSettings, pull_one};
 
 /// Creates the advisories stream and the dead-letter stream when they do not exist yet.
 pub(crate) async fn create_streams(
@@ -76,30 +75,19 @@ impl ExhaustedJobs {
     /// Waits up to `wait` for the next advisory; `None` when none came. An advisory that cannot
     /// be read is dropped.
     pub async fn next(&self, wait: Duration) -> Result<Option<Exhausted>> {
-        let mut batch = self
-            .consumer
-            .batch()
-            .max_messages(1)
-            .expires(wait)
-            .messages()
-            .await
-            .map_err(|e| InfraError::unavailable("pull advisories").with_source(e))?;
-        match batch.next().await {
-            None => Ok(None),
-            Some(Err(e)) => Err(InfraError::unavailable("pull advisories").with_source(e)),
-            Some(Ok(message)) => {
-                match serde_json::from_slice::<MaxDeliveriesAdvisory>(&message.payload) {
-                    Ok(advisory) => Ok(Some(Exhausted {
-                        stream_seq: advisory.stream_seq,
-                        deliveries: advisory.deliveries.min(u32::MAX as u64) as u32,
-                        message,
-                    })),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "dropping an advisory that cannot be read");
-                        let _ = message.ack_with(AckKind::Term).await;
-                        Ok(None)
-                    }
-                }
+        let Some(message) = pull_one(&self.consumer, wait, "pull advisories").await? else {
+            return Ok(None);
+        };
+        match serde_json::from_slice::<MaxDeliveriesAdvisory>(&message.payload) {
+            Ok(advisory) => Ok(Some(Exhausted {
+                stream_seq: advisory.stream_seq,
+                deliveries: advisory.deliveries.min(u32::MAX as u64) as u32,
+                message,
+            })),
+            Err(e) => {
+                tracing::warn!(error = %e, "dropping an advisory that cannot be read");
+                let _ = message.ack_with(AckKind::Term).await;
+                Ok(None)
             }
         }
     }

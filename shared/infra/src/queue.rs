@@ -261,31 +261,41 @@ impl JobSource for JetStreamSource {
     async fn next(&self, wait: Duration) -> Result<Option<Box<dyn Delivery>>> {
         // One message per pull: a worker asks only for what it has a free slot for, so jobs are
         // never held by a busy worker while another one idles.
-        let mut batch = self
-            .consumer
-            .batch()
-            .max_messages(1)
-            .expires(wait)
-            .messages()
-            .await
-            .map_err(|e| InfraError::unavailable("pull").with_source(e))?;
-        match batch.next().await {
-            None => Ok(None),
-            // A pull that expires with no message ends the batch without an item; an error here
-            // is a real one (the consumer was deleted, the server is changing leaders).
-            Some(Err(e)) => Err(InfraError::unavailable("pull").with_source(e)),
-            Some(Ok(message)) => {
-                let attempt = message
-                    .info()
-                    .map(|i| i.delivered.max(1) as u32)
-                    .unwrap_or(1);
-                Ok(Some(Box::new(JetStreamDelivery {
-                    message,
-                    attempt,
-                    max_attempts: self.max_deliver.max(1) as u32,
-                })))
-            }
-        }
+        let Some(message) = pull_one(&self.consumer, wait, "pull").await? else {
+            return Ok(None);
+        };
+        let attempt = message
+            .info()
+            .map(|i| i.delivered.max(1) as u32)
+            .unwrap_or(1);
+        Ok(Some(Box::new(JetStreamDelivery {
+            message,
+            attempt,
+            max_attempts: self.max_deliver.max(1) as u32,
+        })))
+    }
+}
+
+/// Pulls one message from `consumer`, waiting up to `wait`; `None` when none came. `what` names
+/// the pull in errors.
+pub(crate) async fn pull_one(
+    consumer: &jetstream::consumer::PullConsumer,
+    wait: Duration,
+    what: &str,
+) -> Result<Option<jetstream::Message>> {
+    let mut batch = consumer
+        .batch()
+        .max_messages(1)
+        .expires(wait)
+        .messages()
+        .await
+        .map_err(|e| InfraError::unavailable(what).with_source(e))?;
+    match batch.next().await {
+        None => Ok(None),
+        // A pull that expires with no message ends the batch without an item; an error here is
+        // a real one (the consumer was deleted, the server is changing leaders).
+        Some(Err(e)) => Err(InfraError::unavailable(what).with_source(e)),
+        Some(Ok(message)) => Ok(Some(message)),
     }
 }
 
