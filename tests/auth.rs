@@ -110,6 +110,26 @@ async fn tenants_see_only_their_own_jobs_and_strangers_nothing() {
         let body: Value = response.json().await.unwrap();
         assert_eq!(body["error"], "job_not_found");
     }
+    // Nor can another tenant cancel it: it is as missing as for reading.
+    let cancel = app
+        .client
+        .delete(app.url(&format!("/api/jobs/{job_id}")))
+        .bearer_auth(GLOBEX)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cancel.status(), 404);
+    assert_eq!(
+        cancel.json::<Value>().await.unwrap()["error"],
+        "job_not_found"
+    );
+    // The admin paths of the queue are for admin keys.
+    assert_eq!(
+        get(&app, "/api/admin/dead-letters", Some(ACME))
+            .await
+            .status(),
+        403
+    );
 
     // An idempotency key is the tenant's own: the same key elsewhere is another job.
     let submit = |key: &'static str| {
