@@ -10,6 +10,7 @@ pub mod asr;
 pub mod browser;
 pub mod clips;
 pub mod engines;
+pub mod faults;
 pub mod ffmpeg;
 pub mod nats;
 pub mod onnx;
