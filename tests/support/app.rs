@@ -629,6 +629,25 @@ impl WorkerProcess {
             .status();
         blocking(|| self.child.wait()).expect("worker exits")
     }
+
+    /// SIGSTOP: the process freezes where it is, holding its connections and its jobs without
+    /// acking, nacking or heartbeating, as a process that stalls (swapped out, paused) does.
+    pub fn suspend(&self) {
+        self.signal("STOP");
+    }
+
+    /// SIGCONT: a process frozen by [`WorkerProcess::suspend`] carries on where it stopped.
+    pub fn resume(&self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -{name} failed");
+    }
 }
 
 impl Drop for WorkerProcess {
@@ -664,8 +683,19 @@ pub fn spawn_worker_process_with_env(
 
 /// As [`spawn_worker_process`], logging JSON lines, which the returned [`Lines`] follow.
 pub fn spawn_worker_process_logged(settings: &Settings, node_id: &str) -> (WorkerProcess, Lines) {
+    spawn_worker_process_logged_with_env(settings, node_id, &[])
+}
+
+/// As [`spawn_worker_process_logged`], with more environment variables (more settings, or
+/// `RUST_LOG`) in `env`.
+pub fn spawn_worker_process_logged_with_env(
+    settings: &Settings,
+    node_id: &str,
+    env: &[(&str, &str)],
+) -> (WorkerProcess, Lines) {
     let mut child = worker_command(settings, node_id)
         .env("TTS__LOGGING__FORMAT", "json")
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .spawn()
         .expect("worker process starts");

@@ -11,6 +11,7 @@ pub mod browser;
 pub mod clips;
 pub mod cluster;
 pub mod engines;
+pub mod faults;
 pub mod ffmpeg;
 pub mod nats;
 pub mod onnx;

@@ -12,9 +12,11 @@ mod context;
 mod enroll;
 mod synthesize;
 
+use std::time::Duration;
+
 use tracing::Instrument;
-use tts_contracts::{JobFailure, JobMessage, JobRecord, JobSpec, VoiceStatus, failure};
-use tts_infra::{Delivery, InfraError};
+use tts_contracts::{JobFailure, JobId, JobMessage, JobRecord, JobSpec, VoiceStatus, failure};
+use tts_infra::{Delivery, InfraError, InfraErrorKind};
 
 pub use context::JobContext;
 use context::{JobError, publish, save, settle};
@@ -115,7 +117,7 @@ fn seconds_since(at: chrono::DateTime<chrono::Utc>) -> f64 {
 
 async fn attempt(ctx: &JobContext, delivery: Box<dyn Delivery>, message: JobMessage) -> Outcome {
     let job_id = message.job_id;
-    let mut record = match ctx.adapters.store.get(&job_id).await {
+    let mut record = match stored_record(ctx, delivery.as_ref(), &job_id).await {
         Ok(Some(r)) => r,
         // The record may have expired while the job waited; the message has all it needs.
         Ok(None) => JobRecord::queued(&message),
@@ -143,6 +145,41 @@ async fn attempt(ctx: &JobContext, delivery: Box<dyn Delivery>, message: JobMess
             Outcome::Duplicate
         }
         Err(e) => retry_or_fail(ctx, delivery.as_ref(), &message, Some(record), e).await,
+    }
+}
+
+/// How often a delivery held for the job store asks it again.
+const STORE_RETRY: Duration = Duration::from_secs(1);
+
+/// The job's stored record. While the job store does not answer, the delivery is held, with
+/// progress acks as a running job's, and the store asked again every second. A nak instead
+/// would spend one of the job's deliveries per retry delay, so that an outage of the store
+/// longer than `max_deliver` retry delays would fail every job that waited through it; held,
+/// a job starts once the store is back. Shutdown abandons a held delivery as it does a running
+/// one, and the queue redelivers it.
+async fn stored_record(
+    ctx: &JobContext,
+    delivery: &dyn Delivery,
+    job_id: &JobId,
+) -> Result<Option<JobRecord>, InfraError> {
+    let every = ctx.ack_wait / 3;
+    let mut ack_due = tokio::time::Instant::now() + every;
+    let mut holding = false;
+    loop {
+        match ctx.adapters.store.get(job_id).await {
+            Err(e) if e.kind() == InfraErrorKind::Unavailable => {
+                if !holding {
+                    tracing::warn!(error = %e, "the job store does not answer; holding the job until it does");
+                    holding = true;
+                }
+            }
+            answer => return answer,
+        }
+        tokio::time::sleep(STORE_RETRY.min(every)).await;
+        if tokio::time::Instant::now() >= ack_due {
+            settle(delivery.in_progress().await, "progress ack");
+            ack_due = tokio::time::Instant::now() + every;
+        }
     }
 }
 
