@@ -1,4 +1,4 @@
-//! Pipeline benchmarks: `cargo bench -p tts-tests --bench pipeline [-- overhead|throughput|scaling|memory]`.
+//! Pipeline benchmarks: `cargo bench -p tts-tests --bench pipeline [-- overhead|throughput|scaling|memory [jobs]]`.
 //!
 //! What the service costs around its engine, measured with an engine that does no inference
 //! ([`NullEngine`], which exists only in this file: never in the binary, a default config or
@@ -379,6 +379,11 @@ fn main() {
         .filter(|a| parts.contains(&a.as_str()))
         .collect();
     let run = |part: &str| chosen.is_empty() || chosen.iter().any(|c| c == part);
+    // A number after the part's name shortens the memory run (a multiple of 1,000 jobs).
+    let jobs = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse::<usize>().ok())
+        .unwrap_or(10_000);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -399,7 +404,7 @@ fn main() {
             scaling(Duration::from_millis(20)).await;
         }
         if run("memory") {
-            memory(10_000).await;
+            memory(jobs).await;
         }
     });
 }

@@ -19,6 +19,7 @@ pub mod stft;
 pub mod text;
 pub mod voice;
 pub mod wav;
+mod weights;
 
 pub use engine::{Engine, EngineError, EngineErrorKind, SynthesisInput};
 pub use service::{Worker, WorkerDeps, WorkerOptions};

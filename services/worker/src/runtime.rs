@@ -2,13 +2,15 @@
 //! configured device.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Condvar, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 
 use ort::environment::{Environment, GlobalThreadPoolOptions};
 use ort::session::Session;
-use ort::session::builder::GraphOptimizationLevel;
+use ort::session::builder::{GraphOptimizationLevel, PrepackedWeights, SessionBuilder};
+use ort::value::DynValue;
 
 use crate::error::{EngineError, EngineHealth};
+use crate::weights;
 
 static ENVIRONMENT: OnceLock<Result<(Environment, PathBuf), String>> = OnceLock::new();
 
@@ -75,17 +77,27 @@ impl Placement {
     }
 }
 
-/// Builds a session for `model` on `device` (`cuda` or `cpu`). When CUDA cannot be used the
-/// session runs on the CPU and the reason is logged and returned. With `threads` 0 the session
-/// runs on the process's shared thread pool (see [`environment`]); otherwise on a pool of its
-/// own with that many threads.
-pub fn session(
+/// What the sessions of one pool share: the model's weights, and the rearranged copies of them
+/// that some kernels make at load (prepacking), so that a pool of n sessions holds them once.
+struct Shared {
+    initializers: Vec<(String, Arc<DynValue>)>,
+    prepacked: PrepackedWeights,
+}
+
+/// Builds a session for `model` (its file's bytes, read from `path`) on `device` (`cuda` or
+/// `cpu`). When CUDA cannot be used the session runs on the CPU and the reason is logged and
+/// returned. With `threads` 0 the session runs on the process's shared thread pool (see
+/// [`environment`]); otherwise on a pool of its own with that many threads. `shared` weights
+/// take the place of the model's own copies.
+fn session(
     env: &Environment,
-    model: &Path,
+    path: &Path,
+    model: &[u8],
     device: &str,
     threads: usize,
+    shared: Option<&Shared>,
 ) -> Result<(Session, Placement), EngineError> {
-    let builder = || -> Result<ort::session::builder::SessionBuilder, EngineError> {
+    let builder = || -> Result<SessionBuilder, EngineError> {
         let mut b = Session::builder(env)?
             .with_optimization_level(GraphOptimizationLevel::Level3)
             .map_err(ort::Error::<()>::from)?;
@@ -96,11 +108,21 @@ pub fn session(
                 .with_intra_threads(threads)
                 .map_err(ort::Error::<()>::from)?;
         }
+        if let Some(shared) = shared {
+            for (name, value) in &shared.initializers {
+                b = b
+                    .with_initializer(name, Arc::clone(value))
+                    .map_err(ort::Error::<()>::from)?;
+            }
+            b = b
+                .with_prepacked_weights(&shared.prepacked)
+                .map_err(ort::Error::<()>::from)?;
+        }
         Ok(b)
     };
-    let load = |mut b: ort::session::builder::SessionBuilder| {
-        b.commit_from_file(model).map_err(|e| {
-            EngineError::internal(format!("cannot load model {}: {e}", model.display()))
+    let load = |mut b: SessionBuilder| {
+        b.commit_from_memory(model).map_err(|e| {
+            EngineError::internal(format!("cannot load model {}: {e}", path.display()))
                 .with_source(e)
         })
     };
@@ -121,7 +143,7 @@ pub fn session(
             }
             Err(reason) => {
                 tracing::warn!(
-                    model = %model.display(),
+                    model = %path.display(),
                     %reason,
                     "CUDA execution provider unavailable; running on CPU"
                 );
@@ -219,6 +241,7 @@ impl Drop for PooledSession<'_> {
 }
 
 /// Builds `count` sessions of one model and checks each against its expected inputs and outputs.
+/// On the CPU the sessions share one copy of the model's weights.
 pub(crate) fn session_pool(
     env: &Environment,
     model: &Path,
@@ -228,18 +251,48 @@ pub(crate) fn session_pool(
     inputs: &[&str],
     outputs: &[&str],
 ) -> Result<(SessionPool, Placement), EngineError> {
+    let bytes = std::fs::read(model).map_err(|e| {
+        EngineError::internal(format!("cannot read model {}: {e}", model.display())).with_source(e)
+    })?;
+    // Weights handed over from outside stay in host memory; a CUDA session would copy them to
+    // the device anyway, so only CPU sessions share them.
+    let shared = if device == "cpu" && count > 1 {
+        let initializers = weights::shared(&bytes).map_err(|e| {
+            EngineError::internal(format!("cannot read model {}: {e}", model.display()))
+        })?;
+        Some(Shared {
+            initializers,
+            prepacked: PrepackedWeights::new(),
+        })
+    } else {
+        None
+    };
     let mut sessions = Vec::new();
     let mut placement = None;
     for _ in 0..count.max(1) {
-        let (session, p) = session(env, model, device, threads)?;
+        let (session, p) = session(env, model, &bytes, device, threads, shared.as_ref())?;
         check_signature(&session, model, inputs, outputs)?;
         sessions.push(session);
         placement = Some(p);
     }
+    drop(bytes);
+    release_freed_memory();
     Ok((
         SessionPool::new(sessions),
         placement.expect("at least one session"),
     ))
+}
+
+/// Hands the pages of freed heap memory back to the system. Loading a model parses it into
+/// many small allocations that are freed once the session is built; the C allocator keeps
+/// their pages (tens of megabytes per session) unless asked to return them.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free memory to the system; it is safe to call at any
+    // time from any thread.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// Refuses a model whose inputs and outputs are not the ones an engine feeds and reads, naming
