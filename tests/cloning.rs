@@ -275,7 +275,8 @@ async fn an_enrolled_voice_speaks_closer_to_its_reference_than_the_best_stock_vo
     kept.sort();
     assert_eq!(
         kept,
-        vec![reference_key(&voice_id), voice_record_key(&voice_id)]
+        vec![voice_record_key(&voice_id), reference_key(&voice_id)],
+        "in key order"
     );
     assert!(
         !objects(&app, &voice_id)
