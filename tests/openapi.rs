@@ -16,8 +16,11 @@ use tts_tests::{
 /// with its documented path in one call, and the document adds the console's files and its own
 /// pages from the lists the router serves them from; an operation missing here is one this list
 /// has not caught up with.
-const OPERATIONS: [&str; 22] = [
+const OPERATIONS: [&str; 25] = [
+    "DELETE /api/jobs/{id}",
     "DELETE /api/voices/{id}",
+    "GET /api/admin/dead-letters",
+    "POST /api/admin/dead-letters/{job_id}/requeue",
     "GET /",
     "GET /console/console.css",
     "GET /console/console.js",
