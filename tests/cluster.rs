@@ -10,22 +10,6 @@ use tts_tests::cluster::NatsCluster;
 use tts_tests::wav::assert_plausible_speech;
 use tts_tests::{Deployment, TestApp, spawn_app, spawn_app_with, spawn_worker_process};
 
-/// Waits until a job is running and returns the node running it.
-async fn wait_running(app: &TestApp, job_id: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let job = app.job(job_id).await;
-        if job["status"] == "running" {
-            return job["worker"].as_str().unwrap().to_string();
-        }
-        assert!(
-            job["status"] == "queued" && Instant::now() < deadline,
-            "job never ran: {job}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_workers_of_one_engine_split_the_jobs() {
     let app = spawn_app(Deployment::GatewayOnly).await;
@@ -66,7 +50,7 @@ async fn a_job_whose_worker_is_killed_is_redelivered_and_succeeds_once() {
 
     let text = long_text();
     let job_id = app.submit_text(&text).await;
-    assert_eq!(wait_running(&app, &job_id).await, "doomed");
+    assert_eq!(app.wait_running(&job_id).await, "doomed");
     doomed.kill();
 
     let _survivor = spawn_worker_process(&app.settings, "survivor");
@@ -90,7 +74,7 @@ async fn sigterm_finishes_the_running_job_then_exits_cleanly() {
     app.wait_for_voice(VOICE, 1).await;
 
     let job_id = app.submit_text(&long_text()).await;
-    wait_running(&app, &job_id).await;
+    app.wait_running(&job_id).await;
     let status = worker.terminate();
     assert!(status.success(), "worker exited with {status}");
 
@@ -119,7 +103,7 @@ async fn a_job_that_uses_up_its_deliveries_is_marked_failed() {
         let mut first = spawn_worker_process(&app.settings, "doomed-1");
         app.wait_for_voice(VOICE, 1).await;
         let job_id = app.submit_text(&long_text()).await;
-        assert_eq!(wait_running(&app, &job_id).await, "doomed-1");
+        assert_eq!(app.wait_running(&job_id).await, "doomed-1");
         first.kill();
         job_id
     };

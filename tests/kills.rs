@@ -10,48 +10,15 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use serde_json::{Value, json};
-use tts_tests::app::{VOICE, spawn_worker_process_logged_with_env};
+use tts_tests::app::{VOICE, long_text, spawn_worker_process_logged_with_env};
 use tts_tests::faults::{
     LOG_SETTLED, POISONED, PoisonEngine, audio_keys, audio_objects, read_jobs, settled_outcome,
     timed, wait_for_jobs,
 };
 use tts_tests::{
-    Deployment, RedisServer, TestApp, spawn_app, spawn_app_with, spawn_with_engines,
-    spawn_worker_process,
+    Deployment, RedisServer, spawn_app, spawn_app_with, spawn_with_engines, spawn_worker_process,
 };
 use voice_clone_tts::SuppliedEngines;
-
-/// Text long enough that a job is still running when the test acts on it.
-fn long_text() -> String {
-    "This long passage keeps a worker busy for several seconds, so that the test can act while \
-     the job is running. "
-        .repeat(12)
-}
-
-async fn submit(app: &TestApp, text: &str) -> String {
-    let response = app
-        .submit(&json!({"text": text, "voice_id": VOICE}), None)
-        .await;
-    assert_eq!(response.status(), 202);
-    let body: Value = response.json().await.unwrap();
-    body["job_id"].as_str().unwrap().to_string()
-}
-
-/// Waits until a job is running and returns the node running it.
-async fn wait_running(app: &TestApp, job_id: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let job = app.job(job_id).await;
-        if job["status"] == "running" {
-            return job["worker"].as_str().unwrap().to_string();
-        }
-        assert!(
-            job["status"] == "queued" && Instant::now() < deadline,
-            "job never ran: {job}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 /// Asserts that a refusal is the API's JSON 503, which tells the client to come back.
 async fn assert_unavailable(response: reqwest::Response, what: &str) {
@@ -72,7 +39,7 @@ async fn two_hundred_jobs_survive_a_worker_killed_mid_load() {
     let ids: Vec<String> = futures::stream::iter(0..JOBS)
         .map(|i| {
             let app = &app;
-            async move { submit(app, &format!("This is job number {i}.")).await }
+            async move { app.submit_text(&format!("This is job number {i}.")).await }
         })
         .buffered(8)
         .collect()
@@ -191,7 +158,10 @@ async fn nats_killed_and_restarted_mid_load_loses_no_accepted_job() {
     // A burst on top, so that jobs are surely waiting in the stream when its server dies.
     let mut burst = Vec::new();
     for i in 0..20 {
-        burst.push(submit(&app, &format!("Burst job {i} waits its turn.")).await);
+        burst.push(
+            app.submit_text(&format!("Burst job {i} waits its turn."))
+                .await,
+        );
     }
     let nats = app.nats.as_mut().unwrap();
     nats.stop();
@@ -236,8 +206,8 @@ async fn a_worker_frozen_past_its_ack_wait_leaves_the_job_to_another() {
     let (frozen, mut frozen_log) =
         spawn_worker_process_logged_with_env(&app.settings, "frozen", &[("RUST_LOG", LOG_SETTLED)]);
     app.wait_for_voice(VOICE, 1).await;
-    let job_id = submit(&app, &long_text()).await;
-    assert_eq!(wait_running(&app, &job_id).await, "frozen");
+    let job_id = app.submit_text(&long_text()).await;
+    assert_eq!(app.wait_running(&job_id).await, "frozen");
     frozen.suspend();
 
     // Frozen, the worker sends no progress acks, so the queue hands the job on after its ack
@@ -276,7 +246,7 @@ async fn a_job_that_fails_on_every_delivery_ends_failed_and_the_worker_serves_on
     })
     .await;
 
-    let poisoned = submit(&app, POISON).await;
+    let poisoned = app.submit_text(POISON).await;
     let failed = app.wait_for_job(&poisoned, Duration::from_secs(120)).await;
     assert_eq!(failed["status"], "failed", "{failed}");
     assert_eq!(failed["error"]["error"], POISONED, "{failed}");
@@ -284,7 +254,7 @@ async fn a_job_that_fails_on_every_delivery_ends_failed_and_the_worker_serves_on
     assert_eq!(engine.poisoned_calls(), MAX_DELIVER as usize);
     assert_eq!(app.audio(&poisoned).await.status(), 404);
 
-    let next = submit(&app, "The worker is still here.").await;
+    let next = app.submit_text("The worker is still here.").await;
     let done = app.wait_for_job(&next, Duration::from_secs(120)).await;
     assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(app.audio(&next).await.status(), 200);
@@ -312,9 +282,9 @@ async fn redis_restarted_with_jobs_in_flight_answers_503_promptly_and_finishes_t
                 a moment to speak.";
     let mut in_flight = Vec::new();
     for _ in 0..4 {
-        in_flight.push(submit(&app, text).await);
+        in_flight.push(app.submit_text(text).await);
     }
-    wait_running(&app, &in_flight[0]).await;
+    app.wait_running(&in_flight[0]).await;
 
     redis.stop();
     // Every request the outage meets is refused at once, whatever it asks, for as long as it
@@ -362,7 +332,7 @@ async fn redis_restarted_with_jobs_in_flight_answers_503_promptly_and_finishes_t
     for record in &records {
         assert_eq!(record["status"], "succeeded", "{record}");
     }
-    let after = submit(&app, "After the outage.").await;
+    let after = app.submit_text("After the outage.").await;
     let done = app.wait_for_job(&after, Duration::from_secs(60)).await;
     assert_eq!(done["status"], "succeeded", "{done}");
     in_flight.push(after);

@@ -387,6 +387,22 @@ impl TestApp {
             .expect("request sent")
     }
 
+    /// Waits until a job is running and returns the node running it.
+    pub async fn wait_running(&self, job_id: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let job = self.job(job_id).await;
+            if job["status"] == "running" {
+                return job["worker"].as_str().expect("a worker").to_string();
+            }
+            assert!(
+                job["status"] == "queued" && Instant::now() < deadline,
+                "job never ran: {job}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Queues `text` in the test voice and returns the job's id, checking that it was accepted.
     pub async fn submit_text(&self, text: &str) -> String {
         let response = self
