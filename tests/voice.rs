@@ -172,8 +172,10 @@ fn the_style_search_moves_kokoro_towards_the_reference_speaker() {
         result.syntheses,
     );
     // The stock voices' embeddings are cached: the steps are the search's own, at most the
-    // budget (12 steps, a judgement per 3 improvements, the start judged twice), ending at done.
-    let budget = 12 + 12 / 3 + 2;
+    // budget, ending at done: the start and 12 steps on the search sentence, and judgements of
+    // every held-out sentence (the start's, one per 3 improvements, a last one).
+    let judging = tts_worker::engine::kokoro::style_search::HOLDOUT_TEXTS.len();
+    let budget = 1 + 12 + (12 / 3 + 2) * judging;
     assert!(
         steps
             .iter()
@@ -188,7 +190,8 @@ fn the_style_search_moves_kokoro_towards_the_reference_speaker() {
     assert!(result.search_similarity >= result.best_stock_search_similarity);
     assert!(result.cloned_similarity >= result.best_stock_similarity);
     if result.beats_stock {
-        assert!(result.cloned_similarity > result.best_stock_similarity);
+        use tts_worker::engine::kokoro::style_search::MIN_GAIN;
+        assert!(result.cloned_similarity >= result.best_stock_similarity + MIN_GAIN);
         assert!(result.blend.len() > 1);
     } else {
         assert_eq!(result.blend, vec![(result.best_stock_voice.clone(), 1.0)]);

@@ -5,7 +5,8 @@
 //! material the search never saw, so that what is reported is what a listener gets:
 //!
 //! - The reference is cut in two: the search aims at the first part, the judging at the second.
-//!   Candidates speak [`SEARCH_TEXT`] while searching and [`HOLDOUT_TEXT`] when judged.
+//!   Candidates speak [`SEARCH_TEXT`] while searching and the [`HOLDOUT_TEXTS`] when judged; a
+//!   judgement is the mean score over those sentences.
 //! - Every stock voice is scored on both (their embeddings are cached, see [`super::stock`]).
 //!   The voices nearest the reference start the search as a blend: a weighted mean of their
 //!   style tables, the weights a softmax of their scores.
@@ -15,7 +16,8 @@
 //!   stops once that score has not improved for [`PATIENCE`] judgements, and the best judged
 //!   candidate is the result.
 //! - The result is never worse on the held-out score than the best stock voice: when the search
-//!   cannot beat it, the clone is that stock voice, and says so ([`CloneResult::beats_stock`]).
+//!   cannot beat it by [`MIN_GAIN`], the clone is that stock voice, and says so
+//!   ([`CloneResult::beats_stock`]).
 
 use ndarray::{Array1, Axis};
 use rand::SeedableRng;
@@ -27,9 +29,9 @@ use crate::engine::{CloneSettings, EngineError};
 use crate::voice::ANALYSIS_RATE;
 use crate::voice::speaker::{SpeakerEncoder, cosine};
 
-/// The sentences candidates speak: [`SEARCH_TEXT`] while searching, [`HOLDOUT_TEXT`] when
+/// The sentences candidates speak: [`SEARCH_TEXT`] while searching, [`HOLDOUT_TEXTS`] when
 /// judged. They live with the stock voices' embeddings, which are made on them.
-pub use super::stock::{HOLDOUT_TEXT, SEARCH_TEXT};
+pub use super::stock::{HOLDOUT_TEXTS, SEARCH_TEXT};
 
 /// How many of the stock voices nearest the reference a blend is made of.
 pub const BLEND_VOICES: usize = 5;
@@ -40,6 +42,10 @@ pub const PATIENCE: usize = 2;
 /// The softmax temperature that turns the nearest voices' scores into starting weights: a
 /// voice 0.05 closer weighs e times more.
 const TEMPERATURE: f32 = 0.05;
+/// How much closer than the best stock voice, on the held-out score, a found style must be to
+/// be kept. Both scores are maxima over many candidates on two sentences, and a smaller lead is
+/// as likely to be luck as a closer voice: then the best stock voice is the safer clone.
+pub const MIN_GAIN: f32 = 0.01;
 /// Each half of a reference is at least this long, in seconds, or both halves are the whole
 /// clip: the encoder needs a second or two of speech to say anything.
 const MIN_PART_SECS: f32 = 2.0;
@@ -51,8 +57,8 @@ pub struct CloneResult {
     pub blend: Vec<(String, f32)>,
     /// Offset added to every row of the blended table.
     pub offset: Vec<f32>,
-    /// Held-out score of the result (cosine similarity to the reference's second part, on the
-    /// held-out sentence).
+    /// Held-out score of the result (mean cosine similarity to the reference's second part, on
+    /// the held-out sentences).
     pub cloned_similarity: f32,
     /// The best stock voice on the same held-out score, and its score.
     pub best_stock_voice: String,
@@ -136,14 +142,21 @@ pub fn clone_style(
     // The stock voices' embeddings do not depend on the reference: cached, they cost nothing;
     // the first enrollment of a model computes the missing ones, and its progress counts them.
     let stock = engine.stock_embeddings();
-    let budget = settings.evaluations + settings.evaluations / JUDGE_AFTER + 2;
+    // The start and every step speak the search sentence; a judgement speaks every held-out
+    // sentence, and there are at most: the start's, one per JUDGE_AFTER improvements, and a
+    // last one for the improvements since.
+    let judging = HOLDOUT_TEXTS.len();
+    let budget = 1 + settings.evaluations + (settings.evaluations / JUDGE_AFTER + 2) * judging;
     let mut computed = 0;
     let mut on_stock = |done: usize, missing: usize| {
         computed = missing;
         progress(done, missing + budget);
     };
     let searched = stock.all(engine, encoder, SEARCH_TEXT, &mut on_stock)?;
-    let judged = stock.all(engine, encoder, HOLDOUT_TEXT, &mut on_stock)?;
+    let mut judged: Vec<Vec<(String, Vec<f32>)>> = Vec::with_capacity(judging);
+    for text in HOLDOUT_TEXTS {
+        judged.push(stock.all(engine, encoder, text, &mut on_stock)?);
+    }
     let total = computed + budget;
     let mut done = computed;
 
@@ -154,9 +167,18 @@ pub fn clone_style(
         .collect();
     nearest.sort_by(|a, b| b.1.total_cmp(&a.1));
     nearest.truncate(BLEND_VOICES);
-    let (best_stock_voice, best_stock_similarity) = judged
+    // Every call of `all` lists the voices in the same order.
+    let (best_stock_voice, best_stock_similarity) = judged[0]
         .iter()
-        .map(|(name, e)| (name.clone(), cosine(&held_target, e)))
+        .enumerate()
+        .map(|(i, (name, _))| {
+            let mean = judged
+                .iter()
+                .map(|sentence| cosine(&held_target, &sentence[i].1))
+                .sum::<f32>()
+                / judging as f32;
+            (name.clone(), mean)
+        })
         .max_by(|a, b| a.1.total_cmp(&b.1))
         .ok_or_else(|| EngineError::internal("kokoro has no stock voices"))?;
     let tables: Vec<&StyleTable> = nearest
@@ -175,6 +197,20 @@ pub fn clone_style(
         progress(done.min(total), total);
         Ok::<f32, EngineError>(similarity)
     };
+    // The held-out judgement: the mean score over the held-out sentences.
+    fn judge(
+        score: &mut impl FnMut(&StyleTable, &str, &[f32]) -> Result<f32, EngineError>,
+        table: &StyleTable,
+        target: &[f32],
+        syntheses: &mut usize,
+    ) -> Result<f32, EngineError> {
+        let mut sum = 0.0;
+        for text in HOLDOUT_TEXTS {
+            sum += score(table, text, target)?;
+            *syntheses += 1;
+        }
+        Ok(sum / HOLDOUT_TEXTS.len() as f32)
+    }
 
     let dims = tables[0].shape()[2];
     let spread = tables[0].std(0.0);
@@ -184,11 +220,16 @@ pub fn clone_style(
     };
     let mut current_score = score(&table_of(&current), SEARCH_TEXT, &search_target)?;
     let start_score = current_score;
+    let mut syntheses = 1;
     let mut judged_best = (
-        score(&table_of(&current), HOLDOUT_TEXT, &held_target)?,
+        judge(
+            &mut score,
+            &table_of(&current),
+            &held_target,
+            &mut syntheses,
+        )?,
         current.clone(),
     );
-    let mut syntheses = 2;
 
     let mut rng = StdRng::seed_from_u64(settings.seed);
     let (mut logit_step, mut offset_step) = (1.0f32, 0.25 * spread);
@@ -221,8 +262,12 @@ pub fn clone_style(
         }
         if improved >= JUDGE_AFTER {
             improved = 0;
-            let held = score(&table_of(&current), HOLDOUT_TEXT, &held_target)?;
-            syntheses += 1;
+            let held = judge(
+                &mut score,
+                &table_of(&current),
+                &held_target,
+                &mut syntheses,
+            )?;
             if held > judged_best.0 {
                 judged_best = (held, current.clone());
                 stale = 0;
@@ -236,8 +281,12 @@ pub fn clone_style(
     }
     if improved > 0 {
         // Improvements since the last judgement are judged too, so that none is lost.
-        let held = score(&table_of(&current), HOLDOUT_TEXT, &held_target)?;
-        syntheses += 1;
+        let held = judge(
+            &mut score,
+            &table_of(&current),
+            &held_target,
+            &mut syntheses,
+        )?;
         if held > judged_best.0 {
             judged_best = (held, current.clone());
         }
@@ -245,7 +294,7 @@ pub fn clone_style(
     progress(total, total);
 
     let (cloned_similarity, best) = judged_best;
-    if cloned_similarity <= best_stock_similarity {
+    if cloned_similarity < best_stock_similarity + MIN_GAIN {
         return Ok(CloneResult {
             blend: vec![(best_stock_voice.clone(), 1.0)],
             offset: vec![0.0; dims],
