@@ -191,26 +191,17 @@ pub fn clone_style(
         let parts: Vec<(&StyleTable, f32)> = tables.iter().copied().zip(weights).collect();
         blend_table(&parts, &c.offset)
     };
-    let mut score = |table: &StyleTable, text: &str, target: &[f32]| {
-        let similarity = cosine(target, &stock::embed_voice(engine, encoder, table, text)?);
-        done += 1;
-        progress(done.min(total), total);
-        Ok::<f32, EngineError>(similarity)
-    };
-    // The held-out judgement: the mean score over the held-out sentences.
-    fn judge(
-        score: &mut impl FnMut(&StyleTable, &str, &[f32]) -> Result<f32, EngineError>,
-        table: &StyleTable,
-        target: &[f32],
-        syntheses: &mut usize,
-    ) -> Result<f32, EngineError> {
+    // The mean score of `table` speaking each of `texts`, against `target`: one text while
+    // searching, every held-out sentence when judging.
+    let mut score = |table: &StyleTable, texts: &[&str], target: &[f32]| {
         let mut sum = 0.0;
-        for text in HOLDOUT_TEXTS {
-            sum += score(table, text, target)?;
-            *syntheses += 1;
+        for text in texts {
+            sum += cosine(target, &stock::embed_voice(engine, encoder, table, text)?);
+            done += 1;
+            progress(done.min(total), total);
         }
-        Ok(sum / HOLDOUT_TEXTS.len() as f32)
-    }
+        Ok::<f32, EngineError>(sum / texts.len() as f32)
+    };
 
     let dims = tables[0].shape()[2];
     let spread = tables[0].std(0.0);
@@ -218,16 +209,10 @@ pub fn clone_style(
         logits: nearest.iter().map(|(_, s)| s / TEMPERATURE).collect(),
         offset: vec![0.0; dims],
     };
-    let mut current_score = score(&table_of(&current), SEARCH_TEXT, &search_target)?;
+    let mut current_score = score(&table_of(&current), &[SEARCH_TEXT], &search_target)?;
     let start_score = current_score;
-    let mut syntheses = 1;
     let mut judged_best = (
-        judge(
-            &mut score,
-            &table_of(&current),
-            &held_target,
-            &mut syntheses,
-        )?,
+        score(&table_of(&current), &HOLDOUT_TEXTS, &held_target)?,
         current.clone(),
     );
 
@@ -248,8 +233,7 @@ pub fn clone_style(
                 .map(|o| o + offset_step * noise())
                 .collect(),
         };
-        let s = score(&table_of(&candidate), SEARCH_TEXT, &search_target)?;
-        syntheses += 1;
+        let s = score(&table_of(&candidate), &[SEARCH_TEXT], &search_target)?;
         if s > current_score {
             current_score = s;
             current = candidate;
@@ -262,12 +246,7 @@ pub fn clone_style(
         }
         if improved >= JUDGE_AFTER {
             improved = 0;
-            let held = judge(
-                &mut score,
-                &table_of(&current),
-                &held_target,
-                &mut syntheses,
-            )?;
+            let held = score(&table_of(&current), &HOLDOUT_TEXTS, &held_target)?;
             if held > judged_best.0 {
                 judged_best = (held, current.clone());
                 stale = 0;
@@ -281,17 +260,14 @@ pub fn clone_style(
     }
     if improved > 0 {
         // Improvements since the last judgement are judged too, so that none is lost.
-        let held = judge(
-            &mut score,
-            &table_of(&current),
-            &held_target,
-            &mut syntheses,
-        )?;
+        let held = score(&table_of(&current), &HOLDOUT_TEXTS, &held_target)?;
         if held > judged_best.0 {
             judged_best = (held, current.clone());
         }
     }
     progress(total, total);
+    // Every synthesis since the stock voices' counted one step of progress.
+    let syntheses = done - computed;
 
     let (cloned_similarity, best) = judged_best;
     if cloned_similarity < best_stock_similarity + MIN_GAIN {
