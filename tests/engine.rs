@@ -262,29 +262,82 @@ mod kokoro {
 
         let first = KokoroEngine::load(&options).unwrap();
         let mut computed = Vec::new();
+        // Two sentences count as one run of progress, which only goes forwards.
+        let texts = [SEARCH_TEXT, HOLDOUT_TEXTS[0]];
         let embeddings = first
             .stock_embeddings()
-            .all(
-                &first,
-                &analysis.encoder,
-                SEARCH_TEXT,
-                &mut |done, total| computed.push((done, total)),
-            )
+            .all(&first, &analysis.encoder, &texts, &mut |done, total| {
+                computed.push((done, total))
+            })
             .unwrap();
-        assert_eq!(computed, [(1, 2), (2, 2)]);
+        assert_eq!(computed, [(1, 4), (2, 4), (3, 4), (4, 4)]);
         assert_eq!(embeddings.len(), 2);
-        assert_eq!(std::fs::read_dir(cache.path()).unwrap().count(), 2);
+        assert!(embeddings.iter().all(|voices| voices.len() == 2));
+        assert_ne!(embeddings[0], embeddings[1], "one list per sentence");
+        assert_eq!(std::fs::read_dir(cache.path()).unwrap().count(), 4);
 
         let second = KokoroEngine::load(&options).unwrap();
         let mut recomputed = 0;
         let cached = second
             .stock_embeddings()
-            .all(&second, &analysis.encoder, SEARCH_TEXT, &mut |_, _| {
+            .all(&second, &analysis.encoder, &texts, &mut |_, _| {
                 recomputed += 1
             })
             .unwrap();
         assert_eq!(recomputed, 0, "the cache was not used");
         assert_eq!(cached, embeddings);
+    }
+
+    /// On a model whose stock embeddings are not cached, enrollment computes them first for
+    /// every sentence it scores on, and its progress counts them all in one total that only
+    /// goes forwards and ends at done.
+    #[test]
+    fn a_first_enrollment_reports_progress_that_only_goes_forwards() {
+        use tts_worker::engine::CloneSettings;
+        use tts_worker::engine::kokoro::KokoroEngine;
+        use tts_worker::engine::kokoro::style_search::clone_style;
+        use tts_worker::voice::ANALYSIS_RATE;
+        use tts_worker::voice::resample::resample;
+        let voices = unseen_voices(&["af_heart", "am_liam"]);
+        let mut options = tts_tests::engines::kokoro_options();
+        options.voices = voices.path().to_path_buf();
+        // Kept for this process only, so that every run computes them.
+        options.stock_embeddings = None;
+        let fresh = KokoroEngine::load(&options).unwrap();
+        let analysis = tts_tests::engines::analysis();
+        let speech = engine()
+            .synthesize(&stock_input(HOLDOUT_TEXTS[0], "bf_emma", "en"), &mut |_| {})
+            .unwrap();
+        let reference = resample(&speech.samples, speech.sample_rate, ANALYSIS_RATE).unwrap();
+
+        let mut steps: Vec<(usize, usize)> = Vec::new();
+        clone_style(
+            &fresh,
+            &analysis.encoder,
+            &reference,
+            &CloneSettings {
+                evaluations: 1,
+                seed: 7,
+            },
+            &mut |done, total| steps.push((done, total)),
+        )
+        .unwrap();
+        let sentences = 1 + HOLDOUT_TEXTS.len();
+        let total = steps[0].1;
+        assert!(
+            steps.iter().all(|&(_, t)| t == total),
+            "one total throughout: {steps:?}"
+        );
+        assert!(
+            steps.windows(2).all(|w| w[0].0 <= w[1].0),
+            "progress went backwards: {steps:?}"
+        );
+        assert_eq!(
+            steps[..2 * sentences],
+            (1..=2 * sentences).map(|d| (d, total)).collect::<Vec<_>>(),
+            "two voices' embeddings on every sentence come first"
+        );
+        assert_eq!(steps.last(), Some(&(total, total)));
     }
 
     /// The worker ships the embeddings of every stock voice of the stock model, and they are
@@ -296,20 +349,17 @@ mod kokoro {
         let engine = engine();
         let analysis = tts_tests::engines::analysis();
         let stock = StockEmbeddings::new(None);
-        for text in std::iter::once(SEARCH_TEXT).chain(HOLDOUT_TEXTS) {
-            let mut computed = 0;
-            let shipped = stock
-                .all(engine, &analysis.encoder, text, &mut |_, _| computed += 1)
-                .unwrap();
-            assert_eq!(
-                computed, 0,
-                "scripts/stock-embeddings has not been run for this model"
-            );
-            assert_eq!(shipped.len(), 54);
-        }
+        let texts: Vec<&str> = std::iter::once(SEARCH_TEXT).chain(HOLDOUT_TEXTS).collect();
+        let mut computed = 0;
         let shipped = stock
-            .all(engine, &analysis.encoder, HOLDOUT_TEXTS[1], &mut |_, _| {})
+            .all(engine, &analysis.encoder, &texts, &mut |_, _| computed += 1)
             .unwrap();
+        assert_eq!(
+            computed, 0,
+            "scripts/stock-embeddings has not been run for this model"
+        );
+        assert!(shipped.iter().all(|voices| voices.len() == 54));
+        let shipped = &shipped[texts.iter().position(|t| *t == HOLDOUT_TEXTS[1]).unwrap()];
         let (name, embedding) = shipped.iter().find(|(n, _)| n == "bf_emma").unwrap();
         let table = engine.stock_voice(name).unwrap();
         let now = embed_voice(engine, &analysis.encoder, table, HOLDOUT_TEXTS[1]).unwrap();

@@ -31,6 +31,9 @@ pub const HOLDOUT_TEXTS: [&str; 2] = [
     "Our neighbours bought a small boat last summer and sail it on the lake every weekend.",
 ];
 
+/// Every stock voice's name with its embedding speaking one text, in the engine's voice order.
+pub type VoiceEmbeddings = Vec<(String, Vec<f32>)>;
+
 /// The embeddings known so far, by cache key, and where they are kept on disk.
 pub struct StockEmbeddings {
     dir: Option<PathBuf>,
@@ -46,30 +49,42 @@ impl StockEmbeddings {
         }
     }
 
-    /// Every stock voice's embedding speaking `text`, computing those not cached yet.
-    /// `progress` is called with (done, total) after each one computed.
+    /// Every stock voice's embedding speaking each of `texts`, one list per text, computing those
+    /// not cached yet. `progress` is called with (done, total) after each one computed, counted
+    /// over all the texts so that it only goes forwards.
     pub fn all(
         &self,
         engine: &KokoroEngine,
         encoder: &SpeakerEncoder,
-        text: &str,
+        texts: &[&str],
         progress: &mut dyn FnMut(usize, usize),
-    ) -> Result<Vec<(String, Vec<f32>)>, EngineError> {
+    ) -> Result<Vec<VoiceEmbeddings>, EngineError> {
         let encoder_id = encoder_fingerprint(encoder)?;
         let names = engine.stock_voice_names();
-        let keyed: Vec<(String, String)> = names
-            .into_iter()
-            .map(|name| {
-                let table = engine.stock_voice(&name).expect("listed voices exist");
-                let key = cache_key(engine.model_id(), &encoder_id, text, &name, table);
-                (name, key)
+        let keyed: Vec<Vec<(String, String)>> = texts
+            .iter()
+            .map(|text| {
+                names
+                    .iter()
+                    .map(|name| {
+                        let table = engine.stock_voice(name).expect("listed voices exist");
+                        let key = cache_key(engine.model_id(), &encoder_id, text, name, table);
+                        (name.clone(), key)
+                    })
+                    .collect()
             })
             .collect();
-        let missing: Vec<&(String, String)> = keyed
+        let missing: Vec<(&str, &str, &str)> = texts
             .iter()
-            .filter(|(_, key)| self.lookup(key).is_none())
+            .zip(&keyed)
+            .flat_map(|(text, voices)| {
+                voices
+                    .iter()
+                    .filter(|(_, key)| self.lookup(key).is_none())
+                    .map(move |(name, key)| (*text, name.as_str(), key.as_str()))
+            })
             .collect();
-        for (done, (name, key)) in missing.iter().enumerate() {
+        for (done, (text, name, key)) in missing.iter().enumerate() {
             let table = engine.stock_voice(name).expect("listed voices exist");
             let embedding = embed_voice(engine, encoder, table, text)?;
             self.keep(key, embedding);
@@ -77,9 +92,14 @@ impl StockEmbeddings {
         }
         Ok(keyed
             .into_iter()
-            .map(|(name, key)| {
-                let embedding = self.lookup(&key).expect("computed above");
-                (name, embedding)
+            .map(|voices| {
+                voices
+                    .into_iter()
+                    .map(|(name, key)| {
+                        let embedding = self.lookup(&key).expect("computed above");
+                        (name, embedding)
+                    })
+                    .collect()
             })
             .collect())
     }
@@ -211,14 +231,14 @@ pub fn prepare(settings: &tts_config::Settings) -> Result<usize, EngineError> {
     };
     let engine = KokoroEngine::build(&config, &settings.models, 1)?;
     let analysis = crate::voice::Analysis::load(settings)?;
-    let mut embedded = 0;
-    for text in std::iter::once(SEARCH_TEXT).chain(HOLDOUT_TEXTS) {
-        embedded += engine
-            .stock_embeddings()
-            .all(&engine, &analysis.encoder, text, &mut |done, total| {
-                tracing::info!(done, total, "embedding the stock voices for enrollment");
-            })?
-            .len();
-    }
+    let texts: Vec<&str> = std::iter::once(SEARCH_TEXT).chain(HOLDOUT_TEXTS).collect();
+    let embedded = engine
+        .stock_embeddings()
+        .all(&engine, &analysis.encoder, &texts, &mut |done, total| {
+            tracing::info!(done, total, "embedding the stock voices for enrollment");
+        })?
+        .iter()
+        .map(Vec::len)
+        .sum();
     Ok(embedded)
 }

@@ -148,15 +148,13 @@ pub fn clone_style(
     let judging = HOLDOUT_TEXTS.len();
     let budget = 1 + settings.evaluations + (settings.evaluations / JUDGE_AFTER + 2) * judging;
     let mut computed = 0;
-    let mut on_stock = |done: usize, missing: usize| {
+    let texts: Vec<&str> = std::iter::once(SEARCH_TEXT).chain(HOLDOUT_TEXTS).collect();
+    let mut embeddings = stock.all(engine, encoder, &texts, &mut |done, missing| {
         computed = missing;
         progress(done, missing + budget);
-    };
-    let searched = stock.all(engine, encoder, SEARCH_TEXT, &mut on_stock)?;
-    let mut judged: Vec<Vec<(String, Vec<f32>)>> = Vec::with_capacity(judging);
-    for text in HOLDOUT_TEXTS {
-        judged.push(stock.all(engine, encoder, text, &mut on_stock)?);
-    }
+    })?;
+    let judged = embeddings.split_off(1);
+    let searched = embeddings.pop().expect("one list per text");
     let total = computed + budget;
     let mut done = computed;
 
