@@ -179,6 +179,17 @@ impl AudioStream {
     }
 }
 
+/// Whether the engine call's last step is recorded as progress.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LastStep {
+    /// Recorded like the others: what follows the call takes a while.
+    Recorded,
+    /// Not recorded: the job's terminal record follows at once, and a write of the span's end
+    /// a moment before it would cost every job a store write and an event and tell nobody
+    /// anything. Its audio is still published.
+    FollowedByTheEnd,
+}
+
 /// Runs `work` (an engine call) on a blocking thread while this task records its progress,
 /// scaled into `span` of the job, and keeps the delivery alive with progress acks, so that a long
 /// job is not redelivered while it runs. `unit` names a step in progress messages. With a
@@ -195,6 +206,7 @@ pub(crate) async fn run_engine<T: Send + 'static>(
     record: &mut JobRecord,
     span: (f32, f32),
     unit: &'static str,
+    last: LastStep,
     mut stream: Option<&mut AudioStream>,
     cancel: Cancel,
     work: impl FnOnce(&mut dyn FnMut(Report)) -> Result<T, EngineError> + Send + 'static,
@@ -222,7 +234,7 @@ pub(crate) async fn run_engine<T: Send + 'static>(
             joined = &mut task => {
                 // Report what arrived just before the engine returned.
                 while let Ok(r) = rx.try_recv() {
-                    take(ctx, record, span, unit, stream.as_deref_mut(), &cancel, r).await;
+                    take(ctx, record, (span, unit, last), stream.as_deref_mut(), &cancel, r).await;
                 }
                 if cancel.is_set() {
                     tracing::info!("the job ended elsewhere (cancelled or finished); stopped");
@@ -237,7 +249,7 @@ pub(crate) async fn run_engine<T: Send + 'static>(
                 };
             }
             Some(r) = rx.recv() => {
-                take(ctx, record, span, unit, stream.as_deref_mut(), &cancel, r).await;
+                take(ctx, record, (span, unit, last), stream.as_deref_mut(), &cancel, r).await;
             }
             _ = keepalive.tick() => settle(delivery.in_progress().await, "progress ack"),
         }
@@ -288,8 +300,7 @@ pub(crate) async fn still_ours(ctx: &JobContext, record: &JobRecord) -> Result<(
 async fn take(
     ctx: &JobContext,
     record: &mut JobRecord,
-    span: (f32, f32),
-    unit: &str,
+    (span, unit, last): ((f32, f32), &str, LastStep),
     stream: Option<&mut AudioStream>,
     cancel: &Cancel,
     r: Report,
@@ -300,6 +311,9 @@ async fn take(
     }
     if let Some(stream) = stream {
         stream.publish(ctx, &r.audio, r.sample_rate).await;
+    }
+    if last == LastStep::FollowedByTheEnd && r.progress.done >= r.progress.total {
+        return;
     }
     if !report(ctx, record, span, unit, r.progress).await {
         cancel.set();

@@ -16,7 +16,7 @@ use tts_contracts::{
 };
 use tts_infra::Delivery;
 
-use super::context::{JobContext, JobError, finish, run_engine, save};
+use super::context::{JobContext, JobError, LastStep, finish, run_engine, save};
 use crate::engine::{Cancel, EngineError, EnrollInput, Enrollment};
 use crate::voice::reference::{self, Reference};
 use crate::voice::{ANALYSIS_RATE, Analysis};
@@ -173,6 +173,7 @@ async fn condition(
         record,
         span,
         "enrollment step",
+        LastStep::Recorded,
         None,
         Cancel::default(),
         move |report| {

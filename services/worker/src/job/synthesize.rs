@@ -10,7 +10,7 @@ use tts_contracts::{
 use tts_infra::Delivery;
 
 use super::context::{
-    AudioStream, JobContext, JobError, finish, kept_alive, run_engine, still_ours,
+    AudioStream, JobContext, JobError, LastStep, finish, kept_alive, run_engine, still_ours,
 };
 use crate::engine::{Audio, SynthesisInput};
 use crate::wav;
@@ -77,7 +77,8 @@ async fn engine_input(ctx: &JobContext, request: Request<'_>) -> Result<Synthesi
 }
 
 /// Runs the engine, its sentences taking the job's progress up to 95 % and its audio going out
-/// on `stream` as it is made.
+/// on `stream` as it is made. The last sentence's progress is not recorded: storing the audio
+/// and the `succeeded` record follow at once.
 async fn speak(
     ctx: &JobContext,
     delivery: &dyn Delivery,
@@ -93,6 +94,7 @@ async fn speak(
         record,
         (0.0, 0.95),
         "sentence",
+        LastStep::FollowedByTheEnd,
         Some(stream),
         cancel,
         move |report| engine.synthesize(&input, &mut |step| report(step.into())),
