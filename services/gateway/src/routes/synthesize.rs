@@ -9,7 +9,9 @@ use axum::response::Response;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use tokio::time::Instant;
-use tts_contracts::{ApiError, JobEvent, JobId, JobRecord, JobStatus, SynthesizeRequest, subjects};
+use tts_contracts::{
+    ApiError, JobEvent, JobId, JobRecord, JobStatus, SynthesizeRequest, audio_key, subjects,
+};
 use tts_infra::{BusMessage, JobStore};
 
 use super::Caller;
@@ -82,7 +84,7 @@ pub async fn synthesize(
         events = bus.subscribe(subjects::job_events(&job_id)).await?;
     }
     let deadline = Instant::now() + state.options.sync_timeout;
-    let record = wait_for_end(
+    let end = wait_for_end(
         state.deps.store.as_ref(),
         job_id,
         events,
@@ -90,19 +92,17 @@ pub async fn synthesize(
         submitted.replayed,
     )
     .await?;
-    let mut response = match record.status {
-        JobStatus::Succeeded => {
+    let audio = match end {
+        // The worker announces `succeeded` only after the record says so, and the record only
+        // after the audio is stored under the job's fixed key: the audio is there.
+        End::SucceededEvent => state.deps.audio.get(&audio_key(&job_id)).await?,
+        End::Record(record) if record.status == JobStatus::Succeeded => {
             let key = record.audio_key.ok_or_else(|| {
                 AppError::internal(format!("job {job_id} succeeded without audio"))
             })?;
-            let audio =
-                state.deps.audio.get(&key).await?.ok_or_else(|| {
-                    AppError::internal(format!("audio of job {job_id} is missing"))
-                })?;
-            // A replayed request answers in the format it asks for now.
-            crate::audio::respond(job_id, audio, format).await?
+            state.deps.audio.get(&key).await?
         }
-        _ => {
+        End::Record(record) => {
             let failure = record.failure();
             return Err(AppError::JobFailed {
                 job_id,
@@ -111,6 +111,10 @@ pub async fn synthesize(
             });
         }
     };
+    let audio =
+        audio.ok_or_else(|| AppError::internal(format!("audio of job {job_id} is missing")))?;
+    // A replayed request answers in the format it asks for now.
+    let mut response = crate::audio::respond(job_id, audio, format).await?;
     submitted.tag(response.headers_mut());
     Ok(response)
 }
@@ -161,8 +165,20 @@ async fn streamed(
     Ok(response)
 }
 
-/// Waits until the job's record is terminal and returns it, or answers `504` with the job id at
-/// `deadline`. An event only says "look": the record is read on each terminal event and every
+/// How a sync job's wait ended.
+#[derive(Debug)]
+enum End {
+    /// The job's own event said `succeeded`, which the worker publishes only after storing the
+    /// audio and the record: the audio is read at once, without reading the record first, which
+    /// would cost every sync request a round trip to the store.
+    SucceededEvent,
+    /// The stored record, terminal: read after another terminal event (a failure carries its
+    /// reason only there) or on a poll.
+    Record(Box<JobRecord>),
+}
+
+/// Waits until the job ends, or answers `504` with the job id at `deadline`. Events of any other
+/// kind only say "look": the record is read on each terminal event but `succeeded`, and every
 /// [`POLL_EVERY`], so a missed event costs a second at most. When the event stream ends (the bus
 /// went away), the wait goes on by polling alone. With `read_first` (a job an earlier request
 /// made, which may have finished before the subscription) the record is read at once too; a
@@ -174,7 +190,7 @@ async fn wait_for_end(
     mut events: BoxStream<'static, BusMessage>,
     deadline: Instant,
     read_first: bool,
-) -> Result<JobRecord, AppError> {
+) -> Result<End, AppError> {
     let mut events_open = true;
     let first_read = if read_first {
         Instant::now()
@@ -186,8 +202,13 @@ async fn wait_for_end(
         let look = tokio::select! {
             _ = tokio::time::sleep_until(deadline) => return Err(AppError::Timeout(job_id)),
             event = events.next(), if events_open => match event {
-                Some(m) => serde_json::from_slice::<JobEvent>(&m.payload)
-                    .is_ok_and(|e| e.status.is_terminal()),
+                Some(m) => match serde_json::from_slice::<JobEvent>(&m.payload) {
+                    Ok(e) if e.job_id == job_id && e.status == JobStatus::Succeeded => {
+                        return Ok(End::SucceededEvent);
+                    }
+                    Ok(e) => e.status.is_terminal(),
+                    Err(_) => false,
+                },
                 None => {
                     events_open = false;
                     false
@@ -196,7 +217,7 @@ async fn wait_for_end(
             _ = poll.tick() => true,
         };
         if look && let Some(record) = store.get(&job_id).await?.filter(|r| r.status.is_terminal()) {
-            return Ok(record);
+            return Ok(End::Record(Box::new(record)));
         }
     }
 }
@@ -210,6 +231,49 @@ mod tests {
     use tts_infra::MemoryJobStore;
 
     use super::*;
+
+    /// A job's own `succeeded` event ends the wait at once, without a read of the store (here
+    /// it holds no record at all); another job's event, or a progress event, does not.
+    #[tokio::test]
+    async fn a_succeeded_event_ends_the_wait_without_reading_the_record() {
+        let store = MemoryJobStore::new(Duration::from_secs(60), Duration::from_secs(60));
+        let job_id = uuid::Uuid::new_v4();
+        let event = |job_id, status| BusMessage {
+            subject: subjects::job_events(&job_id),
+            payload: serde_json::to_vec(&JobEvent {
+                job_id,
+                status,
+                progress: 0.5,
+                attempt: 1,
+                at: chrono::Utc::now(),
+                error: None,
+                message: None,
+            })
+            .unwrap()
+            .into(),
+        };
+        let events = futures::stream::iter([
+            event(job_id, JobStatus::Running),
+            event(uuid::Uuid::new_v4(), JobStatus::Succeeded),
+            event(job_id, JobStatus::Succeeded),
+        ])
+        .chain(futures::stream::pending())
+        .boxed();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let end = wait_for_end(&store, job_id, events, deadline, false).await;
+        assert!(matches!(end, Ok(End::SucceededEvent)), "{end:?}");
+
+        // Another job's `succeeded` alone leaves the wait to its deadline.
+        let other = futures::stream::iter([event(uuid::Uuid::new_v4(), JobStatus::Succeeded)])
+            .chain(futures::stream::pending())
+            .boxed();
+        let deadline = Instant::now() + Duration::from_millis(200);
+        let end = wait_for_end(&store, job_id, other, deadline, false).await;
+        assert!(
+            matches!(end, Err(AppError::Timeout(id)) if id == job_id),
+            "{end:?}"
+        );
+    }
 
     #[tokio::test]
     async fn a_wait_whose_event_stream_ends_polls_the_store_without_spinning() {
