@@ -65,28 +65,66 @@ pub const MAX_CLIP_SECONDS: u32 = 600;
 /// TTS model; it bounds the resampler's buffers, and the encoders take nothing higher.
 pub const MAX_SAMPLE_RATE: u32 = 384_000;
 
-/// The most channels a WAV file may have: WAVE's speaker mask names 18, and symphonia's WAV
+/// The most channels a WAV file may have: the speaker positions WAVE names. symphonia's WAV
 /// reader multiplies the count by the sample size in 16 bits, which overflows (a panic where
 /// overflow checks are on) for counts in the thousands, before it refuses them itself.
-const MAX_CHANNELS: u16 = 64;
+const MAX_CHANNELS: u16 = 18;
 
-/// The channel count a RIFF/WAVE file's `fmt ` chunk states, when the bytes are one.
-fn wav_channels(bytes: &[u8]) -> Option<u16> {
-    if bytes.get(0..4)? != b"RIFF" || bytes.get(8..12)? != b"WAVE" {
-        return None;
+/// The speaker positions a WAVE_FORMAT_EXTENSIBLE channel mask may name: one bit each for the
+/// 18 that WAVE defines. symphonia refuses a mask with any other bit, but only after padding a
+/// mask with too few bits for the channel count, which shifts past 32 bits (a panic where
+/// overflow checks are on) when bit 31 is set.
+const NAMED_SPEAKERS: u32 = (1 << MAX_CHANNELS) - 1;
+
+/// The format tag of a `fmt ` chunk that carries a channel mask.
+const WAVE_FORMAT_EXTENSIBLE: u16 = 0xFFFE;
+
+/// Refuses what symphonia's WAV reader cannot parse without overflowing. The reader is found by
+/// a scan for its marker anywhere in the first bytes (after an ID3 tag, for one), so every
+/// RIFF/WAVE header in the bytes is checked, not only one at the start.
+fn check_wav_headers(bytes: &[u8]) -> Result<(), DecodeError> {
+    let riffs = bytes
+        .windows(12)
+        .enumerate()
+        .filter(|(_, w)| &w[0..4] == b"RIFF" && &w[8..12] == b"WAVE");
+    for (at, _) in riffs {
+        let Some(fmt) = fmt_chunk(&bytes[at..]) else {
+            continue;
+        };
+        let field = |from: usize| {
+            fmt.get(from..from + 2)
+                .map(|b| u16::from_le_bytes([b[0], b[1]]))
+        };
+        let channels = field(2).unwrap_or(0);
+        if channels > MAX_CHANNELS {
+            return Err(DecodeError::Unsupported(format!(
+                "{channels} channels (at most {MAX_CHANNELS})"
+            )));
+        }
+        if field(0) == Some(WAVE_FORMAT_EXTENSIBLE)
+            && let Some(mask) = fmt.get(20..24)
+            && u32::from_le_bytes([mask[0], mask[1], mask[2], mask[3]]) & !NAMED_SPEAKERS != 0
+        {
+            return Err(DecodeError::Unsupported(
+                "a channel mask naming speakers WAVE does not have".into(),
+            ));
+        }
     }
+    Ok(())
+}
+
+/// The body of the `fmt ` chunk of the RIFF/WAVE file `bytes` starts with, as far as the bytes
+/// hold it.
+fn fmt_chunk(bytes: &[u8]) -> Option<&[u8]> {
     let mut at = 12usize;
     while let Some(header) = bytes.get(at..at + 8) {
         let size = u32::from_le_bytes([header[4], header[5], header[6], header[7]]) as usize;
+        let body = at + 8;
         if &header[0..4] == b"fmt " {
-            let channels = bytes.get(at + 10..at + 12)?;
-            return Some(u16::from_le_bytes([channels[0], channels[1]]));
+            return Some(&bytes[body..body.saturating_add(size).min(bytes.len())]);
         }
         // Chunks are padded to an even size.
-        at = at
-            .checked_add(8)?
-            .checked_add(size)?
-            .checked_add(size & 1)?;
+        at = body.checked_add(size)?.checked_add(size & 1)?;
     }
     None
 }
@@ -97,14 +135,23 @@ pub fn decode(bytes: &[u8]) -> Result<Clip, DecodeError> {
 }
 
 /// Decodes WAV or MP3 bytes to mono, refusing clips over `max_seconds`.
+///
+/// The bytes are an upload, so anyone's. symphonia's readers do arithmetic on the headers'
+/// numbers that overflows for some hostile ones: a panic where overflow checks are on (tests,
+/// fuzzing), a wrapped number in release builds, which they go on to refuse. The known cases
+/// are refused before symphonia sees them, with a clear reason; any other panic in decoding is
+/// caught here and the file refused as corrupt, so that an upload can never take down the
+/// request or the worker that decodes it.
 pub fn decode_at_most(bytes: &[u8], max_seconds: u32) -> Result<Clip, DecodeError> {
-    if let Some(channels) = wav_channels(bytes)
-        && channels > MAX_CHANNELS
-    {
-        return Err(DecodeError::Unsupported(format!(
-            "{channels} channels (at most {MAX_CHANNELS})"
-        )));
-    }
+    check_wav_headers(bytes)?;
+    std::panic::catch_unwind(|| decode_unguarded(bytes, max_seconds)).unwrap_or_else(|_| {
+        Err(DecodeError::Corrupt(
+            "the decoder could not make sense of the file's headers".into(),
+        ))
+    })
+}
+
+fn decode_unguarded(bytes: &[u8], max_seconds: u32) -> Result<Clip, DecodeError> {
     let source = MediaSourceStream::new(Box::new(Cursor::new(bytes.to_vec())), Default::default());
     let mut format = symphonia::default::get_probe()
         .probe(
@@ -343,6 +390,74 @@ mod tests {
             decode(&bytes).map(|c| c.sample_rate)
         );
         assert_eq!(decode(&wav(10, 2, 8000)).unwrap().samples.len(), 10);
+    }
+
+    /// A WAVE_FORMAT_EXTENSIBLE version of `wav`'s file with the channel mask `mask`.
+    fn extensible_wav(frames: usize, channels: u16, mask: u32) -> Vec<u8> {
+        let plain = wav(frames, channels, 8000);
+        let mut out = Vec::new();
+        out.extend(b"RIFF");
+        out.extend(((plain.len() - 8 + 24) as u32).to_le_bytes());
+        out.extend(b"WAVEfmt ");
+        out.extend(40u32.to_le_bytes());
+        out.extend(WAVE_FORMAT_EXTENSIBLE.to_le_bytes());
+        // Channels, rate, byte rate, block align and bits as the plain file states them.
+        out.extend(&plain[22..36]);
+        out.extend(22u16.to_le_bytes());
+        out.extend(16u16.to_le_bytes());
+        out.extend(mask.to_le_bytes());
+        // KSDATAFORMAT_SUBTYPE_PCM.
+        out.extend([
+            0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x10, 0x00, 0x80, 0x00, 0x00, 0xaa, 0x00, 0x38,
+            0x9b, 0x71,
+        ]);
+        out.extend(&plain[36..]);
+        out
+    }
+
+    #[test]
+    fn a_channel_mask_naming_unknown_speakers_is_refused_wherever_the_wav_starts() {
+        // Found by the audio_decode fuzz target: an ID3 tag, then an extensible WAV whose mask
+        // had bit 31 set and fewer bits than channels; padding the mask shifted past 32 bits in
+        // the WAV reader, a panic in builds with overflow checks.
+        assert_eq!(
+            decode(&extensible_wav(10, 2, 0b11)).unwrap().samples.len(),
+            10
+        );
+        let odd = extensible_wav(10, 2, 1 << 31);
+        let mut tagged = b"ID3\x04\x00\x00\x00\x00\x00\x00".to_vec();
+        tagged.extend(&odd);
+        for bytes in [odd, tagged] {
+            assert!(
+                matches!(decode(&bytes), Err(DecodeError::Unsupported(_))),
+                "{:?}",
+                decode(&bytes).map(|c| c.sample_rate)
+            );
+        }
+        // More channels than WAVE names speakers, after a tag too.
+        let mut many = b"ID3\x04\x00\x00\x00\x00\x00\x00".to_vec();
+        many.extend(extensible_wav(10, 19, 0));
+        assert!(matches!(decode(&many), Err(DecodeError::Unsupported(_))));
+    }
+
+    #[test]
+    fn a_wav_whose_headers_make_the_reader_panic_is_refused_as_corrupt() {
+        // Found by the audio_decode fuzz target: a second `fmt ` chunk stating 65 529 channels
+        // overflows a multiplication in the WAV reader (in builds with overflow checks, such as
+        // this test's), which the decoder's guard turns into a refusal.
+        let plain = wav(10, 1, 8000);
+        let mut second = plain[12..36].to_vec();
+        second[10..12].copy_from_slice(&65_529u16.to_le_bytes());
+        let mut bytes = plain[..36].to_vec();
+        bytes.extend(&second);
+        bytes.extend(&plain[36..]);
+        let riff_len = (bytes.len() - 8) as u32;
+        bytes[4..8].copy_from_slice(&riff_len.to_le_bytes());
+        assert!(
+            matches!(decode(&bytes), Err(DecodeError::Corrupt(_))),
+            "{:?}",
+            decode(&bytes).map(|c| c.sample_rate)
+        );
     }
 
     #[test]
