@@ -349,7 +349,7 @@ mod kokoro {
         let engine = engine();
         let analysis = tts_tests::engines::analysis();
         let stock = StockEmbeddings::new(None);
-        let texts: Vec<&str> = std::iter::once(SEARCH_TEXT).chain(HOLDOUT_TEXTS).collect();
+        let texts = tts_worker::engine::kokoro::stock::scored_texts();
         let mut computed = 0;
         let shipped = stock
             .all(engine, &analysis.encoder, &texts, &mut |_, _| computed += 1)

@@ -31,6 +31,12 @@ pub const HOLDOUT_TEXTS: [&str; 2] = [
     "Our neighbours bought a small boat last summer and sail it on the lake every weekend.",
 ];
 
+/// Every sentence enrollment scores voices on, the search sentence first and then the held-out
+/// ones: the sentences whose stock embeddings are computed ahead and shipped.
+pub fn scored_texts() -> Vec<&'static str> {
+    std::iter::once(SEARCH_TEXT).chain(HOLDOUT_TEXTS).collect()
+}
+
 /// Every stock voice's name with its embedding speaking one text, in the engine's voice order.
 pub type VoiceEmbeddings = Vec<(String, Vec<f32>)>;
 
@@ -231,12 +237,16 @@ pub fn prepare(settings: &tts_config::Settings) -> Result<usize, EngineError> {
     };
     let engine = KokoroEngine::build(&config, &settings.models, 1)?;
     let analysis = crate::voice::Analysis::load(settings)?;
-    let texts: Vec<&str> = std::iter::once(SEARCH_TEXT).chain(HOLDOUT_TEXTS).collect();
     let embedded = engine
         .stock_embeddings()
-        .all(&engine, &analysis.encoder, &texts, &mut |done, total| {
-            tracing::info!(done, total, "embedding the stock voices for enrollment");
-        })?
+        .all(
+            &engine,
+            &analysis.encoder,
+            &scored_texts(),
+            &mut |done, total| {
+                tracing::info!(done, total, "embedding the stock voices for enrollment");
+            },
+        )?
         .iter()
         .map(Vec::len)
         .sum();

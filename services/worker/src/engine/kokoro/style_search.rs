@@ -148,11 +148,16 @@ pub fn clone_style(
     let judging = HOLDOUT_TEXTS.len();
     let budget = 1 + settings.evaluations + (settings.evaluations / JUDGE_AFTER + 2) * judging;
     let mut computed = 0;
-    let texts: Vec<&str> = std::iter::once(SEARCH_TEXT).chain(HOLDOUT_TEXTS).collect();
-    let mut embeddings = stock.all(engine, encoder, &texts, &mut |done, missing| {
-        computed = missing;
-        progress(done, missing + budget);
-    })?;
+    let mut embeddings = stock.all(
+        engine,
+        encoder,
+        &stock::scored_texts(),
+        &mut |done, missing| {
+            computed = missing;
+            progress(done, missing + budget);
+        },
+    )?;
+    // `scored_texts` lists the search sentence first, then the held-out ones.
     let judged = embeddings.split_off(1);
     let searched = embeddings.pop().expect("one list per text");
     let total = computed + budget;
