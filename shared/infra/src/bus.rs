@@ -27,6 +27,19 @@ pub trait Bus: Send + Sync + 'static {
     /// subscription is active when this returns, so nothing published afterwards is missed.
     async fn subscribe(&self, subject: String) -> Result<BoxStream<'static, BusMessage>>;
 
+    /// As [`Bus::subscribe`], without waiting for the server to confirm the subscription: one
+    /// round trip less, for a subject nothing can publish to before this process acts. A server
+    /// handles one connection's messages in order, so the subscription is in place before
+    /// anything this process publishes afterwards over the same connection, and before whatever
+    /// others publish in answer to it (the events of a job queued just after). Not for a caller
+    /// that goes on to read state that others may change meanwhile: that needs `subscribe`.
+    async fn subscribe_unconfirmed(
+        &self,
+        subject: String,
+    ) -> Result<BoxStream<'static, BusMessage>> {
+        self.subscribe(subject).await
+    }
+
     /// As [`Bus::subscribe`], but each message goes to one member of `group` only.
     async fn queue_subscribe(
         &self,
@@ -81,6 +94,19 @@ impl Bus for NatsBus {
         // the caller goes on to read state that later events would update.
         self.client
             .flush()
+            .await
+            .map_err(|e| InfraError::wrap(InfraErrorKind::Unavailable, e))?;
+        Ok(sub.map(to_bus_message).boxed())
+    }
+
+    async fn subscribe_unconfirmed(
+        &self,
+        subject: String,
+    ) -> Result<BoxStream<'static, BusMessage>> {
+        crate::nats::ensure_connected(&self.client)?;
+        let sub = self
+            .client
+            .subscribe(subject)
             .await
             .map_err(|e| InfraError::wrap(InfraErrorKind::Unavailable, e))?;
         Ok(sub.map(to_bus_message).boxed())

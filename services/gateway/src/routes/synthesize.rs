@@ -66,8 +66,14 @@ pub async fn synthesize(
         return streamed(&state, job, format, framing, key.as_deref(), &context).await;
     }
     let bus = &state.deps.bus;
-    // Subscribe before queueing so that the job cannot finish unseen.
-    let mut events = bus.subscribe(subjects::job_events(&job.job_id)).await?;
+    // Subscribed before queueing so that the job cannot finish unseen. The job is queued over
+    // the bus's own connection (the gateway's queue and bus share it), so the server has the
+    // subscription before the job exists and no confirmation is waited for. Should an event be
+    // missed all the same (a cluster whose servers learn of the subscription late), the wait
+    // reads the record every second.
+    let mut events = bus
+        .subscribe_unconfirmed(subjects::job_events(&job.job_id))
+        .await?;
     let submitted = submit::submit(
         &state,
         job,
