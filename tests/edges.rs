@@ -283,6 +283,106 @@ async fn a_retried_idempotency_claim_is_not_a_replay_in_redis() {
     a_retried_claim_is_still_the_claimers(&store).await;
 }
 
+/// A worker starts an attempt with one call to the job store: the record becomes `running` at
+/// that attempt on that worker, keeps the time of its first start and every field the gateway
+/// wrote, and loses an earlier attempt's progress; a terminal record is returned as it was and
+/// left alone; a missing one is `None`.
+async fn starting_an_attempt_marks_the_record_running_unless_terminal(store: &dyn JobStore) {
+    use tts_contracts::{AudioFormat, JobMessage, JobRecord, JobSpec, JobStatus};
+    let message = JobMessage {
+        job_id: uuid::Uuid::new_v4(),
+        engine: "piper".into(),
+        created_at: chrono::Utc::now(),
+        tenant: Some("acme".into()),
+        spec: JobSpec::Synthesize {
+            text: "Hello / there.".into(),
+            voice_id: VOICE.into(),
+            language: "en".into(),
+            speed: 1.0,
+            streamed: false,
+        },
+    };
+    let mut queued = JobRecord::queued(&message);
+    queued.format = Some(AudioFormat::Mp3);
+    assert!(store.put(&queued).await.unwrap());
+
+    let first = store.start(&message.job_id, 1, "worker-a").await.unwrap();
+    let first = first.expect("the record");
+    assert_eq!(first.status, JobStatus::Running);
+    assert_eq!(
+        (first.attempts, first.worker.as_deref()),
+        (1, Some("worker-a"))
+    );
+    let started_at = first.started_at.expect("a start time");
+    assert_eq!(first.updated_at, started_at);
+    assert_eq!(
+        (
+            &first.tenant,
+            first.format,
+            first.created_at,
+            &first.voice_id
+        ),
+        (
+            &queued.tenant,
+            queued.format,
+            queued.created_at,
+            &queued.voice_id
+        )
+    );
+    assert_eq!(
+        store.get(&message.job_id).await.unwrap(),
+        Some(first.clone())
+    );
+
+    // The first attempt got halfway, then the job went back to the queue.
+    let mut requeued = first.clone();
+    assert!(requeued.progress(0.5) && requeued.requeue());
+    assert!(store.put(&requeued).await.unwrap());
+    let second = store.start(&message.job_id, 2, "worker-b").await.unwrap();
+    let second = second.expect("the record");
+    assert_eq!(second.status, JobStatus::Running);
+    assert_eq!(
+        (second.attempts, second.worker.as_deref()),
+        (2, Some("worker-b"))
+    );
+    assert_eq!(
+        (second.progress, second.started_at),
+        (0.0, Some(started_at))
+    );
+    assert!(second.updated_at >= requeued.updated_at);
+
+    let mut cancelled = second.clone();
+    assert!(cancelled.cancel());
+    assert!(store.put(&cancelled).await.unwrap());
+    let third = store.start(&message.job_id, 3, "worker-c").await.unwrap();
+    assert_eq!(third, Some(cancelled.clone()));
+    assert_eq!(store.get(&message.job_id).await.unwrap(), Some(cancelled));
+
+    let missing = uuid::Uuid::new_v4();
+    assert_eq!(store.start(&missing, 1, "worker-a").await.unwrap(), None);
+    assert_eq!(store.get(&missing).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn starting_an_attempt_in_memory() {
+    let store = MemoryJobStore::new(Duration::from_secs(60), Duration::from_secs(60));
+    starting_an_attempt_marks_the_record_running_unless_terminal(&store).await;
+}
+
+#[tokio::test]
+async fn starting_an_attempt_in_redis() {
+    let prefix = format!("tts-test-{}", uuid::Uuid::new_v4().simple());
+    let store = RedisJobStore::connect(
+        &tts_tests::redis_url(),
+        &prefix,
+        Duration::from_secs(60),
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+    starting_an_attempt_marks_the_record_running_unless_terminal(&store).await;
+}
+
 /// Sends `request` and says how long the answer took.
 async fn timed(request: reqwest::RequestBuilder) -> (reqwest::Response, Duration) {
     let started = Instant::now();

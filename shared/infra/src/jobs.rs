@@ -22,6 +22,12 @@ pub trait JobStore: Send + Sync + 'static {
     /// written.
     async fn put(&self, record: &JobRecord) -> Result<bool>;
 
+    /// Records that `attempt` of the job starts on `worker` ([`JobRecord::start`]) and returns
+    /// the stored record: the running one, or a terminal one left as it was (an earlier delivery
+    /// finished the job, or it was cancelled); `None` when there is none (it expired while the
+    /// job waited). One step, so that a worker starts a job with one round trip to the store.
+    async fn start(&self, job_id: &JobId, attempt: u32, worker: &str) -> Result<Option<JobRecord>>;
+
     /// Stores `record` whatever the stored one says: the one way a terminal record changes, for
     /// an admin who requeues a job the queue gave up on.
     async fn reset(&self, record: &JobRecord) -> Result<()>;
@@ -61,6 +67,34 @@ if current then
 end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 return 1
+"#;
+
+/// What `JobRecord::start` does, to the record at KEYS[1] where it is stored: unless it is
+/// terminal, it becomes `running` at attempt ARGV[1] on worker ARGV[2], its progress and error
+/// cleared, started at ARGV[3] unless it had started before, updated at ARGV[3], and expiring in
+/// ARGV[4] seconds. Returns the record as stored afterwards, or nothing when there is none.
+const START_UNLESS_TERMINAL: &str = r#"
+local current = redis.call('GET', KEYS[1])
+if not current then
+  return false
+end
+local ok, record = pcall(cjson.decode, current)
+if not ok or record['status'] == 'succeeded' or record['status'] == 'failed'
+    or record['status'] == 'cancelled' then
+  return current
+end
+record['status'] = 'running'
+record['attempts'] = tonumber(ARGV[1])
+record['progress'] = 0
+if record['started_at'] == nil or record['started_at'] == cjson.null then
+  record['started_at'] = ARGV[3]
+end
+record['updated_at'] = ARGV[3]
+record['error'] = nil
+record['worker'] = ARGV[2]
+local started = cjson.encode(record)
+redis.call('SET', KEYS[1], started, 'EX', ARGV[4])
+return started
 "#;
 
 /// Deletes KEYS[1] only while it still maps to ARGV[1].
@@ -149,6 +183,29 @@ impl JobStore for RedisJobStore {
             )
             .await?;
         Ok(written == 1)
+    }
+
+    async fn start(&self, job_id: &JobId, attempt: u32, worker: &str) -> Result<Option<JobRecord>> {
+        let now = serde_json::to_value(chrono::Utc::now())
+            .map_err(|e| InfraError::wrap(InfraErrorKind::Corrupt, e))?;
+        let now = now.as_str().unwrap_or_default().to_string();
+        let stored: Option<String> = self
+            .run_script(
+                START_UNLESS_TERMINAL,
+                &[&self.job_key(job_id)],
+                &[
+                    attempt.to_string(),
+                    worker.to_string(),
+                    now,
+                    self.ttl.as_secs().max(1).to_string(),
+                ],
+            )
+            .await?;
+        stored
+            .map(|s| {
+                serde_json::from_str(&s).map_err(|e| InfraError::wrap(InfraErrorKind::Corrupt, e))
+            })
+            .transpose()
     }
 
     async fn reset(&self, record: &JobRecord) -> Result<()> {
@@ -267,6 +324,18 @@ impl JobStore for MemoryJobStore {
             .jobs
             .insert(record.job_id, (record.clone(), now + self.ttl));
         Ok(true)
+    }
+
+    async fn start(&self, job_id: &JobId, attempt: u32, worker: &str) -> Result<Option<JobRecord>> {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        let Some((record, expires)) = inner.jobs.get_mut(job_id).filter(|(_, e)| *e > now) else {
+            return Ok(None);
+        };
+        if record.start(attempt, worker) {
+            *expires = now + self.ttl;
+        }
+        Ok(Some(record.clone()))
     }
 
     async fn reset(&self, record: &JobRecord) -> Result<()> {

@@ -15,7 +15,9 @@ mod synthesize;
 use std::time::Duration;
 
 use tracing::Instrument;
-use tts_contracts::{JobFailure, JobId, JobMessage, JobRecord, JobSpec, VoiceStatus, failure};
+use tts_contracts::{
+    JobFailure, JobId, JobMessage, JobRecord, JobSpec, JobStatus, VoiceStatus, failure,
+};
 use tts_infra::{Delivery, InfraError, InfraErrorKind};
 
 pub use context::JobContext;
@@ -117,7 +119,10 @@ fn seconds_since(at: chrono::DateTime<chrono::Utc>) -> f64 {
 
 async fn attempt(ctx: &JobContext, delivery: Box<dyn Delivery>, message: JobMessage) -> Outcome {
     let job_id = message.job_id;
-    let mut record = match stored_record(ctx, delivery.as_ref(), &job_id).await {
+    // A job for another engine is read, not started: it is refused before its record says
+    // `running` on this worker.
+    let ours = message.engine == ctx.engine.name();
+    let mut record = match stored_record(ctx, delivery.as_ref(), &job_id, ours).await {
         Ok(Some(r)) => r,
         // The record may have expired while the job waited; the message has all it needs.
         Ok(None) => JobRecord::queued(&message),
@@ -151,22 +156,30 @@ async fn attempt(ctx: &JobContext, delivery: Box<dyn Delivery>, message: JobMess
 /// How often a delivery held for the job store asks it again.
 const STORE_RETRY: Duration = Duration::from_secs(1);
 
-/// The job's stored record. While the job store does not answer, the delivery is held, with
-/// progress acks as a running job's, and the store asked again every second. A nak instead
-/// would spend one of the job's deliveries per retry delay, so that an outage of the store
-/// longer than `max_deliver` retry delays would fail every job that waited through it; held,
-/// a job starts once the store is back. Shutdown abandons a held delivery as it does a running
-/// one, and the queue redelivers it.
+/// The job's stored record, marked `running` for this attempt on this worker when `start` says
+/// so (a terminal record stays as it was). While the job store does not answer, the delivery is
+/// held, with progress acks as a running job's, and the store asked again every second. A nak
+/// instead would spend one of the job's deliveries per retry delay, so that an outage of the
+/// store longer than `max_deliver` retry delays would fail every job that waited through it;
+/// held, a job starts once the store is back. Shutdown abandons a held delivery as it does a
+/// running one, and the queue redelivers it.
 async fn stored_record(
     ctx: &JobContext,
     delivery: &dyn Delivery,
     job_id: &JobId,
+    start: bool,
 ) -> Result<Option<JobRecord>, InfraError> {
     let every = ctx.ack_wait / 3;
     let mut ack_due = tokio::time::Instant::now() + every;
     let mut holding = false;
+    let store = ctx.adapters.store.as_ref();
     loop {
-        match ctx.adapters.store.get(job_id).await {
+        let answer = if start {
+            store.start(job_id, delivery.attempt(), &ctx.node_id).await
+        } else {
+            store.get(job_id).await
+        };
+        match answer {
             Err(e) if e.kind() == InfraErrorKind::Unavailable => {
                 if !holding {
                     tracing::warn!(error = %e, "the job store does not answer; holding the job until it does");
@@ -228,7 +241,9 @@ async fn run(
     }
 }
 
-/// Refuses a job for another engine, then records this attempt as `running` on this worker.
+/// Refuses a job for another engine, then makes sure the record says this attempt is `running`
+/// on this worker: the store has marked it so already unless the record was missing, and then
+/// it is stored here. Either way the `running` event goes out.
 async fn start(
     ctx: &JobContext,
     delivery: &dyn Delivery,
@@ -245,7 +260,12 @@ async fn start(
             ),
         ));
     }
-    if !record.start(delivery.attempt(), &ctx.node_id) || !save(ctx, record, None).await? {
+    let started = record.status == JobStatus::Running
+        && record.attempts == delivery.attempt()
+        && record.worker.as_deref() == Some(ctx.node_id.as_str());
+    if started {
+        publish(ctx, record, None).await;
+    } else if !record.start(delivery.attempt(), &ctx.node_id) || !save(ctx, record, None).await? {
         return Err(JobError::AlreadyFinished);
     }
     Ok(())
