@@ -200,6 +200,86 @@ async fn nats_killed_and_restarted_mid_load_loses_no_accepted_job() {
     assert!(objects.is_superset(&audio_keys(&accepted)), "{objects:?}");
 }
 
+/// The pulls of one source, several waiting at once on the inboxes it keeps between pulls, take
+/// every job exactly once, before NATS is killed and restarted on its file store and after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pulls_waiting_at_once_take_each_job_once_across_a_nats_restart() {
+    use std::collections::HashSet;
+    use tts_contracts::{JobMessage, JobSpec};
+    use tts_infra::{JetStreamQueue, JobQueue, JobSource, QueueSettings};
+
+    let mut nats = tts_tests::NatsServer::start().await;
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let settings = QueueSettings {
+        ack_wait: Duration::from_secs(30),
+        max_deliver: 3,
+        replicas: 1,
+        dead_letter_max_age: Duration::from_secs(3600),
+    };
+    let queue = JetStreamQueue::connect(client, settings).await.unwrap();
+    let source = Arc::new(queue.source("piper").await.unwrap());
+    for round in 0..2 {
+        let mut queued = HashSet::new();
+        for _ in 0..40 {
+            let job = JobMessage {
+                job_id: uuid::Uuid::new_v4(),
+                engine: "piper".into(),
+                created_at: chrono::Utc::now(),
+                tenant: None,
+                spec: JobSpec::Synthesize {
+                    text: "Hello.".into(),
+                    voice_id: VOICE.into(),
+                    language: "en".into(),
+                    speed: 1.0,
+                    streamed: false,
+                },
+            };
+            // Right after the restart the server may still be loading its streams.
+            while queue.enqueue(&job, None).await.is_err() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            queued.insert(job.job_id);
+        }
+        let taken = Arc::new(Mutex::new(Vec::new()));
+        let pullers: Vec<_> = (0..4)
+            .map(|_| {
+                let (source, taken) = (source.clone(), taken.clone());
+                tokio::spawn(async move {
+                    while taken.lock().unwrap().len() < 40 {
+                        // A pull that was waiting when the server went down ends with nothing.
+                        let Ok(Some(delivery)) = source.next(Duration::from_millis(500)).await
+                        else {
+                            continue;
+                        };
+                        let job: JobMessage = serde_json::from_slice(delivery.payload()).unwrap();
+                        delivery.ack().await.unwrap();
+                        taken.lock().unwrap().push(job.job_id);
+                    }
+                })
+            })
+            .collect();
+        let all_taken = async {
+            for puller in pullers {
+                puller.await.unwrap();
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(120), all_taken)
+            .await
+            .unwrap_or_else(|_| panic!("round {round}: the pulls did not take every job"));
+        let taken = taken.lock().unwrap().clone();
+        assert_eq!(taken.len(), 40, "round {round}: each job once: {taken:?}");
+        assert_eq!(
+            taken.into_iter().collect::<HashSet<_>>(),
+            queued,
+            "round {round}"
+        );
+        assert_eq!(queue.depth("piper").await.unwrap(), 0, "round {round}");
+        if round == 0 {
+            nats.restart().await;
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_frozen_past_its_ack_wait_leaves_the_job_to_another() {
     let app = spawn_app(Deployment::GatewayOnly).await;

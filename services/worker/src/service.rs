@@ -23,6 +23,11 @@ use crate::{health, reaper};
 /// How long one pull waits for a job before the loop checks for shutdown again.
 const PULL_WAIT: Duration = Duration::from_secs(2);
 
+/// The most pulls a worker has waiting at once. Each waits for one job with a slot of its own,
+/// so more of them only lets a worker with many free slots fill them faster. Four leave room for
+/// 128 workers of an engine under the server's default limit of 512 waiting pulls a consumer.
+const PULLERS: usize = 4;
+
 /// How often the worker checks that its engine's servers can be reached: how soon it stops
 /// taking jobs after the last one goes away, and resumes after one comes back.
 const REACHABILITY_CHECK_EVERY: Duration = Duration::from_secs(2);
@@ -103,9 +108,8 @@ impl Worker {
 
         // Cancelled when the worker starts draining: jobs held for want of a server give up.
         let draining = CancellationToken::new();
-        let mut jobs = Jobs::new(&options, ctx, node.clone(), reachable_rx, draining.clone());
-        jobs.pull_until(deps.source.as_ref(), shutdown.cancelled())
-            .await;
+        let jobs = Jobs::new(&options, ctx, node.clone(), reachable_rx, draining.clone());
+        jobs.pull_until(deps.source.as_ref(), &shutdown).await;
 
         tracing::info!(node_id = %options.node_id, "worker draining");
         node.draining.store(true, Ordering::Relaxed);
@@ -233,6 +237,8 @@ struct Jobs {
     reachable: watch::Receiver<bool>,
     draining: CancellationToken,
     keepalive: Duration,
+    /// How many pulls wait at once: [`PULLERS`], or fewer when the worker has fewer slots.
+    pullers: usize,
 }
 
 impl Jobs {
@@ -252,25 +258,33 @@ impl Jobs {
             reachable,
             draining,
             keepalive: (options.ack_wait / 3).max(Duration::from_millis(100)),
+            pullers: (options.max_concurrent as usize).clamp(1, PULLERS),
         }
     }
 
-    /// Pulls a job for every free slot and runs each on its own task, until `shutdown`.
-    async fn pull_until(&mut self, source: &dyn JobSource, shutdown: impl Future<Output = ()>) {
-        tokio::pin!(shutdown);
+    /// Pulls a job for every free slot and runs each on its own task, until `shutdown`. Up to
+    /// [`PULLERS`] pulls wait at once, each holding a free slot: one at a time, a worker could take
+    /// jobs no faster than one per round trip to the queue, however many slots it had free.
+    async fn pull_until(&self, source: &dyn JobSource, shutdown: &CancellationToken) {
+        let pullers = (0..self.pullers).map(|index| self.puller(index, source, shutdown));
+        futures::future::join_all(pullers).await;
+    }
+
+    async fn puller(&self, index: usize, source: &dyn JobSource, shutdown: &CancellationToken) {
+        let mut reachable = self.reachable.clone();
         loop {
             // While the engine's servers cannot be reached, jobs would only fail: the worker
             // leaves them in the queue (for other workers, or for later) until one answers.
-            if !*self.reachable.borrow() {
+            if !*reachable.borrow() {
                 tokio::select! {
                     biased;
-                    _ = &mut shutdown => break,
-                    _ = reachable_again(&mut self.reachable) => {}
+                    _ = shutdown.cancelled() => break,
+                    _ = reachable_again(&mut reachable) => {}
                 }
             }
             let permit = tokio::select! {
                 biased;
-                _ = &mut shutdown => break,
+                _ = shutdown.cancelled() => break,
                 permit = self.slots.clone().acquire_owned() => permit.expect("semaphore is never closed"),
             };
             // A pull is never cancelled half-way, so a job the server handed over is never
@@ -280,9 +294,14 @@ impl Jobs {
                 Ok(None) => drop(permit),
                 Err(e) => {
                     drop(permit);
-                    tracing::warn!(error = %e, "cannot pull jobs; retrying");
+                    // Every puller sees an outage; one of them says so.
+                    if index == 0 {
+                        tracing::warn!(error = %e, "cannot pull jobs; retrying");
+                    } else {
+                        tracing::debug!(error = %e, puller = index, "cannot pull jobs; retrying");
+                    }
                     tokio::select! {
-                        _ = &mut shutdown => break,
+                        _ = shutdown.cancelled() => break,
                         _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                     }
                 }
