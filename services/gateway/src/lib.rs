@@ -59,9 +59,21 @@ pub struct GatewayOptions {
     pub openai: routes::OpenAiOptions,
 }
 
-/// Shared by every request handler.
+/// Shared by every request handler. Axum clones it for every request and every middleware layer,
+/// so it is one reference count in front of the parts, not a clone of each.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// What [`AppState`] shares.
+pub struct Shared {
     pub deps: Adapters,
     pub options: Arc<GatewayOptions>,
     pub registry: Registry,
@@ -102,7 +114,7 @@ impl AppState {
             deps.rate_limiter.clone(),
         )
         .map_err(AppError::internal)?;
-        Ok(AppState {
+        Ok(AppState(Arc::new(Shared {
             deps,
             options: Arc::new(options),
             registry,
@@ -113,7 +125,7 @@ impl AppState {
             stop,
             health: Arc::default(),
             depths: Arc::default(),
-        })
+        })))
     }
 }
 
