@@ -370,8 +370,6 @@ impl JobRecord {
         true
     }
 
-    /// The event that announces this record's current state.
-    /// Why a failed job failed: its recorded failure, or a general one when it recorded none.
     /// Marks the job cancelled now. Returns false, changing nothing, when the record is already
     /// terminal: a job that finished cannot be cancelled any more.
     #[must_use = "a terminal record refuses the change"]
@@ -390,6 +388,7 @@ impl JobRecord {
         true
     }
 
+    /// Why a failed job failed: its recorded failure, or a general one when it recorded none.
     pub fn failure(&self) -> JobFailure {
         self.error.clone().unwrap_or_else(|| JobFailure {
             error: failure::JOB_FAILED.into(),
@@ -397,6 +396,7 @@ impl JobRecord {
         })
     }
 
+    /// The event that announces this record's current state.
     pub fn to_event(&self) -> JobEvent {
         JobEvent {
             job_id: self.job_id,
