@@ -161,31 +161,12 @@ async fn a_job_that_uses_up_its_deliveries_is_marked_failed() {
 /// stream (a message already gone is no error), listed, found by its id, and requeued.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_exhausted_job_becomes_a_dead_letter_that_can_be_requeued() {
-    use tts_contracts::{JobFailure, JobMessage, JobSpec};
-    use tts_infra::{JetStreamQueue, JobQueue, QueueSettings};
+    use tts_contracts::{JobFailure, JobMessage};
+    use tts_infra::JobQueue;
 
     let nats = tts_tests::NatsServer::start().await;
-    let client = async_nats::connect(nats.url()).await.unwrap();
-    let settings = QueueSettings {
-        ack_wait: Duration::from_secs(30),
-        max_deliver: 3,
-        replicas: 1,
-        dead_letter_max_age: Duration::from_secs(3600),
-    };
-    let queue = JetStreamQueue::connect(client, settings).await.unwrap();
-    let job = JobMessage {
-        job_id: uuid::Uuid::new_v4(),
-        engine: "piper".into(),
-        created_at: chrono::Utc::now(),
-        tenant: Some("acme".into()),
-        spec: JobSpec::Synthesize {
-            text: "Hello.".into(),
-            voice_id: VOICE.into(),
-            language: "en".into(),
-            speed: 1.0,
-            streamed: false,
-        },
-    };
+    let queue = nats.queue().await;
+    let job = tts_tests::app::synthesis_job(Some("acme"));
     queue.enqueue(&job, None).await.unwrap();
 
     // The new stream's first message has sequence 1.

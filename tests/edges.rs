@@ -271,16 +271,20 @@ async fn a_retried_idempotency_claim_is_not_a_replay_in_memory() {
 
 #[tokio::test]
 async fn a_retried_idempotency_claim_is_not_a_replay_in_redis() {
+    a_retried_claim_is_still_the_claimers(&redis_job_store().await).await;
+}
+
+/// A job store on the machine's Redis, under a prefix of its own.
+async fn redis_job_store() -> RedisJobStore {
     let prefix = format!("tts-test-{}", uuid::Uuid::new_v4().simple());
-    let store = RedisJobStore::connect(
+    RedisJobStore::connect(
         &tts_tests::redis_url(),
         &prefix,
         Duration::from_secs(60),
         Duration::from_secs(60),
     )
     .await
-    .unwrap();
-    a_retried_claim_is_still_the_claimers(&store).await;
+    .unwrap()
 }
 
 /// A worker starts an attempt with one call to the job store: the record becomes `running` at
@@ -288,20 +292,8 @@ async fn a_retried_idempotency_claim_is_not_a_replay_in_redis() {
 /// wrote, and loses an earlier attempt's progress; a terminal record is returned as it was and
 /// left alone; a missing one is `None`.
 async fn starting_an_attempt_marks_the_record_running_unless_terminal(store: &dyn JobStore) {
-    use tts_contracts::{AudioFormat, JobMessage, JobRecord, JobSpec, JobStatus};
-    let message = JobMessage {
-        job_id: uuid::Uuid::new_v4(),
-        engine: "piper".into(),
-        created_at: chrono::Utc::now(),
-        tenant: Some("acme".into()),
-        spec: JobSpec::Synthesize {
-            text: "Hello / there.".into(),
-            voice_id: VOICE.into(),
-            language: "en".into(),
-            speed: 1.0,
-            streamed: false,
-        },
-    };
+    use tts_contracts::{AudioFormat, JobRecord, JobStatus};
+    let message = tts_tests::app::synthesis_job(Some("acme"));
     let mut queued = JobRecord::queued(&message);
     queued.format = Some(AudioFormat::Mp3);
     assert!(store.put(&queued).await.unwrap());
@@ -371,16 +363,7 @@ async fn starting_an_attempt_in_memory() {
 
 #[tokio::test]
 async fn starting_an_attempt_in_redis() {
-    let prefix = format!("tts-test-{}", uuid::Uuid::new_v4().simple());
-    let store = RedisJobStore::connect(
-        &tts_tests::redis_url(),
-        &prefix,
-        Duration::from_secs(60),
-        Duration::from_secs(60),
-    )
-    .await
-    .unwrap();
-    starting_an_attempt_marks_the_record_running_unless_terminal(&store).await;
+    starting_an_attempt_marks_the_record_running_unless_terminal(&redis_job_store().await).await;
 }
 
 /// Sends `request` and says how long the answer took.

@@ -205,35 +205,16 @@ async fn nats_killed_and_restarted_mid_load_loses_no_accepted_job() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pulls_waiting_at_once_take_each_job_once_across_a_nats_restart() {
     use std::collections::HashSet;
-    use tts_contracts::{JobMessage, JobSpec};
-    use tts_infra::{JetStreamQueue, JobQueue, JobSource, QueueSettings};
+    use tts_contracts::JobMessage;
+    use tts_infra::{JobQueue, JobSource};
 
     let mut nats = tts_tests::NatsServer::start().await;
-    let client = async_nats::connect(nats.url()).await.unwrap();
-    let settings = QueueSettings {
-        ack_wait: Duration::from_secs(30),
-        max_deliver: 3,
-        replicas: 1,
-        dead_letter_max_age: Duration::from_secs(3600),
-    };
-    let queue = JetStreamQueue::connect(client, settings).await.unwrap();
+    let queue = nats.queue().await;
     let source = Arc::new(queue.source("piper").await.unwrap());
     for round in 0..2 {
         let mut queued = HashSet::new();
         for _ in 0..40 {
-            let job = JobMessage {
-                job_id: uuid::Uuid::new_v4(),
-                engine: "piper".into(),
-                created_at: chrono::Utc::now(),
-                tenant: None,
-                spec: JobSpec::Synthesize {
-                    text: "Hello.".into(),
-                    voice_id: VOICE.into(),
-                    language: "en".into(),
-                    speed: 1.0,
-                    streamed: false,
-                },
-            };
+            let job = tts_tests::app::synthesis_job(None);
             // Right after the restart the server may still be loading its streams.
             while queue.enqueue(&job, None).await.is_err() {
                 tokio::time::sleep(Duration::from_millis(50)).await;

@@ -19,6 +19,23 @@ use crate::{NatsServer, redis_url, workspace_root};
 
 /// The voice every test speaks with.
 pub const VOICE: &str = "en_US-joe-medium";
+
+/// A job message as a gateway queues it: "Hello." in [`VOICE`] on the piper engine.
+pub fn synthesis_job(tenant: Option<&str>) -> tts_contracts::JobMessage {
+    tts_contracts::JobMessage {
+        job_id: uuid::Uuid::new_v4(),
+        engine: "piper".into(),
+        created_at: chrono::Utc::now(),
+        tenant: tenant.map(str::to_string),
+        spec: tts_contracts::JobSpec::Synthesize {
+            text: "Hello.".into(),
+            voice_id: VOICE.into(),
+            language: "en".into(),
+            speed: 1.0,
+            streamed: false,
+        },
+    }
+}
 /// A stock voice of the kokoro engine.
 pub const KOKORO_VOICE: &str = "jf_alpha";
 

@@ -122,6 +122,23 @@ impl NatsServer {
         self.child = Some(child);
     }
 
+    /// The jobs queue on this server, with the settings of a default deployment: a 30 s ack
+    /// wait, three deliveries, one replica.
+    pub async fn queue(&self) -> tts_infra::JetStreamQueue {
+        let client = async_nats::connect(self.url())
+            .await
+            .expect("connected to NATS");
+        let settings = tts_infra::QueueSettings {
+            ack_wait: Duration::from_secs(30),
+            max_deliver: 3,
+            replicas: 1,
+            dead_letter_max_age: Duration::from_secs(3600),
+        };
+        tts_infra::JetStreamQueue::connect(client, settings)
+            .await
+            .expect("the jobs stream")
+    }
+
     pub fn url(&self) -> String {
         format!(
             "nats://127.0.0.1:{}",

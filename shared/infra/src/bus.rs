@@ -84,19 +84,14 @@ impl Bus for NatsBus {
     }
 
     async fn subscribe(&self, subject: String) -> Result<BoxStream<'static, BusMessage>> {
-        crate::nats::ensure_connected(&self.client)?;
-        let sub = self
-            .client
-            .subscribe(subject)
-            .await
-            .map_err(|e| InfraError::wrap(InfraErrorKind::Unavailable, e))?;
+        let sub = self.subscribe_unconfirmed(subject).await?;
         // The flush round-trip makes sure the server has registered the subscription before
         // the caller goes on to read state that later events would update.
         self.client
             .flush()
             .await
             .map_err(|e| InfraError::wrap(InfraErrorKind::Unavailable, e))?;
-        Ok(sub.map(to_bus_message).boxed())
+        Ok(sub)
     }
 
     async fn subscribe_unconfirmed(
