@@ -291,6 +291,10 @@ impl JobRecord {
     /// Records a new attempt as `running` on `worker`: progress starts over and the error of
     /// an earlier attempt is cleared, while the time of the first start is kept. Returns false,
     /// changing nothing, when the record is terminal.
+    ///
+    /// The Redis job store makes this change in a Lua script of its own (`START_UNLESS_TERMINAL`
+    /// in tts-infra's `jobs.rs`), so that a worker starts a job in one round trip: a change here
+    /// is made there too.
     #[must_use = "a terminal record refuses the change"]
     pub fn start(&mut self, attempt: u32, worker: &str) -> bool {
         if self.status.is_terminal() {
