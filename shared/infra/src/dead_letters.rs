@@ -15,7 +15,8 @@ use serde::Deserialize;
 use tts_contracts::{DeadLetter, JobFailure, JobId, JobMessage, subjects};
 
 use crate::error::{InfraError, InfraErrorKind, Result};
-use crate::queue::{JetStreamQueue, QueueSettings, pull_one};
+use crate::pull::Pulls;
+use crate::queue::{JetStreamQueue, QueueSettings};
 
 /// Creates the advisories stream and the dead-letter stream when they do not exist yet.
 pub(crate) async fn create_streams(
@@ -60,7 +61,7 @@ struct MaxDeliveriesAdvisory {
 
 /// The max-deliveries advisories of one engine's jobs, shared by its workers.
 pub struct ExhaustedJobs {
-    consumer: jetstream::consumer::PullConsumer,
+    pulls: Pulls,
 }
 
 /// One advisory: a job (by its sequence in the jobs stream) that used up its deliveries. It must
@@ -75,7 +76,7 @@ impl ExhaustedJobs {
     /// Waits up to `wait` for the next advisory; `None` when none came. An advisory that cannot
     /// be read is dropped.
     pub async fn next(&self, wait: Duration) -> Result<Option<Exhausted>> {
-        let Some(message) = pull_one(&self.consumer, wait, "pull advisories").await? else {
+        let Some(message) = self.pulls.next(wait).await? else {
             return Ok(None);
         };
         match serde_json::from_slice::<MaxDeliveriesAdvisory>(&message.payload) {
@@ -132,7 +133,9 @@ impl JetStreamQueue {
             )
             .await
             .map_err(|e| InfraError::unavailable(format!("consumer {name}")).with_source(e))?;
-        Ok(ExhaustedJobs { consumer })
+        Ok(ExhaustedJobs {
+            pulls: Pulls::new(consumer, "pull advisories", self.client(), self.js()),
+        })
     }
 
     /// Keeps `job` in the dead-letter stream with `reason`, waiting for the server to store it.

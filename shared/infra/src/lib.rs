@@ -12,6 +12,7 @@ pub mod jobs;
 pub mod limits;
 pub mod metrics;
 pub mod nats;
+mod pull;
 pub mod queue;
 pub mod redis_conn;
 pub mod retention;

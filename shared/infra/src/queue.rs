@@ -9,11 +9,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_nats::StatusCode;
 use async_nats::jetstream::{self, AckKind};
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures::{FutureExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -21,6 +19,7 @@ use tts_contracts::trace::TRACEPARENT;
 use tts_contracts::{DeadLetter, JobId, JobMessage, TraceParent, subjects};
 
 use crate::error::{InfraError, InfraErrorKind, Result, Source};
+use crate::pull::Pulls;
 
 #[derive(Debug, Clone)]
 pub struct QueueSettings {
@@ -172,11 +171,8 @@ impl JetStreamQueue {
             );
         }
         Ok(JetStreamSource {
-            consumer,
+            pulls: Pulls::new(consumer, "pull", &self.client, &self.js),
             max_deliver,
-            client: self.client.clone(),
-            js: self.js.clone(),
-            inboxes: Mutex::default(),
         })
     }
 
@@ -256,115 +252,8 @@ fn depth_unavailable(e: impl Into<Source>) -> InfraError {
 }
 
 pub struct JetStreamSource {
-    consumer: jetstream::consumer::PullConsumer,
+    pulls: Pulls,
     max_deliver: i64,
-    client: async_nats::Client,
-    js: jetstream::Context,
-    /// The inboxes pulls of this source are answered on, one per pull waiting at once, made as
-    /// needed and kept: a subscription per pull would cost the server and this process a
-    /// subscribe and an unsubscribe for every job.
-    inboxes: Mutex<Vec<Inbox>>,
-}
-
-struct Inbox {
-    subject: async_nats::Subject,
-    messages: async_nats::Subscriber,
-}
-
-/// Why a pull on an inbox ended without a message or a timeout.
-enum Closed {
-    /// The client closed the inbox's subscription.
-    Inbox,
-    Error(InfraError),
-}
-
-/// How long past its expiry a pull is waited for before it is taken as lost: the server ends
-/// every pull with a message or a timeout status, unless it went away meanwhile. A message that
-/// comes later still is handed out by the next pull on that inbox (or, if none comes, redelivered
-/// after `ack_wait`).
-const PULL_GRACE: Duration = Duration::from_secs(5);
-
-impl JetStreamSource {
-    /// The pull for one message, answered on a kept inbox; `None` when none came in `wait`.
-    async fn pull(&self, wait: Duration) -> Result<Option<jetstream::Message>> {
-        let unavailable = |e| InfraError::unavailable("pull").with_source(e);
-        let kept = self.inboxes.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        let mut inbox = match kept {
-            Some(inbox) => inbox,
-            None => {
-                let subject = async_nats::Subject::from(self.client.new_inbox());
-                let messages = self
-                    .client
-                    .subscribe(subject.clone())
-                    .await
-                    .map_err(unavailable)?;
-                Inbox { subject, messages }
-            }
-        };
-        let pulled = self.pull_on(&mut inbox, wait).await;
-        // An inbox whose subscription the client closed is dropped; the next pull makes another.
-        if !matches!(&pulled, Err(Closed::Inbox)) {
-            let mut inboxes = self.inboxes.lock().unwrap_or_else(|p| p.into_inner());
-            inboxes.push(inbox);
-        }
-        pulled.map_err(|e| match e {
-            Closed::Inbox => InfraError::unavailable("pull: the inbox was closed"),
-            Closed::Error(e) => e,
-        })
-    }
-
-    async fn pull_on(
-        &self,
-        inbox: &mut Inbox,
-        wait: Duration,
-    ) -> std::result::Result<Option<jetstream::Message>, Closed> {
-        let unavailable = |e| Closed::Error(InfraError::unavailable("pull").with_source(e));
-        // A message that came after its pull was given up on (a server that restarted, say) is
-        // a job all the same: it is handed out before anything more is asked for.
-        while let Some(Some(message)) = inbox.messages.next().now_or_never() {
-            if message.status.is_none_or(|s| s == StatusCode::OK) {
-                return Ok(Some(self.delivered(message)));
-            }
-        }
-        let request = jetstream::consumer::pull::BatchConfig {
-            batch: 1,
-            expires: Some(wait),
-            ..Default::default()
-        };
-        self.consumer
-            .request_batch(request, inbox.subject.clone())
-            .await
-            .map_err(unavailable)?;
-        let deadline = tokio::time::Instant::now() + wait + PULL_GRACE;
-        loop {
-            let message = match tokio::time::timeout_at(deadline, inbox.messages.next()).await {
-                Err(_) => return Ok(None),
-                Ok(Some(message)) => message,
-                Ok(None) => return Err(Closed::Inbox),
-            };
-            match message.status {
-                None | Some(StatusCode::OK) => return Ok(Some(self.delivered(message))),
-                // The pull expired, or (for an earlier pull given up on) an older one did: either
-                // way the worker asks again.
-                Some(StatusCode::TIMEOUT) | Some(StatusCode::NOT_FOUND) => return Ok(None),
-                Some(StatusCode::IDLE_HEARTBEAT) => continue,
-                // The consumer was deleted, its leader changed, or it has too many waiting pulls.
-                Some(status) => {
-                    return Err(Closed::Error(InfraError::unavailable(format!(
-                        "pull: {status} {}",
-                        message.description.as_deref().unwrap_or_default()
-                    ))));
-                }
-            }
-        }
-    }
-
-    fn delivered(&self, message: async_nats::Message) -> jetstream::Message {
-        jetstream::Message {
-            message,
-            context: self.js.clone(),
-        }
-    }
 }
 
 #[async_trait]
@@ -372,7 +261,7 @@ impl JobSource for JetStreamSource {
     async fn next(&self, wait: Duration) -> Result<Option<Box<dyn Delivery>>> {
         // One message per pull: a worker asks only for what it has a free slot for, so jobs are
         // never held by a busy worker while another one idles.
-        let Some(message) = self.pull(wait).await? else {
+        let Some(message) = self.pulls.next(wait).await? else {
             return Ok(None);
         };
         let attempt = message
@@ -384,29 +273,6 @@ impl JobSource for JetStreamSource {
             attempt,
             max_attempts: self.max_deliver.max(1) as u32,
         })))
-    }
-}
-
-/// Pulls one message from `consumer`, waiting up to `wait`; `None` when none came. `what` names
-/// the pull in errors.
-pub(crate) async fn pull_one(
-    consumer: &jetstream::consumer::PullConsumer,
-    wait: Duration,
-    what: &str,
-) -> Result<Option<jetstream::Message>> {
-    let mut batch = consumer
-        .batch()
-        .max_messages(1)
-        .expires(wait)
-        .messages()
-        .await
-        .map_err(|e| InfraError::unavailable(what).with_source(e))?;
-    match batch.next().await {
-        None => Ok(None),
-        // A pull that expires with no message ends the batch without an item; an error here is
-        // a real one (the consumer was deleted, the server is changing leaders).
-        Some(Err(e)) => Err(InfraError::unavailable(what).with_source(e)),
-        Some(Ok(message)) => Ok(Some(message)),
     }
 }
 
