@@ -343,3 +343,29 @@ pub(crate) fn onnxruntime_library(
     }
 }
 
+/// The family of ONNX Runtime's CPU kernels this machine gets, by the instructions they are
+/// chosen by. Results differ between families beyond rounding (the 8-bit matrix kernels
+/// without VNNI saturate where those with it do not), so values computed once and kept, such
+/// as stock voices' embeddings, are kept per family.
+pub fn cpu_kernels() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512vnni") {
+            return "x86-avx512vnni";
+        }
+        if std::arch::is_x86_feature_detected!("avxvnni") {
+            return "x86-avxvnni";
+        }
+        if std::arch::is_x86_feature_detected!("avx512bw") {
+            return "x86-avx512";
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            return "x86-avx2";
+        }
+        "x86"
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        std::env::consts::ARCH
+    }
+}

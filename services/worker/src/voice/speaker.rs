@@ -22,9 +22,14 @@ const HOP: usize = 160;
 const N_MELS: usize = 40;
 const FRAMES: usize = 80;
 const STRIDE: usize = 40;
+/// The front end's version, for what its constants do not say (the window, the mel scale, the
+/// log floor): changed with any of them, it keeps stale embeddings from being reused.
+const FRONT_END: u32 = 1;
 
 pub struct SpeakerEncoder {
     sessions: SessionPool,
+    /// What the embeddings depend on besides the audio, as a key (see [`SpeakerEncoder::id`]).
+    id: String,
     mel: Vec<Vec<f32>>,
     stft: Stft,
 }
@@ -33,11 +38,27 @@ impl SpeakerEncoder {
     pub fn load(env: &ort::environment::Environment, model: &Path) -> Result<Self, EngineError> {
         let (sessions, _) =
             runtime::session_pool(env, model, "cpu", 0, 1, &["mel_window"], &["embedding"])?;
+        let file = crate::models::file_id(model).map_err(|e| {
+            EngineError::internal(format!("speaker encoder {}: {e}", model.display()))
+                .with_source(e)
+        })?;
         Ok(SpeakerEncoder {
             sessions,
+            id: format!(
+                "{file}-{ANALYSIS_RATE}-{N_FFT}-{WIN}-{HOP}-{N_MELS}-{FRAMES}-{STRIDE}-{FRONT_END}"
+            ),
             mel: slaney_mel_filters(ANALYSIS_RATE as f32, N_FFT, N_MELS),
             stft: Stft::new(N_FFT, periodic_hamming(WIN), HOP),
         })
+    }
+
+    /// Names the model file and the front end, the two things besides the audio that an
+    /// embedding depends on, so that embeddings kept under it are never mistaken for another
+    /// encoder's. It is made from the file and the front end's parameters, never from an
+    /// embedding the encoder computes: the last bits of a computed value differ between
+    /// machines (ONNX Runtime picks kernels by CPU), so such a key would differ too.
+    pub fn id(&self) -> &str {
+        &self.id
     }
 
     /// Log-mel frames of 16 kHz audio, each of [`N_MELS`] values.

@@ -217,12 +217,15 @@ impl KokoroEngine {
             created_at: Utc::now(),
             pool,
             placement,
-            model_id: file_id(&options.model)?,
+            model_id: crate::models::file_id(&options.model).map_err(|e| {
+                EngineError::internal(format!("model {}: {e}", options.model.display()))
+                    .with_source(e)
+            })?,
             stock: stock::StockEmbeddings::new(options.stock_embeddings.clone()),
         })
     }
 
-    /// Identifies the loaded model file (see [`file_id`]).
+    /// Identifies the loaded model file (see [`crate::models::file_id`]).
     pub fn model_id(&self) -> &str {
         &self.model_id
     }
@@ -566,32 +569,6 @@ fn voices_error(
     e: Box<dyn std::error::Error + Send + Sync>,
 ) -> EngineError {
     EngineError::internal(format!("voices {}: {e}", path.display())).with_source(e)
-}
-
-/// A model file's identity: its length and the SHA-256 of its first and last MiB, which tells
-/// models apart without reading all of one at every start.
-fn file_id(path: &std::path::Path) -> Result<String, EngineError> {
-    use sha2::Digest;
-    use std::io::{Read, Seek, SeekFrom};
-    let fail = |e: std::io::Error| {
-        EngineError::internal(format!("model {}: {e}", path.display())).with_source(e)
-    };
-    let mut file = File::open(path).map_err(fail)?;
-    let len = file.metadata().map_err(fail)?.len();
-    let mut hash = sha2::Sha256::new();
-    hash.update(len.to_le_bytes());
-    let mut buf = vec![0u8; 1 << 20];
-    for start in [0, len.saturating_sub(1 << 20)] {
-        file.seek(SeekFrom::Start(start)).map_err(fail)?;
-        let n = file.read(&mut buf).map_err(fail)?;
-        hash.update(&buf[..n]);
-    }
-    Ok(hash
-        .finalize()
-        .iter()
-        .take(12)
-        .map(|b| format!("{b:02x}"))
-        .collect())
 }
 
 /// Where a model directory keeps its voices: a `voices/` directory when it has one, else

@@ -1,11 +1,13 @@
 //! The stock voices' speaker embeddings, which enrollment compares every reference with.
 //!
-//! They depend on the model, the voice, the speaker encoder and the sentence, never on the
-//! reference: so each is computed once, kept in memory, and written to the model cache under a
-//! key made of all four, where every later worker finds it. The embeddings of the stock model
-//! and voices ship with the worker (`data/kokoro-stock-embeddings.json`, made by
-//! `scripts/stock-embeddings`), so that not even the first enrollment computes them; another
-//! model or encoder gives other keys, and its embeddings are computed as above. With 54 voices
+//! They depend on the model, the voice, the speaker encoder, the sentence and the family of CPU
+//! kernels ONNX Runtime runs them on (see [`runtime::cpu_kernels`]), never on the reference: so
+//! each is computed once, kept in memory, and written to the model cache under a key made of all
+//! five, where every later worker finds it. The embeddings of the stock model and voices ship
+//! with the worker (`data/kokoro-stock-embeddings.json`, made by `scripts/stock-embeddings` on
+//! one machine of each kernel family they are shipped for), so that not even the first
+//! enrollment computes them; another model, encoder or kernel family gives other keys, and its
+//! embeddings are computed as above. With 54 voices
 //! this turns minutes of synthesis per enrollment into a lookup.
 
 use std::collections::BTreeMap;
@@ -16,6 +18,7 @@ use sha2::{Digest, Sha256};
 
 use super::{KokoroEngine, StyleTable};
 use crate::engine::{EngineError, SynthesisInput};
+use crate::runtime;
 use crate::voice::ANALYSIS_RATE;
 use crate::voice::resample::resample;
 use crate::voice::speaker::SpeakerEncoder;
@@ -65,7 +68,7 @@ impl StockEmbeddings {
         texts: &[&str],
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Vec<VoiceEmbeddings>, EngineError> {
-        let encoder_id = encoder_fingerprint(encoder)?;
+        let encoder_id = encoder_key(encoder);
         let names = engine.stock_voice_names();
         let keyed: Vec<Vec<(String, String)>> = texts
             .iter()
@@ -178,25 +181,30 @@ pub fn embed_voice(
     encoder.embed(&speech)
 }
 
-/// What identifies the speaker encoder: its embedding of a fixed probe signal, rounded, so that
-/// another encoder model gives other keys without the encoder having to know its file.
-fn encoder_fingerprint(encoder: &SpeakerEncoder) -> Result<String, EngineError> {
-    let probe: Vec<f32> = (0..ANALYSIS_RATE as usize * 2)
-        .map(|i| {
-            let t = i as f32 / ANALYSIS_RATE as f32;
-            0.3 * (2.0 * std::f32::consts::PI * 180.0 * t).sin()
-                + 0.2 * (2.0 * std::f32::consts::PI * 930.0 * t).sin() * (3.0 * t).sin()
-        })
-        .collect();
-    let embedding = encoder.embed(&probe)?;
-    let mut hash = Sha256::new();
-    for value in embedding {
-        hash.update(((value * 1000.0).round() as i32).to_le_bytes());
-    }
-    Ok(hex(&hash.finalize()[..8]))
+/// Whether the worker ships the stock embeddings of this model and encoder for this machine's
+/// kernel family; where it does not, they are computed on first use.
+pub fn shipped_here(engine: &KokoroEngine, encoder: &SpeakerEncoder) -> bool {
+    let Some(name) = engine.stock_voice_names().into_iter().next() else {
+        return false;
+    };
+    let table = engine.stock_voice(&name).expect("listed voices exist");
+    let key = cache_key(
+        engine.model_id(),
+        &encoder_key(encoder),
+        SEARCH_TEXT,
+        &name,
+        table,
+    );
+    shipped().contains_key(&key)
 }
 
-/// The key of one voice's embedding: model, encoder, sentence and the voice's own style table.
+/// The encoder's part of a key: the encoder itself and the kernels it and the model run on.
+fn encoder_key(encoder: &SpeakerEncoder) -> String {
+    format!("{}-{}", encoder.id(), runtime::cpu_kernels())
+}
+
+/// The key of one voice's embedding: model, encoder (with the kernel family), sentence and the
+/// voice's own style table.
 fn cache_key(
     model_id: &str,
     encoder_id: &str,
