@@ -7,8 +7,8 @@
 //! with the worker (`data/kokoro-stock-embeddings.json`, made by `scripts/stock-embeddings` on
 //! one machine of each kernel family they are shipped for), so that not even the first
 //! enrollment computes them; another model, encoder or kernel family gives other keys, and its
-//! embeddings are computed as above. With 54 voices
-//! this turns minutes of synthesis per enrollment into a lookup.
+//! embeddings are computed as above. With 54 voices this turns minutes of synthesis per
+//! enrollment into a lookup.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
