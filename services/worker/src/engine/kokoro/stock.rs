@@ -68,7 +68,6 @@ impl StockEmbeddings {
         texts: &[&str],
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Vec<VoiceEmbeddings>, EngineError> {
-        let encoder_id = encoder_key(encoder);
         let names = engine.stock_voice_names();
         let keyed: Vec<Vec<(String, String)>> = texts
             .iter()
@@ -77,7 +76,7 @@ impl StockEmbeddings {
                     .iter()
                     .map(|name| {
                         let table = engine.stock_voice(name).expect("listed voices exist");
-                        let key = cache_key(engine.model_id(), &encoder_id, text, name, table);
+                        let key = cache_key(engine.model_id(), encoder.id(), text, name, table);
                         (name.clone(), key)
                     })
                     .collect()
@@ -188,23 +187,12 @@ pub fn shipped_here(engine: &KokoroEngine, encoder: &SpeakerEncoder) -> bool {
         return false;
     };
     let table = engine.stock_voice(&name).expect("listed voices exist");
-    let key = cache_key(
-        engine.model_id(),
-        &encoder_key(encoder),
-        SEARCH_TEXT,
-        &name,
-        table,
-    );
+    let key = cache_key(engine.model_id(), encoder.id(), SEARCH_TEXT, &name, table);
     shipped().contains_key(&key)
 }
 
-/// The encoder's part of a key: the encoder itself and the kernels it and the model run on.
-fn encoder_key(encoder: &SpeakerEncoder) -> String {
-    format!("{}-{}", encoder.id(), runtime::cpu_kernels())
-}
-
-/// The key of one voice's embedding: model, encoder (with the kernel family), sentence and the
-/// voice's own style table.
+/// The key of one voice's embedding: model, encoder, the family of CPU kernels this machine runs
+/// them on, sentence and the voice's own style table.
 fn cache_key(
     model_id: &str,
     encoder_id: &str,
@@ -215,6 +203,9 @@ fn cache_key(
     let mut hash = Sha256::new();
     hash.update(model_id.as_bytes());
     hash.update(encoder_id.as_bytes());
+    // Fed as `<encoder>-<kernels>`, the form the shipped keys were made with.
+    hash.update(b"-");
+    hash.update(runtime::cpu_kernels().as_bytes());
     hash.update(text.as_bytes());
     for value in table.iter() {
         hash.update(value.to_le_bytes());
