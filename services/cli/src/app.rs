@@ -512,6 +512,8 @@ async fn load_engine(
         } else {
             None
         };
+        // What parsing the models left behind goes back to the system now.
+        crate::allocator::release_freed_memory();
         Ok::<_, tts_worker::EngineError>((engine, analysis))
     })
     .await?

@@ -1,6 +1,7 @@
 //! Assembling voice-clone-tts processes from configuration: standalone (gateway and workers in
 //! one process on in-process adapters), gateway, or worker.
 
+pub mod allocator;
 pub mod app;
 pub mod telemetry;
 

@@ -98,14 +98,20 @@ fn session(
     shared: Option<&Shared>,
 ) -> Result<(Session, Placement), EngineError> {
     let builder = || -> Result<SessionBuilder, EngineError> {
-        // A memory pattern (one block planned for all of a run's tensors, kept for inputs of
-        // the same shape) costs memory the arena never gives back, and the sizes of these
-        // models' tensors follow the text: with it, a piper worker of two sessions held 18 MB
-        // more after short jobs, at no measurable gain in speed (docs/PERFORMANCE.md).
+        // A run's tensors come from the process's allocator, not from an arena of the session's
+        // own: an arena keeps every block it grew to for the session's life, so one long
+        // sentence held a worker at its high-water mark for good, while the process's allocator
+        // (jemalloc, set by the `voice-clone-tts` crate) hands freed pages back within seconds
+        // and reuses them meanwhile, for about 5 % more time per run (docs/PERFORMANCE.md). A
+        // memory pattern
+        // (one block planned for all of a run's tensors) is off for the same reason: the sizes
+        // of these models' tensors follow the text.
         let mut b = Session::builder(env)?
             .with_optimization_level(GraphOptimizationLevel::Level3)
             .map_err(ort::Error::<()>::from)?
             .with_memory_pattern(false)
+            .map_err(ort::Error::<()>::from)?
+            .with_execution_providers([ort::ep::CPU::default().with_arena_allocator(false).build()])
             .map_err(ort::Error::<()>::from)?;
         if threads > 0 {
             b = b
@@ -281,24 +287,10 @@ pub(crate) fn session_pool(
         sessions.push(session);
         placement = Some(p);
     }
-    drop(bytes);
-    release_freed_memory();
     Ok((
         SessionPool::new(sessions),
         placement.expect("at least one session"),
     ))
-}
-
-/// Hands the pages of freed heap memory back to the system. Loading a model parses it into
-/// many small allocations that are freed once the session is built; the C allocator keeps
-/// their pages (tens of megabytes per session) unless asked to return them.
-fn release_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only returns free memory to the system; it is safe to call at any
-    // time from any thread.
-    unsafe {
-        libc::malloc_trim(0);
-    }
 }
 
 /// Refuses a model whose inputs and outputs are not the ones an engine feeds and reads, naming

@@ -1,0 +1,115 @@
+//! The process's memory allocator: jemalloc, for Rust and for the C and C++ libraries alike.
+//!
+//! Built unprefixed, jemalloc's `malloc` and `free` are the symbols every library in the process
+//! resolves to, ONNX Runtime's (loaded at run time) included. That is the point of it: a worker's
+//! memory is mostly ONNX Runtime's, and glibc's allocator kept what a long sentence had needed
+//! in heaps it seldom gave back, while jemalloc returns freed pages to the system a few seconds
+//! after they fall idle (docs/PERFORMANCE.md, "Piper worker memory").
+
+use std::ffi::{CStr, c_char};
+
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's options, read once when it starts:
+/// - `oversize_threshold:0`: large blocks (a long sentence's tensors run to tens of megabytes)
+///   are served from the same arenas as the rest and reused while they are warm. By default
+///   blocks over 8 MiB go to an arena that unmaps them as soon as they are freed, so every run
+///   faulted their pages in afresh, and synthesis took 30 to 65 % longer.
+/// - `dirty_decay_ms:1000`: a freed page goes back to the system after about a second unused
+///   instead of ten; a busy worker reuses its pages well within that, and an idle one shrinks
+///   sooner (a piper worker held 20 MB less after short jobs than with the default).
+/// - `background_thread:true`: jemalloc's own thread hands idle pages back on time even while
+///   nothing allocates, so an idle worker shrinks too.
+#[repr(transparent)]
+pub struct Options(*const c_char);
+
+// SAFETY: the pointer is to a string literal, immutable for the life of the process.
+unsafe impl Sync for Options {}
+
+/// jemalloc looks this symbol up by name (its weak default is empty).
+#[allow(non_upper_case_globals)]
+#[unsafe(no_mangle)]
+pub static malloc_conf: Options = Options(OPTIONS.as_ptr());
+
+const OPTIONS: &CStr = c"oversize_threshold:0,dirty_decay_ms:1000,background_thread:true";
+
+/// Hands every page of freed memory back to the system now rather than when it would fall due.
+/// Loading a model parses it into many small allocations that are all freed once its sessions
+/// are built: tens of megabytes that would otherwise wait out jemalloc's decay.
+pub fn release_freed_memory() {
+    // MALLCTL_ARENAS_ALL: the purge applies to every arena.
+    let name = c"arena.4096.purge";
+    // SAFETY: a purge takes and returns nothing, so both pointers are null; the name is a
+    // NUL-terminated string.
+    let status = unsafe {
+        tikv_jemalloc_sys::mallctl(
+            name.as_ptr(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            0,
+        )
+    };
+    if status != 0 {
+        tracing::debug!(status, "the allocator did not purge its freed pages");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::{CStr, c_char, c_void};
+
+    /// Reads one of jemalloc's numeric settings by name.
+    fn read(name: &CStr) -> usize {
+        let mut value = 0usize;
+        let mut len = std::mem::size_of::<usize>();
+        // SAFETY: `value` is a usize as the named settings are, and `len` says so.
+        let status = unsafe {
+            tikv_jemalloc_sys::mallctl(
+                name.as_ptr(),
+                (&raw mut value).cast(),
+                &mut len,
+                std::ptr::null_mut(),
+                0,
+            )
+        };
+        assert_eq!(status, 0, "mallctl {name:?}");
+        value
+    }
+
+    #[test]
+    fn jemalloc_serves_the_process_with_its_options() {
+        assert_eq!(read(c"opt.oversize_threshold"), 0);
+        assert_eq!(read(c"opt.dirty_decay_ms"), 1000);
+        let mut on = false;
+        let mut len = std::mem::size_of::<bool>();
+        // SAFETY: the setting is a bool, and `len` says so.
+        let status = unsafe {
+            tikv_jemalloc_sys::mallctl(
+                c"opt.background_thread".as_ptr(),
+                (&raw mut on).cast(),
+                &mut len,
+                std::ptr::null_mut(),
+                0,
+            )
+        };
+        assert_eq!(status, 0);
+        assert!(on, "jemalloc's background thread is on");
+        super::release_freed_memory();
+    }
+
+    #[test]
+    fn libraries_loaded_at_run_time_allocate_from_jemalloc() {
+        unsafe extern "C" {
+            fn dlsym(handle: *mut c_void, symbol: *const c_char) -> *mut c_void;
+        }
+        // RTLD_DEFAULT: the lookup a library that is loaded later makes for its `malloc`.
+        // SAFETY: looks up a symbol by a NUL-terminated name.
+        let found = unsafe { dlsym(std::ptr::null_mut(), c"malloc".as_ptr()) };
+        assert_eq!(
+            found as usize,
+            tikv_jemalloc_sys::malloc as *const () as usize
+        );
+    }
+}
