@@ -4,7 +4,7 @@
 //! resolves to, ONNX Runtime's (loaded at run time) included. That is the point of it: a worker's
 //! memory is mostly ONNX Runtime's, and glibc's allocator kept what a long sentence had needed
 //! in heaps it seldom gave back, while jemalloc returns freed pages to the system a few seconds
-//! after they fall idle (docs/PERFORMANCE.md, "Piper worker memory").
+//! after they fall idle (docs/PERFORMANCE.md, "jemalloc, and no arena in ONNX Runtime").
 
 use std::ffi::{CStr, c_char};
 

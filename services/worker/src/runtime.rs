@@ -103,9 +103,8 @@ fn session(
         // sentence held a worker at its high-water mark for good, while the process's allocator
         // (jemalloc, set by the `voice-clone-tts` crate) hands freed pages back within seconds
         // and reuses them meanwhile, for about 5 % more time per run (docs/PERFORMANCE.md). A
-        // memory pattern
-        // (one block planned for all of a run's tensors) is off for the same reason: the sizes
-        // of these models' tensors follow the text.
+        // memory pattern (one block planned for all of a run's tensors) is off for the same
+        // reason: the sizes of these models' tensors follow the text.
         let mut b = Session::builder(env)?
             .with_optimization_level(GraphOptimizationLevel::Level3)
             .map_err(ort::Error::<()>::from)?
