@@ -60,11 +60,11 @@ pub fn release_freed_memory() {
 mod tests {
     use std::ffi::{CStr, c_char, c_void};
 
-    /// Reads one of jemalloc's numeric settings by name.
-    fn read(name: &CStr) -> usize {
-        let mut value = 0usize;
-        let mut len = std::mem::size_of::<usize>();
-        // SAFETY: `value` is a usize as the named settings are, and `len` says so.
+    /// Reads one of jemalloc's settings by name, as the type it has.
+    fn read<T: Default>(name: &CStr) -> T {
+        let mut value = T::default();
+        let mut len = std::mem::size_of::<T>();
+        // SAFETY: the caller names a setting of type `T`, and `len` is its size.
         let status = unsafe {
             tikv_jemalloc_sys::mallctl(
                 name.as_ptr(),
@@ -80,22 +80,12 @@ mod tests {
 
     #[test]
     fn jemalloc_serves_the_process_with_its_options() {
-        assert_eq!(read(c"opt.oversize_threshold"), 0);
-        assert_eq!(read(c"opt.dirty_decay_ms"), 1000);
-        let mut on = false;
-        let mut len = std::mem::size_of::<bool>();
-        // SAFETY: the setting is a bool, and `len` says so.
-        let status = unsafe {
-            tikv_jemalloc_sys::mallctl(
-                c"opt.background_thread".as_ptr(),
-                (&raw mut on).cast(),
-                &mut len,
-                std::ptr::null_mut(),
-                0,
-            )
-        };
-        assert_eq!(status, 0);
-        assert!(on, "jemalloc's background thread is on");
+        assert_eq!(read::<usize>(c"opt.oversize_threshold"), 0);
+        assert_eq!(read::<isize>(c"opt.dirty_decay_ms"), 1000);
+        assert!(
+            read::<bool>(c"opt.background_thread"),
+            "jemalloc's background thread is on"
+        );
         super::release_freed_memory();
     }
 
