@@ -324,6 +324,65 @@ async fn two_gateways_share_the_per_address_limit_through_redis() {
     );
 }
 
+/// A job submission takes its count against the shared limits in the same Redis script that
+/// records its job. Spent through another gateway, the shared quota refuses a submission that
+/// this gateway's own limiter would admit: 429, and no record is written. A submission refused
+/// for what it asks (422) still counts, as any request does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_submission_counts_against_the_shared_limit_with_its_record() {
+    const ACME: &str = "acme-key-0123456789";
+    const OPS: &str = "ops-key-0123456789";
+    let prefix = format!("tts-test-{}", uuid::Uuid::new_v4().simple());
+    let configure = |p: String| {
+        move |s: &mut tts_config::Settings| {
+            s.redis.key_prefix = p;
+            s.auth.mode = "on".into();
+            // Acme's quota is the one spent here; the test's own calls go as another tenant.
+            s.auth.keys = vec![api_key("acme", ACME, Some(4)), api_key("ops", OPS, None)];
+            s.gateway.rate_burst_percent = 100;
+        }
+    };
+    let mut a = spawn_engines_with(
+        Deployment::GatewayOnly,
+        &["piper"],
+        configure(prefix.clone()),
+    )
+    .await;
+    a.add_worker("piper", |_| {}).await;
+    let voice = tts_tests::app::VOICE;
+    let within = Duration::from_secs(60);
+    tts_tests::app::wait_until_listed(&a.client, &a.base_url, Some(OPS), voice, within).await;
+    let b = spawn_engines_with(Deployment::GatewayOnly, &[], configure(prefix.clone())).await;
+    let submit = |speed: f64| {
+        a.client
+            .post(a.url("/api/jobs"))
+            .bearer_auth(ACME)
+            .json(&json!({"text": "Hi.", "voice_id": voice, "speed": speed}))
+            .send()
+    };
+    for _ in 0..2 {
+        assert_eq!(submit(1.0).await.unwrap().status(), 202);
+    }
+    assert_eq!(submit(99.0).await.unwrap().status(), 422);
+    assert_eq!(poke_as(&b, "203.0.113.1", Some(ACME)).await.status(), 404);
+    // The three submissions counted through Redis: the other gateway refuses the fifth request.
+    assert_limited(poke_as(&b, "203.0.113.1", Some(ACME)).await).await;
+    // This gateway's own limiter has seen three and admits a fourth; the shared count refuses it.
+    assert_limited(submit(1.0).await.unwrap()).await;
+    let redis = redis::Client::open(a.settings.redis.url.as_str()).unwrap();
+    let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
+    let records: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:job:*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        records.len(),
+        2,
+        "only the admitted jobs are recorded: {records:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_global_limit_counts_every_address() {
     let app = spawn_engines_with(Deployment::GatewayOnly, &[], |s| {

@@ -11,7 +11,9 @@
 //! In distributed mode the per-minute limits live in Redis (`RedisRateLimiter`, a GCRA script),
 //! so they hold across every gateway. Each process also keeps its own `governor` limiters with
 //! the same quotas: they can only refuse what the shared limit would refuse anyway, and when
-//! Redis does not answer they alone decide, so a Redis outage never lifts the limits.
+//! Redis does not answer they alone decide, so a Redis outage never lifts the limits. A request
+//! that submits a job takes its shared count in the same Redis script that records the job
+//! ([`DeferredCount`]): a submission costs one round trip to Redis before it is queued, not two.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -28,6 +30,7 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, NotUntil, Quota, RateLimiter};
 use ipnet::IpNet;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tts_contracts::JobRecord;
 use tts_infra::{RateBucket, RedisRateLimiter, Verdict};
 
 use crate::AppState;
@@ -226,7 +229,27 @@ impl Limits {
         ip: IpAddr,
         tenant: Option<&str>,
     ) -> Result<OwnedSemaphorePermit, AppError> {
-        self.count(ip, Counted::Caller { tenant }).await?;
+        let shared = self.count_here(ip, Counted::Caller { tenant })?;
+        if let Some(shared) = shared {
+            shared.take().await?;
+        }
+        self.permit()
+    }
+
+    /// As [`admit`](Self::admit), for a request that submits a job: the shared quotas are not
+    /// taken yet but handed back, for the submission to take in the same step as it records
+    /// its job (see [`DeferredCount`]). `None` without shared limits.
+    pub fn admit_submission(
+        &self,
+        ip: IpAddr,
+        tenant: Option<&str>,
+    ) -> Result<(OwnedSemaphorePermit, Option<DeferredCount>), AppError> {
+        let shared = self.count_here(ip, Counted::Caller { tenant })?;
+        let permit = self.permit()?;
+        Ok((permit, shared.map(DeferredCount::new)))
+    }
+
+    fn permit(&self) -> Result<OwnedSemaphorePermit, AppError> {
         self.in_progress
             .clone()
             .try_acquire_owned()
@@ -236,10 +259,19 @@ impl Limits {
     /// Counts a request without a valid API key against its address and the quota for the
     /// unauthenticated, or says how long to wait.
     pub async fn admit_unauthenticated(&self, ip: IpAddr) -> Result<(), AppError> {
-        self.count(ip, Counted::Unauthenticated).await
+        match self.count_here(ip, Counted::Unauthenticated)? {
+            Some(shared) => shared.take().await,
+            None => Ok(()),
+        }
     }
 
-    async fn count(&self, ip: IpAddr, counted: Counted<'_>) -> Result<(), AppError> {
+    /// Counts the request against this process's own limiters, and returns its count against
+    /// the shared ones (when there are any) for the caller to take.
+    fn count_here(
+        &self,
+        ip: IpAddr,
+        counted: Counted<'_>,
+    ) -> Result<Option<SharedCount>, AppError> {
         if self.checks.fetch_add(1, Ordering::Relaxed) % FORGET_EVERY == FORGET_EVERY - 1 {
             self.local_ip.retain_recent();
         }
@@ -268,17 +300,10 @@ impl Limits {
                 buckets.push(self.global_rate.bucket("global".to_string()));
             }
         }
-        if let Some(shared) = &self.shared {
-            match shared.check(&buckets).await {
-                Ok(Verdict::Allowed) => {}
-                Ok(Verdict::Limited(wait)) => return Err(AppError::rate_limited(wait)),
-                Err(e) => {
-                    // The process's own limiters (checked above) decide alone.
-                    tracing::warn!(error = %e, "shared rate limits unavailable; using this gateway's");
-                }
-            }
-        }
-        Ok(())
+        Ok(self
+            .shared
+            .clone()
+            .map(|limiter| SharedCount { limiter, buckets }))
     }
 
     /// Takes a place for a WebSocket from `ip`, held for as long as the socket is open, or
@@ -319,6 +344,67 @@ impl Limits {
     }
 }
 
+/// One request's count against the quotas every gateway shares, not yet taken.
+pub struct SharedCount {
+    limiter: RedisRateLimiter,
+    buckets: Vec<RateBucket>,
+}
+
+impl SharedCount {
+    /// Takes the count, or says how long to wait. When Redis does not answer, the process's own
+    /// limiters, which have counted the request already, decide alone.
+    pub async fn take(self) -> Result<(), AppError> {
+        match self.limiter.check(&self.buckets).await {
+            Ok(Verdict::Allowed) => Ok(()),
+            Ok(Verdict::Limited(wait)) => Err(AppError::rate_limited(wait)),
+            Err(e) => {
+                tracing::warn!(error = %e, "shared rate limits unavailable; using this gateway's");
+                Ok(())
+            }
+        }
+    }
+
+    /// Takes the count and records the new job `record` in one step, one round trip to Redis
+    /// where taking and recording apart cost two; over a limit, nothing is recorded. A record
+    /// that cannot be written fails the submission, as any write of the job store does.
+    pub async fn take_with_record(self, record: &JobRecord) -> Result<(), AppError> {
+        match self.limiter.check_and_record(&self.buckets, record).await? {
+            Verdict::Allowed => Ok(()),
+            Verdict::Limited(wait) => Err(AppError::rate_limited(wait)),
+        }
+    }
+}
+
+/// In the extensions of a request that submits a job, with shared limits: the request's shared
+/// count, which the submission takes together with writing its job's record. [`enforce`] takes
+/// whatever the handler left (a request refused before it submitted, a replayed idempotency
+/// key), so every request counts once, as when the count is taken before the handler runs.
+#[derive(Clone)]
+pub struct DeferredCount(Arc<Mutex<Option<SharedCount>>>);
+
+impl DeferredCount {
+    fn new(count: SharedCount) -> Self {
+        DeferredCount(Arc::new(Mutex::new(Some(count))))
+    }
+
+    /// The count, the first time it is asked for.
+    pub fn take(&self) -> Option<SharedCount> {
+        // Only ever swapped out whole, so a poisoned lock holds nothing half-written.
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+/// Requests that submit a job, whose shared count the submission takes (see [`DeferredCount`]).
+/// Every other request is counted before it is handled, so that one over a limit changes
+/// nothing.
+fn submits_job(request: &Request) -> bool {
+    request.method() == axum::http::Method::POST
+        && matches!(
+            request.uri().path(),
+            "/api/synthesize" | "/api/jobs" | "/v1/audio/speech"
+        )
+}
+
 /// A WebSocket's place in the caps; dropping it when the socket closes frees the place.
 #[derive(Debug)]
 pub struct WebSocketPermit {
@@ -348,7 +434,8 @@ impl Drop for AddressSlot {
 
 /// Middleware applying [`Limits`] to every request but `/health`, which load balancers and
 /// orchestrators poll and which must answer when the API is saturated. It runs after
-/// authentication, which has already counted and refused callers without a valid key.
+/// authentication, which has already counted and refused callers without a valid key. The
+/// shared count of a job submission is left to the submission ([`DeferredCount`]).
 pub async fn enforce(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     if request.uri().path() == "/health" {
         return next.run(request).await;
@@ -359,17 +446,38 @@ pub async fn enforce(State(state): State<AppState>, mut request: Request, next: 
         .extensions()
         .get::<Caller>()
         .and_then(|c| c.tenant.clone());
-    match state.limits.admit(ip, tenant.as_deref()).await {
-        Ok(permit) => {
-            let response = next.run(request).await;
-            drop(permit);
-            response
-        }
-        Err(e) => {
-            tracing::info!(%ip, "request refused: {e}");
-            e.into_response()
-        }
+    if !submits_job(&request) {
+        return match state.limits.admit(ip, tenant.as_deref()).await {
+            Ok(permit) => {
+                let response = next.run(request).await;
+                drop(permit);
+                response
+            }
+            Err(e) => refused(ip, e),
+        };
     }
+    let (permit, deferred) = match state.limits.admit_submission(ip, tenant.as_deref()) {
+        Ok(admitted) => admitted,
+        Err(e) => return refused(ip, e),
+    };
+    if let Some(deferred) = &deferred {
+        request.extensions_mut().insert(deferred.clone());
+    }
+    let response = next.run(request).await;
+    // A request that submitted nothing counts now; over a limit, it is refused as it would
+    // have been before it was handled (it changed nothing that a refusal must undo).
+    if let Some(count) = deferred.and_then(|d| d.take())
+        && let Err(e) = count.take().await
+    {
+        return refused(ip, e);
+    }
+    drop(permit);
+    response
+}
+
+fn refused(ip: IpAddr, e: AppError) -> Response {
+    tracing::info!(%ip, "request refused: {e}");
+    e.into_response()
 }
 
 #[cfg(test)]

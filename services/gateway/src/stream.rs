@@ -54,6 +54,7 @@ pub async fn submit(
     format: tts_contracts::AudioFormat,
     key: Option<&str>,
     trace: &tts_contracts::TraceParent,
+    count: Option<&crate::limits::DeferredCount>,
 ) -> Result<(crate::submit::Submitted, Subscriptions), AppError> {
     let mut job = job;
     if let tts_contracts::JobSpec::Synthesize { streamed, .. } = &mut job.spec {
@@ -67,6 +68,7 @@ pub async fn submit(
         key,
         crate::submit::Backpressure::Apply,
         trace,
+        count,
     )
     .await?;
     if submitted.replayed {

@@ -11,6 +11,7 @@ use uuid::Uuid;
 use crate::AppState;
 use crate::auth::Caller;
 use crate::error::AppError;
+use crate::limits::DeferredCount;
 
 /// Longest accepted `Idempotency-Key`.
 const MAX_IDEMPOTENCY_KEY: usize = 255;
@@ -318,6 +319,8 @@ pub enum Backpressure {
 /// idempotency key already claimed for another job, nothing is queued and that job is
 /// returned: a retry, through any gateway, finds the job its first attempt made. `format` goes on
 /// the record (workers store WAV whatever it is) for `GET /api/jobs/{id}/audio` to answer in.
+/// `count` is the request's count against the shared rate limits, taken here: together with the
+/// record for a new job, alone for a replayed one.
 pub async fn submit(
     state: &AppState,
     job: JobMessage,
@@ -325,6 +328,7 @@ pub async fn submit(
     idempotency_key: Option<&str>,
     backpressure: Backpressure,
     trace: &TraceParent,
+    count: Option<&DeferredCount>,
 ) -> Result<Submitted, AppError> {
     // Keys are scoped to the tenant: two tenants may use the same key for different jobs.
     let scoped = idempotency_key.map(|k| format!("{}:{k}", job.tenant.as_deref().unwrap_or("-")));
@@ -336,13 +340,17 @@ pub async fn submit(
             .claim_idempotency_key(key, &job.job_id)
             .await?
     {
+        // Taken before the replayed job is waited for, so that a refusal comes at once.
+        if let Some(count) = count.and_then(DeferredCount::take) {
+            count.take().await?;
+        }
         tracing::info!(job_id = %existing, "idempotency key replayed");
         return Ok(Submitted {
             job_id: existing,
             replayed: true,
         });
     }
-    if let Err(e) = record_and_queue(state, &job, format, backpressure, trace).await {
+    if let Err(e) = record_and_queue(state, &job, format, backpressure, trace, count).await {
         if let Some(key) = idempotency_key
             && let Err(release) = state
                 .deps
@@ -373,13 +381,21 @@ async fn record_and_queue(
     format: Option<AudioFormat>,
     backpressure: Backpressure,
     trace: &TraceParent,
+    count: Option<&DeferredCount>,
 ) -> Result<(), AppError> {
     if backpressure == Backpressure::Apply {
         check_capacity(state, &job.engine).await?;
     }
     let mut record = JobRecord::queued(job);
     record.format = format;
-    state.deps.store.put(&record).await?;
+    // Taken only here: a submission refused before (a full queue) leaves its count to the
+    // limits' middleware, which takes it alone.
+    match count.and_then(DeferredCount::take) {
+        Some(count) => count.take_with_record(&record).await?,
+        None => {
+            state.deps.store.put(&record).await?;
+        }
+    }
     if let Err(e) = state.deps.queue.enqueue(job, Some(trace)).await {
         // The job was recorded but never queued: record that it failed, so that nobody waits
         // for it.

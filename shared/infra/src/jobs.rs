@@ -121,8 +121,13 @@ impl RedisJobStore {
         })
     }
 
-    fn job_key(&self, job_id: &JobId) -> String {
+    pub(crate) fn job_key(&self, job_id: &JobId) -> String {
         format!("{}:job:{job_id}", self.prefix)
+    }
+
+    /// How long a record is kept, in whole seconds (at least one).
+    pub(crate) fn ttl_secs(&self) -> u64 {
+        self.ttl.as_secs().max(1)
     }
 
     fn idempotency_key(&self, key: &str) -> String {
@@ -179,7 +184,7 @@ impl JobStore for RedisJobStore {
             .run_script(
                 PUT_UNLESS_TERMINAL,
                 &[&self.job_key(&record.job_id)],
-                &[json, self.ttl.as_secs().max(1).to_string()],
+                &[json, self.ttl_secs().to_string()],
             )
             .await?;
         Ok(written == 1)
@@ -197,7 +202,7 @@ impl JobStore for RedisJobStore {
                     attempt.to_string(),
                     worker.to_string(),
                     now,
-                    self.ttl.as_secs().max(1).to_string(),
+                    self.ttl_secs().to_string(),
                 ],
             )
             .await?;
@@ -217,7 +222,7 @@ impl JobStore for RedisJobStore {
                     .arg(self.job_key(&record.job_id))
                     .arg(json)
                     .arg("EX")
-                    .arg(self.ttl.as_secs().max(1)),
+                    .arg(self.ttl_secs()),
             )
             .await?;
         Ok(())

@@ -10,6 +10,7 @@ use tts_contracts::{ApiError, JobAccepted, JobId, JobRecord, JobStatus, Synthesi
 use super::{Caller, parse_job_id};
 use crate::error::AppError;
 use crate::extract::ApiJson;
+use crate::limits::DeferredCount;
 use crate::submit;
 use crate::trace::RequestContext;
 use crate::{AppState, auth};
@@ -39,6 +40,7 @@ pub async fn create(
     State(state): State<AppState>,
     Extension(caller): Caller,
     Extension(context): Extension<RequestContext>,
+    count: Option<Extension<DeferredCount>>,
     headers: HeaderMap,
     ApiJson(request): ApiJson<SynthesizeRequest>,
 ) -> Result<Response, AppError> {
@@ -51,6 +53,7 @@ pub async fn create(
         key.as_deref(),
         submit::Backpressure::Skip,
         &context.trace,
+        count.as_ref().map(|c| &c.0),
     )
     .await?;
     let status = if submitted.replayed {

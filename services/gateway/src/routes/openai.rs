@@ -21,6 +21,7 @@ use super::Caller;
 use crate::AppState;
 use crate::error::AppError;
 use crate::extract::ApiJson;
+use crate::limits::DeferredCount;
 use crate::trace::RequestContext;
 use crate::{auth, stream, submit};
 
@@ -134,13 +135,21 @@ pub async fn speech(
     State(state): State<AppState>,
     Extension(caller): Caller,
     Extension(context): Extension<RequestContext>,
+    count: Option<Extension<DeferredCount>>,
     headers: HeaderMap,
     ApiJson(request): ApiJson<SpeechRequest>,
 ) -> Result<Response, AppError> {
     let key = submit::idempotency_key(&headers)?;
     let (submit::Validated { job, format }, stream_kind) = check(&state, &caller, request).await?;
-    let (submitted, subscriptions) =
-        stream::submit(&state, job, format, key.as_deref(), &context.trace).await?;
+    let (submitted, subscriptions) = stream::submit(
+        &state,
+        job,
+        format,
+        key.as_deref(),
+        &context.trace,
+        count.as_ref().map(|c| &c.0),
+    )
+    .await?;
     let framing = match stream_kind {
         StreamFormat::Audio => stream::Framing::Audio,
         StreamFormat::Sse => stream::Framing::Sse,

@@ -18,6 +18,7 @@ use super::Caller;
 use crate::AppState;
 use crate::error::AppError;
 use crate::extract::ApiJson;
+use crate::limits::DeferredCount;
 use crate::trace::RequestContext;
 use crate::{stream, submit};
 
@@ -56,14 +57,25 @@ pub async fn synthesize(
     State(state): State<AppState>,
     Extension(caller): Caller,
     Extension(context): Extension<RequestContext>,
+    count: Option<Extension<DeferredCount>>,
     headers: HeaderMap,
     ApiJson(mut request): ApiJson<SynthesizeRequest>,
 ) -> Result<Response, AppError> {
+    let count = count.as_ref().map(|c| &c.0);
     let key = submit::idempotency_key(&headers)?;
     let framing = streaming(&headers, &mut request);
     let submit::Validated { job, format } = submit::validate(&state, &caller, request).await?;
     if let Some(framing) = framing {
-        return streamed(&state, job, format, framing, key.as_deref(), &context).await;
+        return streamed(
+            &state,
+            job,
+            format,
+            framing,
+            key.as_deref(),
+            &context,
+            count,
+        )
+        .await;
     }
     let bus = &state.deps.bus;
     // Subscribed before queueing so that the job cannot finish unseen. The job is queued over
@@ -81,6 +93,7 @@ pub async fn synthesize(
         key.as_deref(),
         submit::Backpressure::Apply,
         &context.trace,
+        count,
     )
     .await?;
     let job_id = submitted.job_id;
@@ -162,9 +175,10 @@ async fn streamed(
     framing: stream::Framing,
     key: Option<&str>,
     context: &RequestContext,
+    count: Option<&DeferredCount>,
 ) -> Result<Response, AppError> {
     let (submitted, subscriptions) =
-        stream::submit(state, job, format, key, &context.trace).await?;
+        stream::submit(state, job, format, key, &context.trace, count).await?;
     let mut response =
         stream::respond(state, submitted.job_id, subscriptions, format, framing).await?;
     submitted.tag(response.headers_mut());

@@ -272,6 +272,8 @@ pub async fn create(
         None,
         submit::Backpressure::Skip,
         &context.trace,
+        // An enrolment is counted before it is handled: it stores its clip before it queues.
+        None,
     )
     .await
     {
