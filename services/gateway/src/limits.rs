@@ -229,10 +229,7 @@ impl Limits {
         ip: IpAddr,
         tenant: Option<&str>,
     ) -> Result<OwnedSemaphorePermit, AppError> {
-        let shared = self.count_here(ip, Counted::Caller { tenant })?;
-        if let Some(shared) = shared {
-            shared.take().await?;
-        }
+        self.count(ip, Counted::Caller { tenant }).await?;
         self.permit()
     }
 
@@ -259,7 +256,12 @@ impl Limits {
     /// Counts a request without a valid API key against its address and the quota for the
     /// unauthenticated, or says how long to wait.
     pub async fn admit_unauthenticated(&self, ip: IpAddr) -> Result<(), AppError> {
-        match self.count_here(ip, Counted::Unauthenticated)? {
+        self.count(ip, Counted::Unauthenticated).await
+    }
+
+    /// Counts the request against this process's own limiters and the shared ones.
+    async fn count(&self, ip: IpAddr, counted: Counted<'_>) -> Result<(), AppError> {
+        match self.count_here(ip, counted)? {
             Some(shared) => shared.take().await,
             None => Ok(()),
         }

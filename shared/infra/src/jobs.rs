@@ -125,6 +125,11 @@ impl RedisJobStore {
         format!("{}:job:{job_id}", self.prefix)
     }
 
+    /// A record as it is stored.
+    pub(crate) fn encode(record: &JobRecord) -> Result<String> {
+        serde_json::to_string(record).map_err(|e| InfraError::wrap(InfraErrorKind::Corrupt, e))
+    }
+
     /// How long a record is kept, in whole seconds (at least one).
     pub(crate) fn ttl_secs(&self) -> u64 {
         self.ttl.as_secs().max(1)
@@ -178,8 +183,7 @@ impl JobStore for RedisJobStore {
     }
 
     async fn put(&self, record: &JobRecord) -> Result<bool> {
-        let json = serde_json::to_string(record)
-            .map_err(|e| InfraError::wrap(InfraErrorKind::Corrupt, e))?;
+        let json = Self::encode(record)?;
         let written: i64 = self
             .run_script(
                 PUT_UNLESS_TERMINAL,
@@ -214,8 +218,7 @@ impl JobStore for RedisJobStore {
     }
 
     async fn reset(&self, record: &JobRecord) -> Result<()> {
-        let json = serde_json::to_string(record)
-            .map_err(|e| InfraError::wrap(InfraErrorKind::Corrupt, e))?;
+        let json = Self::encode(record)?;
         let _: () = self
             .run(
                 redis::cmd("SET")

@@ -9,11 +9,9 @@
 
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
-
 use tts_contracts::JobRecord;
 
-use crate::error::{InfraError, InfraErrorKind, Result};
+use crate::error::{InfraError, Result};
 use crate::jobs::RedisJobStore;
 
 /// The GCRA over the first `$buckets` of KEYS, then `$then` once every bucket has counted the
@@ -88,22 +86,19 @@ pub enum Verdict {
 
 #[derive(Clone)]
 pub struct RedisRateLimiter {
-    conn: ConnectionManager,
-    prefix: String,
+    /// The job store whose connection and key prefix the limits share, and where a job
+    /// submission's record goes when its count and its record are written together.
+    jobs: RedisJobStore,
     /// A limiter that cannot answer quickly is treated as unreachable.
     deadline: Duration,
-    /// Where a job submission's record goes when its quota and its record are written together.
-    jobs: RedisJobStore,
 }
 
 impl RedisRateLimiter {
     /// Shares the job store's connection.
     pub fn new(jobs: &RedisJobStore) -> Self {
         RedisRateLimiter {
-            conn: jobs.redis().manager(),
-            prefix: jobs.prefix().to_string(),
-            deadline: Duration::from_millis(250),
             jobs: jobs.clone(),
+            deadline: Duration::from_millis(250),
         }
     }
 
@@ -114,7 +109,9 @@ impl RedisRateLimiter {
             return Ok(Verdict::Allowed);
         }
         let cmd = self.command(GCRA, buckets, None);
-        let mut conn = self.conn.clone();
+        // The raw connection, without the store's circuit: a limiter that does not answer is
+        // passed over, not retried.
+        let mut conn = self.jobs.redis().manager();
         let answer: (i64, i64) = tokio::time::timeout(self.deadline, cmd.query_async(&mut conn))
             .await
             .map_err(|_| InfraError::unavailable("redis: rate limit check timed out"))?
@@ -132,8 +129,7 @@ impl RedisRateLimiter {
         buckets: &[RateBucket],
         record: &JobRecord,
     ) -> Result<Verdict> {
-        let json = serde_json::to_string(record)
-            .map_err(|e| InfraError::wrap(InfraErrorKind::Corrupt, e))?;
+        let json = RedisJobStore::encode(record)?;
         let key = self.jobs.job_key(&record.job_id);
         let cmd = self.command(
             GCRA_THEN_RECORD,
@@ -155,7 +151,7 @@ impl RedisRateLimiter {
         cmd.arg(script)
             .arg(buckets.len() + usize::from(record.is_some()));
         for bucket in buckets {
-            cmd.arg(format!("{}:rate:{}", self.prefix, bucket.name));
+            cmd.arg(format!("{}:rate:{}", self.jobs.prefix(), bucket.name));
         }
         if let Some((key, _, _)) = &record {
             cmd.arg(*key);
