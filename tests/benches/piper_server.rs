@@ -4,8 +4,11 @@
 //! `.cache/piper-venv`) on the same `en_US-joe-medium` voice file this service uses, and this
 //! service in each mode, then times sync synthesis of one sentence and of a five-sentence
 //! paragraph from the client, alternating the two servers request by request (and which goes
-//! first) so that drift on the machine hits both alike. Prints each median with its ratio;
-//! docs/PERFORMANCE.md records the table. Measure on a quiet machine.
+//! first) so that drift on the machine hits both alike. Prints each median with its ratio, and
+//! where the time goes on each side: the server's own synthesis time (this service's job from
+//! started to finished, as its record tells; Piper's `synthesize_seconds`, as its `/info` tells)
+//! and the rest of the request around it. docs/PERFORMANCE.md records the table. Measure on a
+//! quiet machine.
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
@@ -80,20 +83,34 @@ async fn wait_for_peer(client: &reqwest::Client, peer: &Peer) {
     panic!("Piper's server did not answer at {}", peer.url);
 }
 
-/// Seconds for one sync request to this service, body read.
-async fn ours(app: &TestApp, text: &str) -> f64 {
+/// One request as the client saw it: seconds in all, body read, and seconds the server spent
+/// synthesising, as it reports them (asked after the clock stopped).
+struct Timed {
+    total: f64,
+    synthesis: f64,
+}
+
+/// One sync request to this service; the synthesis time is its job's, started to finished.
+async fn ours(app: &TestApp, text: &str) -> Timed {
     let start = Instant::now();
     let response = app
         .synthesize(&json!({"text": text, "voice_id": VOICE}))
         .await;
     assert_eq!(response.status(), 200);
+    let job_id = response.headers()["x-job-id"].to_str().unwrap().to_string();
     let audio = response.bytes().await.unwrap();
     assert!(audio.len() > 44);
-    start.elapsed().as_secs_f64()
+    let total = start.elapsed().as_secs_f64();
+    let job = app.job(&job_id).await;
+    let at =
+        |field: &str| chrono::DateTime::parse_from_rfc3339(job[field].as_str().unwrap()).unwrap();
+    let synthesis = (at("finished_at") - at("started_at")).as_seconds_f64();
+    Timed { total, synthesis }
 }
 
-/// Seconds for one request to Piper's server, body read.
-async fn theirs(client: &reqwest::Client, peer: &Peer, text: &str) -> f64 {
+/// One request to Piper's server; the synthesis time is the one its `/info` reports for the
+/// last request.
+async fn theirs(client: &reqwest::Client, peer: &Peer, text: &str) -> Timed {
     let start = Instant::now();
     let response = client
         .post(format!("{}/synthesize", peer.url))
@@ -104,12 +121,32 @@ async fn theirs(client: &reqwest::Client, peer: &Peer, text: &str) -> f64 {
     assert_eq!(response.status(), 200);
     let audio = response.bytes().await.unwrap();
     assert!(audio.len() > 44);
-    start.elapsed().as_secs_f64()
+    let total = start.elapsed().as_secs_f64();
+    let info: serde_json::Value = client
+        .get(format!("{}/info", peer.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let synthesis = info["last"]["synthesize_seconds"].as_f64().unwrap();
+    Timed { total, synthesis }
 }
 
 fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(|a, b| a.total_cmp(b));
     xs[xs.len() / 2]
+}
+
+/// Medians of a side's runs: in all, synthesising, and around the synthesis (each run's total
+/// less its synthesis time).
+fn medians(runs: &[Timed]) -> (f64, f64, f64) {
+    (
+        median(runs.iter().map(|r| r.total).collect()),
+        median(runs.iter().map(|r| r.synthesis).collect()),
+        median(runs.iter().map(|r| r.total - r.synthesis).collect()),
+    )
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -118,8 +155,11 @@ async fn main() {
     let client = reqwest::Client::new();
     let peer = start_peer();
     wait_for_peer(&client, &peer).await;
-    println!("| text | mode | this service p50 (s) | Piper's server p50 (s) | ratio |");
-    println!("| --- | --- | --- | --- | --- |");
+    println!(
+        "| text | mode | this service p50 (s) | Piper's server p50 (s) | ratio | \
+         synthesis p50, ours / Piper's (s) | around it p50, ours / Piper's (ms) |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
     for (mode, deployment) in [
         ("standalone", Deployment::Standalone),
         ("distributed", Deployment::Distributed),
@@ -144,8 +184,15 @@ async fn main() {
                     a.push(ours(&app, text).await);
                 }
             }
-            let (a, b) = (median(a), median(b));
-            println!("| {name} | {mode} | {a:.3} | {b:.3} | {:.2} |", a / b);
+            let ((a, a_synthesis, a_around), (b, b_synthesis, b_around)) =
+                (medians(&a), medians(&b));
+            println!(
+                "| {name} | {mode} | {a:.3} | {b:.3} | {:.2} | {a_synthesis:.3} / \
+                 {b_synthesis:.3} | {:.1} / {:.1} |",
+                a / b,
+                a_around * 1e3,
+                b_around * 1e3
+            );
         }
     }
 }
