@@ -5,10 +5,12 @@
 //!
 //! For each recording, Kokoro's style search enrols it with the service's default budget, then
 //! the clone and every one of the 54 stock voices speak a sentence in the recording's language
-//! that neither the search nor its held-out step uses. An independent speaker-verification
-//! model, CAM++ (`tests/eval/judge.py`), not the encoder the search optimises, scores each
-//! synthesis against the recording. A clone is worth its search when the judge ranks it above
-//! the stock voices. Prints a markdown table; results are recorded in docs/VOICE_CLONING.md.
+//! that neither the search nor its held-out step uses. Two independent speaker-verification
+//! models, neither of them the encoder the search optimises, score each synthesis against the
+//! recording (`tests/eval/judge.py`): CAM++ and Resemblyzer. A clone is worth its search when
+//! the judges rank it above the stock voices. A last table says how far the service's encoder
+//! and the judges agree on the stock voices. Prints markdown; results are recorded in
+//! docs/VOICE_CLONING.md.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -99,19 +101,29 @@ fn speak(engine: &KokoroEngine, table: &StyleTable, voice_id: &str, language: &s
     write_wav(out, &speech);
 }
 
-/// CAM++ embeddings of the given 16 kHz WAVs, by path.
-fn judge(eval: &Path, paths: &[PathBuf]) -> BTreeMap<String, Vec<f32>> {
+/// The independent judges: their name, `tests/eval/judge.py`'s model argument and their weights
+/// in `.cache/eval/`. Two judges trained apart (CAM++ on Chinese and English speakers with a
+/// margin loss, Resemblyzer's GE2E d-vector on English) say more together than one: a clone one
+/// of them ranks first by chance, the other rarely does too.
+const JUDGES: [(&str, &str, &str); 2] = [
+    ("CAM++", "campp", "campplus_cn_en_common.pt"),
+    ("Resemblyzer", "resemblyzer", "resemblyzer.pt"),
+];
+
+/// A judge's embeddings of the given 16 kHz WAVs, by path.
+fn judge(eval: &Path, model: &str, weights: &str, paths: &[PathBuf]) -> BTreeMap<String, Vec<f32>> {
     let root = workspace_root();
     let output = Command::new(root.join(".cache/eval-venv/bin/python"))
         .arg(root.join("tests/eval/judge.py"))
-        .arg(eval.join("campplus_cn_en_common.pt"))
+        .arg(model)
+        .arg(eval.join(weights))
         .arg("embed")
         .args(paths)
         .output()
         .expect("the judge runs (scripts/eval-references makes its venv)");
     assert!(
         output.status.success(),
-        "judge failed: {}",
+        "judge {model} failed: {}",
         String::from_utf8_lossy(&output.stderr)
     );
     serde_json::from_slice(&output.stdout).expect("the judge prints JSON")
@@ -121,6 +133,42 @@ fn cosine(a: &[f32], b: &[f32]) -> f32 {
     let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
     let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
     dot / (norm(a) * norm(b))
+}
+
+/// Ranks of `values` (0 for the largest), for Spearman's correlation.
+fn ranks(values: &[f32]) -> Vec<f32> {
+    let mut order: Vec<usize> = (0..values.len()).collect();
+    order.sort_by(|&a, &b| values[b].total_cmp(&values[a]));
+    let mut ranks = vec![0.0; values.len()];
+    for (rank, i) in order.into_iter().enumerate() {
+        ranks[i] = rank as f32;
+    }
+    ranks
+}
+
+/// Spearman's rank correlation of two scorings of the same voices.
+fn spearman(a: &[f32], b: &[f32]) -> f32 {
+    let (ra, rb) = (ranks(a), ranks(b));
+    let mean = (ra.len() as f32 - 1.0) / 2.0;
+    let (mut num, mut da, mut db) = (0.0, 0.0, 0.0);
+    for (x, y) in ra.iter().zip(&rb) {
+        num += (x - mean) * (y - mean);
+        da += (x - mean) * (x - mean);
+        db += (y - mean) * (y - mean);
+    }
+    num / (da * db).sqrt()
+}
+
+/// The place (1 = first) that `scores` give the voice at `index`.
+fn place(scores: &[f32], index: usize) -> usize {
+    1 + scores.iter().filter(|s| **s > scores[index]).count()
+}
+
+/// The index of the highest score.
+fn top(scores: &[f32]) -> usize {
+    (0..scores.len())
+        .max_by(|&a, &b| scores[a].total_cmp(&scores[b]))
+        .unwrap_or(0)
 }
 
 struct Enrolled {
@@ -209,53 +257,132 @@ fn main() {
         .flat_map(|e| [e.reference.clone(), e.clone.clone()])
         .collect();
     paths.extend(stock.values().flatten().map(|(_, p)| p.clone()));
-    let embeddings = judge(&eval, &paths);
-    let embedding = |p: &Path| &embeddings[&p.display().to_string()];
 
-    println!(
-        "| reference | language | sex | speech (s) | own encoder, held-out: clone / best stock | \
-         judge: clone | judge: best stock | judge: median stock | clone's rank of 55 | \
-         enrollment (s) |"
-    );
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
-    let mut firsts = 0;
-    for e in &enrolled {
-        let target = embedding(&e.reference);
-        let clone = cosine(target, embedding(&e.clone));
-        let mut scores: Vec<(f32, &str)> = stock[e.language]
+    // Each encoder's scores of the stock voices against each reference, for the agreement table:
+    // the service's own encoder first, then the judges.
+    let own = |path: &Path| {
+        analysis
+            .encoder
+            .embed(&read_wav(path).0)
+            .expect("an embedding")
+    };
+    let mut scorings: Vec<(&str, Vec<Vec<f32>>)> = vec![(
+        "own encoder",
+        enrolled
             .iter()
-            .map(|(voice, path)| (cosine(target, embedding(path)), voice.as_str()))
-            .collect();
-        scores.sort_by(|a, b| b.0.total_cmp(&a.0));
-        let median = (scores[scores.len() / 2].0 + scores[(scores.len() - 1) / 2].0) / 2.0;
-        let rank = 1 + scores.iter().filter(|(s, _)| *s > clone).count();
-        firsts += usize::from(rank == 1);
-        let r = &e.result;
+            .map(|e| {
+                let target = own(&e.reference);
+                stock[e.language]
+                    .iter()
+                    .map(|(_, path)| cosine(&target, &own(path)))
+                    .collect()
+            })
+            .collect(),
+    )];
+
+    for (judge_name, model, weights) in JUDGES {
+        let embeddings = judge(&eval, model, weights, &paths);
+        let embedding = |p: &Path| &embeddings[&p.display().to_string()];
+        println!("\nJudge: {judge_name}\n");
         println!(
-            "| {} | {} | {} | {:.1} | {:.3} / {:.3} `{}` ({}) | {:.3} | {:.3} `{}` | {:.3} | {} | {:.0} |",
-            e.name,
-            e.language,
-            e.sex,
-            e.speech_seconds,
-            r.cloned_similarity,
-            r.best_stock_similarity,
-            r.best_stock_voice,
-            if r.beats_stock {
-                "beats stock"
-            } else {
-                "is stock"
-            },
-            clone,
-            scores[0].0,
-            scores[0].1,
-            median,
-            rank,
-            e.seconds
+            "| reference | language | sex | speech (s) | own encoder, held-out: clone / best stock | \
+             judge: clone | judge: best stock | judge: median stock | clone's rank of 55 | \
+             enrollment (s) |"
         );
+        println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+        let mut firsts = 0;
+        let mut per_reference = Vec::new();
+        for e in &enrolled {
+            let target = embedding(&e.reference);
+            let clone = cosine(target, embedding(&e.clone));
+            let voices = &stock[e.language];
+            let raw: Vec<f32> = voices
+                .iter()
+                .map(|(_, path)| cosine(target, embedding(path)))
+                .collect();
+            let mut scores: Vec<(f32, &str)> = raw
+                .iter()
+                .zip(voices)
+                .map(|(s, (voice, _))| (*s, voice.as_str()))
+                .collect();
+            per_reference.push(raw);
+            scores.sort_by(|a, b| b.0.total_cmp(&a.0));
+            let median = (scores[scores.len() / 2].0 + scores[(scores.len() - 1) / 2].0) / 2.0;
+            let rank = 1 + scores.iter().filter(|(s, _)| *s > clone).count();
+            firsts += usize::from(rank == 1);
+            let r = &e.result;
+            println!(
+                "| {} | {} | {} | {:.1} | {:.3} / {:.3} `{}` ({}) | {:.3} | {:.3} `{}` | {:.3} | {} | {:.0} |",
+                e.name,
+                e.language,
+                e.sex,
+                e.speech_seconds,
+                r.cloned_similarity,
+                r.best_stock_similarity,
+                r.best_stock_voice,
+                if r.beats_stock {
+                    "beats stock"
+                } else {
+                    "is stock"
+                },
+                clone,
+                scores[0].0,
+                scores[0].1,
+                median,
+                rank,
+                e.seconds
+            );
+        }
+        println!(
+            "\n{judge_name} ranks the clone first for {firsts} of {} references.",
+            enrolled.len()
+        );
+        scorings.push((judge_name, per_reference));
     }
+
+    // Do the encoders agree on which stock voices sound like the speaker? Spearman's correlation
+    // of their scores over the stock voices, and where each one's favourite lands by the others.
+    let pairs: Vec<(usize, usize)> = (0..scorings.len())
+        .flat_map(|a| (a + 1..scorings.len()).map(move |b| (a, b)))
+        .collect();
     println!(
-        "\nThe clone ranks first by the judge for {firsts} of {} references; {} s in all.",
-        enrolled.len(),
-        started.elapsed().as_secs()
+        "\nAgreement on the stock voices: each encoder's favourite (its place by the others, in \
+         column order) and Spearman's rho of their scores\n"
     );
+    let mut header = String::from("| reference |");
+    for (name, _) in &scorings {
+        header += &format!(" favourite of {name} |");
+    }
+    for (a, b) in &pairs {
+        header += &format!(" {} ~ {} |", scorings[*a].0, scorings[*b].0);
+    }
+    println!("{header}");
+    println!("|{}", " --- |".repeat(1 + scorings.len() + pairs.len()));
+    let mut sums = vec![0.0f32; pairs.len()];
+    for (i, e) in enrolled.iter().enumerate() {
+        let voices = &stock[e.language];
+        let mut row = format!("| {} |", e.name);
+        for (a, (_, scores)) in scorings.iter().enumerate() {
+            let favourite = top(&scores[i]);
+            let elsewhere: Vec<String> = scorings
+                .iter()
+                .enumerate()
+                .filter(|(b, _)| *b != a)
+                .map(|(_, (_, other))| place(&other[i], favourite).to_string())
+                .collect();
+            row += &format!(" `{}` ({}) |", voices[favourite].0, elsewhere.join(", "));
+        }
+        for (k, (a, b)) in pairs.iter().enumerate() {
+            let rho = spearman(&scorings[*a].1[i], &scorings[*b].1[i]);
+            sums[k] += rho;
+            row += &format!(" {rho:.2} |");
+        }
+        println!("{row}");
+    }
+    let mut row = format!("| mean |{}", " |".repeat(scorings.len()));
+    for sum in sums {
+        row += &format!(" {:.2} |", sum / enrolled.len() as f32);
+    }
+    println!("{row}");
+    println!("\n{} s in all.", started.elapsed().as_secs());
 }

@@ -1,10 +1,13 @@
-"""The cloning evaluation's independent judge: CAM++ speaker embeddings (see campp.py).
+"""The cloning evaluation's independent judges: speaker embeddings from CAM++ (campp.py) or
+from Resemblyzer's voice encoder (resemblyzer.py).
 
-    judge.py WEIGHTS embed A.wav [B.wav ...]          {"A.wav": [192 floats], ...}
-    judge.py WEIGHTS similarity REF.wav A.wav [...]    {"A.wav": cosine to REF, ...}
+    judge.py MODEL WEIGHTS embed A.wav [B.wav ...]          {"A.wav": [floats], ...}
+    judge.py MODEL WEIGHTS similarity REF.wav A.wav [...]    {"A.wav": cosine to REF, ...}
 
-WAVs are 16 kHz mono. Prints one JSON object on stdout. Run with the venv
-scripts/eval-references makes (.cache/eval-venv: numpy and soundfile, no torch).
+MODEL is campp (192-dimensional embeddings, weights .cache/eval/campplus_cn_en_common.pt) or
+resemblyzer (256 dimensions, .cache/eval/resemblyzer.pt). WAVs are 16 kHz mono. Prints one
+JSON object on stdout. Run with the venv scripts/eval-references makes (.cache/eval-venv:
+numpy and soundfile, no torch).
 """
 import json
 import os
@@ -15,6 +18,9 @@ import soundfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from campp import CAMPPlus  # noqa: E402
+from resemblyzer import VoiceEncoder  # noqa: E402
+
+MODELS = {"campp": CAMPPlus, "resemblyzer": VoiceEncoder}
 
 
 def read(path):
@@ -31,12 +37,12 @@ def cosine(a, b):
 
 
 def main():
-    if len(sys.argv) < 4 or sys.argv[2] not in ("embed", "similarity"):
+    if len(sys.argv) < 5 or sys.argv[1] not in MODELS or sys.argv[3] not in ("embed", "similarity"):
         sys.exit(__doc__)
-    model = CAMPPlus(sys.argv[1])
-    paths = sys.argv[3:]
+    model = MODELS[sys.argv[1]](sys.argv[2])
+    paths = sys.argv[4:]
     embeddings = {path: model.embed(read(path)) for path in paths}
-    if sys.argv[2] == "embed":
+    if sys.argv[3] == "embed":
         result = {path: [float(v) for v in e] for path, e in embeddings.items()}
     else:
         reference = embeddings[paths[0]]

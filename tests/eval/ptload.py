@@ -1,12 +1,14 @@
-"""Reads a PyTorch checkpoint (the zip format of torch.save) into numpy arrays, without torch.
+"""Reads a PyTorch checkpoint into numpy arrays, without torch: the zip format torch.save writes
+since torch 1.6, and the legacy format older checkpoints (Resemblyzer's) were written in.
 
-Why: the judge must stay independent of the service and cheap to install. torch is a 700 MB
-wheel; a checkpoint is only a pickle naming storages plus the raw storages in a zip, so the
-pickle is read with the torch classes it names replaced by numpy equivalents.
+Why: the judges must stay independent of the service and cheap to install. torch is a 700 MB
+wheel; a checkpoint is only a pickle naming storages plus the raw storages, so the pickle is
+read with the torch classes it names replaced by numpy equivalents.
 """
 import collections
 import io
 import pickle
+import struct
 import zipfile
 
 import numpy as np
@@ -17,13 +19,25 @@ _DTYPES = {
     "CharStorage": np.int8, "ByteStorage": np.uint8, "BoolStorage": np.bool_,
 }
 
+# The legacy format opens with these three pickles (torch.serialization's constants).
+_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+_LEGACY_PROTOCOL = 1001
+
 
 class _StorageType:
     def __init__(self, name):
         self.name = name
 
 
+def _dtype(kind):
+    return _DTYPES[kind.name] if isinstance(kind, _StorageType) else np.float32
+
+
 def _rebuild_tensor(storage, offset, size, stride, *_):
+    if storage is None:
+        # The legacy format's first pass, which only learns the storages' types: the data
+        # follows the pickle, so no tensor can be built yet.
+        return None
     if len(size) == 0:
         return storage[offset].copy()
     return np.lib.stride_tricks.as_strided(
@@ -50,20 +64,60 @@ class _Unpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
     def persistent_load(self, pid):
-        # pid: ('storage', storage type, key, location, number of elements)
-        return self.load_storage(pid[1], pid[2])
+        # Zip format: ('storage', storage type, key, location, number of elements).
+        # Legacy format: the same plus view metadata, None or (view key, offset, size) when the
+        # tensor's storage is a slice of a larger one saved under the root key.
+        storage = self.load_storage(pid[1], pid[2])
+        view = pid[5] if len(pid) > 5 else None
+        if view is not None and storage is not None:
+            _, offset, size = view
+            storage = storage[offset:offset + size]
+        return storage
 
 
-def load(path):
-    """The checkpoint's object (a state dict: names to numpy arrays)."""
+def _load_zip(path):
     archive = zipfile.ZipFile(path)
     prefix = next(n for n in archive.namelist() if n.endswith("data.pkl"))[: -len("data.pkl")]
     storages = {}
 
     def load_storage(kind, key):
         if key not in storages:
-            dtype = _DTYPES[kind.name] if isinstance(kind, _StorageType) else np.float32
-            storages[key] = np.frombuffer(archive.read(f"{prefix}data/{key}"), dtype=dtype)
+            storages[key] = np.frombuffer(archive.read(f"{prefix}data/{key}"), dtype=_dtype(kind))
         return storages[key]
 
     return _Unpickler(io.BytesIO(archive.read(prefix + "data.pkl")), load_storage).load()
+
+
+def _load_legacy(path):
+    with open(path, "rb") as f:
+        if pickle.load(f) != _LEGACY_MAGIC or pickle.load(f) != _LEGACY_PROTOCOL:
+            raise ValueError(f"{path}: neither a zip nor a legacy torch checkpoint")
+        if not pickle.load(f).get("little_endian", True):
+            raise ValueError(f"{path}: a big-endian checkpoint")
+        start = f.tell()
+
+        # The storages follow the object's pickle, each as an element count and raw data with
+        # nothing naming its type, so a first pass over the pickle learns the types.
+        kinds = {}
+
+        def learn_kind(kind, key):
+            kinds[key] = kind
+
+        _Unpickler(f, learn_kind).load()
+        storages = {}
+        for key in pickle.load(f):
+            dtype = np.dtype(_dtype(kinds[key]))
+            (count,) = struct.unpack("<q", f.read(8))
+            storages[key] = np.frombuffer(f.read(count * dtype.itemsize), dtype=dtype)
+            if storages[key].size != count:
+                raise ValueError(f"{path}: storage {key} is truncated")
+
+        f.seek(start)
+        return _Unpickler(f, lambda kind, key: storages[key]).load()
+
+
+def load(path):
+    """The checkpoint's object (a state dict, names to numpy arrays, or a dict holding one)."""
+    if zipfile.is_zipfile(path):
+        return _load_zip(path)
+    return _load_legacy(path)
