@@ -170,7 +170,12 @@ async fn an_enrolled_voice_speaks_closer_to_its_reference_than_the_best_stock_vo
         .copied()
         .collect();
     let reference = clips::wav(&padded, rate);
-    let app = spawn_engines_with(Deployment::Distributed, &["kokoro"], |_| {}).await;
+    // The default budget without the time limit: on a machine loaded by other tests the limit
+    // would cut the search short, and this test is about what the budget finds.
+    let app = spawn_engines_with(Deployment::Distributed, &["kokoro"], |s| {
+        s.voices.search_seconds = 0;
+    })
+    .await;
 
     let response = app
         .upload_voice(

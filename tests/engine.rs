@@ -318,6 +318,7 @@ mod kokoro {
             &CloneSettings {
                 evaluations: 1,
                 seed: 7,
+                time_limit: None,
             },
             &mut |done, total| steps.push((done, total)),
         )

@@ -145,6 +145,7 @@ fn enroll(
     let settings = CloneSettings {
         evaluations: 1,
         seed: 7,
+        time_limit: None,
     };
     let input = EnrollInput {
         analysis: analysis(),

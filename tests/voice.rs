@@ -157,6 +157,7 @@ fn the_style_search_moves_kokoro_towards_the_reference_speaker() {
         &CloneSettings {
             evaluations: 12,
             seed: 7,
+            time_limit: None,
         },
         &mut |done, total| steps.push((done, total)),
     )
@@ -202,6 +203,42 @@ fn the_style_search_moves_kokoro_towards_the_reference_speaker() {
     assert!(result.offset.iter().all(|v| v.is_finite()));
 }
 
+/// A search out of time takes no step: the clone is what the start gave, judged, never worse
+/// than the best stock voice, and progress still ends at done. A limit of zero makes this the
+/// same on any machine, however fast.
+#[test]
+fn the_style_search_stops_at_its_time_limit() {
+    use tts_worker::engine::CloneSettings;
+    use tts_worker::engine::kokoro::style_search::{HOLDOUT_TEXTS, clone_style};
+    let engine = engines::kokoro();
+    let (_, encoder) = analysis();
+    let reference: Vec<f32> = [FIRST, SECOND]
+        .iter()
+        .flat_map(|t| speak("en_US-joe-medium", t))
+        .collect();
+    let mut steps = Vec::new();
+    let result = clone_style(
+        engine,
+        encoder,
+        &reference,
+        &CloneSettings {
+            evaluations: 12,
+            seed: 7,
+            time_limit: Some(std::time::Duration::ZERO),
+        },
+        &mut |done, total| steps.push((done, total)),
+    )
+    .unwrap();
+    // The start speaks the search sentence once and is judged on every held-out sentence.
+    assert_eq!(result.syntheses, 1 + HOLDOUT_TEXTS.len(), "{result:?}");
+    assert_eq!(
+        result.search_similarity,
+        result.best_stock_search_similarity
+    );
+    assert!(result.cloned_similarity >= result.best_stock_similarity);
+    let (done, total) = *steps.last().unwrap();
+    assert_eq!(done, total, "{steps:?}");
+}
 #[test]
 fn reference_clips_need_three_to_thirty_seconds_of_speech() {
     use tts_worker::voice::reference::prepare;

@@ -47,10 +47,11 @@ fn evaluation_text(language: &str) -> &'static str {
     }
 }
 
-/// The service's defaults (`voices.search_evaluations`, the enrollment seed).
+/// The service's defaults (`voices.search_evaluations`, `search_seed`, `search_seconds`).
 const SETTINGS: CloneSettings = CloneSettings {
     evaluations: 16,
     seed: 7,
+    time_limit: Some(std::time::Duration::from_secs(50)),
 };
 
 fn read_wav(path: &Path) -> (Vec<f32>, u32) {

@@ -545,6 +545,8 @@ fn worker_options(settings: &Settings, engine: &str) -> anyhow::Result<WorkerOpt
         clone_settings: tts_worker::engine::CloneSettings {
             evaluations: settings.voices.search_evaluations,
             seed: settings.voices.search_seed,
+            time_limit: (settings.voices.search_seconds > 0)
+                .then(|| Duration::from_secs(settings.voices.search_seconds)),
         },
     })
 }

@@ -120,6 +120,8 @@ pub struct VoiceSettings {
     pub search_evaluations: usize,
     /// Seed of the style search, so that the same clip gives the same voice.
     pub search_seed: u64,
+    /// Seconds the Kokoro style search may take per voice; 0 for no limit.
+    pub search_seconds: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -86,6 +86,11 @@ pub struct CloneSettings {
     pub evaluations: usize,
     /// Seed of the search, so that enrolling the same clip twice gives the same voice.
     pub seed: u64,
+    /// How long the search may take, from its first synthesis: it stops before a step that
+    /// would not leave time for the step and the judgement after it. `None` lets the budget
+    /// and the held-out score alone stop it. A loaded machine reaches the limit sooner; a
+    /// clip's voice is the same twice only where the limit was not reached.
+    pub time_limit: Option<std::time::Duration>,
 }
 
 /// What an enrollment gives an engine.

@@ -15,9 +15,15 @@
 //! - Every few improvements the current best is judged on the held-out material; the search
 //!   stops once that score has not improved for [`PATIENCE`] judgements, and the best judged
 //!   candidate is the result.
+//! - The search also stops when the next step and the judgement after it would run past the
+//!   time limit ([`CloneSettings::time_limit`]), so that an enrollment takes what the operator
+//!   allowed, however loaded the machine.
 //! - The result is never worse on the held-out score than the best stock voice: when the search
 //!   cannot beat it by [`MIN_GAIN`], the clone is that stock voice, and says so
 //!   ([`CloneResult::beats_stock`]).
+
+use std::cell::Cell;
+use std::time::Instant;
 
 use ndarray::{Array1, Axis};
 use rand::SeedableRng;
@@ -161,7 +167,11 @@ pub fn clone_style(
     let judged = embeddings.split_off(1);
     let searched = embeddings.pop().expect("one list per text");
     let total = computed + budget;
-    let mut done = computed;
+    // Counted in a cell: the scoring closure adds to it while the search loop reads it.
+    let done = Cell::new(computed);
+    // The time limit counts from here: computing missing stock embeddings is once per model,
+    // not part of an enrollment.
+    let started = Instant::now();
 
     // The nearest voices by the search part, and the best by the held-out part.
     let mut nearest: Vec<(String, f32)> = searched
@@ -200,8 +210,8 @@ pub fn clone_style(
         let mut sum = 0.0;
         for text in texts {
             sum += cosine(target, &stock::embed_voice(engine, encoder, table, text)?);
-            done += 1;
-            progress(done.min(total), total);
+            done.set(done.get() + 1);
+            progress(done.get().min(total), total);
         }
         Ok::<f32, EngineError>(sum / texts.len() as f32)
     };
@@ -223,6 +233,15 @@ pub fn clone_style(
     let (mut logit_step, mut offset_step) = (1.0f32, 0.25 * spread);
     let (mut improved, mut stale) = (0, 0);
     for _ in 0..settings.evaluations {
+        if let Some(limit) = settings.time_limit {
+            // Each synthesis has cost about the mean so far; a step may be followed by a
+            // judgement, so both must fit.
+            let spent = started.elapsed();
+            let per_synthesis = spent / (done.get() - computed).max(1) as u32;
+            if spent + per_synthesis * (1 + judging) as u32 > limit {
+                break;
+            }
+        }
         let mut noise = || -> f32 { StandardNormal.sample(&mut rng) };
         let candidate = Candidate {
             logits: current
@@ -270,7 +289,7 @@ pub fn clone_style(
     }
     progress(total, total);
     // Every synthesis since the stock voices' counted one step of progress.
-    let syntheses = done - computed;
+    let syntheses = done.get() - computed;
 
     let (cloned_similarity, best) = judged_best;
     if cloned_similarity < best_stock_similarity + MIN_GAIN {
