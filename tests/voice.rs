@@ -138,30 +138,41 @@ fn an_mp3_named_like_a_wav_is_decoded_as_mp3() {
     assert!(similarity > 0.9, "{similarity}");
 }
 
-#[test]
-fn the_style_search_moves_kokoro_towards_the_reference_speaker() {
+/// Kokoro's style search for the Piper voice, a speaker Kokoro has never seen, with 12 steps,
+/// seed 7 and `time_limit`: the result and every progress report.
+fn search_for_piper_voice(
+    time_limit: Option<std::time::Duration>,
+) -> (
+    tts_worker::engine::kokoro::style_search::CloneResult,
+    Vec<(usize, usize)>,
+) {
     use tts_worker::engine::CloneSettings;
     use tts_worker::engine::kokoro::style_search::clone_style;
-    let engine = engines::kokoro();
     let (_, encoder) = analysis();
-    // The reference speaker is the Piper voice, which Kokoro has never seen.
     let reference: Vec<f32> = [FIRST, SECOND]
         .iter()
         .flat_map(|t| speak("en_US-joe-medium", t))
         .collect();
     let mut steps = Vec::new();
+    let settings = CloneSettings {
+        evaluations: 12,
+        seed: 7,
+        time_limit,
+    };
     let result = clone_style(
-        engine,
+        engines::kokoro(),
         encoder,
         &reference,
-        &CloneSettings {
-            evaluations: 12,
-            seed: 7,
-            time_limit: None,
-        },
+        &settings,
         &mut |done, total| steps.push((done, total)),
     )
     .unwrap();
+    (result, steps)
+}
+
+#[test]
+fn the_style_search_moves_kokoro_towards_the_reference_speaker() {
+    let (result, steps) = search_for_piper_voice(None);
     eprintln!(
         "blend {:?}: search {:.3} -> {:.3}; held-out: cloned {:.3}, best stock {} {:.3}; {} syntheses",
         result.blend,
@@ -208,27 +219,8 @@ fn the_style_search_moves_kokoro_towards_the_reference_speaker() {
 /// same on any machine, however fast.
 #[test]
 fn the_style_search_stops_at_its_time_limit() {
-    use tts_worker::engine::CloneSettings;
-    use tts_worker::engine::kokoro::style_search::{HOLDOUT_TEXTS, clone_style};
-    let engine = engines::kokoro();
-    let (_, encoder) = analysis();
-    let reference: Vec<f32> = [FIRST, SECOND]
-        .iter()
-        .flat_map(|t| speak("en_US-joe-medium", t))
-        .collect();
-    let mut steps = Vec::new();
-    let result = clone_style(
-        engine,
-        encoder,
-        &reference,
-        &CloneSettings {
-            evaluations: 12,
-            seed: 7,
-            time_limit: Some(std::time::Duration::ZERO),
-        },
-        &mut |done, total| steps.push((done, total)),
-    )
-    .unwrap();
+    use tts_worker::engine::kokoro::style_search::HOLDOUT_TEXTS;
+    let (result, steps) = search_for_piper_voice(Some(std::time::Duration::ZERO));
     // The start speaks the search sentence once and is judged on every held-out sentence.
     assert_eq!(result.syntheses, 1 + HOLDOUT_TEXTS.len(), "{result:?}");
     assert_eq!(
