@@ -231,6 +231,7 @@ fn the_style_search_stops_at_its_time_limit() {
     let (done, total) = *steps.last().unwrap();
     assert_eq!(done, total, "{steps:?}");
 }
+
 #[test]
 fn reference_clips_need_three_to_thirty_seconds_of_speech() {
     use tts_worker::voice::reference::prepare;

@@ -47,12 +47,13 @@ fn evaluation_text(language: &str) -> &'static str {
     }
 }
 
-/// The service's defaults (`voices.search_evaluations`, `search_seed`, `search_seconds`).
-const SETTINGS: CloneSettings = CloneSettings {
-    evaluations: 16,
-    seed: 7,
-    time_limit: Some(std::time::Duration::from_secs(50)),
-};
+/// The service's defaults (`voices.search_evaluations`, `search_seed`, `search_seconds`), from
+/// the embedded configuration, so that the bench measures what a deployment gets.
+fn default_settings() -> CloneSettings {
+    let settings =
+        tts_config::Settings::load_with_env(None, Vec::new()).expect("embedded defaults");
+    CloneSettings::from_config(&settings.voices)
+}
 
 fn read_wav(path: &Path) -> (Vec<f32>, u32) {
     let mut reader = hound::WavReader::open(path)
@@ -191,6 +192,7 @@ fn main() {
     let engine = kokoro();
     let analysis = analysis();
     let started = Instant::now();
+    let clone_settings = default_settings();
 
     let mut enrolled = Vec::new();
     for (name, language, sex) in REFERENCES {
@@ -202,7 +204,7 @@ fn main() {
             engine,
             &analysis.encoder,
             &reference.samples,
-            &SETTINGS,
+            &clone_settings,
             &mut |_, _| {},
         )
         .expect("enrollment");
@@ -261,21 +263,26 @@ fn main() {
 
     // Each encoder's scores of the stock voices against each reference, for the agreement table:
     // the service's own encoder first, then the judges.
-    let own = |path: &Path| {
-        analysis
-            .encoder
-            .embed(&read_wav(path).0)
-            .expect("an embedding")
-    };
+    // Each file is embedded once, though every reference of its language is scored against it.
+    let own: BTreeMap<&Path, Vec<f32>> = enrolled
+        .iter()
+        .map(|e| &e.reference)
+        .chain(stock.values().flatten().map(|(_, path)| path))
+        .map(|path| {
+            let samples = read_wav(path).0;
+            let embedding = analysis.encoder.embed(&samples).expect("an embedding");
+            (path.as_path(), embedding)
+        })
+        .collect();
     let mut scorings: Vec<(&str, Vec<Vec<f32>>)> = vec![(
         "own encoder",
         enrolled
             .iter()
             .map(|e| {
-                let target = own(&e.reference);
+                let target = &own[e.reference.as_path()];
                 stock[e.language]
                     .iter()
-                    .map(|(_, path)| cosine(&target, &own(path)))
+                    .map(|(_, path)| cosine(target, &own[path.as_path()]))
                     .collect()
             })
             .collect(),

@@ -542,11 +542,6 @@ fn worker_options(settings: &Settings, engine: &str) -> anyhow::Result<WorkerOpt
         ack_wait: Duration::from_secs(w.ack_wait_secs),
         retry_delay: Duration::from_secs(w.retry_delay_secs),
         shutdown_grace: Duration::from_secs(w.shutdown_grace_secs),
-        clone_settings: tts_worker::engine::CloneSettings {
-            evaluations: settings.voices.search_evaluations,
-            seed: settings.voices.search_seed,
-            time_limit: (settings.voices.search_seconds > 0)
-                .then(|| Duration::from_secs(settings.voices.search_seconds)),
-        },
+        clone_settings: tts_worker::engine::CloneSettings::from_config(&settings.voices),
     })
 }

@@ -93,6 +93,19 @@ pub struct CloneSettings {
     pub time_limit: Option<std::time::Duration>,
 }
 
+impl CloneSettings {
+    /// The search's settings from the configuration's `voices` section, where a limit of 0
+    /// seconds means none.
+    pub fn from_config(voices: &tts_config::VoiceSettings) -> Self {
+        CloneSettings {
+            evaluations: voices.search_evaluations,
+            seed: voices.search_seed,
+            time_limit: (voices.search_seconds > 0)
+                .then(|| std::time::Duration::from_secs(voices.search_seconds)),
+        }
+    }
+}
+
 /// What an enrollment gives an engine.
 pub struct EnrollInput<'a> {
     pub analysis: &'a Analysis,
