@@ -390,3 +390,207 @@ mod kokoro {
         assert!(fast.duration_seconds() < normal.duration_seconds() * 0.75);
     }
 }
+
+/// The Piper voice's decoder with its 1-D convolutions run as 2-D (`tts_worker::conv2d`).
+mod conv2d {
+    use ort::session::Session;
+    use ort::value::Tensor;
+    use tts_tests::engines::cache_dir;
+    use tts_tests::onnx::{Attr, Dim, Elem, Graph, weights};
+    use tts_worker::conv2d::decoder_as_2d;
+
+    fn session(model: &[u8]) -> Session {
+        let paths = tts_worker::models::ensure(&cache_dir()).expect("the runtime is cached");
+        let env = tts_worker::runtime::environment(&paths.onnxruntime).expect("runtime");
+        Session::builder(env)
+            .unwrap()
+            .commit_from_memory(model)
+            .expect("the model loads")
+    }
+
+    /// Every output of `model` for `inputs`, flattened, with its shape. The inputs are made once
+    /// the runtime is loaded, which tensors need.
+    fn run(
+        model: &[u8],
+        inputs: impl FnOnce() -> Vec<(&'static str, ort::value::DynValue)>,
+    ) -> Vec<(Vec<i64>, Vec<f32>)> {
+        let mut session = session(model);
+        let outputs = session.run(inputs()).expect("the model runs");
+        outputs
+            .iter()
+            .map(|(_, value)| {
+                let (shape, data) = value.try_extract_tensor::<f32>().unwrap();
+                (shape.to_vec(), data.to_vec())
+            })
+            .collect()
+    }
+
+    fn max_difference(a: &[f32], b: &[f32]) -> f32 {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max)
+    }
+
+    /// A decoder in the shape of HiFi-GAN's: convolutions (one padded and biased, one transposed
+    /// with a stride, one dilated), activations, a residual sum and a division by a constant,
+    /// with one output read after it and one read from its middle.
+    fn decoder(extra: impl FnOnce(&mut Graph)) -> Vec<u8> {
+        let mut g = Graph::new("decoder");
+        g.input(
+            "x",
+            Elem::F32,
+            &[Dim::Fixed(1), Dim::Fixed(4), Dim::Dynamic("t")],
+        )
+        .constant_f32("w_pre", &[8, 4, 7], weights(1, 8 * 4 * 7, 0.3))
+        .constant_f32("b_pre", &[8], weights(2, 8, 0.1))
+        .constant_f32("w_up", &[8, 4, 4], weights(3, 8 * 4 * 4, 0.3))
+        .constant_f32("w_res", &[4, 4, 3], weights(4, 4 * 4 * 3, 0.3))
+        .constant_f32("two", &[], vec![2.0])
+        .constant_f32("one", &[1], vec![1.0]);
+        let ints = |name, v: &[i64]| Attr::Ints(name, v.to_vec());
+        g.named_node(
+            "/dec/conv_pre/Conv",
+            "Conv",
+            &["x", "w_pre", "b_pre"],
+            &["a"],
+            vec![ints("kernel_shape", &[7]), ints("pads", &[3, 3])],
+        )
+        .named_node("/dec/LeakyRelu", "LeakyRelu", &["a"], &["b"], vec![])
+        .named_node(
+            "/dec/ups.0/ConvTranspose",
+            "ConvTranspose",
+            &["b", "w_up"],
+            &["c"],
+            vec![ints("strides", &[2]), ints("pads", &[1, 1])],
+        )
+        .named_node(
+            "/dec/resblocks.0/convs.0/Conv",
+            "Conv",
+            &["c", "w_res"],
+            &["d"],
+            vec![ints("dilations", &[3]), ints("pads", &[3, 3])],
+        )
+        .named_node("/dec/resblocks.0/Add", "Add", &["d", "c"], &["e"], vec![])
+        .named_node("/dec/Div", "Div", &["e", "two"], &["f"], vec![])
+        .named_node("/dec/Tanh", "Tanh", &["f"], &["g"], vec![])
+        .named_node("/Mul", "Mul", &["g", "one"], &["y"], vec![])
+        .named_node("/Sigmoid", "Sigmoid", &["c"], &["z"], vec![])
+        .output(
+            "y",
+            Elem::F32,
+            &[Dim::Fixed(1), Dim::Fixed(4), Dim::Dynamic("t2")],
+        )
+        .output(
+            "z",
+            Elem::F32,
+            &[Dim::Fixed(1), Dim::Fixed(4), Dim::Dynamic("t2")],
+        );
+        extra(&mut g);
+        g.to_bytes()
+    }
+
+    #[test]
+    fn a_decoder_computes_the_same_with_its_convolutions_as_2d() {
+        let model = decoder(|_| {});
+        let rewritten = decoder_as_2d(&model)
+            .unwrap()
+            .expect("the decoder is rewritten");
+        assert_eq!(rewritten.convolutions, 3);
+        assert_eq!(rewritten.relaid_weights, ["w_pre", "w_res"]);
+        let input = || {
+            let x = Tensor::from_array((vec![1i64, 4, 37], weights(5, 4 * 37, 1.0))).unwrap();
+            vec![("x", x.into_dyn())]
+        };
+        let before = run(&model, input);
+        let after = run(&rewritten.model, input);
+        assert_eq!(before.len(), 2);
+        for ((shape, a), (shape_2d, b)) in before.iter().zip(&after) {
+            assert_eq!(shape, &vec![1, 4, 74]);
+            assert_eq!(shape, shape_2d, "the outputs keep their shape");
+            assert!(max_difference(a, b) < 1e-5, "{}", max_difference(a, b));
+        }
+    }
+
+    #[test]
+    fn a_decoder_that_might_depend_on_rank_is_left_alone() {
+        // An operator that is not element-wise.
+        let transposed = decoder(|g| {
+            g.named_node(
+                "/dec/Transpose",
+                "Transpose",
+                &["g"],
+                &["gt"],
+                vec![Attr::Ints("perm", vec![0, 2, 1])],
+            );
+        });
+        assert!(decoder_as_2d(&transposed).unwrap().is_none());
+        // A constant of one value per channel, which would broadcast differently in 2-D.
+        let per_channel = decoder(|g| {
+            g.constant_f32("gain", &[4, 1], vec![1.0; 4]).named_node(
+                "/dec/Mul",
+                "Mul",
+                &["g", "gain"],
+                &["scaled"],
+                vec![],
+            );
+        });
+        assert!(decoder_as_2d(&per_channel).unwrap().is_none());
+        // No decoder at all.
+        let mut plain = Graph::new("plain");
+        plain
+            .input("x", Elem::F32, &[Dim::Fixed(1)])
+            .node("Relu", &["x"], &["y"], vec![])
+            .output("y", Elem::F32, &[Dim::Fixed(1)]);
+        assert!(decoder_as_2d(&plain.to_bytes()).unwrap().is_none());
+        assert!(decoder_as_2d(b"\xff\xff\xff").is_err());
+    }
+
+    #[test]
+    fn the_piper_voice_speaks_the_same_with_its_decoder_in_2d() {
+        let paths = tts_worker::models::ensure(&cache_dir()).expect("the piper voice is cached");
+        let model = std::fs::read(paths.piper_dir.join("en_US-joe-medium.onnx")).unwrap();
+        let rewritten = decoder_as_2d(&model)
+            .unwrap()
+            .expect("the decoder is rewritten");
+        // HiFi-GAN's 18 convolutions in residual blocks, 3 upsampling ones, one before them and
+        // one after.
+        assert_eq!(rewritten.convolutions, 23);
+        assert_eq!(rewritten.relaid_weights.len(), 20);
+        // Phoneme ids between pads, as the engine writes them; without noise the voice is
+        // deterministic.
+        let ids: Vec<i64> = std::iter::once(1)
+            .chain((0..60).flat_map(|i| [14 + (i * 7) % 90, 0]))
+            .chain(std::iter::once(2))
+            .collect();
+        let input = || {
+            let len = ids.len() as i64;
+            vec![
+                (
+                    "input",
+                    Tensor::from_array((vec![1, len], ids.clone()))
+                        .unwrap()
+                        .into_dyn(),
+                ),
+                (
+                    "input_lengths",
+                    Tensor::from_array((vec![1i64], vec![len]))
+                        .unwrap()
+                        .into_dyn(),
+                ),
+                (
+                    "scales",
+                    Tensor::from_array((vec![3i64], vec![0.0f32, 1.0, 0.0]))
+                        .unwrap()
+                        .into_dyn(),
+                ),
+            ]
+        };
+        let before = run(&model, input);
+        let after = run(&rewritten.model, input);
+        assert_eq!(before[0].0, after[0].0, "the same length of audio");
+        assert!(before[0].1.len() > 22_050 / 2);
+        let difference = max_difference(&before[0].1, &after[0].1);
+        assert!(difference < 1e-4, "{difference}");
+    }
+}

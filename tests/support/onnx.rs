@@ -246,11 +246,23 @@ impl Graph {
         outputs: &[&str],
         attributes: Vec<Attr>,
     ) -> &mut Self {
-        let index = self.graph.node.len();
+        let name = format!("{op}_{}", self.graph.node.len());
+        self.named_node(&name, op, inputs, outputs, attributes)
+    }
+
+    /// A node with a name of the caller's, as exporters name them after the module they ran.
+    pub fn named_node(
+        &mut self,
+        name: &str,
+        op: &str,
+        inputs: &[&str],
+        outputs: &[&str],
+        attributes: Vec<Attr>,
+    ) -> &mut Self {
         self.graph.node.push(NodeProto {
             input: inputs.iter().map(|s| s.to_string()).collect(),
             output: outputs.iter().map(|s| s.to_string()).collect(),
-            name: Some(format!("{op}_{index}")),
+            name: Some(name.into()),
             op_type: Some(op.into()),
             attribute: attributes
                 .into_iter()

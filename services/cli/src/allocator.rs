@@ -16,12 +16,15 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 ///   are served from the same arenas as the rest and reused while they are warm. By default
 ///   blocks over 8 MiB go to an arena that unmaps them as soon as they are freed, so every run
 ///   faulted their pages in afresh, and synthesis took 30 to 65 % longer.
-/// - `dirty_decay_ms:10000` (jemalloc's default, written out because it was chosen): a freed
-///   page goes back to the system after about ten seconds unused. Pages decay gradually over
-///   that time, so with one second a worker answering one request at a time had lost part of
-///   its warm pages between requests a fraction of a second apart and faulted them in again:
-///   sentences took about 13 % longer on average, and up to 40 % in some runs, against Piper's
-///   server (docs/PERFORMANCE.md). The cost is memory for those ten seconds after a burst.
+/// - `dirty_decay_ms:30000`: a freed page goes back to the system after about thirty seconds
+///   unused. Pages decay gradually over that time, so a worker answering requests a fraction of
+///   a second apart can lose part of its warm pages between them and fault them in again. With
+///   one second sentences took about 13 % longer on average against Piper's server; with ten
+///   seconds (jemalloc's default) about one process in three fell into that pattern for good once
+///   the decoder ran on ONNX Runtime's blocked kernels, whose runs free and reallocate more
+///   large buffers: six to seven times the page faults and sentences 45 % slower. With thirty
+///   seconds none did (docs/PERFORMANCE.md, "The decoder's convolutions as 2-D"). The cost is
+///   memory for those thirty seconds after a burst.
 /// - `background_thread:true`: jemalloc's own thread hands idle pages back on time even while
 ///   nothing allocates, so an idle worker shrinks too.
 #[repr(transparent)]
@@ -35,7 +38,7 @@ unsafe impl Sync for Options {}
 #[unsafe(no_mangle)]
 pub static malloc_conf: Options = Options(OPTIONS.as_ptr());
 
-const OPTIONS: &CStr = c"oversize_threshold:0,dirty_decay_ms:10000,background_thread:true";
+const OPTIONS: &CStr = c"oversize_threshold:0,dirty_decay_ms:30000,background_thread:true";
 
 /// Hands every page of freed memory back to the system now rather than when it would fall due.
 /// Loading a model parses it into many small allocations that are all freed once its sessions
@@ -84,7 +87,7 @@ mod tests {
     #[test]
     fn jemalloc_serves_the_process_with_its_options() {
         assert_eq!(read::<usize>(c"opt.oversize_threshold"), 0);
-        assert_eq!(read::<isize>(c"opt.dirty_decay_ms"), 10_000);
+        assert_eq!(read::<isize>(c"opt.dirty_decay_ms"), 30_000);
         assert!(
             read::<bool>(c"opt.background_thread"),
             "jemalloc's background thread is on"

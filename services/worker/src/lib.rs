@@ -4,6 +4,7 @@
 //! async runtime's threads, writes the audio to object storage, records the job's final state and
 //! only then acknowledges the job. It heartbeats its NodeInfo so gateways know what it serves.
 
+pub mod conv2d;
 pub mod engine;
 pub mod error;
 pub mod health;
@@ -12,6 +13,7 @@ pub mod job;
 #[cfg(test)]
 mod layering;
 pub mod models;
+mod protobuf;
 pub mod reaper;
 pub mod runtime;
 pub mod service;

@@ -10,7 +10,7 @@ use ort::session::builder::{GraphOptimizationLevel, PrepackedWeights, SessionBui
 use ort::value::DynValue;
 
 use crate::error::{EngineError, EngineHealth};
-use crate::weights;
+use crate::{conv2d, weights};
 
 static ENVIRONMENT: OnceLock<Result<(Environment, PathBuf), String>> = OnceLock::new();
 
@@ -262,13 +262,33 @@ pub(crate) fn session_pool(
     inputs: &[&str],
     outputs: &[&str],
 ) -> Result<(SessionPool, Placement), EngineError> {
-    let bytes = std::fs::read(model).map_err(|e| {
+    let mut bytes = std::fs::read(model).map_err(|e| {
         EngineError::internal(format!("cannot read model {}: {e}", model.display())).with_source(e)
     })?;
+    // On the CPU a VITS decoder runs faster with its 1-D convolutions as 2-D ones (see
+    // `conv2d`); a model it cannot be done to is loaded as it is.
+    let mut private = Vec::new();
+    if device == "cpu" {
+        match conv2d::decoder_as_2d(&bytes) {
+            Ok(Some(rewritten)) => {
+                tracing::info!(
+                    model = %model.display(),
+                    convolutions = rewritten.convolutions,
+                    "running the decoder's 1-D convolutions as 2-D"
+                );
+                bytes = rewritten.model;
+                private = rewritten.relaid_weights;
+            }
+            Ok(None) => {}
+            Err(reason) => {
+                tracing::warn!(model = %model.display(), %reason, "model not rewritten")
+            }
+        }
+    }
     // Weights handed over from outside stay in host memory; a CUDA session would copy them to
     // the device anyway, so only CPU sessions share them.
     let shared = if device == "cpu" && count > 1 {
-        let initializers = weights::shared(&bytes).map_err(|e| {
+        let initializers = weights::shared(&bytes, &private).map_err(|e| {
             EngineError::internal(format!("cannot read model {}: {e}", model.display()))
         })?;
         Some(Shared {

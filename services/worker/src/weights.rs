@@ -12,6 +12,8 @@ use std::sync::Arc;
 
 use ort::value::{DynValue, Tensor};
 
+use crate::protobuf::{Field, Fields, Wire, push_ints};
+
 /// Initializers smaller than this stay in the model: shapes and scalars cost next to nothing
 /// twice, and left alone the graph optimiser can fold them as it always has.
 const SHARED_MIN_BYTES: usize = 1024;
@@ -29,12 +31,15 @@ pub(crate) struct Initializer<'m> {
 
 /// The model's inline initializers of at least [`SHARED_MIN_BYTES`], as tensors ready to be
 /// handed to sessions. An initializer that is also a graph input (a default the caller may
-/// override), of an element type not handled here, or stored outside the file stays in the
-/// model, so each session keeps its own copy of it.
-pub(crate) fn shared(model: &[u8]) -> Result<Vec<(String, Arc<DynValue>)>, String> {
+/// override), of an element type not handled here, stored outside the file, or named in
+/// `private` stays in the model, so each session keeps its own copy of it.
+pub(crate) fn shared(
+    model: &[u8],
+    private: &[String],
+) -> Result<Vec<(String, Arc<DynValue>)>, String> {
     let mut shared = Vec::new();
     for init in initializers(model)? {
-        if init.raw.len() < SHARED_MIN_BYTES {
+        if init.raw.len() < SHARED_MIN_BYTES || private.iter().any(|p| p == init.name) {
             continue;
         }
         if let Some(value) = tensor(&init)? {
@@ -86,7 +91,12 @@ fn tensor(init: &Initializer<'_>) -> Result<Option<DynValue>, String> {
 pub(crate) fn initializers(model: &[u8]) -> Result<Vec<Initializer<'_>>, String> {
     let mut graph = None;
     for field in Fields::new(model) {
-        if let (7, Wire::Bytes(bytes)) = field? {
+        if let Field {
+            number: 7,
+            value: Wire::Bytes(bytes),
+            ..
+        } = field?
+        {
             graph = Some(bytes);
         }
     }
@@ -94,11 +104,13 @@ pub(crate) fn initializers(model: &[u8]) -> Result<Vec<Initializer<'_>>, String>
     let mut inputs = Vec::new();
     let mut tensors = Vec::new();
     for field in Fields::new(graph) {
-        match field? {
+        let field = field?;
+        match (field.number, field.value) {
             (5, Wire::Bytes(tensor)) => tensors.push(tensor),
             (11, Wire::Bytes(input)) => {
                 for field in Fields::new(input) {
-                    if let (1, Wire::Bytes(name)) = field? {
+                    let field = field?;
+                    if let (1, Wire::Bytes(name)) = (field.number, field.value) {
                         inputs.push(name);
                     }
                 }
@@ -113,14 +125,9 @@ pub(crate) fn initializers(model: &[u8]) -> Result<Vec<Initializer<'_>>, String>
         let mut data_type = 0;
         let mut raw = None;
         for field in Fields::new(tensor) {
-            match field? {
-                (1, Wire::Varint(d)) => dims.push(d as i64),
-                (1, Wire::Bytes(packed)) => {
-                    let mut at = 0;
-                    while at < packed.len() {
-                        dims.push(varint(packed, &mut at)? as i64);
-                    }
-                }
+            let field = field?;
+            match (field.number, field.value) {
+                (1, dim) => push_ints(&dim, &mut dims)?,
                 (2, Wire::Varint(t)) => data_type = t,
                 (8, Wire::Bytes(n)) => name = n,
                 (9, Wire::Bytes(r)) => raw = Some(r),
@@ -142,120 +149,21 @@ pub(crate) fn initializers(model: &[u8]) -> Result<Vec<Initializer<'_>>, String>
     Ok(out)
 }
 
-/// A field's value as its wire type carries it.
-#[derive(Debug, PartialEq)]
-enum Wire<'m> {
-    Varint(u64),
-    Fixed,
-    Bytes(&'m [u8]),
-}
-
-/// The fields of one protobuf message, in order, as (field number, value).
-struct Fields<'m> {
-    bytes: &'m [u8],
-    at: usize,
-    failed: bool,
-}
-
-impl<'m> Fields<'m> {
-    fn new(bytes: &'m [u8]) -> Self {
-        Fields {
-            bytes,
-            at: 0,
-            failed: false,
-        }
-    }
-
-    fn field(&mut self) -> Result<(u64, Wire<'m>), String> {
-        let key = varint(self.bytes, &mut self.at)?;
-        let value = match key & 7 {
-            0 => Wire::Varint(varint(self.bytes, &mut self.at)?),
-            1 => self.skip(8)?,
-            5 => self.skip(4)?,
-            2 => {
-                let len = usize::try_from(varint(self.bytes, &mut self.at)?)
-                    .map_err(|_| "a field's length does not fit in memory")?;
-                let end = self
-                    .at
-                    .checked_add(len)
-                    .filter(|&end| end <= self.bytes.len())
-                    .ok_or("a field runs past the end of its message")?;
-                let bytes = &self.bytes[self.at..end];
-                self.at = end;
-                Wire::Bytes(bytes)
-            }
-            wire => return Err(format!("unexpected protobuf wire type {wire}")),
-        };
-        Ok((key >> 3, value))
-    }
-
-    fn skip(&mut self, len: usize) -> Result<Wire<'m>, String> {
-        if self.bytes.len() - self.at < len {
-            return Err("a field runs past the end of its message".into());
-        }
-        self.at += len;
-        Ok(Wire::Fixed)
-    }
-}
-
-impl<'m> Iterator for Fields<'m> {
-    type Item = Result<(u64, Wire<'m>), String>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        if self.failed || self.at >= self.bytes.len() {
-            return None;
-        }
-        let field = self.field();
-        self.failed = field.is_err();
-        Some(field)
-    }
-}
-
-/// A base-128 varint at `at`, which it moves past.
-fn varint(bytes: &[u8], at: &mut usize) -> Result<u64, String> {
-    let mut value = 0u64;
-    for shift in (0..64).step_by(7) {
-        let byte = *bytes.get(*at).ok_or("a varint runs past the end")?;
-        *at += 1;
-        value |= u64::from(byte & 0x7f) << shift;
-        if byte < 0x80 {
-            return Ok(value);
-        }
-    }
-    Err("a varint is longer than ten bytes".into())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn key(field: u64, wire: u64) -> Vec<u8> {
-        encode_varint((field << 3) | wire)
-    }
-
-    fn encode_varint(mut v: u64) -> Vec<u8> {
-        let mut out = Vec::new();
-        loop {
-            let byte = (v & 0x7f) as u8;
-            v >>= 7;
-            if v == 0 {
-                out.push(byte);
-                return out;
-            }
-            out.push(byte | 0x80);
-        }
-    }
+    use crate::protobuf::{put_bytes_field, put_varint_field};
 
     fn bytes_field(field: u64, body: &[u8]) -> Vec<u8> {
-        let mut out = key(field, 2);
-        out.extend(encode_varint(body.len() as u64));
-        out.extend(body);
+        let mut out = Vec::new();
+        put_bytes_field(&mut out, field, body);
         out
     }
 
     fn varint_field(field: u64, v: u64) -> Vec<u8> {
-        let mut out = key(field, 0);
-        out.extend(encode_varint(v));
+        let mut out = Vec::new();
+        put_varint_field(&mut out, field, v);
         out
     }
 
@@ -279,9 +187,7 @@ mod tests {
     #[test]
     fn reads_inline_initializers_and_skips_graph_inputs() {
         let weights: Vec<u8> = (0..8u8).collect();
-        let mut packed_dims = key(1, 2);
-        packed_dims.extend([2, 2, 3]); // length 2: dims 2 and 3
-        let mut packed = packed_dims;
+        let mut packed = bytes_field(1, &[2, 3]); // dims 2 and 3, packed
         packed.extend(varint_field(2, 6));
         packed.extend(bytes_field(8, b"packed"));
         packed.extend(bytes_field(9, &[0; 24]));
