@@ -336,26 +336,14 @@ impl<'m> Plan<'m> {
                     for &input in &node.inputs {
                         if self.unsqueeze.contains(&input) && unsqueezed.insert(input) {
                             let to = &self.renamed[input];
-                            let node = simple_node(
-                                &format!("{to}/Unsqueeze"),
-                                "Unsqueeze",
-                                &[input, &self.axes],
-                                to,
-                            );
-                            put_bytes_field(&mut out, 1, &node);
+                            self.put_axis_node(&mut out, "Unsqueeze", input, to, to);
                         }
                     }
                     put_bytes_field(&mut out, 1, &self.rewrite_node(node)?);
                     for &output in &node.outputs {
                         if self.squeeze.contains(output) {
                             let from = &self.renamed[output];
-                            let node = simple_node(
-                                &format!("{from}/Squeeze"),
-                                "Squeeze",
-                                &[from, &self.axes],
-                                output,
-                            );
-                            put_bytes_field(&mut out, 1, &node);
+                            self.put_axis_node(&mut out, "Squeeze", from, output, from);
                         }
                     }
                 }
@@ -384,6 +372,25 @@ impl<'m> Plan<'m> {
         put_bytes_field(&mut axes, 9, &2i64.to_le_bytes());
         put_bytes_field(&mut out, 5, &axes);
         Ok(out)
+    }
+
+    /// Appends an `Unsqueeze` or `Squeeze` node (`op_type`) that adds or removes the height axis,
+    /// named after `tensor_2d`, its tensor with the axis.
+    fn put_axis_node(
+        &self,
+        out: &mut Vec<u8>,
+        op_type: &str,
+        input: &str,
+        output: &str,
+        tensor_2d: &str,
+    ) {
+        let mut node = Vec::new();
+        put_bytes_field(&mut node, 1, input.as_bytes());
+        put_bytes_field(&mut node, 1, self.axes.as_bytes());
+        put_bytes_field(&mut node, 2, output.as_bytes());
+        put_bytes_field(&mut node, 3, format!("{tensor_2d}/{op_type}").as_bytes());
+        put_bytes_field(&mut node, 4, op_type.as_bytes());
+        put_bytes_field(out, 1, &node);
     }
 
     /// A decoder node with its tensors renamed and, for a convolution, its attributes widened.
@@ -446,18 +453,6 @@ fn widen_tensor(tensor: &[u8], dims: &[i64]) -> Result<Vec<u8>, String> {
         }
     }
     Ok(out)
-}
-
-/// A node of the default domain with no attributes.
-fn simple_node(name: &str, op_type: &str, inputs: &[&str], output: &str) -> Vec<u8> {
-    let mut node = Vec::new();
-    for input in inputs {
-        put_bytes_field(&mut node, 1, input.as_bytes());
-    }
-    put_bytes_field(&mut node, 2, output.as_bytes());
-    put_bytes_field(&mut node, 3, name.as_bytes());
-    put_bytes_field(&mut node, 4, op_type.as_bytes());
-    node
 }
 
 fn parse_node(raw: &[u8]) -> Result<Node<'_>, String> {
