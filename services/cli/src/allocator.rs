@@ -16,15 +16,10 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 ///   are served from the same arenas as the rest and reused while they are warm. By default
 ///   blocks over 8 MiB go to an arena that unmaps them as soon as they are freed, so every run
 ///   faulted their pages in afresh, and synthesis took 30 to 65 % longer.
-/// - `dirty_decay_ms:30000`: a freed page goes back to the system after about thirty seconds
-///   unused. Pages decay gradually over that time, so a worker answering requests a fraction of
-///   a second apart can lose part of its warm pages between them and fault them in again. With
-///   one second sentences took about 13 % longer on average against Piper's server; with ten
-///   seconds (jemalloc's default) about one process in three fell into that pattern for good once
-///   the decoder ran on ONNX Runtime's blocked kernels, whose runs free and reallocate more
-///   large buffers: six to seven times the page faults and sentences 45 % slower. With thirty
-///   seconds none did (docs/PERFORMANCE.md, "The decoder's convolutions as 2-D"). The cost is
-///   memory for those thirty seconds after a burst.
+/// - jemalloc's own decay (10 s): a freed page goes back to the system after about ten seconds
+///   unused. A shorter one (1 s) made a worker answering requests a fraction of a second apart
+///   fault part of its pages in again for every request, and sentences took about 13 % longer.
+///   Slow processes once blamed on the decay had another cause, fixed by [`configure`].
 /// - `background_thread:true`: jemalloc's own thread hands idle pages back on time even while
 ///   nothing allocates, so an idle worker shrinks too.
 #[repr(transparent)]
@@ -38,7 +33,38 @@ unsafe impl Sync for Options {}
 #[unsafe(no_mangle)]
 pub static malloc_conf: Options = Options(OPTIONS.as_ptr());
 
-const OPTIONS: &CStr = c"oversize_threshold:0,dirty_decay_ms:30000,background_thread:true";
+const OPTIONS: &CStr = c"oversize_threshold:0,background_thread:true";
+
+/// Makes the first arena keep the large blocks it frees, as every other arena does.
+///
+/// jemalloc creates its first arena before it reads `oversize_threshold`, so that arena alone
+/// keeps the 8 MiB default: a freed block of 8 MiB or more there goes back to the system at once.
+/// The threads that share that arena (the main thread, and any other jemalloc happens to assign
+/// to it) then fault every large tensor in afresh on every run. Which threads those are is
+/// chance, so before this about one worker process in four ran sentences 1.9 times slower than
+/// the others for its whole life, with ten times the page faults (docs/PERFORMANCE.md, "The
+/// first arena's eager purge"). Called before any engine runs; calling it again does nothing new.
+pub fn configure() {
+    let name = c"arena.0.oversize_threshold";
+    // No block is this large, so no freed block is purged early; decay still returns them.
+    let mut threshold = usize::MAX;
+    // SAFETY: writes a `size_t` setting of arena 0, which always exists; nothing is read back.
+    let status = unsafe {
+        tikv_jemalloc_sys::mallctl(
+            name.as_ptr(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            (&raw mut threshold).cast(),
+            std::mem::size_of::<usize>(),
+        )
+    };
+    if status != 0 {
+        tracing::warn!(
+            status,
+            "the allocator's first arena may purge large blocks early"
+        );
+    }
+}
 
 /// Hands every page of freed memory back to the system now rather than when it would fall due.
 /// Loading a model parses it into many small allocations that are all freed once its sessions
@@ -87,12 +113,53 @@ mod tests {
     #[test]
     fn jemalloc_serves_the_process_with_its_options() {
         assert_eq!(read::<usize>(c"opt.oversize_threshold"), 0);
-        assert_eq!(read::<isize>(c"opt.dirty_decay_ms"), 30_000);
+        assert_eq!(read::<isize>(c"opt.dirty_decay_ms"), 10_000);
         assert!(
             read::<bool>(c"opt.background_thread"),
             "jemalloc's background thread is on"
         );
         super::release_freed_memory();
+    }
+
+    /// This thread's minor page faults so far, from /proc.
+    fn minor_faults() -> u64 {
+        let stat = std::fs::read_to_string("/proc/thread-self/stat").expect("/proc stat");
+        // The command name, in parentheses, may hold spaces; the fields after it do not.
+        let after_name = &stat[stat.rfind(')').expect("a command name") + 2..];
+        // minflt is the 10th field of the line, the 8th after the name.
+        after_name.split(' ').nth(7).unwrap().parse().unwrap()
+    }
+
+    #[test]
+    fn the_first_arena_keeps_the_large_blocks_it_frees() {
+        use tikv_jemalloc_sys::{MALLOCX_ARENA, MALLOCX_TCACHE_NONE, dallocx, mallocx};
+        super::configure();
+        const SIZE: usize = 16 << 20;
+        let flags = MALLOCX_ARENA(0) | MALLOCX_TCACHE_NONE;
+        // Allocates a block of SIZE on arena 0 and writes one byte of every page.
+        let touched = || {
+            // SAFETY: a fresh allocation of SIZE bytes, written only within its bounds.
+            unsafe {
+                let block = mallocx(SIZE, flags).cast::<u8>();
+                assert!(!block.is_null());
+                for offset in (0..SIZE).step_by(4096) {
+                    block.add(offset).write_volatile(1);
+                }
+                block
+            }
+        };
+        // SAFETY: the block came from mallocx with the same flags.
+        unsafe { dallocx(touched().cast(), flags) };
+        let before = minor_faults();
+        let block = touched();
+        let faults = minor_faults() - before;
+        // SAFETY: as above.
+        unsafe { dallocx(block.cast(), flags) };
+        // Purged at once, all 4,096 pages of the block would fault in again.
+        assert!(
+            faults < 512,
+            "reusing a freed 16 MiB block of arena 0 faulted {faults} pages in again"
+        );
     }
 
     #[test]

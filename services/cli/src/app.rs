@@ -93,6 +93,7 @@ impl Application {
         mode: Mode,
         engines: SuppliedEngines,
     ) -> anyhow::Result<Self> {
+        crate::allocator::configure();
         for name in engines.keys() {
             settings
                 .workers
