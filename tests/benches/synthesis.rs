@@ -21,6 +21,8 @@ fn paragraph() -> String {
 }
 
 fn engine_rtf(threads: usize) {
+    // As the service does before it loads an engine (see `allocator::configure`).
+    voice_clone_tts::allocator::configure();
     let paths = tts_worker::models::ensure(&workspace_root().join(".cache/voice-clone-tts"))
         .expect("models");
     let engine = PiperEngine::load(&PiperOptions {
