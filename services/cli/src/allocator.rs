@@ -22,6 +22,14 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 ///   Slow processes once blamed on the decay had another cause, fixed by [`configure`].
 /// - `background_thread:true`: jemalloc's own thread hands idle pages back on time even while
 ///   nothing allocates, so an idle worker shrinks too.
+/// - `narenas:1`: one arena for every thread. A synthesis allocates its tensors on several
+///   threads (the job's, ONNX Runtime's pool threads, a helper thread per job), and with an
+///   arena per thread (jemalloc's default is four per core) each arena kept its own warm copy
+///   of a run's large blocks: a piper worker stood at 195 MB after 1,000 short jobs and 594 MB
+///   right after long ones, against 165 MB and 284 MB with one arena, at the same speed
+///   (docs/PERFORMANCE.md, "One arena"). A run makes few allocations, most of them large, so
+///   the threads seldom wait for the arena's lock; where they do, `MALLOC_CONF=narenas:<n>`
+///   in the environment overrides this.
 #[repr(transparent)]
 pub struct Options(*const c_char);
 
@@ -33,7 +41,7 @@ unsafe impl Sync for Options {}
 #[unsafe(no_mangle)]
 pub static malloc_conf: Options = Options(OPTIONS.as_ptr());
 
-const OPTIONS: &CStr = c"oversize_threshold:0,background_thread:true";
+const OPTIONS: &CStr = c"oversize_threshold:0,background_thread:true,narenas:1";
 
 /// Makes the first arena keep the large blocks it frees, as every other arena does.
 ///
@@ -43,7 +51,9 @@ const OPTIONS: &CStr = c"oversize_threshold:0,background_thread:true";
 /// to it) then fault every large tensor in afresh on every run. Which threads those are is
 /// chance, so before this about one worker process in four ran sentences 1.9 times slower than
 /// the others for its whole life, with ten times the page faults (docs/PERFORMANCE.md, "The
-/// first arena's eager purge"). Called before any engine runs; calling it again does nothing new.
+/// first arena's eager purge"). With `narenas:1` every thread is on that arena, so without this
+/// every run would be slow (1.9 to 2.1 times). Called before any engine runs; calling it again
+/// does nothing new.
 pub fn configure() {
     let name = c"arena.0.oversize_threshold";
     // No block is this large, so no freed block is purged early; decay still returns them.
@@ -114,6 +124,7 @@ mod tests {
     fn jemalloc_serves_the_process_with_its_options() {
         assert_eq!(read::<usize>(c"opt.oversize_threshold"), 0);
         assert_eq!(read::<isize>(c"opt.dirty_decay_ms"), 10_000);
+        assert_eq!(read::<u32>(c"opt.narenas"), 1);
         assert!(
             read::<bool>(c"opt.background_thread"),
             "jemalloc's background thread is on"
