@@ -11,9 +11,10 @@ pub fn cache_dir() -> PathBuf {
     crate::workspace_root().join(".cache/voice-clone-tts")
 }
 
-/// Sets the process's allocator up as the service does before it loads an engine: without it,
-/// a test or benchmark process whose inference threads land on jemalloc's first arena runs
-/// every synthesis about twice as slowly (`voice_clone_tts::allocator::configure`).
+/// Sets the process's allocator up as the service does before it loads an engine. Every thread
+/// of the process shares jemalloc's first arena, and without this that arena hands large freed
+/// blocks back at once, so that every synthesis runs about twice as slowly
+/// (`voice_clone_tts::allocator::configure`).
 fn configure_allocator() {
     voice_clone_tts::allocator::configure();
 }
