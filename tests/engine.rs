@@ -8,6 +8,14 @@ fn input(text: &str) -> SynthesisInput {
     stock_input(text, "en_US-joe-medium", "en")
 }
 
+/// Engines here load without the service around them, so the allocator must have been set up
+/// by the process itself when it started: unset, every synthesis would run about twice as
+/// slowly (`voice_clone_tts::allocator`).
+#[test]
+fn the_allocator_is_set_up_before_anything_loads() {
+    assert!(voice_clone_tts::allocator::first_arena_keeps_large_blocks());
+}
+
 #[test]
 fn cuda_falls_back_to_cpu_with_the_reason() {
     // No machine this runs on in CI has a GPU; with one, the engine would say cuda here.

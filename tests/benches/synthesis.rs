@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use tts_tests::app::VOICE;
-use tts_tests::{Deployment, TestApp, spawn_app, spawn_engines_with, workspace_root};
+use tts_tests::{Deployment, TestApp, spawn_app, spawn_engines_with};
 use tts_worker::engine::piper::{PiperEngine, PiperOptions};
 use tts_worker::engine::{Engine, SynthesisInput};
 
@@ -21,18 +21,9 @@ fn paragraph() -> String {
 }
 
 fn engine_rtf(threads: usize) {
-    // As the service does before it loads an engine (see `allocator::configure`).
-    voice_clone_tts::allocator::configure();
-    let paths = tts_worker::models::ensure(&workspace_root().join(".cache/voice-clone-tts"))
-        .expect("models");
     let engine = PiperEngine::load(&PiperOptions {
-        model_dir: paths.piper_dir,
-        voice: VOICE.into(),
-        device: "cpu".into(),
         threads,
-        sessions: 1,
-        onnxruntime: paths.onnxruntime,
-        first_piece_words: 4,
+        ..tts_tests::engines::piper_options("cpu")
     })
     .expect("engine loads");
     for (name, text) in [("short", SHORT.to_string()), ("paragraph", paragraph())] {

@@ -11,16 +11,7 @@ pub fn cache_dir() -> PathBuf {
     crate::workspace_root().join(".cache/voice-clone-tts")
 }
 
-/// Sets the process's allocator up as the service does before it loads an engine. Every thread
-/// of the process shares jemalloc's first arena, and without this that arena hands large freed
-/// blocks back at once, so that every synthesis runs about twice as slowly
-/// (`voice_clone_tts::allocator::configure`).
-fn configure_allocator() {
-    voice_clone_tts::allocator::configure();
-}
-
 pub fn piper_options(device: &str) -> PiperOptions {
-    configure_allocator();
     let paths = tts_worker::models::ensure(&cache_dir()).expect("the piper voice is cached");
     PiperOptions {
         model_dir: paths.piper_dir,
@@ -34,7 +25,6 @@ pub fn piper_options(device: &str) -> PiperOptions {
 }
 
 pub fn kokoro_options() -> KokoroOptions {
-    configure_allocator();
     let paths =
         tts_worker::models::ensure_kokoro(&cache_dir()).expect("the kokoro model is cached");
     KokoroOptions {

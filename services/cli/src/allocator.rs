@@ -19,7 +19,8 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// - jemalloc's own decay (10 s): a freed page goes back to the system after about ten seconds
 ///   unused. A shorter one (1 s) made a worker answering requests a fraction of a second apart
 ///   fault part of its pages in again for every request, and sentences took about 13 % longer.
-///   Slow processes once blamed on the decay had another cause, fixed by [`configure`].
+///   Slow processes once blamed on the decay had another cause, fixed when the process starts (see
+///   `CONFIGURE_AT_START`).
 /// - `background_thread:true`: jemalloc's own thread hands idle pages back on time even while
 ///   nothing allocates, so an idle worker shrinks too.
 /// - `narenas:1`: one arena for every thread. A synthesis allocates its tensors on several
@@ -52,28 +53,54 @@ const OPTIONS: &CStr = c"oversize_threshold:0,background_thread:true,narenas:1";
 /// chance, so before this about one worker process in four ran sentences 1.9 times slower than
 /// the others for its whole life, with ten times the page faults (docs/PERFORMANCE.md, "The
 /// first arena's eager purge"). With `narenas:1` every thread is on that arena, so without this
-/// every run would be slow (1.9 to 2.1 times). Called before any engine runs; calling it again
-/// does nothing new.
-pub fn configure() {
-    let name = c"arena.0.oversize_threshold";
+/// every run would be slow (1.9 to 2.1 times).
+///
+/// It runs when the process starts, before `main`, from the ELF constructor list: every
+/// program that links this allocator (the service, its tests and benchmarks) needs it, and a
+/// call each of them had to remember was a call one of them could forget. The service is built
+/// for Linux; elsewhere the service's start warns that the arena is not set up.
+#[cfg(target_os = "linux")]
+#[used]
+#[unsafe(link_section = ".init_array")]
+static CONFIGURE_AT_START: extern "C" fn() = configure_first_arena;
+
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+extern "C" fn configure_first_arena() {
     // No block is this large, so no freed block is purged early; decay still returns them.
     let mut threshold = usize::MAX;
+    // Logging is not set up this early, so the outcome is left for
+    // `first_arena_keeps_large_blocks` to read.
     // SAFETY: writes a `size_t` setting of arena 0, which always exists; nothing is read back.
-    let status = unsafe {
+    // jemalloc initialises itself on this first call if nothing has allocated yet.
+    unsafe {
         tikv_jemalloc_sys::mallctl(
-            name.as_ptr(),
+            FIRST_ARENA_THRESHOLD.as_ptr(),
             std::ptr::null_mut(),
             std::ptr::null_mut(),
             (&raw mut threshold).cast(),
             std::mem::size_of::<usize>(),
-        )
-    };
-    if status != 0 {
-        tracing::warn!(
-            status,
-            "the allocator's first arena may purge large blocks early"
         );
     }
+}
+
+const FIRST_ARENA_THRESHOLD: &CStr = c"arena.0.oversize_threshold";
+
+/// Whether the first arena keeps the large blocks it frees, as set when the process started.
+/// The service logs a warning at start when it does not.
+pub fn first_arena_keeps_large_blocks() -> bool {
+    let mut threshold = 0usize;
+    let mut len = std::mem::size_of::<usize>();
+    // SAFETY: reads a `size_t` setting of arena 0 into a `usize` of the stated length.
+    let status = unsafe {
+        tikv_jemalloc_sys::mallctl(
+            FIRST_ARENA_THRESHOLD.as_ptr(),
+            (&raw mut threshold).cast(),
+            &mut len,
+            std::ptr::null_mut(),
+            0,
+        )
+    };
+    status == 0 && threshold == usize::MAX
 }
 
 /// Hands every page of freed memory back to the system now rather than when it would fall due.
@@ -144,7 +171,8 @@ mod tests {
     #[test]
     fn the_first_arena_keeps_the_large_blocks_it_frees() {
         use tikv_jemalloc_sys::{MALLOCX_ARENA, MALLOCX_TCACHE_NONE, dallocx, mallocx};
-        super::configure();
+        // Nothing here sets the arena up: the process did, when it started.
+        assert!(super::first_arena_keeps_large_blocks());
         const SIZE: usize = 16 << 20;
         let flags = MALLOCX_ARENA(0) | MALLOCX_TCACHE_NONE;
         // Allocates a block of SIZE on arena 0 and writes one byte of every page.

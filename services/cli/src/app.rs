@@ -93,7 +93,9 @@ impl Application {
         mode: Mode,
         engines: SuppliedEngines,
     ) -> anyhow::Result<Self> {
-        crate::allocator::configure();
+        if !crate::allocator::first_arena_keeps_large_blocks() {
+            tracing::warn!("the allocator's first arena may purge large blocks early");
+        }
         for name in engines.keys() {
             settings
                 .workers
