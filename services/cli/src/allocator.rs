@@ -88,19 +88,25 @@ const FIRST_ARENA_THRESHOLD: &CStr = c"arena.0.oversize_threshold";
 /// Whether the first arena keeps the large blocks it frees, as set when the process started.
 /// The service logs a warning at start when it does not.
 pub fn first_arena_keeps_large_blocks() -> bool {
-    let mut threshold = 0usize;
-    let mut len = std::mem::size_of::<usize>();
-    // SAFETY: reads a `size_t` setting of arena 0 into a `usize` of the stated length.
+    read_setting::<usize>(FIRST_ARENA_THRESHOLD) == Some(usize::MAX)
+}
+
+/// One of jemalloc's settings by name, read as the type it has; `None` when jemalloc refuses it.
+/// `T` must be the setting's own type (`size_t` as `usize`, `bool`, `unsigned` as `u32`...).
+fn read_setting<T: Default>(name: &CStr) -> Option<T> {
+    let mut value = T::default();
+    let mut len = std::mem::size_of::<T>();
+    // SAFETY: the caller names a setting of type `T`, and `len` is its size.
     let status = unsafe {
         tikv_jemalloc_sys::mallctl(
-            FIRST_ARENA_THRESHOLD.as_ptr(),
-            (&raw mut threshold).cast(),
+            name.as_ptr(),
+            (&raw mut value).cast(),
             &mut len,
             std::ptr::null_mut(),
             0,
         )
     };
-    status == 0 && threshold == usize::MAX
+    (status == 0).then_some(value)
 }
 
 /// Hands every page of freed memory back to the system now rather than when it would fall due.
@@ -131,20 +137,7 @@ mod tests {
 
     /// Reads one of jemalloc's settings by name, as the type it has.
     fn read<T: Default>(name: &CStr) -> T {
-        let mut value = T::default();
-        let mut len = std::mem::size_of::<T>();
-        // SAFETY: the caller names a setting of type `T`, and `len` is its size.
-        let status = unsafe {
-            tikv_jemalloc_sys::mallctl(
-                name.as_ptr(),
-                (&raw mut value).cast(),
-                &mut len,
-                std::ptr::null_mut(),
-                0,
-            )
-        };
-        assert_eq!(status, 0, "mallctl {name:?}");
-        value
+        super::read_setting(name).unwrap_or_else(|| panic!("mallctl {name:?}"))
     }
 
     #[test]
